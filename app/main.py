@@ -1,0 +1,101 @@
+"""create_app(): middleware, routers, and the lifespan that owns pools, clients and providers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.config import Settings, get_settings
+from app.database_server import resolve_database
+from app.db import Database, apply_migrations
+from app.errors import COMMON_ERROR_RESPONSES, install_error_handlers
+from app.logging_setup import configure_logging
+from app.middleware import RequestIdMiddleware
+from app.providers.factory import build_providers
+
+logger = logging.getLogger(__name__)
+
+
+def _http_client(settings: Settings) -> httpx.AsyncClient:
+    timeout = httpx.Timeout(
+        connect=settings.http_connect_timeout,
+        read=settings.http_read_timeout,
+        write=30.0,
+        pool=10.0,
+    )
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+    return httpx.AsyncClient(timeout=timeout, limits=limits)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    target = await resolve_database(settings)
+    logger.info("database: %s", target.description)
+    db = Database(target.dsn, min_size=settings.database_pool_min, max_size=settings.database_pool_max)
+    await db.connect()
+    http = _http_client(settings)
+    try:
+        async with db.acquire() as conn:
+            await apply_migrations(conn)
+        providers = build_providers(settings, db, http)
+        app.state.db = db
+        app.state.http = http
+        app.state.identity = providers.identity
+        app.state.billing = providers.billing
+        app.state.agents = providers.agents
+        app.state.verifier = providers.verifier
+        for hook in app.state.startup_hooks:
+            await hook(app)
+        yield
+        for hook in app.state.shutdown_hooks:
+            await hook(app)
+    finally:
+        await http.aclose()
+        await db.close()
+        if target.stop is not None:
+            await target.stop()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.json_logs)
+    app = FastAPI(
+        title="agentmem",
+        version="0.1.0",
+        description="Personal AI agents with long-term memory: accounts, budgets, streamed chat.",
+        lifespan=lifespan,
+        responses=COMMON_ERROR_RESPONSES,
+    )
+    app.state.settings = settings
+    app.state.startup_hooks = []
+    app.state.shutdown_hooks = []
+
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_credentials=True,
+        allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"],
+        expose_headers=["X-Request-ID", "Content-Disposition"],
+    )
+    app.add_middleware(RequestIdMiddleware)
+    install_error_handlers(app)
+
+    from app.health.router import router as health_router
+
+    app.include_router(health_router)
+    for router in _api_routers():
+        app.include_router(router, prefix="/api/v1")
+    return app
+
+
+def _api_routers() -> list[object]:
+    """Feature routers, each mounted under /api/v1."""
+    routers: list[object] = []
+    return routers

@@ -1,0 +1,159 @@
+"""The agent port: one personal memory agent per user, streamed turns, and its memory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+from uuid import UUID
+
+from app.errors import NotFound, ValidationFailed
+from app.providers.billing import LLMRoute
+
+
+class AgentNotFound(NotFound):
+    code = "agent_not_found"
+
+
+class BlockNotFound(NotFound):
+    code = "memory_block_not_found"
+
+
+class PassageNotFound(NotFound):
+    code = "passage_not_found"
+
+
+class BlockLimitExceeded(ValidationFailed):
+    code = "memory_block_limit_exceeded"
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    id: str
+    provider: str
+    model: str | None
+
+
+@dataclass(frozen=True)
+class MemoryBlock:
+    label: str
+    value: str
+    limit: int
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class Passage:
+    id: str
+    text: str
+    tags: list[str]
+    created_at: datetime | None
+
+
+@dataclass(frozen=True)
+class PassagePage:
+    items: list[Passage]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class AgentState:
+    agent_id: str
+    model: str | None
+    message_count: int
+    blocks: list[MemoryBlock]
+    archival_passages: int
+
+
+# --- turn events: provider-neutral; the chat feature maps them to SSE events ---
+
+
+@dataclass(frozen=True)
+class DeltaEvent:
+    text: str
+    kind: Literal["delta"] = "delta"
+
+
+@dataclass(frozen=True)
+class ToolEvent:
+    name: str
+    status: Literal["started", "success", "error"]
+    arguments: dict[str, Any] | None = None
+    result: str | None = None
+    kind: Literal["tool"] = "tool"
+
+
+@dataclass(frozen=True)
+class MessageEvent:
+    text: str
+    message_id: str | None = None
+    kind: Literal["message"] = "message"
+
+
+@dataclass(frozen=True)
+class UsageEvent:
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    estimated: bool = False
+    run_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    kind: Literal["usage"] = "usage"
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    code: str
+    message: str
+    retryable: bool
+    kind: Literal["error"] = "error"
+
+
+AgentEvent = DeltaEvent | ToolEvent | MessageEvent | UsageEvent | ErrorEvent
+ResetMode = Literal["conversation", "full"]
+
+
+class AgentProvider(Protocol):
+    name: str
+
+    async def ensure_agent(
+        self, user_id: UUID, *, persona: str, human: str, llm: LLMRoute | None = None
+    ) -> AgentInfo:
+        """Find the user's agent (by user id / tag) or create it. Idempotent."""
+        ...
+
+    async def find_agent(self, user_id: UUID) -> AgentInfo | None: ...
+
+    def stream_turn(
+        self, agent_id: str, content: str, *, llm: LLMRoute | None = None
+    ) -> AsyncIterator[AgentEvent]:
+        """One turn. Ends with UsageEvent (success) or ErrorEvent; never raises mid-stream."""
+        ...
+
+    async def state(self, agent_id: str) -> AgentState: ...
+
+    async def list_blocks(self, agent_id: str) -> list[MemoryBlock]: ...
+
+    async def update_block(self, agent_id: str, label: str, value: str) -> MemoryBlock:
+        """Raises BlockNotFound, BlockLimitExceeded."""
+        ...
+
+    async def list_passages(
+        self, agent_id: str, *, limit: int, cursor: str | None
+    ) -> PassagePage: ...
+
+    async def search_passages(self, agent_id: str, query: str, *, limit: int) -> list[Passage]: ...
+
+    async def insert_passage(self, agent_id: str, text: str, tags: list[str]) -> Passage: ...
+
+    async def delete_passage(self, agent_id: str, passage_id: str) -> None:
+        """Raises PassageNotFound when the passage is not this agent's."""
+        ...
+
+    async def reset(self, agent_id: str, mode: ResetMode, *, persona: str, human: str) -> None: ...
+
+    async def delete(self, agent_id: str) -> None: ...
+
+    async def check_health(self) -> None: ...

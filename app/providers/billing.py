@@ -1,0 +1,104 @@
+"""The billing port: a budget per user, checked before and charged after every LLM call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Protocol
+from uuid import UUID
+
+from app.db import Conn
+from app.errors import BudgetExceeded
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_budget: float
+    spend: float
+    budget_duration: str
+    period_start: datetime | None
+    resets_at: datetime | None
+    currency: str = "USD"
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, round(self.max_budget - self.spend, 10))
+
+
+@dataclass(frozen=True)
+class BillingAccount:
+    provider: str
+    ref: str  # the billing user id (LiteLLM user_id, or ours)
+    # The provider's per-user LLM key, plain, only in memory; stored encrypted or not at all.
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class LLMRoute:
+    """Where one user's LLM calls go, and with which key, so that the spend lands on them."""
+
+    base_url: str | None  # None: the built-in model
+    api_key: str | None
+    billed_upstream: bool  # True: the upstream (LiteLLM) charges the key itself
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    estimated: bool = False  # counted locally because the upstream did not say
+    cost: float | None = None  # when the upstream reported it (LiteLLM's response cost)
+
+
+@dataclass(frozen=True)
+class DailySpend:
+    day: date
+    spend: float
+    prompt_tokens: int
+    completion_tokens: int
+    requests: int
+
+
+class BillingProvider(Protocol):
+    name: str
+
+    async def ensure_account(self, user_id: UUID, email: str) -> BillingAccount:
+        """Create the billing user and key once; later calls find and return them."""
+        ...
+
+    async def get_budget(self, user_id: UUID) -> Budget: ...
+
+    async def set_budget(self, user_id: UUID, max_budget: float) -> Budget: ...
+
+    async def check(self, user_id: UUID) -> Budget:
+        """Raise BudgetExceeded when nothing remains; otherwise the current budget."""
+        ...
+
+    async def llm_route(self, user_id: UUID) -> LLMRoute: ...
+
+    def cost_of(self, usage: TokenUsage) -> float:
+        """USD for a call, from the upstream's figure or the price table."""
+        ...
+
+    async def record(self, conn: Conn, user_id: UUID, usage: TokenUsage) -> float:
+        """Charge a finished call inside the caller's transaction. Returns its cost."""
+        ...
+
+    async def daily_activity(self, user_id: UUID, start: date, end: date) -> list[DailySpend] | None:
+        """The provider's own per-day spend, when it keeps one (LiteLLM); None otherwise."""
+        ...
+
+    async def check_health(self) -> None: ...
+
+
+__all__ = [
+    "BillingAccount",
+    "BillingProvider",
+    "Budget",
+    "BudgetExceeded",
+    "DailySpend",
+    "LLMRoute",
+    "TokenUsage",
+]

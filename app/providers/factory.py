@@ -1,0 +1,86 @@
+"""Builds one provider per port from settings. The only place that picks an implementation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from app.auth.tokens import JwksCache, TokenVerifier
+from app.config import Settings
+from app.db import Database
+from app.providers.agents import AgentProvider
+from app.providers.billing import BillingProvider
+from app.providers.identity import IdentityProvider
+
+
+@dataclass
+class Providers:
+    identity: IdentityProvider
+    billing: BillingProvider
+    agents: AgentProvider
+    verifier: TokenVerifier
+
+
+def supabase_issuer(settings: Settings) -> str:
+    return f"{(settings.supabase_url or '').rstrip('/')}/auth/v1"
+
+
+def build_verifier(settings: Settings, http: httpx.AsyncClient) -> TokenVerifier:
+    if settings.identity_provider == "supabase":
+        jwks = JwksCache(
+            f"{supabase_issuer(settings)}/.well-known/jwks.json",
+            http,
+            settings.supabase_jwks_ttl_seconds,
+        )
+        secret = settings.supabase_jwt_secret
+        return TokenVerifier(
+            issuer=supabase_issuer(settings),
+            audience=settings.jwt_audience,
+            hs_secrets=[secret.get_secret_value()] if secret else [],
+            jwks=jwks,
+        )
+    return TokenVerifier(
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        hs_secrets=[settings.jwt_secret.get_secret_value()],
+    )
+
+
+def build_identity(settings: Settings, db: Database, http: httpx.AsyncClient) -> IdentityProvider:
+    if settings.identity_provider == "supabase":
+        from app.providers.supabase.identity import SupabaseIdentity
+
+        return SupabaseIdentity(settings, http)
+    from app.providers.builtin.identity import BuiltinIdentity
+
+    return BuiltinIdentity(settings, db)
+
+
+def build_billing(settings: Settings, db: Database, http: httpx.AsyncClient) -> BillingProvider:
+    if settings.billing_provider == "litellm":
+        from app.providers.litellm.billing import LiteLLMBilling
+
+        return LiteLLMBilling(settings, db, http)
+    from app.providers.builtin.billing import BuiltinBilling
+
+    return BuiltinBilling(settings, db)
+
+
+def build_agents(settings: Settings, db: Database, http: httpx.AsyncClient) -> AgentProvider:
+    if settings.agent_provider == "letta":
+        from app.providers.letta.agents import LettaAgents
+
+        return LettaAgents(settings, http)
+    from app.providers.builtin.agents import BuiltinAgents
+
+    return BuiltinAgents(settings, db)
+
+
+def build_providers(settings: Settings, db: Database, http: httpx.AsyncClient) -> Providers:
+    return Providers(
+        identity=build_identity(settings, db, http),
+        billing=build_billing(settings, db, http),
+        agents=build_agents(settings, db, http),
+        verifier=build_verifier(settings, http),
+    )

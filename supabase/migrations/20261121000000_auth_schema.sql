@@ -21,6 +21,7 @@ begin
             id uuid primary key,
             email text unique,
             raw_user_meta_data jsonb not null default '{}'::jsonb,
+            raw_app_meta_data jsonb not null default '{}'::jsonb,
             created_at timestamptz not null default now(),
             updated_at timestamptz not null default now()
         );

@@ -1,0 +1,82 @@
+"""`add_usage`: the upsert the chat turn calls inside its transaction."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import date
+
+import asyncpg
+import pytest
+
+from app.usage.repository import add_usage, usage_days
+from tests.usage.conftest import insert_user
+
+DAY = date(2026, 11, 20)
+
+
+async def _add(pool: asyncpg.Pool, user_id: object, day: date = DAY, **kw: object) -> None:
+    amounts: dict[str, object] = {
+        "messages": 1,
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "total_tokens": 15,
+        "cost": 0.001,
+    }
+    amounts.update(kw)
+    async with pool.acquire() as conn, conn.transaction():
+        await add_usage(conn, user_id, day, **amounts)  # type: ignore[arg-type]
+
+
+async def test_add_usage_creates_then_adds(db_pool: asyncpg.Pool) -> None:
+    user_id, _ = await insert_user(db_pool)
+    await _add(db_pool, user_id)
+    await _add(db_pool, user_id, messages=2, prompt_tokens=1, completion_tokens=2,
+               total_tokens=3, cost=0.1)
+    async with db_pool.acquire() as conn:
+        days = await usage_days(conn, user_id, DAY, DAY)
+    assert len(days) == 1
+    row = days[0]
+    assert (row.messages, row.prompt_tokens, row.completion_tokens, row.total_tokens) == (
+        3, 11, 7, 18,
+    )
+    assert row.cost == pytest.approx(0.101, abs=1e-12)
+
+
+async def test_add_usage_rolls_back_with_the_callers_transaction(db_pool: asyncpg.Pool) -> None:
+    user_id, _ = await insert_user(db_pool)
+    async with db_pool.acquire() as conn:
+        with pytest.raises(RuntimeError):
+            async with conn.transaction():
+                await add_usage(conn, user_id, DAY, messages=1, prompt_tokens=1,
+                                completion_tokens=1, total_tokens=2, cost=0.5)
+                raise RuntimeError("turn failed after counting")
+        assert await usage_days(conn, user_id, DAY, DAY) == []
+
+
+async def test_add_usage_concurrent_increments_are_not_lost(db_pool: asyncpg.Pool) -> None:
+    user_id, _ = await insert_user(db_pool)
+    await asyncio.gather(*(_add(db_pool, user_id, cost=0.01) for _ in range(20)))
+    async with db_pool.acquire() as conn:
+        (row,) = await usage_days(conn, user_id, DAY, DAY)
+    assert row.messages == 20
+    assert row.total_tokens == 300
+    assert row.cost == pytest.approx(0.2, abs=1e-12)
+
+
+async def test_days_are_per_user_and_in_range(db_pool: asyncpg.Pool) -> None:
+    alice, _ = await insert_user(db_pool)
+    bob, _ = await insert_user(db_pool)
+    await _add(db_pool, alice, date(2026, 11, 1))
+    await _add(db_pool, alice, date(2026, 11, 3))
+    await _add(db_pool, alice, date(2026, 11, 9))
+    await _add(db_pool, bob, date(2026, 11, 3), messages=7)
+    async with db_pool.acquire() as conn:
+        days = await usage_days(conn, alice, date(2026, 11, 2), date(2026, 11, 9))
+    assert [d.day for d in days] == [date(2026, 11, 3), date(2026, 11, 9)]
+    assert all(d.messages == 1 for d in days)
+
+
+async def test_add_usage_refuses_negative_amounts(db_pool: asyncpg.Pool) -> None:
+    user_id, _ = await insert_user(db_pool)
+    with pytest.raises(ValueError):
+        await _add(db_pool, user_id, cost=-1.0)

@@ -102,6 +102,11 @@ class Settings(BaseSettings):
 
     # --- chat ---
     sse_ping_seconds: float = 15.0
+    # A streaming turn's owner renews its lease every third of this; a turn whose lease ran out
+    # was left by a crashed process and is marked failed ("interrupted").
+    chat_turn_lease_seconds: float = 30.0
+    chat_event_flush_seconds: float = 0.1  # streamed events are stored in batches this often
+    chat_shutdown_grace_seconds: float = 10.0  # running turns may finish before shutdown
     rate_limit: str = "120/minute"
     redis_url: str | None = None
 

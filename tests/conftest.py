@@ -18,6 +18,9 @@ from app.config import Settings
 from app.db import migrate
 from app.main import create_app
 
+# Shared helpers (the scripted LLM server, ...) for every feature's tests.
+pytest_plugins = ["tests.support.fixtures"]
+
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
 
 

@@ -1,0 +1,276 @@
+"""Load generator: many concurrent SSE streams over raw asyncio sockets, timed per event.
+
+Raw sockets (not httpx) keep the client's own cost per event small and equal for both targets,
+so that at C=1000 the figures describe the servers, not the client.
+
+Definitions (all clocks are CLOCK_MONOTONIC on one host, so the simulator's emission stamps and
+the client's arrival stamps are directly comparable):
+- time to first event (TTFE): from just before the TCP connect to the arrival of the first
+  assistant text fragment (through the backend: the first `delta` event; direct: the first
+  `assistant_message` frame). The simulator emits fragment 0 right after its ping, so TTFE is
+  the path's own latency, not model time.
+- per-event latency: for every text fragment, arrival at the client minus the simulator's
+  emission stamp carried in the fragment (`w<k>@<ns>@`). "Added latency per event" is the
+  through-backend figure minus the direct figure at the same percentile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+MARKER = re.compile(rb"w(\d+)@(\d+)@")
+FRAME_SEP = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+Mode = Literal["direct", "backend"]
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """One streamed POST: where to send it and how to read the answer."""
+
+    host: str
+    port: int
+    path: str
+    body: bytes
+    mode: Mode  # "direct": Letta frames; "backend": our SSE events
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def raw(self) -> bytes:
+        lines = [
+            f"POST {self.path} HTTP/1.1",
+            f"host: {self.host}:{self.port}",
+            "content-type: application/json",
+            "accept: text/event-stream",
+            f"content-length: {len(self.body)}",
+            "connection: close",
+            *(f"{k}: {v}" for k, v in self.headers),
+        ]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + self.body
+
+
+@dataclass
+class StreamResult:
+    ok: bool = False
+    error: str | None = None
+    status: int = 0
+    started_ns: int = 0
+    first_frame_ns: int | None = None  # any SSE frame (backend: `turn`; direct: ping)
+    first_event_ns: int | None = None  # first assistant text fragment
+    ended_ns: int = 0
+    fragments: int = 0
+    latencies_ns: list[int] = field(default_factory=list)  # arrival - emission per fragment
+    done: bool = False
+
+    @property
+    def ttfe_ns(self) -> int | None:
+        return None if self.first_event_ns is None else self.first_event_ns - self.started_ns
+
+    @property
+    def ttff_ns(self) -> int | None:
+        return None if self.first_frame_ns is None else self.first_frame_ns - self.started_ns
+
+
+class _FrameReader:
+    """Splits an SSE byte stream into frames and classifies them for one mode."""
+
+    def __init__(self, mode: Mode, result: StreamResult) -> None:
+        self.mode = mode
+        self.result = result
+        self.buffer = b""
+
+    def feed(self, data: bytes, arrived_ns: int) -> None:
+        self.buffer += data
+        frames = FRAME_SEP.split(self.buffer)
+        self.buffer = frames.pop()
+        for frame in frames:
+            if frame:
+                self._frame(frame, arrived_ns)
+
+    def _frame(self, frame: bytes, arrived_ns: int) -> None:
+        event = b"message"
+        data_parts = []
+        for line in frame.splitlines():
+            if line.startswith(b"data:"):
+                data_parts.append(line[5:].lstrip(b" "))
+            elif line.startswith(b"event:"):
+                event = line[6:].strip()
+        if not data_parts:
+            return  # a comment (ping) or an id-only frame
+        data = b"\n".join(data_parts)
+        result = self.result
+        if result.first_frame_ns is None:
+            result.first_frame_ns = arrived_ns
+        if self.mode == "backend":
+            is_text = event == b"delta"
+            if event == b"done":
+                result.done = True
+            elif event == b"error":
+                result.error = "error event: " + data.decode(errors="replace")[:200]
+        else:
+            is_text = b'"assistant_message"' in data
+            if data == b"[DONE]":
+                result.done = True
+            elif b'"error"' in data[:40] or event == b"error":
+                result.error = "error frame: " + data.decode(errors="replace")[:200]
+        if is_text:
+            markers = MARKER.findall(data)
+            if markers and result.first_event_ns is None:
+                result.first_event_ns = arrived_ns
+            for _k, emitted in markers:
+                result.fragments += 1
+                result.latencies_ns.append(arrived_ns - int(emitted))
+
+
+async def stream_once(
+    request: StreamRequest, *, stream_timeout: float, expected_fragments: int | None = None
+) -> StreamResult:
+    """Open one connection, send the request, read the SSE answer to its end."""
+    result = StreamResult(started_ns=time.monotonic_ns())
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(stream_timeout):
+            reader, writer = await asyncio.open_connection(request.host, request.port)
+            writer.write(request.raw())
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            result.status = int(lines[0].split(" ", 2)[1])
+            headers = {}
+            for line in lines[1:]:
+                if line:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+            frames = _FrameReader(request.mode, result)
+            if result.status != 200:
+                length = int(headers.get("content-length", "0") or 0)
+                body = await reader.readexactly(length) if length else await reader.read(4096)
+                result.error = f"HTTP {result.status}: {_error_code(body)}"
+                return result
+            if headers.get("transfer-encoding", "").lower() == "chunked":
+                while True:
+                    size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip(), 16)
+                    data = await reader.readexactly(size + 2)
+                    if size == 0:
+                        break
+                    frames.feed(data[:-2], time.monotonic_ns())
+            else:
+                while data := await reader.read(65536):
+                    frames.feed(data, time.monotonic_ns())
+            frames.feed(b"\n\n", time.monotonic_ns())  # a last frame without its blank line
+    except TimeoutError:
+        result.error = "timeout"
+    except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"[:200]
+    finally:
+        result.ended_ns = time.monotonic_ns()
+        if writer is not None:
+            writer.close()
+    if result.error is None and not result.done:
+        result.error = "stream ended without its final event"
+    if result.error is None and expected_fragments not in (None, result.fragments):
+        result.error = f"{result.fragments} text fragments, expected {expected_fragments}"
+    result.ok = result.error is None
+    return result
+
+
+def _error_code(body: bytes) -> str:
+    try:
+        payload = json.loads(body)
+        return str(payload["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return body[:120].decode(errors="replace")
+
+
+@dataclass
+class LoadResult:
+    concurrency: int
+    rounds: int
+    results: list[StreamResult]
+    wall_seconds: float
+
+
+async def run_load(
+    make_request: Callable[[int, int], StreamRequest],
+    *,
+    concurrency: int,
+    rounds: int,
+    ramp_seconds: float,
+    stream_timeout: float,
+    expected_fragments: int | None = None,
+) -> LoadResult:
+    """C clients, each running `rounds` streams back to back, starts spread over the ramp.
+
+    Spreading the first starts over about one stream's duration keeps ~C streams in flight
+    without a synchronized burst of C connects in one millisecond (which no real population of
+    users produces and which would measure the accept queue, not the streaming path).
+    """
+
+    async def client(index: int) -> list[StreamResult]:
+        if concurrency > 1 and ramp_seconds > 0:
+            await asyncio.sleep(ramp_seconds * index / concurrency)
+        out = []
+        for round_no in range(rounds):
+            request = make_request(index, round_no)
+            result = await stream_once(
+                request, stream_timeout=stream_timeout, expected_fragments=expected_fragments
+            )
+            out.append(result)
+        return out
+
+    started = time.monotonic()
+    per_client = await asyncio.gather(*(client(i) for i in range(concurrency)))
+    wall = time.monotonic() - started
+    return LoadResult(concurrency, rounds, [r for rs in per_client for r in rs], wall)
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks (numpy's default), q in [0, 100]."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100.0
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+@dataclass(frozen=True)
+class Summary:
+    streams: int
+    errors: int
+    error_kinds: dict[str, int]
+    ttfe_p50_ms: float | None
+    ttfe_p99_ms: float | None
+    ttff_p50_ms: float | None
+    event_p50_ms: float | None
+    event_p99_ms: float | None
+    fragments: int
+    wall_seconds: float
+
+
+def summarize(load: LoadResult) -> Summary:
+    ok = [r for r in load.results if r.ok]
+    ttfe = [r.ttfe_ns / 1e6 for r in ok if r.ttfe_ns is not None]
+    ttff = [r.ttff_ns / 1e6 for r in ok if r.ttff_ns is not None]
+    lat = [ns / 1e6 for r in ok for ns in r.latencies_ns]
+    kinds: dict[str, int] = {}
+    for r in load.results:
+        if not r.ok:
+            key = (r.error or "unknown")[:80]
+            kinds[key] = kinds.get(key, 0) + 1
+    return Summary(
+        streams=len(load.results),
+        errors=len(load.results) - len(ok),
+        error_kinds=kinds,
+        ttfe_p50_ms=percentile(ttfe, 50),
+        ttfe_p99_ms=percentile(ttfe, 99),
+        ttff_p50_ms=percentile(ttff, 50),
+        event_p50_ms=percentile(lat, 50),
+        event_p99_ms=percentile(lat, 99),
+        fragments=len(lat),
+        wall_seconds=load.wall_seconds,
+    )

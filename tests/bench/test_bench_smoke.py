@@ -1,0 +1,144 @@
+"""The benchmark's own parts (simulated Letta, load generator) stay working: tiny, fast runs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from bench.loadgen import StreamRequest, percentile, run_load, stream_once, summarize
+from bench.sim_letta import SimConfig, SimLetta, agent_id_for_user, serve
+
+EVENTS = 3
+INTERVAL = 0.01
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[tuple[SimLetta, int]]:
+    server, simulator, port = await serve(SimConfig(events=EVENTS, interval=INTERVAL))
+    yield simulator, port
+    server.close()
+    await server.wait_closed()
+
+
+def _direct(port: int, agent_id: str = "agent-x") -> StreamRequest:
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream_tokens": True})
+    return StreamRequest(
+        "127.0.0.1", port, f"/v1/agents/{agent_id}/messages/stream", body.encode(), "direct"
+    )
+
+
+async def test_stream_matches_the_recorded_letta_format(sim: tuple[SimLetta, int]) -> None:
+    _, port = sim
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        response = await client.post(
+            "/v1/agents/agent-1/messages/stream",
+            json={"messages": [{"role": "user", "content": "hi"}], "stream_tokens": True},
+        )
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+    frames = [f for f in response.text.split("\n\n") if f]
+    assert all(f.startswith("data: ") for f in frames)
+    payloads = [f[len("data: ") :] for f in frames]
+    assert payloads[-1] == "[DONE]"
+    messages = [json.loads(p) for p in payloads[:-1]]
+    kinds = [m["message_type"] for m in messages]
+    assert kinds == ["ping"] + ["assistant_message"] * EVENTS + ["stop_reason", "usage_statistics"]
+    fragments = messages[1 : 1 + EVENTS]
+    assert len({m["id"] for m in fragments}) == 1  # fragments of one message share its id
+    assert [m["content"].split("@")[0] for m in fragments] == ["w0", "w1", "w2"]
+    usage = messages[-1]
+    assert usage["completion_tokens"] == EVENTS
+    assert usage["total_tokens"] == usage["prompt_tokens"] + EVENTS
+
+
+async def test_agent_lookup_by_tag_and_create_agree(sim: tuple[SimLetta, int]) -> None:
+    simulator, port = sim
+    user = "2b0f0c1e-0000-4000-8000-000000000001"
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        found = (await client.get("/v1/agents/", params={"tags": f"user:{user}"})).json()
+        created = (
+            await client.post("/v1/agents/", json={"name": "n", "tags": [f"user:{user}"]})
+        ).json()
+        missing = await client.get("/v1/no/such/path")
+    assert found[0]["id"] == created["id"] == agent_id_for_user(user)
+    assert missing.status_code == 404
+    assert simulator.stats.requests["unhandled GET /v1/no/such/path"] == 1
+
+
+async def test_emission_follows_the_schedule(sim: tuple[SimLetta, int]) -> None:
+    _, port = sim
+    result = await stream_once(_direct(port), stream_timeout=5, expected_fragments=EVENTS)
+    assert result.ok, result.error
+    assert result.fragments == EVENTS
+    assert result.ttfe_ns is not None and result.ttfe_ns < 1e9
+    # The whole stream takes (EVENTS - 1) intervals, give or take scheduling.
+    duration = (result.ended_ns - result.started_ns) / 1e9
+    assert (EVENTS - 1) * INTERVAL * 0.9 <= duration < 2.0
+    assert all(0 <= ns < 1e9 for ns in result.latencies_ns)
+
+
+async def test_load_generator_counts_streams_and_errors(sim: tuple[SimLetta, int]) -> None:
+    simulator, port = sim
+    load = await run_load(
+        lambda i, r: _direct(port, f"agent-{i}"),
+        concurrency=2,
+        rounds=3,
+        ramp_seconds=0.01,
+        stream_timeout=5,
+        expected_fragments=EVENTS,
+    )
+    summary = summarize(load)
+    assert summary.streams == 6 and summary.errors == 0
+    assert summary.fragments == 6 * EVENTS
+    assert summary.ttfe_p50_ms is not None and summary.event_p99_ms is not None
+    assert simulator.stats.streams_done == 6
+
+    # A wrong expectation and a refused connection are counted as errors, with their reason.
+    bad = await stream_once(_direct(port), stream_timeout=5, expected_fragments=EVENTS + 1)
+    assert not bad.ok and "expected 4" in (bad.error or "")
+    closed = await stream_once(_direct(1), stream_timeout=1)
+    assert not closed.ok and closed.error
+
+
+async def test_backend_mode_reads_our_event_contract() -> None:
+    """A stand-in for the chat endpoint: `turn`, `delta`s (CRLF lines), `done`, or an error."""
+    emitted = time.monotonic_ns()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        events = [
+            b": ping\r\n\r\n",
+            b'id: 1\r\nevent: turn\r\ndata: {"turn_id": "t"}\r\n\r\n',
+            b'id: 2\r\nevent: delta\r\ndata: {"text": "w0@%d@ "}\r\n\r\n' % emitted,
+            b'id: 3\r\nevent: delta\r\ndata: {"text": "w1@%d@ "}\r\n\r\n' % emitted,
+            b'id: 4\r\nevent: message\r\ndata: {"text": "w0@1@ w1@1@"}\r\n\r\n',
+            b"id: 5\r\nevent: done\r\ndata: {}\r\n\r\n",
+        ]
+        body = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events) + b"0\r\n\r\n"
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        request = StreamRequest("127.0.0.1", port, "/api/v1/chat/message", b"{}", "backend")
+        result = await stream_once(request, stream_timeout=5, expected_fragments=2)
+    finally:
+        server.close()
+    assert result.ok, result.error
+    assert result.fragments == 2  # the final `message` is not a fragment
+    assert result.first_frame_ns is not None and result.first_event_ns is not None
+    assert result.first_frame_ns <= result.first_event_ns
+
+
+def test_percentile_interpolates() -> None:
+    assert percentile([], 50) is None
+    assert percentile([5.0], 99) == 5.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile(list(map(float, range(101))), 99) == pytest.approx(99.0)

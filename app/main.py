@@ -10,6 +10,7 @@ import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from app.accounts.provisioning import Provisioner
 from app.config import Settings, get_settings
 from app.database_server import resolve_database
 from app.db import Database, apply_migrations
@@ -50,6 +51,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.billing = providers.billing
         app.state.agents = providers.agents
         app.state.verifier = providers.verifier
+        app.state.provisioner = Provisioner(settings, db, providers.billing, providers.agents)
         for hook in app.state.startup_hooks:
             await hook(app)
         yield
@@ -97,5 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _api_routers() -> list[object]:
     """Feature routers, each mounted under /api/v1."""
-    routers: list[object] = []
+    from app.accounts.router import router as accounts_router
+
+    routers: list[object] = [accounts_router]
     return routers

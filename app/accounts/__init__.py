@@ -1,0 +1,1 @@
+"""Accounts: register, login, refresh, logout, me, profile; the provisioning saga."""

@@ -1,0 +1,153 @@
+"""All SQL of the accounts feature: the `profiles` table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+from app.db import Conn
+
+
+@dataclass(frozen=True)
+class ProfileRow:
+    id: UUID
+    email: str
+    display_name: str | None
+    agent_id: str | None
+    agent_provider: str | None
+    billing_provider: str | None
+    billing_ref: str | None
+    provisioning_status: str
+    provisioning_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+def _row(record: asyncpg.Record | None) -> ProfileRow | None:
+    return ProfileRow(**dict(record)) if record is not None else None
+
+
+async def insert_profile(
+    conn: Conn, user_id: UUID, email: str, display_name: str | None
+) -> ProfileRow:
+    record = await conn.fetchrow(
+        """
+        insert into public.profiles (id, email, display_name)
+        values ($1, $2, $3)
+        returning id, email, display_name, agent_id, agent_provider, billing_provider,
+            billing_ref, provisioning_status, provisioning_error, created_at, updated_at
+        """,
+        user_id,
+        email,
+        display_name,
+    )
+    row = _row(record)
+    assert row is not None
+    return row
+
+
+async def ensure_profile(
+    conn: Conn, user_id: UUID, email: str, display_name: str | None
+) -> ProfileRow:
+    """The profile of an account that may have been created outside this API (Supabase)."""
+    await conn.execute(
+        """
+        insert into public.profiles (id, email, display_name) values ($1, $2, $3)
+        on conflict (id) do nothing
+        """,
+        user_id,
+        email,
+        display_name,
+    )
+    row = await get_profile(conn, user_id)
+    assert row is not None
+    return row
+
+
+async def delete_profile(conn: Conn, user_id: UUID) -> None:
+    await conn.execute("delete from public.profiles where id = $1", user_id)
+
+
+async def get_profile(conn: Conn, user_id: UUID) -> ProfileRow | None:
+    return _row(
+        await conn.fetchrow(
+            """
+            select id, email, display_name, agent_id, agent_provider, billing_provider,
+                   billing_ref, provisioning_status, provisioning_error, created_at, updated_at
+            from public.profiles where id = $1
+            """,
+            user_id,
+        )
+    )
+
+
+async def update_display_name(
+    conn: Conn, user_id: UUID, display_name: str | None
+) -> ProfileRow | None:
+    return _row(
+        await conn.fetchrow(
+            """
+            update public.profiles set display_name = $2, updated_at = now()
+            where id = $1
+            returning id, email, display_name, agent_id, agent_provider, billing_provider,
+            billing_ref, provisioning_status, provisioning_error, created_at, updated_at
+            """,
+            user_id,
+            display_name,
+        )
+    )
+
+
+async def save_provisioning(
+    conn: Conn,
+    user_id: UUID,
+    *,
+    status: str,
+    error: str | None,
+    agent_id: str | None,
+    agent_provider: str | None,
+    billing_provider: str | None,
+    billing_ref: str | None,
+) -> ProfileRow | None:
+    """Record the outcome; a step that failed this time keeps what an earlier run stored."""
+    return _row(
+        await conn.fetchrow(
+            """
+            update public.profiles set
+                provisioning_status = $2,
+                provisioning_error = $3,
+                agent_id = coalesce($4, agent_id),
+                agent_provider = coalesce($5, agent_provider),
+                billing_provider = coalesce($6, billing_provider),
+                billing_ref = coalesce($7, billing_ref),
+                updated_at = now()
+            where id = $1
+            returning id, email, display_name, agent_id, agent_provider, billing_provider,
+            billing_ref, provisioning_status, provisioning_error, created_at, updated_at
+            """,
+            user_id,
+            status,
+            error,
+            agent_id,
+            agent_provider,
+            billing_provider,
+            billing_ref,
+        )
+    )
+
+
+async def lock_provisioning(conn: Conn, user_id: UUID) -> None:
+    """Serialize provisioning of one user across app instances (released at commit).
+
+    The two-int4 form lives in a different lock space from single-bigint advisory locks
+    (objsubid 2 vs 1), so it never collides with, say, a per-user chat turn lock.
+    """
+    await conn.execute(
+        "select pg_advisory_xact_lock($1, hashtext($2))", _PROVISIONING_LOCK_CLASS, str(user_id)
+    )
+
+
+_PROVISIONING_LOCK_CLASS = 0x5052_4F56 & 0x7FFF_FFFF  # "PROV"

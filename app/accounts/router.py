@@ -1,0 +1,109 @@
+"""HTTP only: /auth/* and /user/profile. The use cases are in `service.py`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response, status
+
+from app.accounts import service
+from app.accounts.provisioning import ProvisionerDep
+from app.accounts.schemas import (
+    AuthResponse,
+    LoginRequest,
+    LogoutRequest,
+    MeResponse,
+    ProfileResponse,
+    ProfileUpdate,
+    RefreshRequest,
+    RegisterRequest,
+    TokenResponse,
+)
+from app.auth.deps import CurrentUser
+from app.deps import DbDep, IdentityDep
+from app.errors import error_responses
+
+router = APIRouter()
+
+
+@router.post(
+    "/auth/register",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AuthResponse,
+    tags=["auth"],
+    responses=error_responses(409, 422, 502, 503),
+    summary="Create an account, its budget and its agent",
+)
+async def register(
+    body: RegisterRequest, identity: IdentityDep, db: DbDep, provisioner: ProvisionerDep
+) -> AuthResponse:
+    return await service.register(body, identity, db, provisioner)
+
+
+@router.post(
+    "/auth/login",
+    response_model=AuthResponse,
+    tags=["auth"],
+    responses=error_responses(401, 422, 502, 503),
+)
+async def login(
+    body: LoginRequest, identity: IdentityDep, db: DbDep, provisioner: ProvisionerDep
+) -> AuthResponse:
+    return await service.login(body, identity, db, provisioner)
+
+
+@router.post(
+    "/auth/refresh",
+    response_model=TokenResponse,
+    tags=["auth"],
+    responses=error_responses(401, 422, 502, 503),
+    summary="Exchange a refresh token for a new pair (the old one stops working)",
+)
+async def refresh(body: RefreshRequest, identity: IdentityDep) -> TokenResponse:
+    return await service.refresh(body.refresh_token, identity)
+
+
+@router.post(
+    "/auth/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    tags=["auth"],
+    responses=error_responses(401, 422, 502, 503),
+    summary="End the session of this access token (its refresh tokens stop working)",
+)
+async def logout(
+    request: Request,
+    claims: CurrentUser,
+    identity: IdentityDep,
+    body: LogoutRequest | None = None,
+) -> Response:
+    await service.logout(identity, request.state.access_token, claims)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/auth/me",
+    response_model=MeResponse,
+    tags=["auth"],
+    responses=error_responses(401, 404),
+)
+async def me(claims: CurrentUser, db: DbDep) -> MeResponse:
+    return await service.me(db, claims.sub)
+
+
+@router.get(
+    "/user/profile",
+    response_model=ProfileResponse,
+    tags=["user"],
+    responses=error_responses(401, 404),
+)
+async def get_profile(claims: CurrentUser, db: DbDep) -> ProfileResponse:
+    return await service.get_profile(db, claims.sub)
+
+
+@router.patch(
+    "/user/profile",
+    response_model=ProfileResponse,
+    tags=["user"],
+    responses=error_responses(401, 404, 422),
+)
+async def update_profile(body: ProfileUpdate, claims: CurrentUser, db: DbDep) -> ProfileResponse:
+    return await service.update_profile(db, claims.sub, body.display_name)

@@ -1,0 +1,117 @@
+"""Request and response bodies of the accounts endpoints (the frontend's contract)."""
+
+from __future__ import annotations
+
+import unicodedata
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+MAX_EMAIL = 254  # RFC 5321 path limit
+MIN_PASSWORD = 8
+MAX_PASSWORD = 256  # argon2 takes any length; this bounds the work one request can ask for
+MAX_DISPLAY_NAME = 100
+MAX_REFRESH_TOKEN = 2048
+
+
+def _email(value: str) -> str:
+    try:
+        result = validate_email(value, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError("not a valid email address") from exc
+    return result.normalized.lower()
+
+
+def _display_name(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
+        raise ValueError("display name must not contain control characters")
+    return value or None
+
+
+Email = Annotated[str, Field(min_length=3, max_length=MAX_EMAIL), AfterValidator(_email)]
+Password = Annotated[str, Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)]
+DisplayName = Annotated[
+    str | None, Field(max_length=MAX_DISPLAY_NAME), AfterValidator(_display_name)
+]
+
+ProvisioningStatus = Literal["pending", "ready", "degraded"]
+AgentStatus = Literal["ready", "pending", "unavailable"]
+
+
+class RegisterRequest(BaseModel):
+    email: Email
+    password: Password
+    display_name: DisplayName = None
+
+
+class LoginRequest(BaseModel):
+    email: Annotated[str, Field(min_length=1, max_length=MAX_EMAIL)]
+    password: Annotated[str, Field(min_length=1, max_length=MAX_PASSWORD)]
+
+
+class RefreshRequest(BaseModel):
+    refresh_token: Annotated[str, Field(min_length=1, max_length=MAX_REFRESH_TOKEN)]
+
+
+class LogoutRequest(BaseModel):
+    # Accepted for clients that send it; the session ended is the access token's own.
+    refresh_token: Annotated[str | None, Field(max_length=MAX_REFRESH_TOKEN)] = None
+
+
+class ProfileUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    display_name: DisplayName
+
+
+class UserOut(BaseModel):
+    id: UUID
+    email: str
+    display_name: str | None
+
+
+class AgentSummary(BaseModel):
+    id: str | None
+    status: AgentStatus
+
+
+class TokenResponse(BaseModel):
+    user: UserOut
+    access_token: str
+    refresh_token: str
+    token_type: Literal["bearer"] = "bearer"
+    expires_in: int
+
+
+class AuthResponse(TokenResponse):
+    """Register and login: the tokens plus where the account's provisioning stands."""
+
+    agent: AgentSummary
+    provisioning_status: ProvisioningStatus
+
+
+class MeResponse(BaseModel):
+    id: UUID
+    email: str
+    display_name: str | None
+    created_at: datetime
+
+
+class ProfileResponse(BaseModel):
+    id: UUID
+    email: str
+    display_name: str | None
+    agent_id: str | None
+    agent_provider: str | None
+    agent_status: AgentStatus
+    billing_provider: str | None
+    provisioning_status: ProvisioningStatus
+    provisioning_error: str | None
+    created_at: datetime
+    updated_at: datetime

@@ -1,0 +1,171 @@
+"""Account use cases over the identity port, the profiles table and the provisioning saga."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from uuid import UUID
+
+from app.accounts import repository
+from app.accounts.provisioning import (
+    ProfileNotFound,
+    Provisioned,
+    Provisioner,
+    agent_status,
+    provisioning_status,
+)
+from app.accounts.repository import ProfileRow
+from app.accounts.schemas import (
+    AgentSummary,
+    AuthResponse,
+    LoginRequest,
+    MeResponse,
+    ProfileResponse,
+    RegisterRequest,
+    TokenResponse,
+    UserOut,
+)
+from app.auth.tokens import TokenClaims
+from app.db import Database
+from app.providers.identity import AuthSession, IdentityProvider
+
+logger = logging.getLogger(__name__)
+
+# Login re-provisions a degraded account, but never waits on it for longer than this.
+ENSURE_ON_LOGIN_TIMEOUT_SECONDS = 15.0
+
+
+def _auth_response(session: AuthSession, profile: ProfileRow, p: Provisioned) -> AuthResponse:
+    return AuthResponse(
+        user=UserOut(id=profile.id, email=profile.email, display_name=profile.display_name),
+        access_token=session.access_token,
+        refresh_token=session.refresh_token,
+        expires_in=session.expires_in,
+        agent=AgentSummary(id=p.agent_id, status=agent_status(p.status, p.agent_id)),
+        provisioning_status=provisioning_status(p.status),
+    )
+
+
+async def register(
+    body: RegisterRequest, identity: IdentityProvider, db: Database, provisioner: Provisioner
+) -> AuthResponse:
+    metadata = {"display_name": body.display_name} if body.display_name else {}
+    user = await identity.create_user(body.email, body.password, metadata)
+    # From here on a failure must undo the identity user: a failed registration leaves nothing.
+    try:
+        async with db.transaction() as conn:
+            profile = await repository.insert_profile(conn, user.id, user.email, body.display_name)
+        session = await identity.sign_in(body.email, body.password)
+    except BaseException:
+        await _compensate(identity, db, user.id)
+        raise
+    # Billing and agent failures do not undo the account: it is usable, `degraded`, retried.
+    provisioned = await provisioner.provision(user.id, user.email)
+    return _auth_response(session, profile, provisioned)
+
+
+async def _compensate(identity: IdentityProvider, db: Database, user_id: UUID) -> None:
+    try:
+        async with db.transaction() as conn:
+            await repository.delete_profile(conn, user_id)
+        await identity.delete_user(user_id)
+    except Exception:
+        logger.exception("could not undo the registration of %s", user_id)
+
+
+async def login(
+    body: LoginRequest, identity: IdentityProvider, db: Database, provisioner: Provisioner
+) -> AuthResponse:
+    session = await identity.sign_in(body.email, body.password)
+    async with db.transaction() as conn:
+        # Accounts created outside this API (Supabase dashboard, frontend sign-up) get a
+        # profile on their first login.
+        profile = await repository.ensure_profile(
+            conn,
+            session.user.id,
+            session.user.email,
+            _display_name_from(session.user.metadata),
+        )
+    provisioned = Provisioned(
+        user_id=profile.id,
+        email=profile.email,
+        status=profile.provisioning_status,
+        agent_id=profile.agent_id,
+        billing_ref=profile.billing_ref,
+        error=profile.provisioning_error,
+    )
+    if profile.provisioning_status != "ready":
+        try:
+            provisioned = await asyncio.wait_for(
+                provisioner.ensure(profile.id), ENSURE_ON_LOGIN_TIMEOUT_SECONDS
+            )
+        except Exception:
+            # The account works without its agent; the next login or chat tries again.
+            logger.warning("provisioning retry on login failed for %s", profile.id, exc_info=True)
+    return _auth_response(session, profile, provisioned)
+
+
+def _display_name_from(metadata: dict[str, object]) -> str | None:
+    value = metadata.get("display_name") or metadata.get("full_name")
+    return str(value)[:100] if value else None
+
+
+async def refresh(refresh_token: str, identity: IdentityProvider) -> TokenResponse:
+    session = await identity.refresh(refresh_token)
+    return TokenResponse(
+        user=UserOut(
+            id=session.user.id,
+            email=session.user.email,
+            display_name=_display_name_from(session.user.metadata),
+        ),
+        access_token=session.access_token,
+        refresh_token=session.refresh_token,
+        expires_in=session.expires_in,
+    )
+
+
+async def logout(identity: IdentityProvider, access_token: str, claims: TokenClaims) -> None:
+    await identity.sign_out(access_token, claims.session_id)
+
+
+async def _profile(db: Database, user_id: UUID) -> ProfileRow:
+    async with db.acquire() as conn:
+        row = await repository.get_profile(conn, user_id)
+    if row is None:
+        raise ProfileNotFound("no profile for this account")
+    return row
+
+
+def _profile_out(row: ProfileRow) -> ProfileResponse:
+    return ProfileResponse(
+        id=row.id,
+        email=row.email,
+        display_name=row.display_name,
+        agent_id=row.agent_id,
+        agent_provider=row.agent_provider,
+        agent_status=agent_status(row.provisioning_status, row.agent_id),
+        billing_provider=row.billing_provider,
+        provisioning_status=provisioning_status(row.provisioning_status),
+        provisioning_error=row.provisioning_error,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+async def me(db: Database, user_id: UUID) -> MeResponse:
+    row = await _profile(db, user_id)
+    return MeResponse(
+        id=row.id, email=row.email, display_name=row.display_name, created_at=row.created_at
+    )
+
+
+async def get_profile(db: Database, user_id: UUID) -> ProfileResponse:
+    return _profile_out(await _profile(db, user_id))
+
+
+async def update_profile(db: Database, user_id: UUID, display_name: str | None) -> ProfileResponse:
+    async with db.transaction() as conn:
+        row = await repository.update_display_name(conn, user_id, display_name)
+    if row is None:
+        raise ProfileNotFound("no profile for this account")
+    return _profile_out(row)

@@ -1,0 +1,277 @@
+"""Built-in identity: accounts in `auth.users`, argon2id hashes, HS256 access tokens carrying the
+claims Supabase issues, and rotating refresh tokens stored only as sha256 digests.
+
+Refresh-token reuse detection: a refresh token works once. Presenting an already-rotated token
+means it was copied, so the whole session (every token issued in it) is revoked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from jose import jwt
+
+from app.config import Settings
+from app.db import Conn, Database
+from app.providers.identity import (
+    AuthSession,
+    EmailTaken,
+    IdentityUser,
+    InvalidCredentials,
+    InvalidRefreshToken,
+)
+
+_DEFAULT_APP_METADATA: dict[str, Any] = {"provider": "email", "providers": ["email"]}
+
+
+def normalize_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def hash_refresh_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class BuiltinIdentity:
+    name = "builtin"
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self._settings = settings
+        self._db = db
+        # argon2id with the library's RFC 9106 low-memory profile defaults.
+        self._hasher = PasswordHasher()
+        self._dummy_hash: str | None = None
+
+    # --- passwords (CPU-bound: run off the event loop) ---
+
+    async def _hash(self, password: str) -> str:
+        return await asyncio.to_thread(self._hasher.hash, password)
+
+    async def _verify(self, password_hash: str, password: str) -> bool:
+        def check() -> bool:
+            try:
+                return self._hasher.verify(password_hash, password)
+            except (VerificationError, InvalidHashError):
+                return False
+
+        return await asyncio.to_thread(check)
+
+    async def _dummy(self) -> str:
+        # A real hash with the same parameters, so an unknown email costs one full verify.
+        if self._dummy_hash is None:
+            self._dummy_hash = await self._hash(secrets.token_urlsafe(16))
+        return self._dummy_hash
+
+    # --- tokens ---
+
+    def _access_token(
+        self,
+        user_id: UUID,
+        email: str,
+        session_id: UUID,
+        app_meta: dict[str, Any],
+        user_meta: dict[str, Any],
+    ) -> str:
+        now = int(time.time())
+        claims = {
+            "sub": str(user_id),
+            "email": email,
+            "role": "authenticated",
+            "aud": self._settings.jwt_audience,
+            "iss": self._settings.jwt_issuer,
+            "iat": now,
+            "exp": now + self._settings.access_token_ttl_seconds,
+            "session_id": str(session_id),
+            "app_metadata": app_meta,
+            "user_metadata": user_meta,
+            "is_anonymous": False,
+        }
+        return str(
+            jwt.encode(claims, self._settings.jwt_secret.get_secret_value(), algorithm="HS256")
+        )
+
+    async def _issue_refresh(self, conn: Conn, user_id: UUID, session_id: UUID) -> str:
+        token = secrets.token_urlsafe(32)
+        expires = datetime.now(UTC) + timedelta(seconds=self._settings.refresh_token_ttl_seconds)
+        await conn.execute(
+            """
+            insert into public.identity_refresh_tokens (token_hash, session_id, user_id, expires_at)
+            values ($1, $2, $3, $4)
+            """,
+            hash_refresh_token(token),
+            session_id,
+            user_id,
+            expires,
+        )
+        return token
+
+    def _session(self, row: asyncpg.Record, session_id: UUID, refresh_token: str) -> AuthSession:
+        user = _user_from_row(row)
+        app_meta = row["raw_app_meta_data"] or {}
+        access = self._access_token(user.id, user.email, session_id, app_meta, user.metadata)
+        return AuthSession(
+            user=user,
+            access_token=access,
+            refresh_token=refresh_token,
+            expires_in=self._settings.access_token_ttl_seconds,
+        )
+
+    # --- the port ---
+
+    async def create_user(
+        self, email: str, password: str, metadata: dict[str, Any]
+    ) -> IdentityUser:
+        password_hash = await self._hash(password)
+        user_id = uuid.uuid4()
+        try:
+            async with self._db.transaction() as conn:
+                row = await conn.fetchrow(
+                    """
+                    insert into auth.users (id, email, raw_user_meta_data, raw_app_meta_data)
+                    values ($1, $2, $3, $4)
+                    returning id, email, raw_user_meta_data, raw_app_meta_data, created_at
+                    """,
+                    user_id,
+                    normalize_email(email),
+                    metadata,
+                    _DEFAULT_APP_METADATA,
+                )
+                await conn.execute(
+                    "insert into public.identity_credentials (user_id, password_hash)"
+                    " values ($1, $2)",
+                    user_id,
+                    password_hash,
+                )
+        except asyncpg.UniqueViolationError as exc:
+            raise EmailTaken() from exc
+        assert row is not None
+        return _user_from_row(row)
+
+    async def delete_user(self, user_id: UUID) -> None:
+        async with self._db.transaction() as conn:
+            # Credentials, sessions, tokens and the profile go with it (on delete cascade).
+            await conn.execute("delete from auth.users where id = $1", user_id)
+
+    async def sign_in(self, email: str, password: str) -> AuthSession:
+        async with self._db.acquire() as conn:
+            row = await conn.fetchrow(
+                """
+                select u.id, u.email, u.raw_user_meta_data, u.raw_app_meta_data, u.created_at,
+                       c.password_hash
+                from auth.users u join public.identity_credentials c on c.user_id = u.id
+                where u.email = $1
+                """,
+                normalize_email(email),
+            )
+        if row is None:
+            # Same work as a wrong password, so response time does not reveal accounts.
+            await self._verify(await self._dummy(), password)
+            raise InvalidCredentials()
+        if not await self._verify(row["password_hash"], password):
+            raise InvalidCredentials()
+        if self._hasher.check_needs_rehash(row["password_hash"]):
+            new_hash = await self._hash(password)
+            async with self._db.transaction() as conn:
+                await conn.execute(
+                    "update public.identity_credentials set password_hash = $2,"
+                    " updated_at = now() where user_id = $1",
+                    row["id"],
+                    new_hash,
+                )
+        session_id = uuid.uuid4()
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                "insert into public.identity_sessions (id, user_id) values ($1, $2)",
+                session_id,
+                row["id"],
+            )
+            refresh = await self._issue_refresh(conn, row["id"], session_id)
+        return self._session(row, session_id, refresh)
+
+    async def refresh(self, refresh_token: str) -> AuthSession:
+        digest = hash_refresh_token(refresh_token)
+        reused = False
+        result: AuthSession | None = None
+        async with self._db.transaction() as conn:
+            token = await conn.fetchrow(
+                """
+                select t.session_id, t.user_id, t.expires_at, t.rotated_at, s.revoked_at
+                from public.identity_refresh_tokens t
+                join public.identity_sessions s on s.id = t.session_id
+                where t.token_hash = $1
+                for update of t, s
+                """,
+                digest,
+            )
+            if token is None or token["revoked_at"] is not None:
+                raise InvalidRefreshToken()
+            if token["rotated_at"] is not None:
+                await conn.execute(
+                    "update public.identity_sessions set revoked_at = now(),"
+                    " revoked_reason = 'refresh_token_reused' where id = $1",
+                    token["session_id"],
+                )
+                reused = True
+            elif token["expires_at"] <= datetime.now(UTC):
+                raise InvalidRefreshToken()
+            else:
+                await conn.execute(
+                    "update public.identity_refresh_tokens set rotated_at = now()"
+                    " where token_hash = $1",
+                    digest,
+                )
+                user = await conn.fetchrow(
+                    "select id, email, raw_user_meta_data, raw_app_meta_data, created_at"
+                    " from auth.users where id = $1",
+                    token["user_id"],
+                )
+                if user is None:
+                    raise InvalidRefreshToken()
+                new_token = await self._issue_refresh(conn, token["user_id"], token["session_id"])
+                result = self._session(user, token["session_id"], new_token)
+        # Raised after the commit, so the revocation of a reused token's session sticks.
+        if reused or result is None:
+            raise InvalidRefreshToken()
+        return result
+
+    async def sign_out(self, access_token: str, session_id: str | None) -> None:
+        # The router has verified the access token; read its subject to scope the revocation.
+        claims = jwt.get_unverified_claims(access_token)
+        sid = session_id or claims.get("session_id")
+        try:
+            user_id = UUID(str(claims.get("sub")))
+            session = UUID(str(sid))
+        except ValueError:
+            return
+        async with self._db.transaction() as conn:
+            await conn.execute(
+                """
+                update public.identity_sessions set revoked_at = now(), revoked_reason = 'logout'
+                where id = $1 and user_id = $2 and revoked_at is null
+                """,
+                session,
+                user_id,
+            )
+
+    async def check(self) -> None:
+        async with self._db.acquire() as conn:
+            await conn.fetchval("select 1 from public.identity_credentials limit 1")
+
+
+def _user_from_row(row: asyncpg.Record) -> IdentityUser:
+    return IdentityUser(
+        id=row["id"],
+        email=row["email"],
+        created_at=row["created_at"],
+        metadata=row["raw_user_meta_data"] or {},
+    )

@@ -1,0 +1,1 @@
+"""Supabase Auth (GoTrue) through supabase-py's auth client."""

@@ -1,0 +1,374 @@
+"""Built-in billing: a budget ledger in Postgres (table `budgets`), priced by a model table.
+
+Budget periods follow LiteLLM's duration strings (`30s`, `30m`, `24h`, `30d`, `1mo`) and are
+computed from a fixed anchor: boundary k is `anchor + k * duration`, months being calendar
+months clamped to the month's last day and always counted from the anchor (Jan 31 -> Feb 28
+or 29 -> Mar 31, never drifting to the 28th). Day and month periods are anchored at UTC
+midnight, so they reset at a UTC day boundary.
+
+Admission is check-then-charge, as LiteLLM does it: `check` refuses once nothing remains;
+`record` adds the call's cost atomically (`spend = spend + cost`). Calls admitted before the
+budget ran out may still finish and be charged, so the overspend is bounded by the cost of
+the calls in flight when the budget ran out, and never more.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from app.config import ConfigError, Settings
+from app.db import Conn, Database
+from app.errors import BudgetExceeded
+from app.providers.billing import (
+    BillingAccount,
+    Budget,
+    DailySpend,
+    LLMRoute,
+    TokenUsage,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Durations and periods
+# ---------------------------------------------------------------------------------------------
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d|mo)\s*$")
+_FIXED_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+@dataclass(frozen=True)
+class Duration:
+    count: int
+    unit: str  # "s" | "m" | "h" | "d" | "mo"
+
+    @property
+    def is_calendar(self) -> bool:
+        return self.unit == "mo"
+
+    def __str__(self) -> str:
+        return f"{self.count}{self.unit}"
+
+
+def parse_duration(text: str) -> Duration:
+    """`30s`, `30m`, `24h`, `30d`, `1mo` (and any positive count of those units)."""
+    match = _DURATION.match(text or "")
+    if not match or int(match.group(1)) <= 0:
+        raise ValueError(f"invalid budget duration {text!r}: use e.g. 30s, 30m, 24h, 30d, 1mo")
+    return Duration(int(match.group(1)), match.group(2))
+
+
+def add_months(moment: datetime, months: int) -> datetime:
+    """Calendar months, the day clamped to the target month's length (Jan 31 + 1 -> Feb 28/29)."""
+    index = moment.year * 12 + (moment.month - 1) + months
+    year, month = divmod(index, 12)
+    month += 1
+    day = min(moment.day, calendar.monthrange(year, month)[1])
+    return moment.replace(year=year, month=month, day=day)
+
+
+def period_boundary(anchor: datetime, duration: Duration, k: int) -> datetime:
+    """The start of period k (k = 0 is the anchor)."""
+    if duration.is_calendar:
+        return add_months(anchor, duration.count * k)
+    return anchor + timedelta(seconds=_FIXED_UNITS[duration.unit] * duration.count * k)
+
+
+def period_anchor(now: datetime, duration: Duration) -> datetime:
+    """Where a new budget's periods start: UTC midnight for day and month periods."""
+    now = now.astimezone(UTC)
+    if duration.unit in ("d", "mo"):
+        return now.replace(hour=0, minute=0, second=0, microsecond=0)
+    return now.replace(microsecond=0)
+
+
+def current_period(
+    anchor: datetime, duration: Duration, now: datetime
+) -> tuple[datetime, datetime]:
+    """(start, end) of the period containing `now`: start <= now < end."""
+    if now < anchor:
+        return anchor, period_boundary(anchor, duration, 1)
+    if duration.is_calendar:
+        months = (now.year - anchor.year) * 12 + (now.month - anchor.month)
+        k = max(0, months // duration.count)
+        # The clamped day can put boundary k after `now` (or k+1 still before it): adjust.
+        while k > 0 and period_boundary(anchor, duration, k) > now:
+            k -= 1
+        while period_boundary(anchor, duration, k + 1) <= now:
+            k += 1
+    else:
+        step = _FIXED_UNITS[duration.unit] * duration.count
+        k = math.floor((now - anchor).total_seconds() / step)
+    return period_boundary(anchor, duration, k), period_boundary(anchor, duration, k + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prices
+# ---------------------------------------------------------------------------------------------
+
+DEFAULT_PRICE_TABLE = Path(__file__).with_name("prices.json")
+
+
+@dataclass(frozen=True)
+class Price:
+    prompt: float  # USD per 1M prompt tokens
+    completion: float  # USD per 1M completion tokens
+
+
+class PriceTable:
+    """Per-model prices; unknown models use the `default` row, which the table must have."""
+
+    def __init__(self, prices: dict[str, Price]) -> None:
+        if "default" not in prices:
+            raise ConfigError("price table has no 'default' row")
+        self._prices = {name.lower(): price for name, price in prices.items()}
+
+    @classmethod
+    def from_file(cls, path: Path) -> PriceTable:
+        try:
+            raw: Any = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"PRICE_TABLE_PATH: cannot read {path}: {exc}") from exc
+        prices: dict[str, Price] = {}
+        for name, row in raw.items():
+            if name.startswith("_"):
+                continue
+            try:
+                price = Price(float(row["prompt"]), float(row["completion"]))
+            except (TypeError, KeyError, ValueError) as exc:
+                raise ConfigError(
+                    f"price table row {name!r} needs numeric prompt and completion"
+                ) from exc
+            if min(price.prompt, price.completion) < 0:
+                raise ConfigError(f"price table row {name!r} is negative")
+            prices[name] = price
+        return cls(prices)
+
+    def price(self, model: str) -> Price:
+        name = (model or "").lower()
+        if name in self._prices:
+            return self._prices[name]
+        # "openai/gpt-4o-mini" or "hosted_vllm/x/y": try ever shorter suffixes.
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            suffix = "/".join(parts[i:])
+            if suffix in self._prices:
+                return self._prices[suffix]
+        return self._prices["default"]
+
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float:
+        price = self.price(model)
+        usd = max(0, prompt_tokens) * price.prompt + max(0, completion_tokens) * price.completion
+        return round(usd / 1_000_000, 10)
+
+
+@lru_cache(maxsize=8)
+def _load_table(path: Path) -> PriceTable:
+    return PriceTable.from_file(path)
+
+
+def price_table(settings: Settings) -> PriceTable:
+    return _load_table(settings.price_table_path or DEFAULT_PRICE_TABLE)
+
+
+def cost_of(table: PriceTable, usage: TokenUsage) -> float:
+    """The upstream's own figure when it gave one; otherwise tokens times the table."""
+    if usage.cost is not None and math.isfinite(usage.cost) and usage.cost >= 0:
+        return float(usage.cost)
+    return table.cost(usage.model, usage.prompt_tokens, usage.completion_tokens)
+
+
+def money(value: float) -> Decimal:
+    return Decimal(repr(float(value)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The ledger (SQL of the `budgets` table)
+# ---------------------------------------------------------------------------------------------
+
+
+async def _insert_default(
+    conn: Conn, user_id: UUID, max_budget: float, duration: str, anchor: datetime
+) -> None:
+    await conn.execute(
+        """
+        insert into budgets (user_id, max_budget, budget_duration, period_anchor, period_start)
+        values ($1, $2, $3, $4, $4)
+        on conflict (user_id) do nothing
+        """,
+        user_id,
+        money(max_budget),
+        duration,
+        anchor,
+    )
+
+
+async def _select(conn: Conn, user_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow("select * from budgets where user_id = $1", user_id)
+
+
+async def _roll(conn: Conn, user_id: UUID, start: datetime) -> asyncpg.Record | None:
+    # Conditional, so that of two requests noticing the same ended period only one resets it
+    # (the other's WHERE fails after waiting for the row lock, and it re-reads).
+    return await conn.fetchrow(
+        """
+        update budgets set period_start = $2, spend = 0, updated_at = now()
+        where user_id = $1 and period_start < $2
+        returning *
+        """,
+        user_id,
+        start,
+    )
+
+
+async def _charge(conn: Conn, user_id: UUID, cost: float) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """
+        update budgets set spend = spend + $2, updated_at = now()
+        where user_id = $1
+        returning *
+        """,
+        user_id,
+        money(cost),
+    )
+
+
+async def _set_max(conn: Conn, user_id: UUID, max_budget: float) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """
+        update budgets set max_budget = $2, updated_at = now()
+        where user_id = $1
+        returning *
+        """,
+        user_id,
+        money(max_budget),
+    )
+
+
+class BuiltinBilling:
+    name = "builtin"
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._clock = clock or (lambda: datetime.now(UTC))
+        try:
+            self._default_duration = parse_duration(settings.user_budget_duration)
+        except ValueError as exc:
+            raise ConfigError(f"USER_BUDGET_DURATION: {exc}") from exc
+        if settings.user_default_budget < 0:
+            raise ConfigError("USER_DEFAULT_BUDGET must not be negative")
+        self.prices = price_table(settings)
+
+    # -- the row of the current period ------------------------------------------------------
+
+    async def _current_row(self, conn: Conn, user_id: UUID) -> asyncpg.Record:
+        """The user's row with its period rolled forward to now; created with defaults if
+        missing, so a user whose provisioning degraded can still read and use a budget."""
+        row = await _select(conn, user_id)
+        if row is None:
+            anchor = period_anchor(self._clock(), self._default_duration)
+            await _insert_default(
+                conn,
+                user_id,
+                self._settings.user_default_budget,
+                str(self._default_duration),
+                anchor,
+            )
+            row = await _select(conn, user_id)
+            if row is None:  # pragma: no cover - the insert above or a racer created it
+                raise RuntimeError("budget row vanished")
+        duration = parse_duration(row["budget_duration"])
+        start, _ = current_period(row["period_anchor"], duration, self._clock())
+        if row["period_start"] < start:
+            rolled = await _roll(conn, user_id, start)
+            row = rolled if rolled is not None else await _select(conn, user_id)
+            assert row is not None
+        return row
+
+    def _budget(self, row: asyncpg.Record) -> Budget:
+        duration = parse_duration(row["budget_duration"])
+        _, end = current_period(row["period_anchor"], duration, row["period_start"])
+        return Budget(
+            max_budget=float(row["max_budget"]),
+            spend=float(row["spend"]),
+            budget_duration=row["budget_duration"],
+            period_start=row["period_start"],
+            resets_at=end,
+        )
+
+    # -- the port --------------------------------------------------------------------------
+
+    async def ensure_account(self, user_id: UUID, email: str) -> BillingAccount:
+        async with self._db.transaction() as conn:
+            await self._current_row(conn, user_id)
+        return BillingAccount(provider=self.name, ref=str(user_id))
+
+    async def get_budget(self, user_id: UUID) -> Budget:
+        async with self._db.acquire() as conn:
+            return self._budget(await self._current_row(conn, user_id))
+
+    async def set_budget(self, user_id: UUID, max_budget: float) -> Budget:
+        if not math.isfinite(max_budget) or max_budget < 0:
+            raise ValueError("max_budget must be a finite non-negative number")
+        async with self._db.transaction() as conn:
+            await self._current_row(conn, user_id)
+            row = await _set_max(conn, user_id, max_budget)
+            assert row is not None
+            return self._budget(row)
+
+    async def check(self, user_id: UUID) -> Budget:
+        budget = await self.get_budget(user_id)
+        if budget.remaining <= 0:
+            raise BudgetExceeded(
+                "your LLM budget for this period is used up",
+                details={
+                    "max_budget": budget.max_budget,
+                    "spend": budget.spend,
+                    "resets_at": budget.resets_at.isoformat() if budget.resets_at else None,
+                },
+            )
+        return budget
+
+    async def llm_route(self, user_id: UUID) -> LLMRoute:
+        key = self._settings.llm_api_key
+        return LLMRoute(
+            base_url=self._settings.llm_base_url,
+            api_key=key.get_secret_value() if key is not None else None,
+            billed_upstream=False,
+        )
+
+    def cost_of(self, usage: TokenUsage) -> float:
+        return cost_of(self.prices, usage)
+
+    async def record(self, conn: Conn, user_id: UUID, usage: TokenUsage) -> float:
+        """Charge in the caller's transaction: the row lock is held until it commits, which
+        serializes charges for one user without ever losing one."""
+        cost = self.cost_of(usage)
+        await self._current_row(conn, user_id)
+        await _charge(conn, user_id, cost)
+        return cost
+
+    async def daily_activity(self, user_id: UUID, start: Any, end: Any) -> list[DailySpend] | None:
+        return None  # our own usage_daily rows are the only record
+
+    async def check_health(self) -> None:
+        async with self._db.acquire() as conn:
+            await conn.fetchval("select count(*) from budgets where false")

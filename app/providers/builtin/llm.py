@@ -1,0 +1,344 @@
+"""The model client behind the built-in agent and the OpenAI-compatible LLM route.
+
+Two implementations of one small protocol, both speaking OpenAI chat-completions dicts:
+- `OpenAIChatClient`: any OpenAI-compatible upstream (OpenAI, a LiteLLM proxy with the user's
+  virtual key, llama.cpp's server, vLLM...) through the `openai` SDK;
+- `LocalChatClient`: the built-in SmolLM2 model run in-process by llama.cpp (`local_model.py`),
+  used when no base URL is configured.
+
+Streams always end with a chunk that carries `usage`; when the upstream did not send one, the
+client counts locally and marks it `usage["estimated"] = True`, so billing can say so.
+
+Errors: operational failures (connect, timeout, 5xx, 429, a stream cut off) raise
+`LLMUnavailable` (retryable); other 4xx raise `LLMRequestRejected`; an upstream budget refusal
+(LiteLLM answers 400/429 with `error.type == "budget_exceeded"`) raises `BudgetExceeded`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+import httpx
+import httpx2  # the HTTP library under openai 3.x; its errors surface mid-stream
+import openai
+from openai.resources.chat.completions import AsyncCompletions
+
+from app.config import Settings
+from app.errors import AppError, BudgetExceeded, UpstreamError, UpstreamUnavailable
+from app.providers.billing import LLMRoute
+
+
+class LLMUnavailable(UpstreamUnavailable):
+    """The model could not answer now (down, timed out, overloaded): try again later."""
+
+    code = "llm_unavailable"
+    retryable = True
+
+
+class LLMRequestRejected(UpstreamError):
+    """The model's server refused our request (a 4xx other than budget): retrying won't help."""
+
+    code = "llm_request_rejected"
+    retryable = False
+
+    def __init__(self, message: str, *, upstream_status: int | None = None) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
+
+
+class BuiltinModelMissing(LLMUnavailable):
+    """llama-cpp-python or the model file is not installed."""
+
+    code = "builtin_model_unavailable"
+    retryable = False
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return bool(getattr(exc, "retryable", False))
+
+
+class ChatClient(Protocol):
+    model: str
+    supports_tools: bool
+
+    def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """`chat.completion.chunk` dicts; the last one carries `usage`."""
+        ...
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A `chat.completion` dict with `usage`."""
+        ...
+
+
+# --- local token counting (when the upstream does not report usage) ---
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters per token for English BPE vocabularies; good enough to bill by
+    when nothing better is known, and always marked as an estimate."""
+    return 0 if not text else max(1, (len(text) + 3) // 4)
+
+
+def message_text(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        text = content
+    elif isinstance(content, list):
+        text = " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    else:
+        text = ""
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        text += f" {function.get('name', '')} {function.get('arguments', '')}"
+    return text
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    # 4 tokens of chat-template framing per message (role markers), 2 to prime the answer.
+    total = 2
+    for message in body.get("messages") or []:
+        if isinstance(message, dict):
+            total += 4 + estimate_tokens(message_text(message))
+    if body.get("tools"):
+        total += estimate_tokens(json.dumps(body["tools"]))
+    return total
+
+
+def usage_dict(prompt: int, completion: int, *, estimated: bool) -> dict[str, Any]:
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if estimated:
+        usage["estimated"] = True
+    return usage
+
+
+def usage_chunk(completion_id: str, model: str, usage: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [],
+        "usage": usage,
+    }
+
+
+def _chunk_output_text(chunk: dict[str, Any]) -> str:
+    text = ""
+    for choice in chunk.get("choices") or []:
+        delta = choice.get("delta") or {}
+        text += delta.get("content") or ""
+        for call in delta.get("tool_calls") or []:
+            function = call.get("function") or {}
+            text += (function.get("name") or "") + (function.get("arguments") or "")
+    return text
+
+
+# --- error mapping ---
+
+
+def _error_type(body: object) -> str | None:
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and error.get("type") is not None:
+            return str(error["type"])
+    return None
+
+
+def _error_message(body: object, fallback: str) -> str:
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])[:500]
+    return fallback
+
+
+def map_llm_error(exc: Exception) -> AppError:
+    """The two kinds (plus budget) from whatever the SDK or httpx raised."""
+    if isinstance(exc, AppError):
+        return exc
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        if status in (400, 429) and _error_type(exc.body) == "budget_exceeded":
+            return BudgetExceeded(_error_message(exc.body, "the LLM budget is exhausted"))
+        if status == 429 or status >= 500:
+            error = LLMUnavailable(f"the model's server answered {status}")
+            retry_after = exc.response.headers.get("retry-after")
+            if retry_after:
+                error.headers = {"Retry-After": retry_after}
+            return error
+        return LLMRequestRejected(
+            f"the model's server refused the request ({status}): "
+            f"{_error_message(exc.body, 'no details')}",
+            upstream_status=status,
+        )
+    if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException | httpx2.TimeoutException):
+        return LLMUnavailable("the model timed out")
+    if isinstance(exc, openai.APIConnectionError | httpx.TransportError | httpx2.TransportError):
+        return LLMUnavailable("the model's server is unreachable or closed the stream")
+    if isinstance(exc, openai.APIError):
+        # An `error` object inside an SSE stream (e.g. LiteLLM relaying an upstream failure).
+        if _error_type(exc.body) == "budget_exceeded":
+            return BudgetExceeded(_error_message(exc.body, "the LLM budget is exhausted"))
+        return LLMUnavailable(f"the model failed mid-answer: {exc.message[:300]}")
+    if isinstance(exc, httpx.HTTPError | httpx2.HTTPError):
+        return LLMUnavailable("the model's server failed")
+    raise exc
+
+
+# --- an OpenAI-compatible upstream ---
+
+_CREATE_PARAMS = frozenset(inspect.signature(AsyncCompletions.create).parameters) - {
+    "self",
+    "stream",
+    "stream_options",
+    "extra_headers",
+    "extra_query",
+    "extra_body",
+    "timeout",
+}
+
+
+class OpenAIChatClient:
+    def __init__(self, client: openai.AsyncOpenAI, model: str, *, supports_tools: bool) -> None:
+        self._client = client
+        # The body is forwarded as given (typed per call by the caller, not by us).
+        self._create: Any = client.chat.completions.create
+        self.model = model
+        self.supports_tools = supports_tools
+
+    def _request(self, body: dict[str, Any]) -> dict[str, Any]:
+        # Known parameters go by name; anything else (vendor extensions) rides in extra_body,
+        # so the SDK forwards the body unchanged.
+        request: dict[str, Any] = {"model": body.get("model") or self.model}
+        extra: dict[str, Any] = {}
+        for key, value in body.items():
+            if key in ("model", "stream", "stream_options"):
+                continue
+            if key in _CREATE_PARAMS:
+                request[key] = value
+            else:
+                extra[key] = value
+        if extra:
+            request["extra_body"] = extra
+        request.setdefault("messages", [])
+        return request
+
+    async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        request = self._request(body)
+        stream_options = dict(body.get("stream_options") or {})
+        stream_options["include_usage"] = True
+        usage_seen = False
+        output: list[str] = []
+        completion_id, model = f"chatcmpl-{uuid.uuid4().hex[:12]}", str(request["model"])
+        try:
+            stream = await self._create(**request, stream=True, stream_options=stream_options)
+            async for chunk in stream:
+                data = chunk.model_dump(exclude_unset=True, exclude_none=True)
+                completion_id = data.get("id") or completion_id
+                model = data.get("model") or model
+                if data.get("usage"):
+                    usage_seen = True
+                output.append(_chunk_output_text(data))
+                yield data
+        except Exception as exc:  # mapped into our two kinds; programming errors re-raised
+            raise map_llm_error(exc) from exc
+        if not usage_seen:
+            prompt = estimate_prompt_tokens(body)
+            completion = estimate_tokens("".join(output))
+            yield usage_chunk(completion_id, model, usage_dict(prompt, completion, estimated=True))
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        request = self._request(body)
+        try:
+            answer = await self._create(**request, stream=False)
+        except Exception as exc:
+            raise map_llm_error(exc) from exc
+        data: dict[str, Any] = answer.model_dump(exclude_unset=True, exclude_none=True)
+        if not data.get("usage"):
+            text = "".join(
+                message_text(choice.get("message") or {}) for choice in data.get("choices") or []
+            )
+            data["usage"] = usage_dict(
+                estimate_prompt_tokens(body), estimate_tokens(text), estimated=True
+            )
+        return data
+
+
+_MAX_CACHED_CLIENTS = 128
+_clients: OrderedDict[tuple[object, ...], openai.AsyncOpenAI] = OrderedDict()
+
+
+def _openai_client(settings: Settings, base_url: str, api_key: str | None) -> openai.AsyncOpenAI:
+    try:
+        loop_id: int | None = id(asyncio.get_running_loop())
+    except RuntimeError:
+        loop_id = None
+    # Per (base_url, key): with LiteLLM every user has a key of their own. Connection pools
+    # belong to an event loop, hence the loop in the key.
+    cache_key = (
+        base_url,
+        api_key,
+        settings.http_connect_timeout,
+        settings.http_read_timeout,
+        loop_id,
+    )
+    client = _clients.get(cache_key)
+    if client is not None:
+        _clients.move_to_end(cache_key)
+        return client
+    timeout = openai.Timeout(
+        connect=settings.http_connect_timeout,
+        read=settings.http_read_timeout,
+        write=30.0,
+        pool=10.0,
+    )
+    client = openai.AsyncOpenAI(
+        base_url=base_url,
+        # Keyless local servers still need a value for the SDK; it is never a real secret.
+        api_key=api_key or "sk-no-key",
+        timeout=timeout,
+        # A chat call is not retried blindly: the caller decides (and may have billed it).
+        max_retries=0,
+    )
+    _clients[cache_key] = client
+    while len(_clients) > _MAX_CACHED_CLIENTS:
+        _clients.popitem(last=False)
+    return client
+
+
+async def aclose_clients() -> None:
+    """Close the cached upstream clients (at shutdown)."""
+    clients = list(_clients.values())
+    _clients.clear()
+    for client in clients:
+        await client.close()
+
+
+def chat_client_for(settings: Settings, route: LLMRoute | None = None) -> ChatClient:
+    """The model for one call: the route's upstream and key (the user's LiteLLM key), else the
+    configured upstream, else the built-in local model."""
+    base_url = (route.base_url if route is not None else None) or settings.llm_base_url
+    if not base_url:
+        from app.providers.builtin.local_model import LocalChatClient
+
+        return LocalChatClient.for_settings(settings)
+    api_key = route.api_key if route is not None and route.api_key else None
+    if api_key is None and settings.llm_api_key is not None:
+        api_key = settings.llm_api_key.get_secret_value() or None
+    supports_tools = True if settings.llm_supports_tools is None else settings.llm_supports_tools
+    return OpenAIChatClient(
+        _openai_client(settings, base_url, api_key),
+        settings.llm_model,
+        supports_tools=supports_tools,
+    )

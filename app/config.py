@@ -6,12 +6,13 @@ with a placeholder secret or a missing required value, naming the variable.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Values that must never reach production: the dev defaults below and the .env.example ones.
 PLACEHOLDER_MARKERS = ("change-me", "changeme", "placeholder", "dev-only", "example")
@@ -34,7 +35,8 @@ class Settings(BaseSettings):
     port: int = 8000
     log_level: str = "INFO"
     log_json: bool | None = None  # default: JSON in production, text elsewhere
-    cors_origins: list[str] = Field(
+    # Comma-separated in the environment (a JSON list works too).
+    cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["http://localhost:3000", "http://localhost:5173"]
     )
     data_dir: Path = Path(".data")
@@ -84,6 +86,13 @@ class Settings(BaseSettings):
     letta_model: str = "openai/gpt-4o-mini"
     letta_embedding: str = "openai/text-embedding-3-small"
     letta_agent_type: str = "letta_v1_agent"
+    letta_timeout_seconds: float = 30.0  # one non-streamed Letta call
+    letta_stream_read_timeout: float = 120.0  # longest gap between streamed events (tools run)
+    letta_max_retries: int = 2  # idempotent reads only
+    letta_retry_backoff_seconds: float = 0.5
+    # Model id LiteLLM knows, used under the per-user Letta provider when billing is LiteLLM;
+    # unset: the part of LETTA_MODEL after its provider prefix.
+    letta_litellm_model: str | None = None
 
     # --- model behind the built-in agent and the LLM route ---
     llm_base_url: str | None = None  # any OpenAI-compatible endpoint; unset: built-in model
@@ -118,6 +127,16 @@ class Settings(BaseSettings):
     def json_logs(self) -> bool:
         return self.is_production if self.log_json is None else self.log_json
 
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip().rstrip("/") for part in text.split(",") if part.strip()]
+        return value
+
     @model_validator(mode="after")
     def _production_guard(self) -> Settings:
         if self.is_production:
@@ -147,8 +166,19 @@ class Settings(BaseSettings):
             raw = secret.get_secret_value() if secret is not None else ""
             if not raw:
                 raise ConfigError(f"{name} is required in production")
-            if any(marker in raw.lower() for marker in PLACEHOLDER_MARKERS) or len(raw) < 16:
+            if _is_placeholder(raw) or len(raw) < 16:
                 raise ConfigError(f"{name} is a placeholder or too short; set a real secret")
+        # Optional secrets too: set to an example value is a mistake, not a choice.
+        for field_name in type(self).model_fields:
+            value = getattr(self, field_name)
+            if isinstance(value, SecretStr) and _is_placeholder(value.get_secret_value()):
+                raise ConfigError(f"{field_name.upper()} is a placeholder; set a real secret")
+        if "*" in self.cors_origins:
+            raise ConfigError("CORS_ORIGINS must list the frontend origins in production, not *")
+
+
+def _is_placeholder(raw: str) -> bool:
+    return any(marker in raw.lower() for marker in PLACEHOLDER_MARKERS)
 
 
 @lru_cache

@@ -1,0 +1,435 @@
+"""`LettaAgents`: the agent port on a Letta server (self-hosted 0.16.8 or Letta Cloud).
+
+- One agent per user, tagged `user:<user id>` (and `metadata.user_id`), created with the
+  `persona` and `human` memory blocks; `ensure_agent` looks the tag up first, so it is
+  idempotent. Model/embedding handles and the agent type come from settings; with LiteLLM
+  billing the agent's model is the user's own BYOK provider (see `llm_route.py`).
+- Turns use `POST /v1/agents/{id}/messages/stream` with `stream_tokens: true` (see `stream.py`).
+- Reads are retried a bounded number of times on operational failures; sends and writes are
+  made once (a retried message send would run the turn twice).
+- Passages are converted to our `Passage` (id, text, tags, created_at): Letta returns each
+  passage with its embedding vector (about 40 KB), which never leaves this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+from uuid import UUID
+
+import httpx
+from letta_client import AsyncLetta, omit
+
+from app.config import Settings
+from app.errors import NotFound, UpstreamError, UpstreamUnavailable
+from app.providers.agents import (
+    AgentEvent,
+    AgentInfo,
+    AgentNotFound,
+    AgentState,
+    BlockLimitExceeded,
+    BlockNotFound,
+    ErrorEvent,
+    MemoryBlock,
+    Passage,
+    PassageNotFound,
+    PassagePage,
+    ResetMode,
+)
+from app.providers.billing import LLMRoute
+from app.providers.letta.errors import map_error, once, with_retries
+from app.providers.letta.llm_route import UserProviders, routes_to_user_key
+from app.providers.letta.stream import TurnMapper, map_turn
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+LETTA_CLOUD_URL = "https://api.letta.com"
+BLOCK_ORDER = {"persona": 0, "human": 1}
+PASSAGE_SCAN_PAGE = 100
+MAX_PURGE_ROUNDS = 1000
+
+
+def user_tag(user_id: UUID) -> str:
+    return f"user:{user_id}"
+
+
+@dataclass(frozen=True)
+class _AgentMeta:
+    model: str  # the model id, as billing price tables know it ("gpt-4o-mini")
+    handle: str | None  # Letta's handle ("openai-proxy/gpt-4o-mini")
+    user_id: UUID | None
+
+
+def _user_of(agent: Any) -> UUID | None:
+    metadata = getattr(agent, "metadata", None)
+    raw = metadata.get("user_id") if isinstance(metadata, dict) else None
+    candidates = [raw] if raw else []
+    for tag in getattr(agent, "tags", None) or []:
+        if isinstance(tag, str) and tag.startswith("user:"):
+            candidates.append(tag.removeprefix("user:"))
+    for candidate in candidates:
+        try:
+            return UUID(str(candidate))
+        except ValueError:
+            continue
+    return None
+
+
+def _handle_of(agent: Any) -> str | None:
+    model = getattr(agent, "model", None)
+    if isinstance(model, str) and model:
+        return model
+    handle = getattr(getattr(agent, "llm_config", None), "handle", None)
+    return handle if isinstance(handle, str) else None
+
+
+def _meta_of(agent: Any, fallback_model: str) -> _AgentMeta:
+    handle = _handle_of(agent)
+    model = getattr(getattr(agent, "llm_config", None), "model", None)
+    if not isinstance(model, str) or not model:
+        model = (handle or fallback_model).split("/", 1)[-1]
+    return _AgentMeta(model=model, handle=handle, user_id=_user_of(agent))
+
+
+def _block(raw: Any) -> MemoryBlock:
+    return MemoryBlock(
+        label=str(raw.label),
+        value=str(raw.value or ""),
+        limit=int(raw.limit or 0),
+        description=getattr(raw, "description", None),
+    )
+
+
+def _passage(raw: Any) -> Passage:
+    # Only these four fields: the embedding vector Letta sends along stays here.
+    created = getattr(raw, "created_at", None)
+    return Passage(
+        id=str(raw.id),
+        text=str(raw.text or ""),
+        tags=list(getattr(raw, "tags", None) or []),
+        created_at=created if isinstance(created, datetime) else None,
+    )
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return None  # "formatted in the agent's timezone": not always ISO
+    return None
+
+
+class LettaAgents:
+    name = "letta"
+
+    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
+        self._settings = settings
+        key = settings.letta_api_key.get_secret_value() if settings.letta_api_key else None
+        self._timeout = httpx.Timeout(
+            settings.letta_timeout_seconds, connect=settings.http_connect_timeout
+        )
+        # Gaps between streamed events can be long while the agent runs tools.
+        self._stream_timeout = httpx.Timeout(
+            settings.letta_timeout_seconds,
+            connect=settings.http_connect_timeout,
+            read=settings.letta_stream_read_timeout,
+        )
+        self._client = AsyncLetta(
+            api_key=key,
+            base_url=settings.letta_base_url or LETTA_CLOUD_URL,
+            http_client=http,  # the app's shared client: one pool, closed by the lifespan
+            timeout=self._timeout,
+            max_retries=0,  # we retry reads ourselves and never retry writes or sends
+        )
+        self._providers = UserProviders(self._client, settings)
+        self._meta: dict[str, _AgentMeta] = {}
+
+    # --- helpers ---
+
+    async def _read(
+        self, call: Callable[[], Awaitable[T]], not_found: type[NotFound] = AgentNotFound
+    ) -> T:
+        return await with_retries(
+            call,
+            attempts=self._settings.letta_max_retries,
+            backoff=self._settings.letta_retry_backoff_seconds,
+            not_found=not_found,
+        )
+
+    def _info(self, agent: Any) -> AgentInfo:
+        self._meta[str(agent.id)] = _meta_of(agent, self._settings.letta_model)
+        return AgentInfo(id=str(agent.id), provider=self.name, model=_handle_of(agent))
+
+    async def _agent_meta(self, agent_id: str) -> _AgentMeta:
+        meta = self._meta.get(agent_id)
+        if meta is None:
+            agent = await self._read(lambda: self._client.agents.retrieve(agent_id))
+            meta = _meta_of(agent, self._settings.letta_model)
+            self._meta[agent_id] = meta
+        return meta
+
+    async def _route_model(
+        self, agent_id: str, user_id: UUID, llm: LLMRoute, current: str | None
+    ) -> None:
+        """Point the agent at the user's own provider (holding their current key)."""
+        handle = await self._providers.ensure(user_id, llm)
+        if current != handle:
+            agent = await once(self._client.agents.update(agent_id, model=handle))
+            self._info(agent)
+
+    # --- agent lifecycle ---
+
+    async def find_agent(self, user_id: UUID) -> AgentInfo | None:
+        page = await self._read(lambda: self._client.agents.list(tags=[user_tag(user_id)]))
+        agents = list(page.items)
+        if not agents:
+            return None
+        if len(agents) > 1:
+            logger.warning("user has %d letta agents; using the oldest", len(agents))
+        oldest = min(agents, key=lambda a: str(getattr(a, "created_at", "") or ""))
+        return self._info(oldest)
+
+    async def ensure_agent(
+        self, user_id: UUID, *, persona: str, human: str, llm: LLMRoute | None = None
+    ) -> AgentInfo:
+        existing = await self.find_agent(user_id)
+        if existing is not None:
+            if llm is not None and routes_to_user_key(llm):
+                await self._route_model(existing.id, user_id, llm, existing.model)
+                meta = self._meta.get(existing.id)
+                return AgentInfo(
+                    id=existing.id,
+                    provider=self.name,
+                    model=meta.handle if meta else existing.model,
+                )
+            return existing
+        model = self._settings.letta_model
+        if llm is not None and routes_to_user_key(llm):
+            model = await self._providers.ensure(user_id, llm)
+        limit = self._settings.core_memory_block_limit
+        # Created once, never retried: after a timeout the next ensure finds it by its tag.
+        agent = await once(
+            self._client.agents.create(
+                agent_type=self._settings.letta_agent_type,  # type: ignore[arg-type]
+                embedding=self._settings.letta_embedding,
+                memory_blocks=[
+                    {"label": "persona", "value": persona, "limit": limit},
+                    {"label": "human", "value": human, "limit": limit},
+                ],
+                metadata={"user_id": str(user_id)},
+                model=model,
+                name=f"user-{user_id}",
+                tags=[user_tag(user_id)],
+            )
+        )
+        return self._info(agent)
+
+    async def delete(self, agent_id: str) -> None:
+        try:
+            meta = await self._agent_meta(agent_id)
+        except AgentNotFound:
+            return  # already gone
+        with contextlib.suppress(AgentNotFound):
+            await once(self._client.agents.delete(agent_id))
+        self._meta.pop(agent_id, None)
+        if meta.user_id is not None:
+            # The user's BYOK provider holds their key: it goes with their agent.
+            await self._providers.remove(meta.user_id)
+
+    async def check_health(self) -> None:
+        try:
+            await self._client.get("/v1/health/", cast_to=object)
+        except Exception as exc:
+            err = map_error(exc)
+            raise UpstreamUnavailable(
+                f"agent service not healthy: {err.message}", code="agent_upstream_unavailable"
+            ) from exc
+
+    # --- turns ---
+
+    async def stream_turn(
+        self, agent_id: str, content: str, *, llm: LLMRoute | None = None
+    ) -> AsyncIterator[AgentEvent]:
+        try:
+            meta = await self._agent_meta(agent_id)
+        except Exception:
+            # Not fatal: the stream call itself reports a missing agent or an outage.
+            meta = _AgentMeta(self._settings.letta_model.split("/", 1)[-1], None, None)
+        if llm is not None and routes_to_user_key(llm):
+            if meta.user_id is None:
+                yield ErrorEvent(
+                    code="agent_billing_route_unknown",
+                    message="the agent is not linked to a user; cannot bill its LLM calls",
+                    retryable=False,
+                )
+                return
+            try:
+                await self._route_model(agent_id, meta.user_id, llm, meta.handle)
+            except Exception as exc:
+                err = map_error(exc)
+                yield ErrorEvent(
+                    code=err.code,
+                    message=err.message,
+                    retryable=isinstance(err, UpstreamUnavailable),
+                )
+                return
+            meta = self._meta.get(agent_id, meta)
+
+        async def open_stream() -> AsyncIterator[Any]:
+            return await self._client.agents.messages.stream(  # deprecated alias, same route
+                agent_id,
+                messages=[{"role": "user", "content": content}],
+                stream_tokens=True,
+                timeout=self._stream_timeout,
+            )
+
+        mapper = TurnMapper(model=meta.model, model_handle=meta.handle)
+        async for event in map_turn(open_stream, mapper):
+            yield event
+
+    # --- state and memory ---
+
+    async def state(self, agent_id: str) -> AgentState:
+        async def context() -> Any:
+            return await self._client.get(f"/v1/agents/{agent_id}/context", cast_to=object)
+
+        agent, blocks, window = await asyncio.gather(
+            self._read(lambda: self._client.agents.retrieve(agent_id)),
+            self.list_blocks(agent_id),
+            self._read(context),
+        )
+        self._info(agent)
+        counts = window if isinstance(window, dict) else {}
+        return AgentState(
+            agent_id=agent_id,
+            model=_handle_of(agent),
+            # Recall memory: every message the agent has stored, in or out of its window.
+            message_count=int(counts.get("num_recall_memory") or 0),
+            blocks=blocks,
+            archival_passages=int(counts.get("num_archival_memory") or 0),
+        )
+
+    async def list_blocks(self, agent_id: str) -> list[MemoryBlock]:
+        page = await self._read(lambda: self._client.agents.blocks.list(agent_id))
+        blocks = [_block(b) for b in page.items]
+        return sorted(blocks, key=lambda b: (BLOCK_ORDER.get(b.label, 2), b.label))
+
+    async def get_block(self, agent_id: str, label: str) -> MemoryBlock:
+        raw = await self._read(
+            lambda: self._client.agents.blocks.retrieve(label, agent_id=agent_id), BlockNotFound
+        )
+        return _block(raw)
+
+    async def update_block(self, agent_id: str, label: str, value: str) -> MemoryBlock:
+        current = await self.get_block(agent_id, label)
+        if current.limit and len(value) > current.limit:
+            raise BlockLimitExceeded(
+                f"the {label} block holds at most {current.limit} characters",
+                details={"label": label, "limit": current.limit, "length": len(value)},
+            )
+        raw = await once(
+            self._client.agents.blocks.update(label, agent_id=agent_id, value=value),
+            not_found=BlockNotFound,
+        )
+        return _block(raw)
+
+    async def list_passages(self, agent_id: str, *, limit: int, cursor: str | None) -> PassagePage:
+        rows = await self._read(
+            lambda: self._client.agents.passages.list(
+                agent_id, limit=limit + 1, after=cursor if cursor else omit
+            )
+        )
+        items = [_passage(p) for p in rows]
+        has_more = len(items) > limit
+        items = items[:limit]
+        return PassagePage(items=items, next_cursor=items[-1].id if has_more and items else None)
+
+    async def search_passages(self, agent_id: str, query: str, *, limit: int) -> list[Passage]:
+        found = await self._read(
+            lambda: self._client.agents.passages.search(agent_id, query=query, top_k=limit)
+        )
+        return [
+            Passage(
+                id=str(r.id),
+                text=str(r.content),
+                tags=list(r.tags or []),
+                created_at=_parse_time(r.timestamp),
+            )
+            for r in found.results
+        ]
+
+    async def insert_passage(self, agent_id: str, text: str, tags: list[str]) -> Passage:
+        created = await once(
+            self._client.agents.passages.create(agent_id, text=text, tags=tags if tags else omit)
+        )
+        passages = [_passage(p) for p in created]
+        if not passages:
+            raise UpstreamError("the agent service stored no passage")
+        first = passages[0]
+        if len(passages) == 1:
+            return first
+        # Letta splits long text into several passages; we answer with the first id and the
+        # whole text.
+        return Passage(id=first.id, text=text, tags=first.tags, created_at=first.created_at)
+
+    async def _passage_ids(self, agent_id: str) -> AsyncIterator[list[str]]:
+        cursor: str | None = None
+        while True:
+            page = await self.list_passages(agent_id, limit=PASSAGE_SCAN_PAGE, cursor=cursor)
+            yield [p.id for p in page.items]
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def delete_passage(self, agent_id: str, passage_id: str) -> None:
+        # Letta's delete route is not documented to check that the passage belongs to the
+        # agent in the path, and all our agents share one Letta actor: check it ourselves so
+        # one user can never delete another user's memory by id.
+        owned = False
+        async for ids in self._passage_ids(agent_id):
+            if passage_id in ids:
+                owned = True
+                break
+        if not owned:
+            raise PassageNotFound()
+        await once(
+            self._client.agents.passages.delete(passage_id, agent_id=agent_id),
+            not_found=PassageNotFound,
+        )
+
+    async def reset(self, agent_id: str, mode: ResetMode, *, persona: str, human: str) -> None:
+        await once(self._client.agents.messages.reset(agent_id, add_default_initial_messages=False))
+        if mode != "full":
+            return
+        for label, value in (("persona", persona), ("human", human)):
+            await once(
+                self._client.agents.blocks.update(label, agent_id=agent_id, value=value),
+                not_found=BlockNotFound,
+            )
+        await self._purge_passages(agent_id)
+
+    async def _purge_passages(self, agent_id: str) -> None:
+        seen: set[str] = set()
+        for _ in range(MAX_PURGE_ROUNDS):
+            page = await self.list_passages(agent_id, limit=PASSAGE_SCAN_PAGE, cursor=None)
+            ids = [p.id for p in page.items if p.id not in seen]
+            if not ids:
+                return
+            for passage_id in ids:
+                seen.add(passage_id)
+                with contextlib.suppress(PassageNotFound):  # deleted concurrently: fine
+                    await once(
+                        self._client.agents.passages.delete(passage_id, agent_id=agent_id),
+                        not_found=PassageNotFound,
+                    )
+        raise UpstreamError("archival memory did not empty")

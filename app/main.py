@@ -76,6 +76,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.startup_hooks = []
+    from app.chat.runtime import start_chat_runtime
+
+    # Fails turns orphaned by a crashed process, then runs turns, event writer and leases.
+    app.state.startup_hooks.append(start_chat_runtime)
     app.state.shutdown_hooks = []
 
     app.add_middleware(
@@ -100,6 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _api_routers() -> list[object]:
     """Feature routers, each mounted under /api/v1."""
     from app.accounts.router import router as accounts_router
+    from app.chat.router import router as chat_router
+    from app.llm_proxy.router import router as llm_router
 
-    routers: list[object] = [accounts_router]
+    routers: list[object] = [accounts_router, chat_router, llm_router]
     return routers

@@ -1,0 +1,62 @@
+"""Our SSE events (the frontend's contract) and their mapping from the agent port's events.
+
+Every event has a sequence number (its SSE `id:`, 1 for `turn`) and a JSON object as data.
+The wire bytes are encoded once per event, however many subscribers receive it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from uuid import UUID
+
+from app.providers.agents import AgentEvent, DeltaEvent, MessageEvent, ToolEvent
+
+EventName = Literal["turn", "delta", "tool", "message", "usage", "error", "done"]
+TERMINAL_EVENTS: frozenset[str] = frozenset({"done", "error"})
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEvent:
+    seq: int
+    event: EventName
+    data: dict[str, Any]
+    _wire: bytes | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def terminal(self) -> bool:
+        return self.event in TERMINAL_EVENTS
+
+    def encode(self) -> bytes:
+        """`id:`, `event:` and one `data:` line (JSON never holds a raw newline)."""
+        wire = self._wire
+        if wire is None:
+            wire = f"id: {self.seq}\nevent: {self.event}\ndata: {_dumps(self.data)}\n\n".encode()
+            object.__setattr__(self, "_wire", wire)
+        return wire
+
+
+def turn_data(turn_id: UUID, created_at: str) -> dict[str, Any]:
+    # The user message is stored on the turn row itself, so its id is the turn's id.
+    return {"turn_id": str(turn_id), "user_message_id": str(turn_id), "created_at": created_at}
+
+
+def agent_event_data(event: AgentEvent) -> tuple[EventName, dict[str, Any]] | None:
+    """The SSE event for a streamed agent event; usage and errors are handled by the turn."""
+    if isinstance(event, DeltaEvent):
+        return "delta", {"text": event.text}
+    if isinstance(event, ToolEvent):
+        # Name and status only: arguments and results are the agent's internals.
+        return "tool", {"name": event.name, "status": event.status}
+    if isinstance(event, MessageEvent):
+        return "message", {"text": event.text, "message_id": event.message_id}
+    return None
+
+
+def error_data(code: str, message: str, retryable: bool) -> dict[str, Any]:
+    return {"code": code, "message": message, "retryable": retryable}

@@ -1,0 +1,307 @@
+"""All SQL of the chat feature: turns, their stored events, history, search and export.
+
+Every query that reads user data takes the user id: the backend connects as a privileged
+role, so the filter here is what keeps one user's turns from another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from uuid import UUID
+
+import asyncpg
+
+from app.chat.events import EventName, TurnEvent, error_data
+from app.db import Conn
+
+_TURN_COLUMNS = """
+    id, user_id, user_message, assistant_response, status, error, model, prompt_tokens,
+    completion_tokens, total_tokens, cost, usage_estimated, created_at, completed_at
+"""
+
+
+@dataclass(frozen=True)
+class TurnRow:
+    id: UUID
+    user_id: UUID
+    user_message: str
+    assistant_response: str
+    status: str
+    error: str | None
+    model: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost: float
+    usage_estimated: bool
+    created_at: datetime
+    completed_at: datetime | None
+
+    @classmethod
+    def from_record(cls, r: asyncpg.Record) -> TurnRow:
+        return cls(
+            id=r["id"],
+            user_id=r["user_id"],
+            user_message=r["user_message"],
+            assistant_response=r["assistant_response"],
+            status=r["status"],
+            error=r["error"],
+            model=r["model"],
+            prompt_tokens=r["prompt_tokens"],
+            completion_tokens=r["completion_tokens"],
+            total_tokens=r["total_tokens"],
+            cost=float(r["cost"]),
+            usage_estimated=r["usage_estimated"],
+            created_at=r["created_at"],
+            completed_at=r["completed_at"],
+        )
+
+
+@dataclass(frozen=True)
+class EventRow:
+    """One event waiting to be stored."""
+
+    turn_id: UUID
+    user_id: UUID
+    event: TurnEvent
+
+
+# --- admission -----------------------------------------------------------------------------
+
+
+async def try_user_turn_lock(conn: Conn, user_id: UUID) -> bool:
+    """The user's turn lock for the rest of this transaction; False when another instance
+    is admitting a turn for the same user right now."""
+    return bool(
+        await conn.fetchval(
+            "select pg_try_advisory_xact_lock(hashtextextended($1, 0))", f"chat-turn:{user_id}"
+        )
+    )
+
+
+async def has_streaming_turn(conn: Conn, user_id: UUID) -> bool:
+    return bool(
+        await conn.fetchval(
+            "select exists(select 1 from turns where user_id = $1 and status = 'streaming')",
+            user_id,
+        )
+    )
+
+
+async def insert_turn(
+    conn: Conn, user_id: UUID, content: str, instance_id: str
+) -> tuple[UUID, datetime]:
+    """Raises asyncpg.UniqueViolationError when the user already has a streaming turn."""
+    row = await conn.fetchrow(
+        """
+        insert into turns (user_id, user_message, instance_id)
+        values ($1, $2, $3)
+        returning id, created_at
+        """,
+        user_id,
+        content,
+        instance_id,
+    )
+    assert row is not None
+    return row["id"], row["created_at"]
+
+
+async def fail_stale_turns(
+    conn: Conn, *, lease_seconds: float, user_id: UUID | None = None
+) -> list[UUID]:
+    """Mark streaming turns whose owner stopped renewing the lease as failed ("interrupted"),
+    keeping their partial text, and store a final `error` event so resumers stop waiting."""
+    data = error_data("interrupted", "the turn was interrupted by a server restart", True)
+    rows = await conn.fetch(
+        """
+        with failed as (
+            update turns
+            set status = 'failed', error = 'interrupted', completed_at = now()
+            where status = 'streaming'
+              and heartbeat_at < now() - make_interval(secs => $1)
+              and ($2::uuid is null or user_id = $2)
+            returning id, user_id
+        )
+        insert into turn_events (turn_id, seq, user_id, event, data)
+        select f.id,
+               coalesce((select max(e.seq) from turn_events e where e.turn_id = f.id), 0) + 1,
+               f.user_id, 'error', $3::jsonb
+        from failed f
+        returning turn_id
+        """,
+        lease_seconds,
+        user_id,
+        data,
+    )
+    return [r["turn_id"] for r in rows]
+
+
+async def renew_leases(conn: Conn, turn_ids: Sequence[UUID]) -> None:
+    await conn.execute(
+        "update turns set heartbeat_at = now() where id = any($1::uuid[]) and status = 'streaming'",
+        list(turn_ids),
+    )
+
+
+# --- events --------------------------------------------------------------------------------
+
+
+async def insert_events(conn: Conn, rows: Sequence[EventRow]) -> None:
+    """One statement for any number of events. Idempotent (a retried batch is harmless)."""
+    if not rows:
+        return
+    await conn.execute(
+        """
+        insert into turn_events (turn_id, seq, user_id, event, data)
+        select * from unnest($1::uuid[], $2::int[], $3::uuid[], $4::text[], $5::jsonb[])
+        on conflict (turn_id, seq) do nothing
+        """,
+        [r.turn_id for r in rows],
+        [r.event.seq for r in rows],
+        [r.user_id for r in rows],
+        [r.event.event for r in rows],
+        [r.event.data for r in rows],
+    )
+
+
+async def events_after(conn: Conn, turn_id: UUID, after_seq: int) -> list[TurnEvent]:
+    rows = await conn.fetch(
+        "select seq, event, data from turn_events where turn_id = $1 and seq > $2 order by seq",
+        turn_id,
+        after_seq,
+    )
+    return [TurnEvent(r["seq"], _event_name(r["event"]), r["data"]) for r in rows]
+
+
+def _event_name(value: str) -> EventName:
+    return value  # type: ignore[return-value]  # the table's check constraint lists them
+
+
+# --- completion ----------------------------------------------------------------------------
+
+
+async def finish_turn(
+    conn: Conn,
+    turn_id: UUID,
+    *,
+    status: str,
+    assistant_response: str,
+    error: str | None,
+    model: str | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+    total_tokens: int,
+    cost: float,
+    usage_estimated: bool,
+    run_id: str | None,
+) -> bool:
+    """Close a streaming turn. False when it is no longer streaming (the crash sweep took it
+    after this process lost its lease): the caller then rolls back."""
+    result: str = await conn.execute(
+        """
+        update turns set
+            status = $2, assistant_response = $3, error = $4, model = $5,
+            prompt_tokens = $6, completion_tokens = $7, total_tokens = $8, cost = $9,
+            usage_estimated = $10, agent_run_id = $11, completed_at = now()
+        where id = $1 and status = 'streaming'
+        """,
+        turn_id,
+        status,
+        assistant_response,
+        error,
+        model,
+        prompt_tokens,
+        completion_tokens,
+        total_tokens,
+        Decimal(repr(float(cost))),
+        usage_estimated,
+        run_id,
+    )
+    return result.endswith(" 1")
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+async def get_turn(conn: Conn, user_id: UUID, turn_id: UUID) -> TurnRow | None:
+    row = await conn.fetchrow(
+        f"select {_TURN_COLUMNS} from turns where id = $1 and user_id = $2",  # noqa: S608
+        turn_id,
+        user_id,
+    )
+    return TurnRow.from_record(row) if row is not None else None
+
+
+async def turn_progress(conn: Conn, turn_id: UUID, lease_seconds: float) -> tuple[str, bool]:
+    """(status, lease expired) of a turn known to exist."""
+    row = await conn.fetchrow(
+        """
+        select status, heartbeat_at < now() - make_interval(secs => $2) as stale
+        from turns where id = $1
+        """,
+        turn_id,
+        lease_seconds,
+    )
+    if row is None:
+        return "failed", False
+    return row["status"], bool(row["stale"])
+
+
+async def history_page(
+    conn: Conn, user_id: UUID, *, limit: int, before: tuple[datetime, UUID] | None
+) -> list[TurnRow]:
+    """Newest first; `before` is the (created_at, id) of the last row of the previous page."""
+    if before is None:
+        rows = await conn.fetch(
+            f"""
+            select {_TURN_COLUMNS} from turns where user_id = $1
+            order by created_at desc, id desc limit $2
+            """,  # noqa: S608
+            user_id,
+            limit,
+        )
+    else:
+        rows = await conn.fetch(
+            f"""
+            select {_TURN_COLUMNS} from turns
+            where user_id = $1 and (created_at, id) < ($3, $4)
+            order by created_at desc, id desc limit $2
+            """,  # noqa: S608
+            user_id,
+            limit,
+            before[0],
+            before[1],
+        )
+    return [TurnRow.from_record(r) for r in rows]
+
+
+async def search_turns(conn: Conn, user_id: UUID, query: str, *, limit: int) -> list[TurnRow]:
+    """Full-text search over both sides of each turn, best match first."""
+    rows = await conn.fetch(
+        f"""
+        select {_TURN_COLUMNS} from turns, websearch_to_tsquery('english', $2) q
+        where user_id = $1 and search @@ q
+        order by ts_rank(search, q) desc, created_at desc
+        limit $3
+        """,  # noqa: S608
+        user_id,
+        query,
+        limit,
+    )
+    return [TurnRow.from_record(r) for r in rows]
+
+
+async def export_turns(conn: Conn, user_id: UUID, *, batch: int = 200) -> AsyncIterator[TurnRow]:
+    """All the user's turns, oldest first, through a server-side cursor (the caller holds the
+    transaction), so an export of any size needs only `batch` rows in memory."""
+    cursor = conn.cursor(
+        f"select {_TURN_COLUMNS} from turns where user_id = $1 order by created_at, id",  # noqa: S608
+        user_id,
+        prefetch=batch,
+    )
+    async for row in cursor:
+        yield TurnRow.from_record(row)
+

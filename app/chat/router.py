@@ -1,0 +1,147 @@
+"""Chat endpoints: send a message (SSE), resume a turn's stream, history, search, export."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import StreamingResponse
+from sse_starlette import EventSourceResponse
+
+from app.accounts.provisioning import ProvisionerDep
+from app.auth.deps import CurrentUser
+from app.chat import history as history_service
+from app.chat.events import TurnEvent
+from app.chat.runtime import ChatRuntime, get_runtime
+from app.chat.schemas import SSE_RESPONSE, ExportFormat, HistoryPage, MessageIn, SearchResults
+from app.chat.stream import follow_run, open_turn_events
+from app.chat.turns import TurnDeps, start_turn
+from app.deps import AgentsDep, BillingDep, DbDep, SettingsDep
+from app.errors import ValidationFailed, error_responses
+
+router = APIRouter(prefix="/chat", tags=["chat"])
+
+
+def _runtime(request: Request) -> ChatRuntime:
+    return get_runtime(request.app)
+
+
+RuntimeDep = Annotated[ChatRuntime, Depends(_runtime)]
+
+
+def _sse(events: AsyncIterator[TurnEvent], ping_seconds: float) -> EventSourceResponse:
+    async def body() -> AsyncIterator[bytes]:
+        async for event in events:
+            yield event.encode()
+
+    # The stream ends at `done`/`error`; a client that goes away only stops this response,
+    # never the turn (it runs in the chat runtime).
+    return EventSourceResponse(body(), ping=ping_seconds, sep="\n")
+
+
+@router.post(
+    "/message",
+    summary="Send a message; the reply streams as server-sent events",
+    response_class=EventSourceResponse,
+    responses={**SSE_RESPONSE, **error_responses(402, 404, 409, 422, 502, 503)},
+)
+async def send_message(
+    body: MessageIn,
+    user: CurrentUser,
+    settings: SettingsDep,
+    runtime: RuntimeDep,
+    agents: AgentsDep,
+    billing: BillingDep,
+    provisioner: ProvisionerDep,
+) -> EventSourceResponse:
+    deps = TurnDeps(settings, runtime, agents, billing, provisioner)
+    run = await start_turn(deps, user.sub, body.content)
+    return _sse(follow_run(run, 0), settings.sse_ping_seconds)
+
+
+def _last_event_id(value: str | None) -> int:
+    if value is None or value.strip() == "":
+        return 0
+    try:
+        seq = int(value.strip())
+    except ValueError as exc:
+        raise ValidationFailed("Last-Event-ID must be an event id of this turn") from exc
+    if seq < 0:
+        raise ValidationFailed("Last-Event-ID must be an event id of this turn")
+    return seq
+
+
+@router.get(
+    "/turns/{turn_id}/events",
+    summary="The rest of a turn's stream: stored events after Last-Event-ID, then live",
+    response_class=EventSourceResponse,
+    responses={**SSE_RESPONSE, **error_responses(404, 422)},
+)
+async def turn_events(
+    turn_id: UUID,
+    user: CurrentUser,
+    settings: SettingsDep,
+    runtime: RuntimeDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> EventSourceResponse:
+    events = await open_turn_events(runtime, user.sub, turn_id, _last_event_id(last_event_id))
+    return _sse(events, settings.sse_ping_seconds)
+
+
+@router.get(
+    "/history",
+    summary="The caller's turns, newest first",
+    response_model=HistoryPage,
+    responses=error_responses(422),
+)
+async def history(
+    user: CurrentUser,
+    db: DbDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    before: Annotated[str | None, Query(max_length=200, description="next_cursor")] = None,
+) -> HistoryPage:
+    return await history_service.history(db, user.sub, limit=limit, before=before)
+
+
+@router.get(
+    "/history/search",
+    summary="Full-text search over both sides of the caller's turns",
+    response_model=SearchResults,
+    responses=error_responses(422),
+)
+async def search_history(
+    user: CurrentUser,
+    db: DbDep,
+    q: Annotated[str, Query(min_length=1, max_length=500)],
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> SearchResults:
+    return await history_service.search(db, user.sub, q, limit=limit)
+
+
+@router.get(
+    "/export",
+    summary="Download all of the caller's turns",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The export file (attachment)",
+            "content": {t: {} for t in history_service.MEDIA_TYPES.values()},
+        },
+        **error_responses(422),
+    },
+)
+async def export(
+    user: CurrentUser,
+    db: DbDep,
+    format: Annotated[ExportFormat, Query()] = "json",  # noqa: A002 - the public query name
+) -> StreamingResponse:
+    now = datetime.now(UTC)
+    filename = history_service.export_filename(format, now)
+    return StreamingResponse(
+        history_service.export_stream(db, user.sub, format, now),
+        media_type=history_service.MEDIA_TYPES[format],
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )

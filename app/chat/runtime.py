@@ -1,0 +1,195 @@
+"""The in-process side of chat turns: running turns, live fan-out, batched event storage,
+leases, and the crash sweep.
+
+One `ChatRuntime` per app process (on `app.state.chat`). A turn runs in an asyncio task
+that belongs to the runtime, not to the HTTP request, so a client that goes away does not
+stop it. Subscribers (the POST that started the turn, or a resume) get events through their
+own queue; every event is stored in `turn_events`, in batches written by one writer task per
+process (one short transaction per flush interval, whatever the number of live turns), and
+the final events in the turn's completing transaction.
+
+Leases: each process renews `turns.heartbeat_at` of the turns it runs every third of
+`chat_turn_lease_seconds`. A turn left `streaming` whose lease ran out belongs to a process
+that died; it is marked failed ("interrupted") at startup, when its user starts a new turn,
+and when someone resumes it. Several live instances never take each other's turns, because
+a live owner keeps renewing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from app.chat import repository as repo
+from app.chat.events import EventName, TurnEvent
+from app.config import Settings
+from app.db import Database
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+logger = logging.getLogger(__name__)
+
+
+class TurnRun:
+    """One turn being run by this process: its events so far and its live subscribers."""
+
+    def __init__(self, turn_id: UUID, user_id: UUID) -> None:
+        self.turn_id = turn_id
+        self.user_id = user_id
+        self.events: list[TurnEvent] = []
+        self.task: asyncio.Task[None] | None = None
+        self._subscribers: set[asyncio.Queue[TurnEvent]] = set()
+
+    @property
+    def next_seq(self) -> int:
+        return len(self.events) + 1
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.events) and self.events[-1].terminal
+
+    def make(self, event: EventName, data: dict[str, Any], *, offset: int = 0) -> TurnEvent:
+        return TurnEvent(self.next_seq + offset, event, data)
+
+    def publish(self, event: TurnEvent) -> None:
+        if event.seq != self.next_seq:
+            raise RuntimeError(f"turn event out of order: {event.seq} != {self.next_seq}")
+        self.events.append(event)
+        for queue in self._subscribers:
+            queue.put_nowait(event)
+
+    def subscribe(self, after_seq: int) -> asyncio.Queue[TurnEvent]:
+        """A queue holding every event after `after_seq`, then each new one as it comes.
+
+        No await between copying the backlog and registering: nothing can slip in between,
+        so there is neither a gap nor a duplicate."""
+        queue: asyncio.Queue[TurnEvent] = asyncio.Queue()
+        for event in self.events[max(0, after_seq) :]:
+            queue.put_nowait(event)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[TurnEvent]) -> None:
+        self._subscribers.discard(queue)
+
+
+class EventWriter:
+    """Buffers streamed events and stores them in batches.
+
+    `take(turn_id)` hands a finishing turn its not-yet-stored events, to be written in the
+    turn's final transaction. The lock is held across a flush's write, so `take` also waits
+    for an in-flight batch: after it, each of the turn's events is stored or in hand."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._pending: list[repo.EventRow] = []
+        self._lock = asyncio.Lock()
+
+    def add(self, turn_id: UUID, user_id: UUID, event: TurnEvent) -> None:
+        self._pending.append(repo.EventRow(turn_id, user_id, event))
+
+    async def flush(self) -> None:
+        async with self._lock:
+            batch, self._pending = self._pending, []
+            if not batch:
+                return
+            try:
+                async with self._db.transaction() as conn:
+                    await repo.insert_events(conn, batch)
+            except BaseException:
+                self._pending[:0] = batch  # kept for the next flush or the turn's final write
+                raise
+
+    async def take(self, turn_id: UUID) -> list[repo.EventRow]:
+        async with self._lock:
+            mine = [r for r in self._pending if r.turn_id == turn_id]
+            if mine:
+                self._pending = [r for r in self._pending if r.turn_id != turn_id]
+            return mine
+
+
+class ChatRuntime:
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self.settings = settings
+        self.db = db
+        self.instance_id = uuid.uuid4().hex
+        self.runs: dict[UUID, TurnRun] = {}
+        self.writer = EventWriter(db)
+        self._maintenance: asyncio.Task[None] | None = None
+
+    @property
+    def lease_seconds(self) -> float:
+        return self.settings.chat_turn_lease_seconds
+
+    async def start(self) -> None:
+        async with self.db.transaction() as conn:
+            failed = await repo.fail_stale_turns(conn, lease_seconds=self.lease_seconds)
+        if failed:
+            logger.warning("marked %d interrupted turn(s) as failed", len(failed))
+        self._maintenance = asyncio.create_task(self._maintain(), name="chat-maintenance")
+
+    async def _maintain(self) -> None:
+        interval = max(0.01, self.settings.chat_event_flush_seconds)
+        renew_every = max(interval, self.lease_seconds / 3)
+        loop = asyncio.get_running_loop()
+        next_renewal = loop.time() + renew_every
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.writer.flush()
+                if loop.time() >= next_renewal and self.runs:
+                    async with self.db.transaction() as conn:
+                        await repo.renew_leases(conn, list(self.runs))
+                    next_renewal = loop.time() + renew_every
+            except Exception:
+                # Kept in memory and retried: a short database outage loses nothing.
+                logger.exception("storing chat events failed; retrying")
+
+    def register(self, run: TurnRun, task: asyncio.Task[None]) -> None:
+        run.task = task
+        self.runs[run.turn_id] = run
+
+    def forget(self, turn_id: UUID) -> None:
+        self.runs.pop(turn_id, None)
+
+    async def stop(self) -> None:
+        """Let running turns finish for a grace period, then cancel them (each is stored as
+        failed, "interrupted"), and store what is still buffered."""
+        tasks = [r.task for r in self.runs.values() if r.task is not None]
+        if tasks:
+            _, pending = await asyncio.wait(
+                tasks, timeout=self.settings.chat_shutdown_grace_seconds
+            )
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+        try:
+            await self.writer.flush()
+        except Exception:
+            logger.exception("storing the last chat events at shutdown failed")
+
+
+def get_runtime(app: FastAPI) -> ChatRuntime:
+    runtime: ChatRuntime = app.state.chat
+    return runtime
+
+
+async def start_chat_runtime(app: FastAPI) -> None:
+    runtime = ChatRuntime(app.state.settings, app.state.db)
+    app.state.chat = runtime
+    await runtime.start()
+    app.state.shutdown_hooks.append(_stop_chat_runtime)
+
+
+async def _stop_chat_runtime(app: FastAPI) -> None:
+    await get_runtime(app).stop()

@@ -1,0 +1,92 @@
+"""Request and response bodies of the chat endpoints."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, Field
+
+from app.chat.repository import TurnRow
+
+MAX_MESSAGE_CHARS = 32_000
+
+ExportFormat = Literal["json", "markdown", "txt"]
+
+
+class MessageIn(BaseModel):
+    content: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+
+
+class TurnUsage(BaseModel):
+    model: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost: float
+    estimated: bool
+
+
+class TurnOut(BaseModel):
+    id: UUID
+    user_message: str
+    assistant_response: str
+    status: Literal["streaming", "completed", "failed", "cancelled"]
+    error: str | None
+    created_at: datetime
+    completed_at: datetime | None
+    usage: TurnUsage
+
+    @classmethod
+    def from_row(cls, row: TurnRow) -> TurnOut:
+        return cls(
+            id=row.id,
+            user_message=row.user_message,
+            assistant_response=row.assistant_response,
+            status=row.status,  # type: ignore[arg-type,unused-ignore]  # the check constraint
+            error=row.error,
+            created_at=row.created_at,
+            completed_at=row.completed_at,
+            usage=TurnUsage(
+                model=row.model,
+                prompt_tokens=row.prompt_tokens,
+                completion_tokens=row.completion_tokens,
+                total_tokens=row.total_tokens,
+                cost=row.cost,
+                estimated=row.usage_estimated,
+            ),
+        )
+
+
+class HistoryPage(BaseModel):
+    items: list[TurnOut]
+    next_cursor: str | None = Field(
+        description="Pass as `before` for the next (older) page; null on the last page."
+    )
+
+
+class SearchResults(BaseModel):
+    items: list[TurnOut]
+
+
+# The SSE contract, documented for the OpenAPI schema (the stream itself is text/event-stream).
+SSE_DESCRIPTION = """A `text/event-stream`. Each event has `id:` (the turn's sequence number,
+for `Last-Event-ID`), `event:` and one JSON `data:` line:
+
+- `turn` `{turn_id, user_message_id, created_at}`
+- `delta` `{text}` (a fragment of the reply), any number
+- `tool` `{name, status}` (a memory tool the agent used), any number
+- `message` `{text, message_id}` (a completed assistant message)
+- `usage` `{model, prompt_tokens, completion_tokens, total_tokens, cost, estimated,
+  remaining_budget}`
+- `done` `{turn_id, status}` — or instead of `usage`/`done`: `error` `{code, message, retryable}`
+
+Comment lines (`: ping`) keep idle connections open."""
+
+SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": SSE_DESCRIPTION,
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}

@@ -1,0 +1,84 @@
+"""Following a turn's events: live from this process's run, or replayed from `turn_events`
+and then followed by polling when another process runs the turn (or ran it).
+
+Ownership is checked before the response starts, so another user's turn is a plain 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from uuid import UUID
+
+from app.chat import repository as repo
+from app.chat.events import TurnEvent
+from app.chat.runtime import ChatRuntime, TurnRun
+from app.errors import NotFound
+
+# How often a resume of a turn run by another process looks for new rows.
+POLL_SECONDS = 0.25
+
+
+class TurnNotFound(NotFound):
+    code = "turn_not_found"
+
+    def __init__(self, message: str = "no such turn") -> None:
+        super().__init__(message)
+
+
+async def follow_run(run: TurnRun, after_seq: int) -> AsyncIterator[TurnEvent]:
+    """Every event of a live run after `after_seq`, until its terminal event."""
+    queue = run.subscribe(after_seq)
+    try:
+        while True:
+            event = await queue.get()
+            yield event
+            if event.terminal:
+                return
+    finally:
+        run.unsubscribe(queue)
+
+
+async def open_turn_events(
+    runtime: ChatRuntime, user_id: UUID, turn_id: UUID, after_seq: int
+) -> AsyncIterator[TurnEvent]:
+    """Check ownership now (raises TurnNotFound), then return the events after `after_seq`."""
+    run = runtime.runs.get(turn_id)
+    if run is not None:
+        if run.user_id != user_id:
+            raise TurnNotFound()
+        return follow_run(run, after_seq)
+    async with runtime.db.acquire() as conn:
+        turn = await repo.get_turn(conn, user_id, turn_id)
+    if turn is None:
+        raise TurnNotFound()
+    return _follow_stored(runtime, turn_id, after_seq)
+
+
+async def _follow_stored(
+    runtime: ChatRuntime, turn_id: UUID, after_seq: int
+) -> AsyncIterator[TurnEvent]:
+    last = after_seq
+    while True:
+        # Status first, then events: the transaction that ends a turn stores its last events
+        # too, so events read after a terminal status are complete.
+        async with runtime.db.acquire() as conn:
+            status, stale = await repo.turn_progress(conn, turn_id, runtime.lease_seconds)
+            events = await repo.events_after(conn, turn_id, last)
+        for event in events:
+            yield event
+            last = event.seq
+            if event.terminal:
+                return
+        if status != "streaming":
+            return
+        run = runtime.runs.get(turn_id)
+        if run is not None:  # the turn is (now) run by this process: follow it live
+            async for event in follow_run(run, last):
+                yield event
+            return
+        if stale:
+            async with runtime.db.transaction() as conn:
+                await repo.fail_stale_turns(conn, lease_seconds=runtime.lease_seconds)
+            continue
+        await asyncio.sleep(POLL_SECONDS)

@@ -1,0 +1,296 @@
+"""The chat turn use case: admit a turn, run the agent in the background, finish it once.
+
+Admission (before any agent call, in this order): the user's agent (provisioned again when
+needed; 409 without one), the budget (402, no turn row), then one short transaction that takes
+the user's advisory lock, fails a turn of theirs orphaned by a crashed process, refuses a
+second streaming turn (409), and inserts the turn and its `turn` event. It commits before the
+agent is called; no pooled connection is held while the agent streams.
+
+Usage is counted exactly once, in the transaction that closes the turn, together with the
+final events and the budget charge:
+- completed: the agent's usage event; without one, an estimate (about 4 characters per token
+  of the user message and the reply), marked `usage_estimated`;
+- failed: the usage event if one came before the error; otherwise an estimate when some reply
+  text was produced (the model did work that its upstream bills), nothing when none was.
+A failed turn counts in `usage_daily.messages` only when usage is recorded for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from app.accounts.provisioning import Provisioner
+from app.chat import repository as repo
+from app.chat.events import TurnEvent, agent_event_data, error_data, turn_data
+from app.chat.runtime import ChatRuntime, TurnRun
+from app.config import Settings
+from app.errors import Conflict
+from app.providers.agents import (
+    AgentProvider,
+    DeltaEvent,
+    ErrorEvent,
+    MessageEvent,
+    UsageEvent,
+)
+from app.providers.billing import BillingProvider, Budget, LLMRoute, TokenUsage
+from app.usage.repository import add_usage
+
+logger = logging.getLogger(__name__)
+
+
+class TurnInProgress(Conflict):
+    code = "turn_in_progress"
+
+    def __init__(self, message: str = "a reply to your previous message is still streaming"):
+        super().__init__(message)
+
+
+class AgentNotReady(Conflict):
+    code = "agent_not_ready"
+
+    def __init__(self, message: str = "your agent is not available yet; try again shortly"):
+        super().__init__(message)
+
+
+class TurnLost(RuntimeError):
+    """The turn stopped being `streaming` under us (another process declared it orphaned)."""
+
+
+def estimate_tokens(text: str) -> int:
+    return 0 if not text else max(1, (len(text) + 3) // 4)
+
+
+@dataclass
+class TurnDeps:
+    settings: Settings
+    runtime: ChatRuntime
+    agents: AgentProvider
+    billing: BillingProvider
+    provisioner: Provisioner
+
+
+async def start_turn(deps: TurnDeps, user_id: UUID, content: str) -> TurnRun:
+    """Admit a turn and start running it; the caller subscribes to the returned run."""
+    provisioned = await deps.provisioner.ensure(user_id)
+    if not provisioned.agent_id:
+        raise AgentNotReady()
+    await deps.billing.check(user_id)
+    llm: LLMRoute | None = None
+    if deps.settings.billing_provider == "litellm":
+        llm = await deps.billing.llm_route(user_id)
+
+    runtime = deps.runtime
+    try:
+        async with runtime.db.transaction() as conn:
+            if not await repo.try_user_turn_lock(conn, user_id):
+                raise TurnInProgress()
+            await repo.fail_stale_turns(
+                conn, lease_seconds=runtime.lease_seconds, user_id=user_id
+            )
+            if await repo.has_streaming_turn(conn, user_id):
+                raise TurnInProgress()
+            turn_id, created_at = await repo.insert_turn(
+                conn, user_id, content, runtime.instance_id
+            )
+            first = TurnEvent(1, "turn", turn_data(turn_id, created_at.isoformat()))
+            await repo.insert_events(conn, [repo.EventRow(turn_id, user_id, first)])
+    except asyncpg.UniqueViolationError as exc:  # another instance admitted one meanwhile
+        raise TurnInProgress() from exc
+
+    run = TurnRun(turn_id, user_id)
+    run.publish(first)
+    task = asyncio.create_task(
+        _run_turn(deps, run, provisioned.agent_id, content, llm), name=f"turn-{turn_id}"
+    )
+    runtime.register(run, task)
+    return run
+
+
+@dataclass
+class _Outcome:
+    deltas: list[str]
+    messages: list[str]
+    usage: UsageEvent | None = None
+    error: ErrorEvent | None = None
+
+    @property
+    def text(self) -> str:
+        # The completed messages are authoritative; the deltas are what a cut-off turn has.
+        return "\n\n".join(self.messages) if self.messages else "".join(self.deltas)
+
+
+async def _run_turn(
+    deps: TurnDeps, run: TurnRun, agent_id: str, content: str, llm: LLMRoute | None
+) -> None:
+    outcome = _Outcome(deltas=[], messages=[])
+    runtime = deps.runtime
+    cancelled = False
+    try:
+        async for event in deps.agents.stream_turn(agent_id, content, llm=llm):
+            if isinstance(event, UsageEvent):
+                outcome.usage = event
+                continue
+            if isinstance(event, ErrorEvent):
+                outcome.error = event
+                break
+            if isinstance(event, DeltaEvent):
+                outcome.deltas.append(event.text)
+            elif isinstance(event, MessageEvent):
+                outcome.messages.append(event.text)
+            mapped = agent_event_data(event)
+            if mapped is not None:
+                sse = run.make(*mapped)
+                run.publish(sse)
+                runtime.writer.add(run.turn_id, run.user_id, sse)
+    except asyncio.CancelledError:
+        cancelled = True
+        outcome.error = ErrorEvent("interrupted", "the server is shutting down", True)
+    except Exception:
+        # The port promises no raise mid-stream; a provider bug still ends the turn cleanly.
+        logger.exception("agent stream failed for turn %s", run.turn_id)
+        outcome.error = ErrorEvent("agent_error", "the agent failed to answer", True)
+    try:
+        await _finish(deps, run, content, outcome)
+    finally:
+        runtime.forget(run.turn_id)
+    if cancelled:
+        raise asyncio.CancelledError()
+
+
+def _usage_to_count(
+    settings: Settings, content: str, outcome: _Outcome
+) -> TokenUsage | None:
+    if outcome.usage is not None:
+        u = outcome.usage
+        return TokenUsage(
+            model=u.model,
+            prompt_tokens=u.prompt_tokens,
+            completion_tokens=u.completion_tokens,
+            total_tokens=u.total_tokens,
+            estimated=u.estimated,
+            cost=_reported_cost(u.extra),
+        )
+    text = outcome.text
+    if outcome.error is not None and not text:
+        return None
+    model = settings.letta_model if settings.agent_provider == "letta" else settings.llm_model
+    prompt, completion = estimate_tokens(content), estimate_tokens(text)
+    return TokenUsage(model, prompt, completion, prompt + completion, estimated=True)
+
+
+def _reported_cost(extra: dict[str, Any]) -> float | None:
+    cost = extra.get("cost")
+    return float(cost) if isinstance(cost, int | float) else None
+
+
+async def _finish(deps: TurnDeps, run: TurnRun, content: str, outcome: _Outcome) -> None:
+    usage = _usage_to_count(deps.settings, content, outcome)
+    budget: Budget | None = None
+    if outcome.error is None:
+        try:
+            budget = await deps.billing.get_budget(run.user_id)
+        except Exception:  # the remaining budget is informative; never fail a turn for it
+            logger.warning("budget lookup failed after turn %s", run.turn_id)
+    for attempt in range(3):
+        try:
+            terminal = await _store_final(deps, run, content, outcome, usage, budget)
+            break
+        except TurnLost:
+            logger.warning("turn %s was taken over as interrupted; not stored", run.turn_id)
+            terminal = [run.make("error", error_data("interrupted", "the turn was lost", True))]
+            break
+        except Exception:
+            logger.exception("storing the end of turn %s failed (attempt %d)", run.turn_id,
+                             attempt + 1)
+            await asyncio.sleep(0.2 * (attempt + 1))
+    else:
+        # The turn stays `streaming` in the database; its lease runs out and the crash sweep
+        # marks it interrupted. Live subscribers are told now.
+        terminal = [run.make("error", error_data("internal_error", "the reply was not saved",
+                                                  True))]
+    for event in terminal:
+        run.publish(event)
+
+
+async def _store_final(
+    deps: TurnDeps,
+    run: TurnRun,
+    content: str,
+    outcome: _Outcome,
+    usage: TokenUsage | None,
+    budget: Budget | None,
+) -> list[TurnEvent]:
+    runtime = deps.runtime
+    # Take the buffered events first (it may wait for an in-flight batch) so no connection is
+    # held while waiting. Put back on failure, for the retry.
+    buffered = await runtime.writer.take(run.turn_id)
+    try:
+        async with runtime.db.transaction() as conn:
+            cost = 0.0
+            if usage is not None:
+                cost = await deps.billing.record(conn, run.user_id, usage)
+                await add_usage(
+                    conn,
+                    run.user_id,
+                    datetime.now(UTC).date(),
+                    messages=1,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    total_tokens=usage.total_tokens,
+                    cost=cost,
+                )
+            if outcome.error is None:
+                remaining = (
+                    max(0.0, round(budget.remaining - cost, 10)) if budget is not None else None
+                )
+                assert usage is not None
+                terminal = [
+                    run.make("usage", {
+                        "model": usage.model,
+                        "prompt_tokens": usage.prompt_tokens,
+                        "completion_tokens": usage.completion_tokens,
+                        "total_tokens": usage.total_tokens,
+                        "cost": cost,
+                        "estimated": usage.estimated,
+                        "remaining_budget": remaining,
+                    }),
+                    run.make("done", {"turn_id": str(run.turn_id), "status": "completed"},
+                             offset=1),
+                ]
+            else:
+                err = outcome.error
+                terminal = [run.make("error", error_data(err.code, err.message, err.retryable))]
+            await repo.insert_events(
+                conn,
+                buffered + [repo.EventRow(run.turn_id, run.user_id, e) for e in terminal],
+            )
+            finished = await repo.finish_turn(
+                conn,
+                run.turn_id,
+                status="completed" if outcome.error is None else "failed",
+                assistant_response=outcome.text,
+                error=outcome.error.code if outcome.error is not None else None,
+                model=usage.model if usage is not None else None,
+                prompt_tokens=usage.prompt_tokens if usage is not None else 0,
+                completion_tokens=usage.completion_tokens if usage is not None else 0,
+                total_tokens=usage.total_tokens if usage is not None else 0,
+                cost=cost,
+                usage_estimated=usage.estimated if usage is not None else False,
+                run_id=outcome.usage.run_id if outcome.usage is not None else None,
+            )
+            if not finished:
+                raise TurnLost()
+    except TurnLost:
+        raise  # the sweep stored its own final event; ours would collide with it
+    except BaseException:
+        for row in buffered:
+            runtime.writer.add(row.turn_id, row.user_id, row.event)
+        raise
+    return terminal

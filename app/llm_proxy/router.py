@@ -1,0 +1,50 @@
+"""`POST /llm/chat/completions`: an OpenAI-compatible endpoint billed to the caller."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from app.auth.deps import CurrentUser
+from app.deps import BillingDep, DbDep, SettingsDep
+from app.errors import error_responses
+from app.llm_proxy.schemas import ChatCompletionRequest
+from app.llm_proxy.service import LLMProxy
+
+router = APIRouter(prefix="/llm", tags=["llm"])
+
+_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "A `chat.completion` object, or with `stream: true` a `text/event-stream` "
+        "of `data: {chat.completion.chunk}` lines ending with `data: [DONE]`",
+        "content": {"application/json": {}, "text/event-stream": {}},
+    },
+    **error_responses(402, 422, 502, 503),
+}
+
+
+@router.post(
+    "/chat/completions",
+    summary="OpenAI-compatible chat completions, billed to the caller's budget",
+    responses=_ANSWERS,
+    response_model=None,
+)
+async def chat_completions(
+    request_body: ChatCompletionRequest,
+    user: CurrentUser,
+    settings: SettingsDep,
+    db: DbDep,
+    billing: BillingDep,
+) -> JSONResponse | StreamingResponse:
+    proxy = LLMProxy(settings, db, billing, user.sub)
+    body = request_body.upstream_body()
+    if request_body.stream:
+        stream = await proxy.open_stream(body)
+        return StreamingResponse(
+            stream,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+    return JSONResponse(await proxy.complete(body))

@@ -1,0 +1,187 @@
+"""The LLM route's use case: budget check, the user's route to the model, usage recorded once.
+
+Counting: every call adds its tokens and cost to `usage_daily` and charges the budget, in one
+transaction, after the answer (or the stream) ends. `usage_daily.messages` counts chat turns
+only, so an LLM-route call adds 0 there. Tokens come from the upstream's `usage`; when it sends
+none (llama.cpp on streamed calls), or the stream breaks, or the client goes away mid-stream,
+they are estimated from the text (about 4 characters per token) and billed as such.
+
+Which model: with LiteLLM the user's own key is used and LiteLLM enforces which models that
+key may call, so the requested model is passed through. Otherwise the call goes to our own
+upstream on our account, and the configured `LLM_MODEL` is always used (a request must not
+pick a model the price table does not bill).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from app.config import Settings
+from app.db import Database
+from app.errors import AppError
+from app.providers.billing import BillingProvider, TokenUsage
+from app.providers.builtin.llm import (
+    chat_client_for,
+    estimate_prompt_tokens,
+    estimate_tokens,
+)
+from app.usage.repository import add_usage
+
+logger = logging.getLogger(__name__)
+
+# Recordings started after a client went away (the response task is being cancelled, so they
+# run detached); kept referenced until they finish.
+_detached: set[asyncio.Task[None]] = set()
+
+
+class LLMProxy:
+    def __init__(
+        self, settings: Settings, db: Database, billing: BillingProvider, user_id: UUID
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._billing = billing
+        self._user_id = user_id
+
+    async def _prepare(self, body: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        await self._billing.check(self._user_id)
+        route = await self._billing.llm_route(self._user_id)
+        client = chat_client_for(self._settings, route)
+        if not route.billed_upstream:
+            body = {**body, "model": client.model}
+        return client, body
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        client, body = await self._prepare(body)
+        answer: dict[str, Any] = await client.complete(body)
+        await self._record(_usage_from(answer.get("usage"), answer.get("model") or body["model"]))
+        return answer
+
+    async def open_stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+        """Starts the upstream call now, so that a refusal before the first chunk is an HTTP
+        error status; afterwards failures are an OpenAI-style `error` data line."""
+        client, body = await self._prepare(body)
+        chunks: AsyncIterator[dict[str, Any]] = client.stream(body)
+        first = await chunks.__anext__()
+        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return self._relay(first, chunks, body, wants_usage)
+
+    async def _relay(
+        self,
+        first: dict[str, Any],
+        chunks: AsyncIterator[dict[str, Any]],
+        body: dict[str, Any],
+        wants_usage: bool,
+    ) -> AsyncIterator[bytes]:
+        usage: TokenUsage | None = None
+        output: list[str] = []
+        model = str(first.get("model") or body.get("model"))
+        try:
+            chunk: dict[str, Any] | None = first
+            while chunk is not None:
+                if chunk.get("usage"):
+                    usage = _usage_from(chunk["usage"], str(chunk.get("model") or model))
+                output.append(_chunk_text(chunk))
+                visible = _visible(chunk, wants_usage)
+                if visible is not None:
+                    yield _data(visible)
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    chunk = None
+            yield b"data: [DONE]\n\n"
+        except AppError as exc:
+            yield _data({"error": {"message": exc.message, "type": exc.code, "code": exc.code}})
+            yield b"data: [DONE]\n\n"
+        finally:
+            # Stop the upstream call too when the client went away (closing is detached: this
+            # task may be in the middle of being cancelled).
+            closing = asyncio.ensure_future(_aclose(chunks))
+            _detached.add(closing)
+            closing.add_done_callback(_detached.discard)
+            if usage is None:
+                prompt = estimate_prompt_tokens(body)
+                completion = estimate_tokens("".join(output))
+                usage = TokenUsage(model, prompt, completion, prompt + completion, estimated=True)
+            # Recorded in a task of its own: a client that goes away cancels this response,
+            # and the call must still be billed, exactly once.
+            task = asyncio.ensure_future(self._record_logged(usage))
+            _detached.add(task)
+            task.add_done_callback(_detached.discard)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+
+    async def _record_logged(self, usage: TokenUsage) -> None:
+        try:
+            await self._record(usage)
+        except Exception:
+            logger.exception("recording LLM-route usage failed")
+
+    async def _record(self, usage: TokenUsage) -> None:
+        async with self._db.transaction() as conn:
+            cost = await self._billing.record(conn, self._user_id, usage)
+            await add_usage(
+                conn,
+                self._user_id,
+                datetime.now(UTC).date(),
+                messages=0,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                total_tokens=usage.total_tokens,
+                cost=cost,
+            )
+
+
+async def _aclose(chunks: AsyncIterator[dict[str, Any]]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
+
+
+def _usage_from(raw: object, model: str) -> TokenUsage:
+    data = raw if isinstance(raw, dict) else {}
+    prompt = int(data.get("prompt_tokens") or 0)
+    completion = int(data.get("completion_tokens") or 0)
+    total = int(data.get("total_tokens") or prompt + completion)
+    cost = data.get("cost")
+    return TokenUsage(
+        model=model,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=total,
+        estimated=bool(data.get("estimated")) or not data,
+        cost=float(cost) if isinstance(cost, int | float) else None,
+    )
+
+
+def _chunk_text(chunk: dict[str, Any]) -> str:
+    text = ""
+    for choice in chunk.get("choices") or []:
+        delta = choice.get("delta") or {}
+        text += delta.get("content") or ""
+        for call in delta.get("tool_calls") or []:
+            function = call.get("function") or {}
+            text += (function.get("name") or "") + (function.get("arguments") or "")
+    return text
+
+
+def _visible(chunk: dict[str, Any], wants_usage: bool) -> dict[str, Any] | None:
+    """The chunk as the client asked for it: usage only with `stream_options.include_usage`
+    (we always ask the upstream for it, to bill)."""
+    if wants_usage or "usage" not in chunk:
+        return chunk
+    if not chunk.get("choices"):
+        return None
+    return {k: v for k, v in chunk.items() if k != "usage"}
+
+
+def _data(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+
 import uvicorn
 
-from app.config import get_settings
+from app.config import ConfigError, get_settings
 
 
 def main() -> None:
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ConfigError as exc:
+        # A clear one-line refusal (no traceback) naming the variable to fix.
+        sys.exit(f"configuration error: {exc}")
     uvicorn.run(
         "app.main:create_app",
         factory=True,

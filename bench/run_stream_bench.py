@@ -1,0 +1,407 @@
+"""Streaming benchmark: chat streams through the backend versus straight from the upstream.
+
+`make bench` (= `python -m bench.run_stream_bench`) does, all on 127.0.0.1:
+1. creates a fresh database on the local Postgres (127.0.0.1:5432), migrates it, and seeds
+   max(C) users as registration leaves them (profile `ready` with a Letta agent id, a budget);
+   their access tokens are signed with the JWT secret, issuer and audience the backend gets;
+2. starts the simulated Letta server (`bench.sim_letta`, its own process) and the backend
+   (`uvicorn app.main:create_app`, one worker, AGENT_PROVIDER=letta pointed at the simulator,
+   log level WARNING);
+3. for each C: C clients stream straight from the simulator, then C clients (one user each)
+   stream `POST /api/v1/chat/message` through the backend, each client running its streams back
+   to back, first starts spread over one stream's duration;
+4. prints time to first event, per-event latency, errors and through-backend / direct ratios
+   (definitions in `bench.loadgen` and in the output), saves them under `bench/results/`, stops
+   both processes and drops the database.
+Every loop is bounded (per-stream timeout, fixed rounds); the default run takes 1-2 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from bench.environment import (
+    ROOT,
+    Backend,
+    BenchUser,
+    ManagedProcess,
+    create_database,
+    drop_database,
+    new_jwt_secret,
+    raise_fd_limit,
+    seed_users,
+    start_backend,
+    start_simulator,
+)
+from bench.loadgen import LoadResult, StreamRequest, Summary, run_load, summarize
+from bench.sim_letta import install_fast_loop
+
+RESULTS_DIR = ROOT / "bench" / "results"
+GOAL_TTFE_P50_MS = 5.0
+GOAL_TTFE_P99_MS = 20.0
+
+DEFINITIONS = """\
+Definitions (client, simulator and backend on one host; all stamps CLOCK_MONOTONIC):
+- TTFE (time to first event): from just before the client's TCP connect to the arrival of the
+  first assistant text fragment (backend: first `delta` event; direct: first Letta
+  `assistant_message` frame). The simulator emits fragment 0 as soon as it has read the request,
+  so TTFE is the path's own latency. "first frame" is the first SSE frame of any kind
+  (backend: `turn`; direct: Letta `ping`).
+- per-event latency: for every text fragment, arrival at the client minus the emission stamp the
+  simulator wrote into it. Through the backend this spans simulator -> backend (parse, map,
+  append to turn_events, encode) -> client; direct it spans simulator -> client.
+- added = through-backend minus direct at the same percentile; ratio = through-backend / direct.
+- errors: a stream that did not end with its final event (backend `done`, direct `[DONE]`),
+  carried an error event, answered non-200, timed out, or lost a fragment.
+"""
+
+
+@dataclass
+class RunReport:
+    concurrency: int
+    streams_per_client: int
+    direct: Summary
+    backend: Summary
+    backend_cpu_seconds: float
+    upstream_requests: dict[str, int]
+    turns_by_status: dict[str, int]
+    turn_events: int | None
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    return "-" if value is None else f"{value:.2f}{unit}"
+
+
+def _added(backend: float | None, direct: float | None) -> str:
+    return "-" if backend is None or direct is None else f"{backend - direct:+.2f}"
+
+
+def _ratio(backend: float | None, direct: float | None) -> str:
+    if backend is None or direct is None or direct <= 0:
+        return "-"
+    return f"{backend / direct:.1f}x"
+
+
+def render_run(r: RunReport) -> str:
+    d, b = r.direct, r.backend
+    rows = [
+        ("TTFE p50 (ms)", d.ttfe_p50_ms, b.ttfe_p50_ms),
+        ("TTFE p99 (ms)", d.ttfe_p99_ms, b.ttfe_p99_ms),
+        ("first frame p50 (ms)", d.ttff_p50_ms, b.ttff_p50_ms),
+        ("per-event latency p50 (ms)", d.event_p50_ms, b.event_p50_ms),
+        ("per-event latency p99 (ms)", d.event_p99_ms, b.event_p99_ms),
+    ]
+    out = [
+        f"C = {r.concurrency}: {b.streams} streams each way "
+        f"({r.streams_per_client} per client), {b.fragments} fragments through the backend",
+        f"  {'':28}{'direct':>10}{'backend':>10}{'added':>10}{'ratio':>8}",
+    ]
+    for label, dv, bv in rows:
+        out.append(
+            f"  {label:28}{_fmt(dv):>10}{_fmt(bv):>10}{_added(bv, dv):>10}{_ratio(bv, dv):>8}"
+        )
+    out.append(f"  {'errors':28}{d.errors:>10}{b.errors:>10}")
+    out.append(f"  {'wall time (s)':28}{d.wall_seconds:>10.2f}{b.wall_seconds:>10.2f}")
+    if b.streams:
+        cpu_ms = r.backend_cpu_seconds * 1000
+        out.append(
+            f"  backend CPU: {cpu_ms:.0f} ms total, {cpu_ms / b.streams:.2f} ms per turn, "
+            f"{cpu_ms / max(b.fragments, 1):.3f} ms per fragment"
+        )
+    if r.upstream_requests:
+        calls = ", ".join(f"{k} x{v}" for k, v in sorted(r.upstream_requests.items()))
+        out.append(f"  backend -> upstream requests: {calls}")
+    if r.turns_by_status:
+        out.append(
+            f"  turns in the database: {r.turns_by_status}; turn_events rows: {r.turn_events}"
+        )
+    for label, summary in (("direct", d), ("backend", b)):
+        for kind, count in summary.error_kinds.items():
+            out.append(f"  {label} error x{count}: {kind}")
+    return "\n".join(out)
+
+
+def render_goals(reports: list[RunReport]) -> str:
+    lines = ["Goals:"]
+    by_c = {r.concurrency: r for r in reports}
+    if 100 in by_c:
+        r = by_c[100]
+        p50 = _delta(r.backend.ttfe_p50_ms, r.direct.ttfe_p50_ms)
+        p99 = _delta(r.backend.ttfe_p99_ms, r.direct.ttfe_p99_ms)
+        ok50 = p50 is not None and p50 <= GOAL_TTFE_P50_MS and r.backend.errors == 0
+        ok99 = p99 is not None and p99 <= GOAL_TTFE_P99_MS and r.backend.errors == 0
+        lines.append(
+            f"  C=100 added TTFE p50 {_fmt(p50, ' ms')} <= {GOAL_TTFE_P50_MS} ms: "
+            f"{'PASS' if ok50 else 'FAIL'}"
+        )
+        lines.append(
+            f"  C=100 added TTFE p99 {_fmt(p99, ' ms')} <= {GOAL_TTFE_P99_MS} ms: "
+            f"{'PASS' if ok99 else 'FAIL'}"
+        )
+    if 1000 in by_c:
+        r = by_c[1000]
+        ok = r.backend.errors == 0 and r.backend.streams > 0
+        lines.append(
+            f"  C=1000 through one worker, zero errors ({r.backend.errors} of "
+            f"{r.backend.streams}): {'PASS' if ok else 'FAIL'}"
+        )
+    return "\n".join(lines)
+
+
+def _delta(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+async def _sim_stats(port: int) -> dict[str, Any]:
+    async with httpx.AsyncClient(timeout=5) as client:
+        response = await client.get(f"http://127.0.0.1:{port}/_bench/stats")
+        return dict(response.json())
+
+
+async def _turn_counts(dsn: str) -> tuple[dict[str, int], int | None]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        tables = {
+            r["t"]
+            for r in await conn.fetch(
+                "select tablename as t from pg_tables where schemaname='public'"
+            )
+        }
+        statuses: dict[str, int] = {}
+        events = None
+        if "turns" in tables:
+            rows = await conn.fetch("select status, count(*) as n from turns group by status")
+            statuses = {str(r["status"]): int(r["n"]) for r in rows}
+        if "turn_events" in tables:
+            events = int(await conn.fetchval("select count(*) from turn_events"))
+        return statuses, events
+    finally:
+        await conn.close()
+
+
+class Profiler:
+    """py-spy attached to the backend for one run, when asked for and installed."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        self.out = out
+        self.proc: subprocess.Popen[bytes] | None = None
+        if Path(exe).exists():
+            self.proc = subprocess.Popen(  # noqa: S603
+                [exe, "record", "--pid", str(pid), "--rate", "250", "--format", "raw",
+                 "--output", str(out), "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            time.sleep(0.5)  # let it attach before the load starts
+
+    def stop(self) -> Path | None:
+        if self.proc is None:
+            return None
+        self.proc.send_signal(2)  # SIGINT: py-spy writes its output and exits
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=20)
+        return self.out if self.out.exists() else None
+
+
+def summarize_profile(path: Path, top: int = 25) -> str:
+    """Inclusive and self time of the backend's own frames (and the libraries under them)."""
+    inclusive: Counter[str] = Counter()
+    self_time: Counter[str] = Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        seen = set()
+        for frame in frames:
+            if frame not in seen:
+                inclusive[frame] += count
+                seen.add(frame)
+        self_time[frames[-1]] += count
+    if not total:
+        return "profile: no samples"
+    lines = [f"profile: {total} samples"]
+    lines.append("  top self time:")
+    for frame, n in self_time.most_common(top):
+        lines.append(f"    {100 * n / total:5.1f}%  {frame}")
+    lines.append("  top inclusive time in app/ code:")
+    app_frames = [(f, n) for f, n in inclusive.most_common() if "/app/" in f or "(app/" in f]
+    for frame, n in app_frames[:top]:
+        lines.append(f"    {100 * n / total:5.1f}%  {frame}")
+    return "\n".join(lines)
+
+
+async def bench(args: argparse.Namespace) -> int:
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    log_dir = RESULTS_DIR / f"logs-{stamp}"
+    log_dir.mkdir()
+    fd_limit = raise_fd_limit()
+    stream_seconds = args.events * args.interval_ms / 1000.0
+    ramp = stream_seconds if args.ramp_ms is None else args.ramp_ms / 1000.0
+    header = (
+        f"Streaming benchmark {stamp} UTC: {args.events} text fragments per stream, one every "
+        f"{args.interval_ms:g} ms ({stream_seconds:.2f} s per stream); first starts spread over "
+        f"{ramp * 1000:.0f} ms; backend: one uvicorn worker (uvloop, httptools), "
+        f"AGENT_PROVIDER=letta against the simulated Letta, BILLING/IDENTITY built-in, "
+        f"Postgres at 127.0.0.1:5432; fd limit {fd_limit}; python {sys.version.split()[0]}."
+    )
+    print(header, flush=True)
+
+    jwt_secret = new_jwt_secret()
+    db_name, dsn = await create_database()
+    sim: ManagedProcess | None = None
+    backend: Backend | None = None
+    reports: list[RunReport] = []
+    profile_text = ""
+    try:
+        users = await seed_users(dsn, max(concurrencies), jwt_secret=jwt_secret)
+        sim, sim_port = start_simulator(args.events, args.interval_ms, log_dir)
+        backend = await start_backend(
+            dsn=dsn, letta_port=sim_port, jwt_secret=jwt_secret, log_dir=log_dir,
+            pool_max=args.pool_max,
+        )  # fmt: skip
+        print(f"simulator on :{sim_port}, backend pid {backend.process.pid} on :{backend.port}")
+
+        def direct(users: list[BenchUser]) -> Any:
+            def make(i: int, r: int) -> StreamRequest:
+                body = {"messages": [{"role": "user", "content": f"bench turn {r}"}],
+                        "stream_tokens": True}  # fmt: skip
+                path = f"/v1/agents/{users[i].agent_id}/messages/stream"
+                return StreamRequest("127.0.0.1", sim_port, path, json.dumps(body).encode(),
+                                     "direct")  # fmt: skip
+
+            return make
+
+        def through(users: list[BenchUser], port: int) -> Any:
+            def make(i: int, r: int) -> StreamRequest:
+                body = json.dumps({"content": f"bench turn {r}"}).encode()
+                auth = (("authorization", f"Bearer {users[i].token}"),)
+                return StreamRequest("127.0.0.1", port, "/api/v1/chat/message", body, "backend",
+                                     auth)  # fmt: skip
+
+            return make
+
+        async def load(make: Any, c: int, rounds: int) -> LoadResult:
+            return await run_load(
+                make, concurrency=c, rounds=rounds, ramp_seconds=ramp,
+                stream_timeout=args.stream_timeout, expected_fragments=args.events,
+            )  # fmt: skip
+
+        # Warm both paths (imports, pools, connections) with users the runs use anyway.
+        warm = min(10, len(users))
+        await load(direct(users), warm, 1)
+        warmup = summarize(await load(through(users, backend.port), warm, 1))
+        if warmup.errors:
+            print(f"warm-up through the backend failed: {warmup.error_kinds}", flush=True)
+            print(backend.process.log_tail(), flush=True)
+            if not args.keep_going:
+                return 2
+
+        for c in concurrencies:
+            rounds = max(args.rounds, math.ceil(args.min_streams / c))
+            direct_load = await load(direct(users), c, rounds)
+            await asyncio.sleep(0.5)
+            before = (await _sim_stats(sim_port))["requests"]
+            cpu_before = backend.process.cpu_seconds()
+            profiler = None
+            if args.profile and c == args.profile_at:
+                profiler = Profiler(backend.process.pid, RESULTS_DIR / f"profile-{stamp}-C{c}.txt")
+            backend_load = await load(through(users, backend.port), c, rounds)
+            cpu = backend.process.cpu_seconds() - cpu_before
+            if profiler is not None:
+                profile_path = profiler.stop()
+                profile_text = (
+                    summarize_profile(profile_path)
+                    if profile_path
+                    else "profile: py-spy not installed or produced nothing"
+                )
+            after = (await _sim_stats(sim_port))["requests"]
+            upstream = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+            await asyncio.sleep(0.3)  # let the last turns commit before counting them
+            statuses, events = await _turn_counts(dsn)
+            report = RunReport(
+                concurrency=c,
+                streams_per_client=rounds,
+                direct=summarize(direct_load),
+                backend=summarize(backend_load),
+                backend_cpu_seconds=cpu,
+                upstream_requests=upstream,
+                turns_by_status=statuses,
+                turn_events=events,
+            )
+            reports.append(report)
+            print("\n" + render_run(report), flush=True)
+            await asyncio.sleep(0.5)
+    finally:
+        if backend is not None:
+            backend.process.stop()
+        if sim is not None:
+            sim.stop()
+        if not args.keep_db:
+            await drop_database(db_name)
+
+    text = "\n\n".join(
+        [header, DEFINITIONS.rstrip(), *(render_run(r) for r in reports), render_goals(reports)]
+        + ([profile_text] if profile_text else [])
+    )
+    print("\n" + DEFINITIONS.rstrip())
+    print("\n" + render_goals(reports))
+    if profile_text:
+        print("\n" + profile_text)
+    (RESULTS_DIR / f"stream-bench-{stamp}.txt").write_text(text + "\n")
+    (RESULTS_DIR / f"stream-bench-{stamp}.json").write_text(
+        json.dumps(
+            {"header": header, "args": vars(args), "runs": [asdict(r) for r in reports]}, indent=2
+        )
+    )
+    print(f"\nsaved to bench/results/stream-bench-{stamp}.txt (+ .json); logs in {log_dir.name}/")
+    failed = any(r.backend.errors or r.direct.errors for r in reports)
+    return 1 if failed else 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Streaming benchmark: backend vs direct upstream.")
+    p.add_argument("--concurrency", default="1,100,1000", help="comma-separated C values")
+    p.add_argument("--events", type=int, default=20, help="text fragments per stream")
+    p.add_argument("--interval-ms", type=float, default=25.0, help="gap between fragments")
+    p.add_argument("--rounds", type=int, default=3, help="streams per client, back to back")
+    p.add_argument("--min-streams", type=int, default=20, help="at least this many per C")
+    p.add_argument("--ramp-ms", type=float, default=None, help="spread of first starts")
+    p.add_argument("--stream-timeout", type=float, default=120.0)
+    p.add_argument("--pool-max", type=int, default=None, help="backend DATABASE_POOL_MAX")
+    p.add_argument("--profile", action="store_true", help="py-spy the backend during one run")
+    p.add_argument("--profile-at", type=int, default=100, help="the C to profile")
+    p.add_argument("--keep-db", action="store_true")
+    p.add_argument("--keep-going", action="store_true", help="run even if the warm-up fails")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    install_fast_loop()
+    sys.exit(asyncio.run(bench(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Fixtures for the Letta provider: the recorded real exchanges with Letta 0.16.8, parsed into
+respx answers, and a `LettaAgents` on a fresh httpx client.
+
+The exchange log truncates every body at 6,000 characters (the agent objects and the
+passages with their 40 KB embeddings). `Recording.json()` keeps the recorded prefix and closes
+the open arrays and objects after the last complete element, so the answers stay the recorded
+bytes, only shorter."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+import pytest
+import respx
+
+from app.config import Settings
+from app.providers.letta.agents import LettaAgents
+
+FIXTURES = Path(
+    os.environ.get(
+        "LETTA_FIXTURES_DIR",
+        Path(__file__).resolve().parents[4] / "shared" / "fixtures" / "letta-0.16.8",
+    )
+)
+BASE_URL = "http://letta.test"
+API_KEY = "letta-test-key"
+RECORDED_AGENT = "agent-7120c71f-af61-4151-a9bf-2affd006cbff"
+RECORDED_USER = "42"  # the recording's user id; our user ids are UUIDs
+SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8"}
+
+
+def close_truncated_json(text: str) -> Any:
+    """Parse `text`; when it was cut off, drop the unfinished element and close the rest."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    cuts: list[tuple[int, str]] = []  # (index of a separating comma, closers needed there)
+    stack: list[str] = []
+    in_string = escaped = False
+    for i, ch in enumerate(text):
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+            continue
+        if ch == '"':
+            in_string = True
+        elif ch in "[{":
+            stack.append("]" if ch == "[" else "}")
+        elif ch in "]}":
+            stack.pop()
+        elif ch == "," and stack:
+            cuts.append((i, "".join(reversed(stack))))
+    for index, closers in reversed(cuts):
+        try:
+            return json.loads(text[:index] + closers)
+        except json.JSONDecodeError:
+            continue
+    raise ValueError("cannot repair the recorded body")
+
+
+@dataclass(frozen=True)
+class Exchange:
+    method: str
+    path: str
+    query: dict[str, str]
+    request_body: str
+    status: int
+    content_type: str
+    body: str
+
+    @property
+    def request_json(self) -> Any:
+        return json.loads(self.request_body) if self.request_body else None
+
+    def json(self, *, user_id: str | None = None) -> Any:
+        """The recorded answer; `user_id` replaces the recording's user id "42"."""
+        body = self.body
+        if user_id is not None:
+            body = body.replace(f'"user_id":"{RECORDED_USER}"', f'"user_id":"{user_id}"')
+            body = body.replace(f'"user:{RECORDED_USER}"', f'"user:{user_id}"')
+        return close_truncated_json(body)
+
+    def response(self, *, user_id: str | None = None) -> httpx.Response:
+        return httpx.Response(self.status, json=self.json(user_id=user_id))
+
+
+class Recording:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.exchanges = self._parse(folder / "http-exchanges-letta_v1_agent.log")
+
+    @staticmethod
+    def _parse(path: Path) -> list[Exchange]:
+        lines = path.read_text().split("\n")
+        out: list[Exchange] = []
+        i = 0
+        while i < len(lines):
+            line = lines[i]
+            if not line.startswith(">>> "):
+                i += 1
+                continue
+            method, url = line[4:].split(" ", 1)
+            request_body = lines[i + 1]
+            j = i + 2
+            while not lines[j].startswith("<<< "):
+                j += 1
+            status_text, content_type = lines[j][4:].split(" ", 1)
+            parts = urlsplit(url)
+            out.append(
+                Exchange(
+                    method=method,
+                    path=parts.path,
+                    query=dict(parse_qsl(parts.query)),
+                    request_body=request_body,
+                    status=int(status_text),
+                    content_type=content_type,
+                    body=lines[j + 1],
+                )
+            )
+            i = j + 2
+        return out
+
+    def find(self, method: str, path_pattern: str, nth: int = 0) -> Exchange:
+        """The nth recorded exchange whose method matches and whose path matches the regex
+        (anchored at the end; `{agent}` stands for the recorded agent id)."""
+        regex = re.compile(path_pattern.replace("{agent}", re.escape(RECORDED_AGENT)) + "$")
+        found = [e for e in self.exchanges if e.method == method and regex.search(e.path)]
+        return found[nth]
+
+    def sse(self, name: str) -> bytes:
+        return (self.folder / name).read_bytes()
+
+
+@pytest.fixture(scope="session")
+def recording() -> Recording:
+    if not FIXTURES.is_dir():
+        pytest.fail(f"Letta recordings not found at {FIXTURES}")
+    return Recording(FIXTURES)
+
+
+def make_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "environment": "test",
+        "agent_provider": "letta",
+        "letta_base_url": BASE_URL,
+        "letta_api_key": API_KEY,
+        "letta_model": "openai-proxy/gpt-4o-mini",
+        "letta_embedding": "openai/text-embedding-3-small",
+        "letta_max_retries": 2,
+        "letta_retry_backoff_seconds": 0.0,
+        "letta_timeout_seconds": 2.0,
+        "letta_stream_read_timeout": 2.0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def letta_settings() -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+@pytest.fixture
+def letta(letta_settings: Settings, http: httpx.AsyncClient) -> LettaAgents:
+    return LettaAgents(letta_settings, http)
+
+
+@pytest.fixture
+def letta_api() -> AsyncIterator[respx.MockRouter]:
+    # Every request must match a route: an unexpected call fails the test.
+    with respx.mock(base_url=BASE_URL, assert_all_called=False, assert_all_mocked=True) as mock:
+        yield mock
+
+
+def sent_json(route: respx.Route, index: int = -1) -> Any:
+    return json.loads(route.calls[index].request.content)
+
+
+def sent_query(route: respx.Route, index: int = -1) -> dict[str, str]:
+    return dict(route.calls[index].request.url.params)

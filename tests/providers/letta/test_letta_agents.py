@@ -1,0 +1,510 @@
+"""LettaAgents against the recorded Letta 0.16.8 exchanges: what we send, what we make of
+the answers."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+import httpx
+import pytest
+import respx
+from conftest import (
+    API_KEY,
+    RECORDED_AGENT,
+    Recording,
+    make_settings,
+    sent_json,
+    sent_query,
+)
+
+from app.errors import UpstreamError, UpstreamUnavailable
+from app.providers.agents import (
+    AgentNotFound,
+    BlockLimitExceeded,
+    BlockNotFound,
+    MemoryBlock,
+    Passage,
+    PassageNotFound,
+)
+from app.providers.letta.agents import LettaAgents
+
+AGENT_PATH = f"/v1/agents/{RECORDED_AGENT}"
+PASSAGE_ID = "passage-a22a96bb-3dee-40cb-9bd5-2a26b4196bf9"
+NOT_FOUND = httpx.Response(404, json={"detail": "Not found"})
+
+
+def context_window(recall: int, archival: int) -> httpx.Response:
+    """GET /v1/agents/{id}/context was not recorded: a ContextWindowOverview per the OpenAPI
+    document, with only the counters we read carrying meaning."""
+    return httpx.Response(
+        200,
+        json={
+            "context_window_size_max": 128000,
+            "context_window_size_current": 709,
+            "num_messages": 3,
+            "num_archival_memory": archival,
+            "num_recall_memory": recall,
+            "num_tokens_external_memory_summary": 0,
+            "external_memory_summary": "",
+            "num_tokens_system": 400,
+            "system_prompt": "",
+            "num_tokens_core_memory": 100,
+            "core_memory": "",
+            "num_tokens_summary_memory": 0,
+            "num_tokens_functions_definitions": 0,
+            "functions_definitions": None,
+            "num_tokens_messages": 0,
+            "messages": [],
+        },
+    )
+
+
+# --- agent lifecycle ---
+
+
+async def test_ensure_agent_creates_tagged_agent_with_blocks(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    user = uuid.uuid4()
+    listed = letta_api.get("/v1/agents/").respond(200, json=[])
+    created = letta_api.post("/v1/agents/").mock(
+        return_value=recording.find("POST", "/v1/agents/").response(user_id=str(user))
+    )
+
+    info = await letta.ensure_agent(user, persona="I am kind.", human="Name: Alice.")
+
+    assert info.id == RECORDED_AGENT
+    assert info.provider == "letta"
+    assert info.model == "openai-proxy/gpt-4o-mini"
+    assert sent_query(listed) == {"tags": f"user:{user}"}
+    body = sent_json(created)
+    assert body == {
+        "agent_type": "letta_v1_agent",
+        "embedding": "openai/text-embedding-3-small",
+        "memory_blocks": [
+            {"label": "persona", "value": "I am kind.", "limit": 5000},
+            {"label": "human", "value": "Name: Alice.", "limit": 5000},
+        ],
+        "metadata": {"user_id": str(user)},
+        "model": "openai-proxy/gpt-4o-mini",
+        "name": f"user-{user}",
+        "tags": [f"user:{user}"],
+    }
+    # The same fields the recorded, accepted request carried.
+    assert set(body) == set(recording.find("POST", "/v1/agents/").request_json)
+    for route in (listed, created):
+        assert route.calls[-1].request.headers["authorization"] == f"Bearer {API_KEY}"
+
+
+async def test_ensure_agent_finds_existing_agent_by_tag(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    user = uuid.uuid4()
+    listed = letta_api.get("/v1/agents/").mock(
+        return_value=recording.find("GET", "/v1/agents/").response(user_id=str(user))
+    )
+    created = letta_api.post("/v1/agents/").respond(500)
+
+    first = await letta.ensure_agent(user, persona="p", human="h")
+    second = await letta.ensure_agent(user, persona="p", human="h")
+
+    assert first == second
+    assert first.id == RECORDED_AGENT
+    assert listed.call_count == 2
+    assert not created.called
+
+
+async def test_find_agent_none_when_tag_unknown(
+    letta: LettaAgents, letta_api: respx.MockRouter
+) -> None:
+    letta_api.get("/v1/agents/").respond(200, json=[])
+    assert await letta.find_agent(uuid.uuid4()) is None
+
+
+async def test_agent_creation_is_not_retried(
+    letta: LettaAgents, letta_api: respx.MockRouter
+) -> None:
+    letta_api.get("/v1/agents/").respond(200, json=[])
+    created = letta_api.post("/v1/agents/").mock(side_effect=httpx.ReadTimeout("slow"))
+
+    with pytest.raises(UpstreamUnavailable):
+        await letta.ensure_agent(uuid.uuid4(), persona="p", human="h")
+    assert created.call_count == 1
+
+
+async def test_delete_agent(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    user = uuid.uuid4()
+    letta_api.get(AGENT_PATH).mock(
+        return_value=recording.find("POST", "/v1/agents/").response(user_id=str(user))
+    )
+    deleted = letta_api.delete(AGENT_PATH).mock(
+        return_value=recording.find("DELETE", "/v1/agents/{agent}").response()
+    )
+    providers = letta_api.get("/v1/providers/").respond(200, json=[])
+
+    await letta.delete(RECORDED_AGENT)
+
+    assert deleted.call_count == 1
+    # The user's BYOK provider (if any) is looked up by its name and removed with the agent.
+    assert sent_query(providers) == {"name": f"agentmem-user-{user}"}
+
+
+async def test_delete_missing_agent_is_a_no_op(
+    letta: LettaAgents, letta_api: respx.MockRouter
+) -> None:
+    letta_api.get(AGENT_PATH).mock(return_value=NOT_FOUND)
+    deleted = letta_api.delete(AGENT_PATH).respond(500)
+    await letta.delete(RECORDED_AGENT)
+    assert not deleted.called
+
+
+# --- state and blocks ---
+
+
+async def test_state_reports_model_counts_and_blocks(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    letta_api.get(AGENT_PATH).mock(
+        return_value=recording.find("GET", "/v1/agents/{agent}").response()
+    )
+    letta_api.get(f"{AGENT_PATH}/core-memory/blocks").mock(
+        return_value=recording.find("GET", "/v1/agents/{agent}/core-memory/blocks").response()
+    )
+    context = letta_api.get(f"{AGENT_PATH}/context").mock(
+        return_value=context_window(recall=9, archival=2)
+    )
+
+    state = await letta.state(RECORDED_AGENT)
+
+    assert state.agent_id == RECORDED_AGENT
+    assert state.model == "openai-proxy/gpt-4o-mini"
+    assert state.message_count == 9
+    assert state.archival_passages == 2
+    assert [b.label for b in state.blocks] == ["persona", "human"]
+    assert context.called
+
+
+async def test_list_blocks_maps_recorded_blocks(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    letta_api.get(f"{AGENT_PATH}/core-memory/blocks").mock(
+        return_value=recording.find("GET", "/v1/agents/{agent}/core-memory/blocks").response()
+    )
+    blocks = await letta.list_blocks(RECORDED_AGENT)
+    assert blocks[0] == MemoryBlock(
+        label="persona",
+        value="I am a friendly personal assistant.",
+        limit=5000,
+        description=(
+            "The persona block: Stores details about your current persona, guiding how you "
+            "behave and respond. This helps you to maintain consistency and personality in "
+            "your interactions."
+        ),
+    )
+    assert blocks[1].label == "human"
+    assert blocks[1].value == "Name: Alice. Likes tea.\nAlice's cat is called Tom"
+
+
+async def test_update_block_checks_limit_then_patches(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    path = f"{AGENT_PATH}/core-memory/blocks/human"
+    got = letta_api.get(path).mock(
+        return_value=recording.find("GET", "/v1/agents/{agent}/core-memory/blocks/human").response()
+    )
+    patched = letta_api.patch(path).mock(
+        return_value=recording.find(
+            "PATCH", "/v1/agents/{agent}/core-memory/blocks/human"
+        ).response()
+    )
+
+    block = await letta.update_block(
+        RECORDED_AGENT, "human", "Name: Alice. Likes green tea. Cat: Tom."
+    )
+
+    assert got.called
+    assert (
+        sent_json(patched)
+        == recording.find("PATCH", "/v1/agents/{agent}/core-memory/blocks/human").request_json
+    )
+    assert block.value == "Name: Alice. Likes green tea. Cat: Tom."
+    assert block.limit == 5000
+
+
+async def test_update_block_over_limit_never_sends(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    path = f"{AGENT_PATH}/core-memory/blocks/human"
+    letta_api.get(path).mock(
+        return_value=recording.find("GET", "/v1/agents/{agent}/core-memory/blocks/human").response()
+    )
+    patched = letta_api.patch(path).respond(500)
+
+    with pytest.raises(BlockLimitExceeded) as caught:
+        await letta.update_block(RECORDED_AGENT, "human", "x" * 5001)
+    assert caught.value.status_code == 422
+    assert not patched.called
+    # Exactly at the limit is allowed.
+    patched.mock(
+        return_value=recording.find(
+            "PATCH", "/v1/agents/{agent}/core-memory/blocks/human"
+        ).response()
+    )
+    await letta.update_block(RECORDED_AGENT, "human", "x" * 5000)
+    assert patched.called
+
+
+async def test_update_unknown_block_is_block_not_found(
+    letta: LettaAgents, letta_api: respx.MockRouter
+) -> None:
+    letta_api.get(f"{AGENT_PATH}/core-memory/blocks/goals").mock(return_value=NOT_FOUND)
+    with pytest.raises(BlockNotFound):
+        await letta.update_block(RECORDED_AGENT, "goals", "x")
+
+
+# --- archival passages ---
+
+
+async def test_insert_passage_sends_text_and_tags_without_embeddings_back(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    route = letta_api.post(f"{AGENT_PATH}/archival-memory")
+    route.mock(
+        return_value=recording.find("POST", "/v1/agents/{agent}/archival-memory", 0).response()
+    )
+    passage = await letta.insert_passage(
+        RECORDED_AGENT, "Alice's birthday is on 3 March.", ["fact"]
+    )
+    assert (
+        sent_json(route)
+        == recording.find("POST", "/v1/agents/{agent}/archival-memory", 0).request_json
+    )
+    assert passage.id == PASSAGE_ID
+    assert passage.text == "Alice's birthday is on 3 March."
+    assert passage.tags == ["fact"]
+    assert passage.created_at is not None and passage.created_at.year == 2026
+    assert [f.name for f in dataclasses.fields(Passage)] == ["id", "text", "tags", "created_at"]
+    assert "embedding" not in str(dataclasses.asdict(passage))
+
+    route.mock(
+        return_value=recording.find("POST", "/v1/agents/{agent}/archival-memory", 1).response()
+    )
+    untagged = await letta.insert_passage(RECORDED_AGENT, "Alice works as a nurse.", [])
+    # No tags: no `tags` key, exactly as the recorded request.
+    assert sent_json(route) == {"text": "Alice works as a nurse."}
+    assert untagged.tags == []
+
+
+async def test_list_passages_paginates_with_after_cursor(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    route = letta_api.get(f"{AGENT_PATH}/archival-memory").mock(
+        return_value=recording.find("GET", "/v1/agents/{agent}/archival-memory").response()
+    )
+
+    page = await letta.list_passages(RECORDED_AGENT, limit=10, cursor=None)
+    assert sent_query(route) == {"limit": "11"}
+    assert [p.id for p in page.items] == [PASSAGE_ID]
+    assert page.next_cursor is None
+    assert all(isinstance(p, Passage) for p in page.items)
+    assert "embedding" not in repr(page)
+
+    # One more than asked means there is more: the cursor is the last id we return.
+    two = [
+        recording.find("POST", "/v1/agents/{agent}/archival-memory", n).json()[0] for n in (0, 1)
+    ]
+    route.mock(return_value=httpx.Response(200, json=two))
+    page = await letta.list_passages(RECORDED_AGENT, limit=1, cursor="passage-earlier")
+    assert sent_query(route) == {"limit": "2", "after": "passage-earlier"}
+    assert [p.id for p in page.items] == [PASSAGE_ID]
+    assert page.next_cursor == PASSAGE_ID
+
+
+async def test_search_passages(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    recorded = recording.find("GET", "/v1/agents/{agent}/archival-memory/search")
+    route = letta_api.get(f"{AGENT_PATH}/archival-memory/search").mock(
+        return_value=recorded.response()
+    )
+    found = await letta.search_passages(RECORDED_AGENT, "birthday", limit=2)
+    assert sent_query(route) == recorded.query == {"query": "birthday", "top_k": "2"}
+    assert [(p.id, p.text, p.tags) for p in found] == [
+        (PASSAGE_ID, "Alice's birthday is on 3 March.", ["fact"]),
+        ("passage-1b705c9b-9e03-4f6a-a37a-e75afbc02953", "Alice works as a nurse.", []),
+    ]
+    assert found[0].created_at is not None
+
+
+async def test_delete_passage_checks_ownership_first(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    letta_api.get(f"{AGENT_PATH}/archival-memory").mock(
+        return_value=recording.find("GET", "/v1/agents/{agent}/archival-memory").response()
+    )
+    deleted = letta_api.delete(f"{AGENT_PATH}/archival-memory/{PASSAGE_ID}").mock(
+        return_value=recording.find(
+            "DELETE", "/v1/agents/{agent}/archival-memory/passage-[0-9a-f-]+"
+        ).response()
+    )
+    other = letta_api.delete(f"{AGENT_PATH}/archival-memory/passage-of-someone-else").respond(
+        200, json={"message": "deleted"}
+    )
+
+    await letta.delete_passage(RECORDED_AGENT, PASSAGE_ID)
+    assert deleted.call_count == 1
+
+    with pytest.raises(PassageNotFound):
+        await letta.delete_passage(RECORDED_AGENT, "passage-of-someone-else")
+    assert not other.called
+
+
+async def test_delete_passage_gone_upstream_is_not_found(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    letta_api.get(f"{AGENT_PATH}/archival-memory").mock(
+        return_value=recording.find("GET", "/v1/agents/{agent}/archival-memory").response()
+    )
+    letta_api.delete(f"{AGENT_PATH}/archival-memory/{PASSAGE_ID}").mock(return_value=NOT_FOUND)
+    with pytest.raises(PassageNotFound):
+        await letta.delete_passage(RECORDED_AGENT, PASSAGE_ID)
+
+
+# --- reset ---
+
+
+async def test_reset_conversation_only_resets_messages(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    reset = letta_api.patch(f"{AGENT_PATH}/reset-messages").mock(
+        return_value=recording.find("GET", "/v1/agents/{agent}").response()  # an AgentState
+    )
+    blocks = letta_api.patch(url__regex=r".*/core-memory/blocks/.*").respond(500)
+
+    await letta.reset(RECORDED_AGENT, "conversation", persona="p", human="h")
+
+    assert sent_json(reset) == {"add_default_initial_messages": False}
+    assert not blocks.called
+
+
+async def test_reset_full_restores_blocks_and_deletes_passages(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    letta_api.patch(f"{AGENT_PATH}/reset-messages").mock(
+        return_value=recording.find("GET", "/v1/agents/{agent}").response()
+    )
+    recorded_block = recording.find("PATCH", "/v1/agents/{agent}/core-memory/blocks/human")
+    persona = letta_api.patch(f"{AGENT_PATH}/core-memory/blocks/persona").mock(
+        return_value=recorded_block.response()
+    )
+    human = letta_api.patch(f"{AGENT_PATH}/core-memory/blocks/human").mock(
+        return_value=recorded_block.response()
+    )
+    listed = letta_api.get(f"{AGENT_PATH}/archival-memory").mock(
+        side_effect=[
+            recording.find("GET", "/v1/agents/{agent}/archival-memory").response(),
+            httpx.Response(200, json=[]),
+        ]
+    )
+    deleted = letta_api.delete(f"{AGENT_PATH}/archival-memory/{PASSAGE_ID}").mock(
+        return_value=recording.find(
+            "DELETE", "/v1/agents/{agent}/archival-memory/passage-[0-9a-f-]+"
+        ).response()
+    )
+
+    await letta.reset(RECORDED_AGENT, "full", persona="Default persona", human="Default human")
+
+    assert sent_json(persona) == {"value": "Default persona"}
+    assert sent_json(human) == {"value": "Default human"}
+    assert listed.call_count == 2
+    assert deleted.call_count == 1
+
+
+# --- errors, retries, health, auth ---
+
+
+async def test_reads_retry_operational_failures(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    route = letta_api.get(f"{AGENT_PATH}/core-memory/blocks").mock(
+        side_effect=[
+            httpx.ConnectError("refused"),
+            httpx.Response(503, json={"detail": "busy"}),
+            recording.find("GET", "/v1/agents/{agent}/core-memory/blocks").response(),
+        ]
+    )
+    blocks = await letta.list_blocks(RECORDED_AGENT)
+    assert len(blocks) == 2
+    assert route.call_count == 3
+
+
+async def test_read_timeout_after_retries_is_upstream_unavailable(
+    letta: LettaAgents, letta_api: respx.MockRouter
+) -> None:
+    route = letta_api.get(f"{AGENT_PATH}/core-memory/blocks").mock(
+        side_effect=httpx.ReadTimeout("slow")
+    )
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await letta.list_blocks(RECORDED_AGENT)
+    assert caught.value.status_code == 503
+    assert route.call_count == 3  # one try + letta_max_retries
+
+
+@pytest.mark.parametrize(
+    ("status", "expected", "calls"),
+    [
+        (429, UpstreamUnavailable, 3),
+        (500, UpstreamUnavailable, 3),
+        (404, AgentNotFound, 1),
+        (400, UpstreamError, 1),
+        (401, UpstreamError, 1),
+    ],
+)
+async def test_status_mapping(
+    letta: LettaAgents,
+    letta_api: respx.MockRouter,
+    status: int,
+    expected: type[Exception],
+    calls: int,
+) -> None:
+    route = letta_api.get(f"{AGENT_PATH}/core-memory/blocks").respond(
+        status, json={"detail": "x"}, headers={"retry-after": "0"}
+    )
+    with pytest.raises(expected):
+        await letta.list_blocks(RECORDED_AGENT)
+    assert route.call_count == calls
+
+
+async def test_writes_are_not_retried(letta: LettaAgents, letta_api: respx.MockRouter) -> None:
+    route = letta_api.post(f"{AGENT_PATH}/archival-memory").respond(503)
+    with pytest.raises(UpstreamUnavailable):
+        await letta.insert_passage(RECORDED_AGENT, "text", [])
+    assert route.call_count == 1
+
+
+async def test_check_health(letta: LettaAgents, letta_api: respx.MockRouter) -> None:
+    # Health (GET /v1/health/) per the OpenAPI document's `Health` schema.
+    route = letta_api.get("/v1/health/").respond(200, json={"version": "0.16.8", "status": "ok"})
+    await letta.check_health()
+    assert route.called
+    route.respond(503)
+    with pytest.raises(UpstreamUnavailable):
+        await letta.check_health()
+    route.mock(side_effect=httpx.ConnectError("refused"))
+    with pytest.raises(UpstreamUnavailable):
+        await letta.check_health()
+
+
+async def test_no_authorization_header_without_api_key(
+    http: httpx.AsyncClient,
+    letta_api: respx.MockRouter,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("LETTA_API_KEY", raising=False)
+    letta = LettaAgents(make_settings(letta_api_key=None), http)
+    route = letta_api.get("/v1/agents/").respond(200, json=[])
+    await letta.find_agent(uuid.uuid4())
+    assert "authorization" not in route.calls[-1].request.headers

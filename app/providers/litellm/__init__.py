@@ -1,0 +1,1 @@
+"""LiteLLM proxy: budgeted users and personal virtual keys through its management API."""

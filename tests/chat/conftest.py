@@ -1,0 +1,265 @@
+"""Chat test fixtures: users with tokens, a controllable agent, SSE parsing, a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from jose import jwt
+
+from app.config import Settings
+from app.errors import UpstreamUnavailable
+from app.main import create_app
+from app.providers import factory
+from app.providers.agents import AgentEvent, AgentInfo
+from app.providers.billing import LLMRoute
+
+# --- users and tokens --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TestUser:
+    id: uuid.UUID
+    email: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def mint_token(settings: Settings, user_id: uuid.UUID, email: str) -> str:
+    now = int(time.time())
+    claims = {
+        "sub": str(user_id),
+        "email": email,
+        "role": "authenticated",
+        "aud": settings.jwt_audience,
+        "iss": settings.jwt_issuer,
+        "iat": now,
+        "exp": now + 3600,
+        "app_metadata": {},
+    }
+    return str(jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256"))
+
+
+UserFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def make_user(db_pool: asyncpg.Pool, settings: Settings) -> UserFactory:
+    """`await make_user(agent_id="agent-1")`: an account with a ready profile and a token."""
+
+    async def make(
+        email: str | None = None, *, agent_id: str | None = "agent-test", status: str = "ready"
+    ) -> TestUser:
+        user_id = uuid.uuid4()
+        email = email or f"user-{user_id.hex[:8]}@example.com"
+        async with db_pool.acquire() as conn:
+            await conn.execute(
+                "insert into auth.users (id, email) values ($1, $2)", user_id, email
+            )
+            await conn.execute(
+                """
+                insert into profiles (id, email, agent_id, agent_provider, provisioning_status)
+                values ($1, $2, $3, $4, $5)
+                """,
+                user_id,
+                email,
+                agent_id,
+                "controlled" if agent_id else None,
+                status,
+            )
+        return TestUser(user_id, email, mint_token(settings, user_id, email))
+
+    return make
+
+
+# --- a controllable agent ------------------------------------------------------------------------
+
+
+class AgentTurn:
+    """One `stream_turn` call: the test pushes the events it yields, and ends it."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[AgentEvent | Exception | None] = asyncio.Queue()
+        self.started = asyncio.Event()
+        self.agent_id: str | None = None
+        self.content: str | None = None
+        self.llm: LLMRoute | None = None
+
+    def push(self, *events: AgentEvent) -> AgentTurn:
+        for event in events:
+            self.queue.put_nowait(event)
+        return self
+
+    def fail(self, exc: Exception) -> AgentTurn:
+        self.queue.put_nowait(exc)
+        return self
+
+    def end(self) -> AgentTurn:
+        self.queue.put_nowait(None)
+        return self
+
+
+class ControlledAgent:
+    """An AgentProvider whose turns the test drives event by event (only what chat uses)."""
+
+    name = "controlled"
+
+    def __init__(self) -> None:
+        self._scripted: deque[AgentTurn] = deque()
+        self.turns: list[AgentTurn] = []
+
+    def next_turn(self) -> AgentTurn:
+        turn = AgentTurn()
+        self._scripted.append(turn)
+        return turn
+
+    async def ensure_agent(
+        self, user_id: uuid.UUID, *, persona: str, human: str, llm: LLMRoute | None = None
+    ) -> AgentInfo:
+        raise UpstreamUnavailable("the test agent service is down")
+
+    async def find_agent(self, user_id: uuid.UUID) -> AgentInfo | None:
+        return None
+
+    async def stream_turn(
+        self, agent_id: str, content: str, *, llm: LLMRoute | None = None
+    ) -> AsyncIterator[AgentEvent]:
+        turn = self._scripted.popleft() if self._scripted else AgentTurn()
+        turn.agent_id, turn.content, turn.llm = agent_id, content, llm
+        self.turns.append(turn)
+        turn.started.set()
+        while True:
+            item = await turn.queue.get()
+            if item is None:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    async def check_health(self) -> None:
+        return None
+
+
+@pytest.fixture
+def agent() -> ControlledAgent:
+    return ControlledAgent()
+
+
+@pytest.fixture
+def settings(settings_factory: Callable[..., Settings]) -> Settings:
+    return settings_factory(chat_event_flush_seconds=0.02, chat_shutdown_grace_seconds=1.0)
+
+
+@pytest.fixture
+async def app(
+    settings: Settings, agent: ControlledAgent, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[FastAPI]:
+    """The app with the controlled agent in place of the configured one."""
+    monkeypatch.setattr(factory, "build_agents", lambda *_: agent)
+    application = create_app(settings)
+    async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
+        yield application
+
+
+# --- SSE ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SSE:
+    id: int
+    event: str
+    data: dict[str, Any]
+
+
+def parse_sse(text: str) -> list[SSE]:
+    """Events of a complete SSE body (comment lines ignored)."""
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.split("\n"):
+            if not line or line.startswith(":"):
+                continue
+            name, _, value = line.partition(":")
+            fields[name] = value[1:] if value.startswith(" ") else value
+        if "event" in fields:
+            events.append(SSE(int(fields["id"]), fields["event"], json.loads(fields["data"])))
+    return events
+
+
+async def read_events(
+    response: httpx.Response, *, stop_after: Callable[[SSE], bool] | None = None
+) -> list[SSE]:
+    """Read a streamed SSE response event by event, until done/error or `stop_after`."""
+    events: list[SSE] = []
+    buffer = ""
+    async for chunk in response.aiter_text():
+        buffer += chunk.replace("\r\n", "\n")
+        while "\n\n" in buffer:
+            block, buffer = buffer.split("\n\n", 1)
+            parsed = parse_sse(block + "\n\n")
+            for event in parsed:
+                events.append(event)
+                if event.event in ("done", "error"):
+                    return events
+                if stop_after is not None and stop_after(event):
+                    return events
+    return events
+
+
+# --- a real HTTP server (disconnects and live following need real connections) ---------------
+
+
+@pytest.fixture
+async def live_url(app: FastAPI) -> AsyncIterator[str]:
+    """The app (its lifespan already running) served by uvicorn on 127.0.0.1, same loop."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, lifespan="off", log_level="critical", access_log=False, timeout_graceful_shutdown=1
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        await asyncio.sleep(0.01)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await asyncio.wait_for(task, 10)
+    sock.close()
+
+
+@pytest.fixture
+def anyio_backend() -> Iterator[str]:
+    yield "asyncio"
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> None:
+    """Poll an async predicate until true (the turn runs in the background)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)

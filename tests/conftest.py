@@ -62,8 +62,10 @@ async def _clean_tables(request: pytest.FixtureRequest) -> None:
     that touches the database."""
     if "database_url" not in request.fixturenames:
         return
-    pool: asyncpg.Pool = request.getfixturevalue("db_pool")
-    async with pool.acquire() as conn:
+    # Not the session `db_pool` fixture: set up lazily from inside this async fixture, pytest-
+    # asyncio would start a nested loop run and fail. `database_url` is already set up here.
+    conn = await asyncpg.connect(request.getfixturevalue("database_url"))
+    try:
         tables = await conn.fetch(
             """
             select format('%I.%I', schemaname, tablename) as name from pg_tables
@@ -73,6 +75,8 @@ async def _clean_tables(request: pytest.FixtureRequest) -> None:
         )
         if tables:
             await conn.execute(f"truncate {', '.join(t['name'] for t in tables)} cascade")
+    finally:
+        await conn.close()
 
 
 @pytest.fixture

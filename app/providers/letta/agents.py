@@ -47,6 +47,9 @@ from app.providers.letta.llm_route import UserProviders, routes_to_user_key
 from app.providers.letta.stream import TurnMapper, map_turn
 
 logger = logging.getLogger(__name__)
+# letta-client logs every request's options, JSON body included, at DEBUG: that body carries
+# the user's virtual key when we create or update their provider. Never below INFO.
+logging.getLogger("letta_client").setLevel(logging.INFO)
 
 T = TypeVar("T")
 

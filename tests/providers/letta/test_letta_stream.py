@@ -1,0 +1,250 @@
+"""stream_turn against the recorded SSE bodies of Letta 0.16.8."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import httpx
+import respx
+from conftest import RECORDED_AGENT, SSE_HEADERS, Recording, sent_json
+
+from app.providers.agents import (
+    AgentEvent,
+    DeltaEvent,
+    ErrorEvent,
+    MessageEvent,
+    ToolEvent,
+    UsageEvent,
+)
+from app.providers.letta.agents import LettaAgents
+
+AGENT_PATH = f"/v1/agents/{RECORDED_AGENT}"
+STREAM_PATH = f"{AGENT_PATH}/messages/stream"
+
+
+async def collect(stream: AsyncIterator[AgentEvent]) -> list[AgentEvent]:
+    return [event async for event in stream]
+
+
+def agent_route(letta_api: respx.MockRouter, recording: Recording) -> respx.Route:
+    return letta_api.get(AGENT_PATH).mock(
+        return_value=recording.find("GET", "/v1/agents/{agent}").response()
+    )
+
+
+def frames(raw: bytes) -> list[bytes]:
+    return [f + b"\n\n" for f in raw.split(b"\n\n") if f.strip()]
+
+
+async def test_tool_call_stream_joins_fragments_and_maps_tools_and_usage(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    agent_route(letta_api, recording)
+    stream = letta_api.post(STREAM_PATH).respond(
+        200,
+        content=recording.sse("stream-tokens-with-tool-call.sse"),
+        headers=SSE_HEADERS,
+    )
+
+    events = await collect(letta.stream_turn(RECORDED_AGENT, "REMEMBER: Alice's cat is called Tom"))
+
+    recorded = recording.find("POST", "/v1/agents/{agent}/messages/stream", 0)
+    assert sent_json(stream) == recorded.request_json
+    assert stream.calls[-1].request.headers["authorization"] == "Bearer letta-test-key"
+    assert events == [
+        ToolEvent(
+            name="memory_insert",
+            status="started",
+            arguments={"label": "human", "new_string": "likes jazz", "insert_line": -1},
+        ),
+        ToolEvent(name="memory_insert", status="success", result="Alice\nlikes jazz"),
+        DeltaEvent("Echo: "),
+        DeltaEvent("REMEMBER: "),
+        DeltaEvent("likes "),
+        DeltaEvent("jazz"),
+        MessageEvent(
+            text="Echo: REMEMBER: likes jazz",
+            message_id="message-003067ad-b0c3-491a-b1ca-d7e2dab6bc07",
+        ),
+        UsageEvent(
+            model="gpt-4o-mini",
+            prompt_tokens=1367,
+            completion_tokens=24,
+            total_tokens=1391,
+            run_id="run-b0635e3f-1cab-41ea-a596-ad0b1dea1ea0",
+            extra={
+                "step_count": 2,
+                "stop_reason": "end_turn",
+                "model_handle": "openai-proxy/gpt-4o-mini",
+                "context_tokens": 703,
+            },
+        ),
+    ]
+
+
+async def test_step_stream_without_token_streaming(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    agent_route(letta_api, recording)
+    letta_api.post(STREAM_PATH).respond(
+        200, content=recording.sse("stream-steps.sse"), headers=SSE_HEADERS
+    )
+
+    events = await collect(letta.stream_turn(RECORDED_AGENT, "Hi!"))
+
+    assert events[:2] == [
+        DeltaEvent("Echo: Hi!"),
+        MessageEvent("Echo: Hi!", message_id="message-c6f2ad76-8d52-436b-9e6d-38dea136c6da"),
+    ]
+    usage = events[2]
+    assert isinstance(usage, UsageEvent)
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (706, 3, 709)
+    assert usage.estimated is False
+    assert len(events) == 3
+
+
+async def test_error_frame_mid_stream_ends_with_error_event(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    # Not recorded: the frame as Letta's server writes it, a LettaErrorMessage in an
+    # `event: error` frame between the stop_reason chunk and [DONE].
+    parts = frames(recording.sse("stream-steps.sse"))
+    error = {
+        "message_type": "error_message",
+        "run_id": "run-999ff5de-3bc7-4ec3-9f83-828e66951fd6",
+        "error_type": "llm_error",
+        "message": "An error occurred with the LLM request.",
+        "detail": "upstream said no",
+    }
+    error_frame = f"event: error\ndata: {json.dumps(error)}\n\n".encode()
+    stop = next(i for i, f in enumerate(parts) if b'"stop_reason"' in f)
+    body = b"".join(parts[: stop + 1] + [error_frame] + [p for p in parts if b"[DONE]" in p])
+    agent_route(letta_api, recording)
+    letta_api.post(STREAM_PATH).respond(200, content=body, headers=SSE_HEADERS)
+
+    events = await collect(letta.stream_turn(RECORDED_AGENT, "Hi!"))
+
+    assert events == [
+        DeltaEvent("Echo: Hi!"),
+        MessageEvent("Echo: Hi!", message_id="message-c6f2ad76-8d52-436b-9e6d-38dea136c6da"),
+        ErrorEvent(
+            code="agent_llm_error",
+            message="An error occurred with the LLM request.",
+            retryable=False,
+        ),
+    ]
+
+
+async def test_retryable_error_frame_and_outer_error_shape(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    agent_route(letta_api, recording)
+    route = letta_api.post(STREAM_PATH)
+    route.respond(
+        200,
+        content=(
+            b'event: error\ndata: {"error": {"message": "busy", "error_type": "llm_timeout"}}\n\n'
+        ),
+        headers=SSE_HEADERS,
+    )
+    events = await collect(letta.stream_turn(RECORDED_AGENT, "Hi"))
+    assert events == [ErrorEvent(code="agent_llm_timeout", message="busy", retryable=True)]
+
+
+async def test_error_stop_reason_without_error_frame(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    body = recording.sse("stream-steps.sse").replace(b'"end_turn"', b'"llm_api_error"')
+    agent_route(letta_api, recording)
+    letta_api.post(STREAM_PATH).respond(200, content=body, headers=SSE_HEADERS)
+    events = await collect(letta.stream_turn(RECORDED_AGENT, "Hi!"))
+    assert events[-1] == ErrorEvent(
+        code="agent_llm_api_error", message="the agent stopped: llm_api_error", retryable=True
+    )
+    assert not any(isinstance(e, UsageEvent) for e in events)
+
+
+async def test_stream_without_usage_is_an_error(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    parts = frames(recording.sse("stream-steps.sse"))
+    body = b"".join(p for p in parts if b"usage_statistics" not in p)
+    agent_route(letta_api, recording)
+    letta_api.post(STREAM_PATH).respond(200, content=body, headers=SSE_HEADERS)
+    events = await collect(letta.stream_turn(RECORDED_AGENT, "Hi!"))
+    assert events[-1] == ErrorEvent(
+        code="agent_stream_incomplete",
+        message="the agent's stream ended without a result",
+        retryable=True,
+    )
+
+
+class _BrokenStream(httpx.AsyncByteStream):
+    """Sends the first frames, then the connection times out."""
+
+    def __init__(self, head: list[bytes]) -> None:
+        self.head = head
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.head:
+            yield chunk
+        raise httpx.ReadTimeout("no event within the read timeout")
+
+
+async def test_timeout_mid_stream_is_a_retryable_error_event(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    parts = frames(recording.sse("stream-tokens-with-tool-call.sse"))
+    head = [p for p in parts if b'"assistant_message"' in p][:2]
+    agent_route(letta_api, recording)
+    letta_api.post(STREAM_PATH).mock(
+        return_value=httpx.Response(200, headers=SSE_HEADERS, stream=_BrokenStream(head))
+    )
+
+    events = await collect(letta.stream_turn(RECORDED_AGENT, "Hi"))
+
+    assert events[:2] == [DeltaEvent("Echo: "), DeltaEvent("REMEMBER: ")]
+    assert events[2:] == [
+        ErrorEvent(
+            code="agent_upstream_timeout", message="the agent service timed out", retryable=True
+        )
+    ]
+
+
+async def test_connection_refused_is_a_retryable_error_event(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    agent_route(letta_api, recording)
+    route = letta_api.post(STREAM_PATH).mock(side_effect=httpx.ConnectError("refused"))
+    events = await collect(letta.stream_turn(RECORDED_AGENT, "Hi"))
+    assert events == [
+        ErrorEvent(
+            code="agent_upstream_unavailable",
+            message="the agent service is unreachable",
+            retryable=True,
+        )
+    ]
+    assert route.call_count == 1  # a message send is never retried
+
+
+async def test_unknown_agent_is_a_final_error_event(
+    letta: LettaAgents, letta_api: respx.MockRouter
+) -> None:
+    letta_api.get(AGENT_PATH).respond(404, json={"detail": "Agent not found"})
+    letta_api.post(STREAM_PATH).respond(404, json={"detail": "Agent not found"})
+    events = await collect(letta.stream_turn(RECORDED_AGENT, "Hi"))
+    assert len(events) == 1
+    assert isinstance(events[0], ErrorEvent)
+    assert events[0].code == "agent_not_found"
+    assert events[0].retryable is False
+
+
+async def test_server_error_on_open_is_retryable(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    agent_route(letta_api, recording)
+    letta_api.post(STREAM_PATH).respond(500, json={"detail": "boom"})
+    events = await collect(letta.stream_turn(RECORDED_AGENT, "Hi"))
+    assert len(events) == 1 and isinstance(events[0], ErrorEvent)
+    assert events[0].retryable is True

@@ -1,0 +1,449 @@
+"""The built-in memory agent: MemGPT-style memory over Postgres, any OpenAI-compatible model.
+
+Every turn the model sees its core memory blocks in the system prompt, the recall summary of
+what scrolled out of view, and the in-context messages. When that would exceed the context
+budget, the oldest messages are summarized into a new recall summary first (the messages stay,
+marked out of context, and `conversation_search` still finds them). Models that call tools get
+the memory tools; the server runs them in a bounded loop and reports each as a `ToolEvent`.
+
+The turn's conversation rows (user message, tool calls and results, answer) are written in one
+transaction after the model answered, so a failed turn leaves no half-written conversation and
+a retry does not see the user message twice. Memory edits made by tools are committed as they
+happen: the agent decided them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from app.config import Settings
+from app.db import Database
+from app.errors import AppError, UpstreamUnavailable
+from app.providers.agents import (
+    AgentEvent,
+    AgentInfo,
+    AgentNotFound,
+    AgentState,
+    BlockLimitExceeded,
+    BlockNotFound,
+    DeltaEvent,
+    ErrorEvent,
+    MemoryBlock,
+    MessageEvent,
+    Passage,
+    PassageNotFound,
+    PassagePage,
+    ResetMode,
+    ToolEvent,
+    UsageEvent,
+)
+from app.providers.billing import LLMRoute
+from app.providers.builtin.agent import context, repository
+from app.providers.builtin.agent.repository import AgentRow, MessageRow
+from app.providers.builtin.agent.tools import TOOLS, MemoryTools
+from app.providers.builtin.llm import (
+    ChatClient,
+    chat_client_for,
+    estimate_prompt_tokens,
+    estimate_tokens,
+    is_retryable,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_STEPS = 5  # model calls per turn, tool rounds included
+BLOCK_DESCRIPTIONS = {
+    "persona": "Who the agent is: its personality and how it behaves.",
+    "human": "What the agent knows about the person it talks with.",
+}
+
+
+def _uuid(value: str) -> UUID | None:
+    try:
+        return UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+@dataclass
+class _Usage:
+    prompt: int = 0
+    completion: int = 0
+    estimated: bool = False
+    calls: int = 0
+
+    def add(self, usage: dict[str, Any] | None, *, body: dict[str, Any], text: str) -> None:
+        self.calls += 1
+        if not usage:
+            # Not even the client's own estimate: count here (never bill zero for a call).
+            self.prompt += estimate_prompt_tokens(body)
+            self.completion += estimate_tokens(text)
+            self.estimated = True
+            return
+        self.prompt += int(usage.get("prompt_tokens") or 0)
+        self.completion += int(usage.get("completion_tokens") or 0)
+        self.estimated = self.estimated or bool(usage.get("estimated"))
+
+
+@dataclass
+class _Pending:
+    """Conversation rows of the turn, written at its end."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, role: str, content: str, **extra: Any) -> None:
+        self.rows.append({"role": role, "content": content, **extra})
+
+
+@dataclass
+class _StepResult:
+    text: str
+    tool_calls: list[dict[str, Any]]
+
+
+class BuiltinAgents:
+    name = "builtin"
+
+    def __init__(self, settings: Settings, db: Database) -> None:
+        self._settings = settings
+        self._db = db
+
+    # --- lookup ---
+
+    async def _agent(self, agent_id: str) -> AgentRow:
+        key = _uuid(agent_id)
+        if key is not None:
+            async with self._db.acquire() as conn:
+                agent = await repository.get_agent(conn, key)
+            if agent is not None:
+                return agent
+        raise AgentNotFound("no such agent")
+
+    def _info(self, agent: AgentRow) -> AgentInfo:
+        return AgentInfo(id=str(agent.id), provider=self.name, model=self._settings.llm_model)
+
+    def _limit_value(self, value: str) -> str:
+        return value[: self._settings.core_memory_block_limit]
+
+    async def ensure_agent(
+        self, user_id: UUID, *, persona: str, human: str, llm: LLMRoute | None = None
+    ) -> AgentInfo:
+        limit = self._settings.core_memory_block_limit
+        async with self._db.transaction() as conn:
+            agent = await repository.insert_agent_if_absent(conn, user_id, self._settings.llm_model)
+            for label, value in (("persona", persona), ("human", human)):
+                await repository.insert_block_if_absent(
+                    conn, agent, label, self._limit_value(value), limit, BLOCK_DESCRIPTIONS[label]
+                )
+        return self._info(agent)
+
+    async def find_agent(self, user_id: UUID) -> AgentInfo | None:
+        async with self._db.acquire() as conn:
+            agent = await repository.find_agent_by_user(conn, user_id)
+        return self._info(agent) if agent else None
+
+    # --- memory ---
+
+    async def state(self, agent_id: str) -> AgentState:
+        agent = await self._agent(agent_id)
+        async with self._db.acquire() as conn:
+            blocks = await repository.list_blocks(conn, agent.id)
+            messages = await repository.count_messages(conn, agent.id)
+            passages = await repository.count_passages(conn, agent.id)
+        return AgentState(
+            agent_id=str(agent.id),
+            model=self._settings.llm_model,
+            message_count=messages,
+            blocks=[b.block() for b in blocks],
+            archival_passages=passages,
+        )
+
+    async def list_blocks(self, agent_id: str) -> list[MemoryBlock]:
+        agent = await self._agent(agent_id)
+        async with self._db.acquire() as conn:
+            return [b.block() for b in await repository.list_blocks(conn, agent.id)]
+
+    async def update_block(self, agent_id: str, label: str, value: str) -> MemoryBlock:
+        agent = await self._agent(agent_id)
+        async with self._db.transaction() as conn:
+            block = await repository.lock_block(conn, agent.id, label)
+            if block is None:
+                raise BlockNotFound(f"no memory block {label!r}")
+            if len(value) > block.limit:
+                raise BlockLimitExceeded(
+                    f"the value has {len(value)} characters; block {label!r} holds {block.limit}",
+                    details={"label": label, "limit": block.limit, "length": len(value)},
+                )
+            return (await repository.set_block_value(conn, agent.id, label, value)).block()
+
+    async def list_passages(self, agent_id: str, *, limit: int, cursor: str | None) -> PassagePage:
+        agent = await self._agent(agent_id)
+        after = repository.decode_cursor(cursor) if cursor else None
+        async with self._db.acquire() as conn:
+            items = await repository.list_passages(conn, agent.id, limit=limit + 1, after=after)
+        more = len(items) > limit
+        items = items[:limit]
+        next_cursor = repository.encode_cursor(items[-1]) if more and items else None
+        return PassagePage(items=items, next_cursor=next_cursor)
+
+    async def search_passages(self, agent_id: str, query: str, *, limit: int) -> list[Passage]:
+        agent = await self._agent(agent_id)
+        async with self._db.acquire() as conn:
+            return await repository.search_passages(conn, agent.id, query, limit=limit)
+
+    async def insert_passage(self, agent_id: str, text: str, tags: list[str]) -> Passage:
+        agent = await self._agent(agent_id)
+        async with self._db.transaction() as conn:
+            return await repository.insert_passage(conn, agent, text, tags)
+
+    async def delete_passage(self, agent_id: str, passage_id: str) -> None:
+        agent = await self._agent(agent_id)
+        key = _uuid(passage_id)
+        deleted = False
+        if key is not None:
+            async with self._db.transaction() as conn:
+                deleted = await repository.delete_passage(conn, agent.id, key)
+        if not deleted:
+            raise PassageNotFound("no such passage")
+
+    async def reset(self, agent_id: str, mode: ResetMode, *, persona: str, human: str) -> None:
+        agent = await self._agent(agent_id)
+        limit = self._settings.core_memory_block_limit
+        async with self._db.transaction() as conn:
+            await repository.clear_messages(conn, agent.id)
+            if mode == "full":
+                await repository.clear_passages(conn, agent.id)
+                for label, value in (("persona", persona), ("human", human)):
+                    await repository.insert_block_if_absent(
+                        conn, agent, label, "", limit, BLOCK_DESCRIPTIONS[label]
+                    )
+                    await repository.set_block_value(
+                        conn, agent.id, label, self._limit_value(value)
+                    )
+
+    async def delete(self, agent_id: str) -> None:
+        key = _uuid(agent_id)
+        if key is not None:
+            async with self._db.transaction() as conn:
+                if await repository.delete_agent(conn, key):
+                    return
+        raise AgentNotFound("no such agent")
+
+    async def check_health(self) -> None:
+        try:
+            await self._db.ping()
+        except Exception as exc:
+            raise UpstreamUnavailable("the agent's database is unreachable") from exc
+
+    # --- a turn ---
+
+    def _client(self, llm: LLMRoute | None) -> ChatClient:
+        return chat_client_for(self._settings, llm)
+
+    async def stream_turn(
+        self, agent_id: str, content: str, *, llm: LLMRoute | None = None
+    ) -> AsyncIterator[AgentEvent]:
+        usage = _Usage()
+        model = self._settings.llm_model
+        try:
+            agent = await self._agent(agent_id)
+            client = self._client(llm)
+            model = client.model
+            async for event in self._turn(agent, client, content, usage):
+                yield event
+        except Exception as exc:  # noqa: BLE001 - a turn ends in an event, never an exception
+            if not isinstance(exc, AppError):
+                logger.exception("built-in agent turn failed")
+            code = exc.code if isinstance(exc, AppError) else "agent_error"
+            message = exc.message if isinstance(exc, AppError) else "the agent failed"
+            yield ErrorEvent(code=code, message=message, retryable=is_retryable(exc))
+            return
+        yield UsageEvent(
+            model=model,
+            prompt_tokens=usage.prompt,
+            completion_tokens=usage.completion,
+            total_tokens=usage.prompt + usage.completion,
+            estimated=usage.estimated,
+            extra={"llm_calls": usage.calls},
+        )
+
+    async def _turn(
+        self, agent: AgentRow, client: ChatClient, content: str, usage: _Usage
+    ) -> AsyncIterator[AgentEvent]:
+        tools_on = client.supports_tools
+        tools = TOOLS if tools_on else None
+        user_message = {"role": "user", "content": content}
+        system, history, summary = await self._context(agent, client, user_message, tools, usage)
+        messages: list[dict[str, Any]] = [system, *history, user_message]
+        pending = _Pending()
+        pending.add("user", content)
+        memory_tools = MemoryTools(self._db, agent)
+        answer_parts: list[str] = []
+        for step in range(MAX_STEPS):
+            body: dict[str, Any] = {
+                "messages": messages,
+                "max_tokens": context.answer_budget(self._settings.llm_context_tokens),
+            }
+            # The last step offers no tools, so the turn ends with words, not a pending call.
+            if tools is not None and step < MAX_STEPS - 1:
+                body["tools"] = tools
+                body["tool_choice"] = "auto"
+            result = _StepResult("", [])
+            separator_sent = False
+            async for event in self._step(client, body, usage, result):
+                if answer_parts and not separator_sent:
+                    yield DeltaEvent("\n\n")  # a later step's words start a new paragraph
+                    separator_sent = True
+                yield event
+            if result.text:
+                answer_parts.append(result.text)
+            if not result.tool_calls:
+                break
+            assistant = {
+                "role": "assistant",
+                "content": result.text or None,
+                "tool_calls": result.tool_calls,
+            }
+            messages.append(assistant)
+            pending.add("assistant", result.text, tool_calls=result.tool_calls)
+            blocks_changed = False
+            for call in result.tool_calls:
+                name = call["function"]["name"]
+                raw = call["function"]["arguments"]
+                yield ToolEvent(name=name, status="started")
+                arguments, outcome = await memory_tools.run(name, raw)
+                yield ToolEvent(
+                    name=name,
+                    status="success" if outcome.ok else "error",
+                    arguments=arguments,
+                    result=outcome.text,
+                )
+                tool_message = {"role": "tool", "tool_call_id": call["id"], "content": outcome.text}
+                messages.append(tool_message)
+                pending.add("tool", outcome.text, tool_call_id=call["id"], tool_name=name)
+                if outcome.ok and name.startswith("core_memory"):
+                    blocks_changed = True
+            if blocks_changed:
+                # The next call sees the edited blocks, as the model expects after a success.
+                messages[0] = await self._system(agent, tools_on, summary)
+        text = "\n\n".join(answer_parts)
+        pending.add("assistant", text)
+        message_id = await self._save(agent, pending)
+        yield MessageEvent(text=text, message_id=str(message_id))
+
+    async def _step(
+        self, client: ChatClient, body: dict[str, Any], usage: _Usage, result: _StepResult
+    ) -> AsyncIterator[DeltaEvent]:
+        """One streamed model call: text fragments out as deltas, tool calls gathered."""
+        calls: dict[int, dict[str, Any]] = {}
+        text: list[str] = []
+        reported: dict[str, Any] | None = None
+        async for chunk in client.stream(body):
+            if chunk.get("usage"):
+                reported = chunk["usage"]
+            for choice in chunk.get("choices") or []:
+                delta = choice.get("delta") or {}
+                piece = delta.get("content")
+                if piece:
+                    text.append(piece)
+                    yield DeltaEvent(piece)
+                for call in delta.get("tool_calls") or []:
+                    slot = calls.setdefault(
+                        int(call.get("index", 0)),
+                        {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+                    )
+                    if call.get("id"):
+                        slot["id"] = call["id"]
+                    function = call.get("function") or {}
+                    slot["function"]["name"] += function.get("name") or ""
+                    slot["function"]["arguments"] += function.get("arguments") or ""
+        result.text = "".join(text)
+        result.tool_calls = [
+            {**call, "id": call["id"] or f"call_{index}"}
+            for index, call in sorted(calls.items())
+            if call["function"]["name"]
+        ]
+        usage.add(reported, body=body, text=result.text)
+
+    async def _system(self, agent: AgentRow, tools_on: bool, summary: str | None) -> dict[str, Any]:
+        async with self._db.acquire() as conn:
+            blocks = await repository.list_blocks(conn, agent.id)
+            passages = await repository.count_passages(conn, agent.id) if tools_on else 0
+        prompt = context.system_prompt(blocks, summary=summary, passages=passages, tools=tools_on)
+        return {"role": "system", "content": prompt}
+
+    async def _context(
+        self,
+        agent: AgentRow,
+        client: ChatClient,
+        user_message: dict[str, Any],
+        tools: list[dict[str, Any]] | None,
+        usage: _Usage,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]], str | None]:
+        """The system message and history for this turn, summarizing first if over budget."""
+        async with self._db.acquire() as conn:
+            window = await repository.window(conn, agent.id)
+        summary_row = next((m for m in reversed(window) if m.role == "summary"), None)
+        summary = summary_row.content if summary_row else None
+        system = await self._system(agent, tools is not None, summary)
+        budget = context.prompt_budget(self._settings.llm_context_tokens)
+        fixed = (
+            context.message_tokens(system)
+            + context.message_tokens(user_message)
+            + (estimate_tokens(str(tools)) if tools else 0)
+        )
+        evicted, kept = context.split_for_summary(window, fixed_tokens=fixed, budget=budget)
+        if evicted:
+            summary = await self._summarize(agent, client, summary_row, evicted, usage)
+            system = await self._system(agent, tools is not None, summary)
+        history = [m for m in (context.as_chat_message(row) for row in kept) if m is not None]
+        return system, history, summary
+
+    async def _summarize(
+        self,
+        agent: AgentRow,
+        client: ChatClient,
+        previous: MessageRow | None,
+        evicted: list[MessageRow],
+        usage: _Usage,
+    ) -> str:
+        budget = context.prompt_budget(self._settings.llm_context_tokens)
+        # Each evicted message is cut so that the summary request itself fits the budget.
+        max_chars = max(200, (budget * 4) // max(1, len(evicted)) - 40)
+        body: dict[str, Any] = {
+            "messages": context.summary_request(
+                previous.content if previous else None, evicted, max_chars=max_chars
+            ),
+            "max_tokens": context.SUMMARY_MAX_TOKENS,
+        }
+        answer = await client.complete(body)
+        choices = answer.get("choices") or [{}]
+        summary = str((choices[0].get("message") or {}).get("content") or "").strip()
+        usage.add(answer.get("usage"), body=body, text=summary)
+        if not summary:  # a model that answered nothing: keep the words, not nothing
+            summary = " ".join(m.content for m in evicted if m.content)[: max_chars * 2]
+        out_of_context = [m.id for m in evicted] + ([previous.id] if previous else [])
+        async with self._db.transaction() as conn:
+            await repository.mark_summarized(conn, agent.id, out_of_context)
+            await repository.insert_message(
+                conn, agent, "summary", summary, tokens=estimate_tokens(summary)
+            )
+        logger.info("agent %s: %d messages summarized", agent.id, len(evicted))
+        return summary
+
+    async def _save(self, agent: AgentRow, pending: _Pending) -> int:
+        last_id = 0
+        async with self._db.transaction() as conn:
+            for row in pending.rows:
+                message = {k: v for k, v in row.items() if k not in ("role", "content")}
+                tokens = context.message_tokens(
+                    {"content": row["content"], "tool_calls": row.get("tool_calls")}
+                )
+                last_id = await repository.insert_message(
+                    conn, agent, row["role"], row["content"], tokens=tokens, **message
+                )
+        return last_id

@@ -11,15 +11,25 @@ import logging
 import re
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 from app.request_context import get_request_id
 
+# Words that name a secret in "name=value", "name: value", "'name': 'value'", JSON, headers.
+_SECRET_NAME = (
+    r"[\w-]*(?:password|passwd|secret|token|api[_-]?key|master[_-]?key|private[_-]?key"
+    r"|apikey|authorization|cookie|dsn)[\w-]*"
+)
 _SECRET_PATTERNS = [
     (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1[redacted]"),
     (re.compile(r"\bsk-[A-Za-z0-9_-]{6,}"), "sk-[redacted]"),
     (re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), "[redacted-jwt]"),
+    # Credentials inside URLs: scheme://user:password@host
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/\s@]+:)[^@\s/]+@"), r"\1[redacted]@"),
     (
-        re.compile(r"(?i)(\"?(?:password|api_key|refresh_token|access_token|secret|key)\"?\s*[:=]\s*)\"?[^\s\",}]+"),
+        re.compile(
+            rf"(?i)([\"']?\b{_SECRET_NAME}[\"']?\s*[:=]\s*)(?!\[redacted)[\"']?[^\s\"',}}]+[\"']?"
+        ),
         r"\1[redacted]",
     ),
 ]
@@ -37,6 +47,9 @@ class RedactingFilter(logging.Filter):
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        if record.exc_info and not record.exc_text:
+            # Formatters reuse exc_text: a secret in an exception message is masked once here.
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
         record.request_id = get_request_id()
         return True
 
@@ -51,12 +64,31 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", None),
         }
         if record.exc_info:
-            payload["exc"] = redact(self.formatException(record.exc_info))
+            payload["exc"] = record.exc_text or redact(self.formatException(record.exc_info))
+        for key in ("method", "path", "status", "duration_ms"):
+            if hasattr(record, key):
+                payload[key] = getattr(record, key)
         return json.dumps(payload, default=str)
 
 
+class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stdout` is at emit time, not the one at configuration time
+    (servers and test runners may replace it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure_logging(level: str, json_logs: bool) -> None:
-    handler = logging.StreamHandler(sys.stdout)
+    handler = StdoutHandler()
     handler.addFilter(RedactingFilter())
     if json_logs:
         handler.setFormatter(JsonFormatter())

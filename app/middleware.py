@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -10,10 +12,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.request_context import request_id_var
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+access_logger = logging.getLogger("app.access")
 
 
 class RequestIdMiddleware:
-    """Take a sane incoming X-Request-ID or make one; expose it to logs and error bodies."""
+    """Take a sane incoming X-Request-ID or make one; expose it to logs and error bodies; log
+    one access line per request (path without the query string, which may carry tokens)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -29,9 +33,13 @@ class RequestIdMiddleware:
                 break
         request_id = incoming if incoming and _VALID_ID.match(incoming) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500  # if the app fails before answering, the server answers 500
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers
@@ -40,4 +48,24 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            self._log(scope, status, started)
             request_id_var.reset(token)
+
+    @staticmethod
+    def _log(scope: Scope, status: int, started: float) -> None:
+        path = scope.get("path", "")
+        # Probes hit /health every few seconds: keep them out of INFO.
+        level = logging.DEBUG if path.startswith("/health") and status < 500 else logging.INFO
+        if not access_logger.isEnabledFor(level):
+            return
+        duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        method = scope.get("method", "")
+        access_logger.log(
+            level,
+            "%s %s %s %.1fms",
+            method,
+            path,
+            status,
+            duration_ms,
+            extra={"method": method, "path": path, "status": status, "duration_ms": duration_ms},
+        )

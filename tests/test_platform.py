@@ -1,0 +1,236 @@
+"""Browser-facing platform: CORS (JSON and SSE POSTs), request ids in headers, error bodies and
+logs, the OpenAPI document's error schemas, JSON logs in production with secrets redacted."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from app.config import Settings
+from app.logging_setup import redact
+from app.main import create_app
+
+ORIGIN = "https://app.example.org"
+REAL = "k3J9x-7QpL2mZ8vR4tW1yB6nC0dF5gH"
+
+
+@pytest.fixture
+def settings(settings_factory: Callable[..., Settings]) -> Settings:
+    return settings_factory(cors_origins=[ORIGIN, "http://localhost:5173"])
+
+
+# --- CORS -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers"),
+    [
+        ("POST", "/api/v1/chat/message", "authorization, content-type, last-event-id"),
+        ("POST", "/api/v1/auth/login", "content-type"),
+        ("POST", "/api/v1/auth/refresh", "content-type"),
+        ("PATCH", "/api/v1/user/profile", "authorization, content-type"),
+        ("GET", "/api/v1/chat/turns/00000000-0000-0000-0000-000000000000/events",
+         "authorization, last-event-id"),
+    ],
+)  # fmt: skip
+async def test_preflight_allows_the_frontend(
+    client: httpx.AsyncClient, method: str, path: str, headers: str
+) -> None:
+    response = await client.options(
+        path,
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": method,
+            "Access-Control-Request-Headers": headers,
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    assert response.headers["access-control-allow-credentials"] == "true"
+    assert method in response.headers["access-control-allow-methods"]
+    allowed = {
+        h.strip().lower() for h in response.headers["access-control-allow-headers"].split(",")
+    }
+    assert {h.strip() for h in headers.split(",")} <= allowed
+
+
+async def test_preflight_refuses_an_unknown_origin(client: httpx.AsyncClient) -> None:
+    response = await client.options(
+        "/api/v1/chat/message",
+        headers={
+            "Origin": "https://evil.example.net",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert response.status_code == 400
+    assert "access-control-allow-origin" not in response.headers
+
+
+async def test_cors_headers_on_answers_and_errors(client: httpx.AsyncClient) -> None:
+    ok = await client.get("/health/live", headers={"Origin": ORIGIN})
+    assert ok.headers["access-control-allow-origin"] == ORIGIN
+    assert "x-request-id" in ok.headers["access-control-expose-headers"].lower()
+    # A 401 must still be readable by the browser, or the frontend sees a CORS failure instead.
+    denied = await client.get("/api/v1/auth/me", headers={"Origin": ORIGIN})
+    assert denied.status_code == 401
+    assert denied.headers["access-control-allow-origin"] == ORIGIN
+    assert denied.json()["error"]["code"]
+    stranger = await client.get("/health/live", headers={"Origin": "https://evil.example.net"})
+    assert "access-control-allow-origin" not in stranger.headers
+
+
+# --- request ids ------------------------------------------------------------------------------
+
+
+async def test_request_id_is_generated_or_taken_and_in_error_bodies(
+    client: httpx.AsyncClient,
+) -> None:
+    first = await client.get("/health/live")
+    second = await client.get("/health/live")
+    assert first.headers["x-request-id"] != second.headers["x-request-id"]
+    assert len(first.headers["x-request-id"]) >= 16
+
+    given = await client.get("/health/live", headers={"X-Request-ID": "trace-42.a_b"})
+    assert given.headers["x-request-id"] == "trace-42.a_b"
+
+    bad = await client.get("/health/live", headers={"X-Request-ID": "no spaces\nor newlines"})
+    assert bad.headers["x-request-id"] not in {"no spaces\nor newlines", ""}
+    too_long = await client.get("/health/live", headers={"X-Request-ID": "a" * 65})
+    assert too_long.headers["x-request-id"] != "a" * 65
+
+    missing = await client.get("/api/v1/no-such-route", headers={"X-Request-ID": "rid-404"})
+    assert missing.status_code == 404
+    assert missing.json()["error"] == {
+        "code": "not_found",
+        "message": "Not Found",
+        "request_id": "rid-404",
+    }
+    denied = await client.get("/api/v1/auth/me")
+    assert denied.json()["error"]["request_id"] == denied.headers["x-request-id"]
+
+
+# --- OpenAPI ----------------------------------------------------------------------------------
+
+
+async def test_every_api_error_response_uses_the_envelope(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    envelope = schema["components"]["schemas"]["ErrorEnvelope"]
+    body_ref = envelope["properties"]["error"]["$ref"].rsplit("/", 1)[-1]
+    assert {"code", "message", "request_id"} <= set(
+        schema["components"]["schemas"][body_ref]["properties"]
+    )
+
+    operations = 0
+    problems = []
+    for path, item in schema["paths"].items():
+        if not path.startswith("/api/v1/"):
+            continue
+        for method, operation in item.items():
+            if method not in {"get", "post", "put", "patch", "delete"}:
+                continue
+            operations += 1
+            errors = {s: r for s, r in operation["responses"].items() if s[0] in "45"}
+            if not errors:
+                problems.append(f"{method.upper()} {path}: no error responses documented")
+            if "500" not in errors:
+                problems.append(f"{method.upper()} {path}: 500 not documented")
+            for status, response in errors.items():
+                ref = (
+                    response.get("content", {})
+                    .get("application/json", {})
+                    .get("schema", {})
+                    .get("$ref", "")
+                )
+                if ref != "#/components/schemas/ErrorEnvelope":
+                    problems.append(f"{method.upper()} {path} {status}: {ref or 'no schema'}")
+    assert operations >= 6, "the API routers are not mounted"
+    assert problems == []
+
+
+async def test_docs_are_served(client: httpx.AsyncClient) -> None:
+    docs = await client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+# --- logs -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def production_app(settings_factory: Callable[..., Settings]) -> AsyncIterator[FastAPI]:
+    settings = settings_factory(
+        environment="production",
+        jwt_secret=REAL + "jwt",
+        encryption_key=REAL + "enc",
+        cors_origins=[ORIGIN],
+        log_level="INFO",
+    )
+    application = create_app(settings)
+    async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
+        yield application
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    lines = [line for line in text.splitlines() if line.strip()]
+    parsed = [json.loads(line) for line in lines]  # every line must be JSON
+    return parsed
+
+
+async def test_production_logs_are_json_with_request_id_and_no_secrets(
+    production_app: FastAPI, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    transport = httpx.ASGITransport(app=production_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        await client.get(
+            "/api/v1/auth/me",
+            params={"access_token": "should-not-appear-0123"},
+            headers={"X-Request-ID": "req-json-1", "Authorization": "Bearer abc.def.ghi"},
+        )
+    logger = logging.getLogger("app.test")
+    logger.warning(
+        "sign-in attempt password=%s with %s and key %s",
+        "hunter2hunter2",
+        "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+        "sk-live-abcdef123456",
+    )
+    logger.info("payload %s", {"email": "a@example.org", "refresh_token": "rt-secret-987"})
+    try:
+        raise RuntimeError("connect to postgresql://app:db-pass-555@db.internal/app failed")
+    except RuntimeError:
+        logger.exception("database unreachable")
+
+    out = capsys.readouterr().out
+    records = _json_lines(out)
+    access = [r for r in records if r["logger"] == "app.access"]
+    assert access, out
+    assert access[0]["request_id"] == "req-json-1"
+    assert access[0]["path"] == "/api/v1/auth/me" and access[0]["status"] == 401
+    assert {"ts", "level", "message"} <= set(access[0])
+    for secret in (
+        "should-not-appear-0123",
+        "abc.def.ghi",
+        "hunter2hunter2",
+        "eyJhbGciOiJIUzI1NiJ9",
+        "sk-live-abcdef123456",
+        "rt-secret-987",
+        "db-pass-555",
+    ):
+        assert secret not in out
+    assert any("password=[redacted]" in r["message"] for r in records)
+    assert any("a@example.org" in r["message"] for r in records)  # not everything is masked
+    assert any("exc" in r and "RuntimeError" in r["exc"] for r in records)
+
+
+def test_redact_keeps_ordinary_text() -> None:
+    text = "user 42 created agent agent-7 with 3 blocks in 12.5ms"
+    assert redact(text) == text
+    assert redact("LITELLM_MASTER_KEY=sk-1234567890") == "LITELLM_MASTER_KEY=[redacted]"
+    assert redact('{"password": "p@ss w0rd"}').count("p@ss") == 0

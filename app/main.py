@@ -104,8 +104,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _api_routers() -> list[object]:
     """Feature routers, each mounted under /api/v1."""
     from app.accounts.router import router as accounts_router
+    from app.agents.router import router as agents_router
     from app.chat.router import router as chat_router
     from app.llm_proxy.router import router as llm_router
 
-    routers: list[object] = [accounts_router, chat_router, llm_router]
+    routers: list[object] = [accounts_router, agents_router, chat_router, llm_router]
     return routers

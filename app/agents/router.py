@@ -1,0 +1,122 @@
+"""HTTP only: /agent/status, /agent/memory, /agent/memory/archival, /agent/reset."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+
+from app.accounts.provisioning import ProvisionerDep
+from app.agents import service
+from app.agents.schemas import (
+    AgentStatusOut,
+    BlockOut,
+    BlockUpdate,
+    MemoryOut,
+    PassageCreate,
+    PassageOut,
+    PassagePageOut,
+    ResetRequest,
+)
+from app.auth.deps import CurrentUser
+from app.deps import AgentsDep, DbDep, SettingsDep
+from app.errors import error_responses
+
+router = APIRouter(prefix="/agent", tags=["agent"])
+
+
+@router.get(
+    "/status",
+    response_model=AgentStatusOut,
+    responses=error_responses(404, 409, 502, 503),
+    summary="The agent, its provisioning status and a summary of its memory",
+)
+async def agent_status(
+    user: CurrentUser, agents: AgentsDep, provisioner: ProvisionerDep
+) -> AgentStatusOut:
+    return await service.status(user.sub, provisioner, agents)
+
+
+@router.get(
+    "/memory",
+    response_model=MemoryOut,
+    responses=error_responses(404, 409, 502, 503),
+    summary="Core memory blocks and the number of archival passages",
+)
+async def get_memory(user: CurrentUser, db: DbDep, agents: AgentsDep) -> MemoryOut:
+    return await service.memory(user.sub, db, agents)
+
+
+@router.post(
+    "/memory",
+    response_model=BlockOut,
+    responses=error_responses(404, 409, 422, 502, 503),
+    summary="Replace a core memory block's value (422 over its limit, 404 unknown label)",
+)
+async def update_memory(
+    body: BlockUpdate, user: CurrentUser, db: DbDep, agents: AgentsDep
+) -> BlockOut:
+    return await service.update_block(user.sub, db, agents, body.label, body.value)
+
+
+@router.get(
+    "/memory/archival",
+    response_model=PassagePageOut,
+    responses=error_responses(409, 502, 503),
+    summary="Archival passages, newest first, or those matching `q`",
+)
+async def list_archival(
+    user: CurrentUser,
+    db: DbDep,
+    agents: AgentsDep,
+    q: Annotated[str | None, Query(max_length=500)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> PassagePageOut:
+    return await service.archival(
+        user.sub, db, agents, query=q.strip() if q else None, limit=limit, cursor=cursor
+    )
+
+
+@router.post(
+    "/memory/archival",
+    status_code=status.HTTP_201_CREATED,
+    response_model=PassageOut,
+    responses=error_responses(409, 422, 502, 503),
+    summary="Store a passage in archival memory",
+)
+async def create_archival(
+    body: PassageCreate, user: CurrentUser, db: DbDep, agents: AgentsDep
+) -> PassageOut:
+    return await service.insert_passage(user.sub, db, agents, body.text, body.tags)
+
+
+@router.delete(
+    "/memory/archival/{passage_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=error_responses(404, 409, 502, 503),
+    summary="Delete one of your archival passages",
+)
+async def delete_archival(
+    passage_id: str, user: CurrentUser, db: DbDep, agents: AgentsDep
+) -> Response:
+    await service.delete_passage(user.sub, db, agents, passage_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/reset",
+    response_model=AgentStatusOut,
+    responses=error_responses(404, 409, 422, 502, 503),
+    summary="Forget the conversation (`conversation`) or also restore memory (`full`)",
+)
+async def reset_agent(
+    body: ResetRequest,
+    user: CurrentUser,
+    db: DbDep,
+    agents: AgentsDep,
+    provisioner: ProvisionerDep,
+    settings: SettingsDep,
+) -> AgentStatusOut:
+    return await service.reset(user.sub, db, agents, provisioner, settings, body.mode)

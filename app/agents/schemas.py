@@ -1,0 +1,91 @@
+"""Request and response bodies of the agent endpoints (the frontend's contract)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+
+from app.providers.agents import AgentState, MemoryBlock, Passage, PassagePage
+
+MAX_BLOCK_VALUE = 100_000  # the block's own limit (422) applies first; this bounds the body
+MAX_PASSAGE = 20_000
+Tag = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class BlockOut(BaseModel):
+    label: str
+    value: str
+    limit: int
+    description: str | None = None
+
+    @classmethod
+    def of(cls, block: MemoryBlock) -> BlockOut:
+        return cls(
+            label=block.label, value=block.value, limit=block.limit, description=block.description
+        )
+
+
+class MemoryOut(BaseModel):
+    blocks: list[BlockOut]
+    archival_passages: int
+
+
+class BlockUpdate(BaseModel):
+    label: Annotated[str, Field(min_length=1, max_length=100)]
+    value: Annotated[str, Field(max_length=MAX_BLOCK_VALUE)]
+
+
+class PassageOut(BaseModel):
+    id: str
+    text: str
+    tags: list[str]
+    created_at: datetime | None
+
+    @classmethod
+    def of(cls, passage: Passage) -> PassageOut:
+        return cls(
+            id=passage.id, text=passage.text, tags=passage.tags, created_at=passage.created_at
+        )
+
+
+class PassageCreate(BaseModel):
+    text: Annotated[str, Field(min_length=1, max_length=MAX_PASSAGE)]
+    tags: Annotated[list[Tag], Field(max_length=20)] = []
+
+
+class PassagePageOut(BaseModel):
+    items: list[PassageOut]
+    next_cursor: str | None = None
+
+    @classmethod
+    def of(cls, page: PassagePage) -> PassagePageOut:
+        return cls(items=[PassageOut.of(p) for p in page.items], next_cursor=page.next_cursor)
+
+
+class ResetRequest(BaseModel):
+    mode: Literal["conversation", "full"]
+
+
+class AgentStatusOut(BaseModel):
+    provider: str
+    agent_id: str
+    status: Literal["pending", "ready", "degraded"]
+    model: str | None
+    message_count: int
+    memory: MemoryOut
+
+    @classmethod
+    def of(cls, provider: str, status: str, state: AgentState) -> AgentStatusOut:
+        return cls(
+            provider=provider,
+            agent_id=state.agent_id,
+            status=status if status in ("pending", "ready", "degraded") else "pending",
+            model=state.model,
+            message_count=state.message_count,
+            memory=MemoryOut(
+                blocks=[BlockOut.of(b) for b in state.blocks],
+                archival_passages=state.archival_passages,
+            ),
+        )

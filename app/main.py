@@ -107,6 +107,7 @@ def _api_routers() -> list[object]:
     from app.agents.router import router as agents_router
     from app.chat.router import router as chat_router
     from app.llm_proxy.router import router as llm_router
+    from app.usage.router import router as usage_router
 
-    routers: list[object] = [accounts_router, agents_router, chat_router, llm_router]
+    routers: list[object] = [accounts_router, agents_router, chat_router, llm_router, usage_router]
     return routers

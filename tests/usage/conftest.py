@@ -17,7 +17,7 @@ from app.config import Settings
 
 
 @dataclass(frozen=True)
-class TestUser:
+class LoggedInUser:
     id: uuid.UUID
     email: str
     token: str
@@ -57,13 +57,13 @@ def mint_token(
     return str(jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256"))
 
 
-MakeUser = Callable[..., Awaitable[TestUser]]
+MakeUser = Callable[..., Awaitable[LoggedInUser]]
 
 
 @pytest.fixture
 def make_user(db_pool: asyncpg.Pool, settings: Settings) -> MakeUser:
-    async def make(*, admin: bool = False, email: str | None = None) -> TestUser:
+    async def make(*, admin: bool = False, email: str | None = None) -> LoggedInUser:
         user_id, mail = await insert_user(db_pool, email)
-        return TestUser(user_id, mail, mint_token(settings, user_id, mail, admin=admin))
+        return LoggedInUser(user_id, mail, mint_token(settings, user_id, mail, admin=admin))
 
     return make

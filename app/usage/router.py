@@ -1,0 +1,54 @@
+"""HTTP only: GET /user/usage, GET and POST /user/budget. Use cases are in `service.py`."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from fastapi import APIRouter, Query
+
+from app.auth.deps import CurrentUser
+from app.deps import BillingDep, DbDep, SettingsDep
+from app.errors import error_responses
+from app.usage import service
+from app.usage.schemas import BudgetOut, BudgetUpdate, UsageOut
+
+router = APIRouter(prefix="/user", tags=["usage"])
+
+
+@router.get(
+    "/usage",
+    response_model=UsageOut,
+    responses=error_responses(401, 422),
+    summary="Tokens, messages and cost per UTC day, with totals and the budget",
+)
+async def get_usage(
+    user: CurrentUser,
+    db: DbDep,
+    billing: BillingDep,
+    start: date | None = Query(None, description="First UTC day (YYYY-MM-DD)"),
+    end: date | None = Query(None, description="Last UTC day (YYYY-MM-DD); default today"),
+) -> UsageOut:
+    first, last = service.resolve_range(start, end, service.utc_today())
+    return await service.usage_report(db, billing, user.sub, first, last)
+
+
+@router.get(
+    "/budget",
+    response_model=BudgetOut,
+    responses=error_responses(401, 502, 503),
+    summary="The current budget period: max, spend, remaining, reset time",
+)
+async def get_budget(user: CurrentUser, billing: BillingDep) -> BudgetOut:
+    return await service.read_budget(billing, user.sub)
+
+
+@router.post(
+    "/budget",
+    response_model=BudgetOut,
+    responses=error_responses(401, 403, 422, 502, 503),
+    summary="Change the budget: up to USER_MAX_BUDGET (403 above it); admins any amount",
+)
+async def set_budget(
+    body: BudgetUpdate, user: CurrentUser, billing: BillingDep, settings: SettingsDep
+) -> BudgetOut:
+    return await service.change_budget(billing, settings, user, body.max_budget)

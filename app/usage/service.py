@@ -1,0 +1,136 @@
+"""Usage and budget use cases: the per-day report and reading/changing the budget."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, date, datetime, timedelta
+from uuid import UUID
+
+from app.auth.tokens import TokenClaims
+from app.config import Settings
+from app.db import Database
+from app.errors import Forbidden, UpstreamError, UpstreamUnavailable, ValidationFailed
+from app.providers.billing import BillingProvider, Budget, DailySpend
+from app.usage import repository
+from app.usage.schemas import (
+    BudgetOut,
+    ProviderDay,
+    UsageDay,
+    UsageOut,
+    UsageTotals,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DAYS = 30
+MAX_DAYS = 366
+
+
+def utc_today() -> date:
+    return datetime.now(UTC).date()
+
+
+def resolve_range(start: date | None, end: date | None, today: date) -> tuple[date, date]:
+    """Defaults: the last 30 UTC days ending today (or ending at `end`)."""
+    end = end or (today if start is None else min(today, start + timedelta(DEFAULT_DAYS - 1)))
+    start = start or end - timedelta(days=DEFAULT_DAYS - 1)
+    if start > end:
+        raise ValidationFailed("start must not be after end",
+                               details={"start": start.isoformat(), "end": end.isoformat()})
+    if (end - start).days + 1 > MAX_DAYS:
+        raise ValidationFailed(f"the range may span at most {MAX_DAYS} days",
+                               details={"max_days": MAX_DAYS})
+    return start, end
+
+
+def budget_out(budget: Budget) -> BudgetOut:
+    return BudgetOut(
+        max_budget=budget.max_budget,
+        spend=round(budget.spend, 10),
+        remaining=budget.remaining,
+        budget_duration=budget.budget_duration,
+        period_start=budget.period_start,
+        resets_at=budget.resets_at,
+        currency=budget.currency,
+    )
+
+
+def _provider_days(rows: list[DailySpend] | None) -> list[ProviderDay] | None:
+    if rows is None:
+        return None
+    return [
+        ProviderDay(date=r.day, spend=r.spend, prompt_tokens=r.prompt_tokens,
+                    completion_tokens=r.completion_tokens, requests=r.requests)
+        for r in rows
+    ]
+
+
+async def usage_report(
+    db: Database, billing: BillingProvider, user_id: UUID, start: date, end: date
+) -> UsageOut:
+    async with db.acquire() as conn:
+        stored = {row.day: row for row in await repository.usage_days(conn, user_id, start, end)}
+
+    # The billing service is not needed to show our own rows: if it is down, say so with
+    # nulls rather than fail the whole report.
+    budget_result, activity_result = await asyncio.gather(
+        billing.get_budget(user_id),
+        billing.daily_activity(user_id, start, end),
+        return_exceptions=True,
+    )
+    budget: BudgetOut | None = None
+    provider_days: list[ProviderDay] | None = None
+    for result in (budget_result, activity_result):
+        if isinstance(result, UpstreamUnavailable | UpstreamError):
+            logger.warning("usage report without billing data: %s", result.code)
+        elif isinstance(result, BaseException):
+            raise result
+    if isinstance(budget_result, Budget):
+        budget = budget_out(budget_result)
+    if isinstance(activity_result, list) or activity_result is None:
+        provider_days = _provider_days(activity_result)
+
+    days: list[UsageDay] = []
+    current = start
+    while current <= end:
+        row = stored.get(current)
+        days.append(
+            UsageDay(
+                date=current,
+                messages=row.messages if row else 0,
+                prompt_tokens=row.prompt_tokens if row else 0,
+                completion_tokens=row.completion_tokens if row else 0,
+                total_tokens=row.total_tokens if row else 0,
+                cost=row.cost if row else 0.0,
+            )
+        )
+        current += timedelta(days=1)
+    totals = UsageTotals(
+        messages=sum(d.messages for d in days),
+        prompt_tokens=sum(d.prompt_tokens for d in days),
+        completion_tokens=sum(d.completion_tokens for d in days),
+        total_tokens=sum(d.total_tokens for d in days),
+        cost=round(sum(d.cost for d in days), 10),
+    )
+    return UsageOut(
+        start=start, end=end, totals=totals, days=days, budget=budget,
+        billing_provider=billing.name, provider_days=provider_days,
+    )
+
+
+async def read_budget(billing: BillingProvider, user_id: UUID) -> BudgetOut:
+    return budget_out(await billing.get_budget(user_id))
+
+
+async def change_budget(
+    billing: BillingProvider, settings: Settings, caller: TokenClaims, max_budget: float
+) -> BudgetOut:
+    """A user may set any budget up to the plan ceiling (USER_MAX_BUDGET), lower or higher than
+    now; above it is a 403 (the value is valid, the caller may not set it). Admins: any."""
+    if not caller.is_admin and max_budget > settings.user_max_budget:
+        raise Forbidden(
+            f"a budget above {settings.user_max_budget:g} USD needs an administrator",
+            details={"max_allowed": settings.user_max_budget},
+        )
+    return budget_out(await billing.set_budget(caller.sub, max_budget))

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     jwt_audience: str = "authenticated"
     access_token_ttl_seconds: int = 3600
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    # argon2id cost (built-in identity); defaults are argon2-cffi's RFC 9106 low-memory profile
+    password_hash_time_cost: int = 3
+    password_hash_memory_kib: int = 65536
 
     # --- Supabase ---
     supabase_url: str | None = None

@@ -104,6 +104,15 @@ def fakes() -> Fakes:
     return Fakes(billing=FakeBilling(), agents=FakeAgents())
 
 
+# Cheap argon2id for speed (the production cost is tested in tests/providers).
+FAST_HASH: dict[str, Any] = {"password_hash_time_cost": 1, "password_hash_memory_kib": 8192}
+
+
+@pytest.fixture
+def settings(settings_factory: Callable[..., Settings]) -> Settings:
+    return settings_factory(**FAST_HASH)
+
+
 @pytest.fixture
 def make_app(
     fakes: Fakes, monkeypatch: pytest.MonkeyPatch

@@ -48,8 +48,10 @@ class BuiltinIdentity:
     def __init__(self, settings: Settings, db: Database) -> None:
         self._settings = settings
         self._db = db
-        # argon2id with the library's RFC 9106 low-memory profile defaults.
-        self._hasher = PasswordHasher()
+        self._hasher = PasswordHasher(
+            time_cost=settings.password_hash_time_cost,
+            memory_cost=settings.password_hash_memory_kib,
+        )
         self._dummy_hash: str | None = None
 
     # --- passwords (CPU-bound: run off the event loop) ---

@@ -508,3 +508,31 @@ async def test_no_authorization_header_without_api_key(
     route = letta_api.get("/v1/agents/").respond(200, json=[])
     await letta.find_agent(uuid.uuid4())
     assert "authorization" not in route.calls[-1].request.headers
+
+
+def test_factory_builds_the_letta_provider(http: httpx.AsyncClient) -> None:
+    from app.providers.factory import build_agents
+
+    built = build_agents(make_settings(), None, http)  # type: ignore[arg-type]
+    assert isinstance(built, LettaAgents)
+    assert built.name == "letta"
+
+
+async def test_streams_use_the_stream_read_timeout(
+    http: httpx.AsyncClient, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    letta = LettaAgents(
+        make_settings(letta_timeout_seconds=3.0, letta_stream_read_timeout=7.5), http
+    )
+    got = letta_api.get(AGENT_PATH).mock(
+        return_value=recording.find("GET", "/v1/agents/{agent}").response()
+    )
+    stream = letta_api.post(f"{AGENT_PATH}/messages/stream").respond(
+        200,
+        content=recording.sse("stream-steps.sse"),
+        headers={"content-type": "text/event-stream"},
+    )
+    events = [e async for e in letta.stream_turn(RECORDED_AGENT, "Hi!")]
+    assert events
+    assert got.calls[-1].request.headers["x-stainless-read-timeout"] == "3.0"
+    assert stream.calls[-1].request.headers["x-stainless-read-timeout"] == "7.5"

@@ -1,0 +1,11 @@
+-- Seed data for `supabase db reset` / `supabase start`, run after the migrations.
+--
+-- Deliberately empty. Accounts belong to the identity provider (Supabase Auth or the built-in
+-- one) and are created through POST /api/v1/auth/register, which also provisions the budget
+-- and the agent; a user inserted here would have neither. Budgets, usage and turns are written
+-- only by the backend. The migrations create everything else the app needs, and the app
+-- applies them itself on start.
+--
+-- For a local demo account, run the API (`make run`) and register one:
+--   curl -X POST localhost:8000/api/v1/auth/register -H 'content-type: application/json' \
+--        -d '{"email": "demo@example.com", "password": "a-long-password"}'

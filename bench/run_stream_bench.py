@@ -117,6 +117,11 @@ def render_run(r: RunReport) -> str:
             f"  {label:28}{_fmt(dv):>10}{_fmt(bv):>10}{_added(bv, dv):>10}{_ratio(bv, dv):>8}"
         )
     out.append(f"  {'errors':28}{d.errors:>10}{b.errors:>10}")
+    if b.wall_seconds > 0:
+        out.append(
+            f"  offered through the backend: {b.streams / b.wall_seconds:.0f} turns/s, "
+            f"{b.fragments / b.wall_seconds:.0f} fragments/s over {b.wall_seconds:.1f} s"
+        )
     out.append(f"  {'wall time (s)':28}{d.wall_seconds:>10.2f}{b.wall_seconds:>10.2f}")
     if b.streams:
         cpu_ms = r.backend_cpu_seconds * 1000
@@ -322,7 +327,8 @@ async def bench(args: argparse.Namespace) -> int:
             rounds = max(args.rounds, math.ceil(args.min_streams / c))
             direct_load = await load(direct(users), c, rounds)
             await asyncio.sleep(0.5)
-            before = (await _sim_stats(sim_port))["requests"]
+            stats_before = await _sim_stats(sim_port)
+            before = stats_before["requests"]
             cpu_before = backend.process.cpu_seconds()
             profiler = None
             if args.profile and c == args.profile_at:
@@ -336,8 +342,13 @@ async def bench(args: argparse.Namespace) -> int:
                     if profile_path
                     else "profile: py-spy not installed or produced nothing"
                 )
-            after = (await _sim_stats(sim_port))["requests"]
+            stats_after = await _sim_stats(sim_port)
+            after = stats_after["requests"]
             upstream = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+            # +1: the stats request itself opens a connection.
+            upstream["(new TCP connections)"] = (
+                stats_after["connections"] - stats_before["connections"] - 1
+            )
             await asyncio.sleep(0.3)  # let the last turns commit before counting them
             statuses, events = await _turn_counts(dsn)
             report = RunReport(

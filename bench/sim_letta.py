@@ -55,6 +55,7 @@ class SimConfig:
 @dataclass
 class SimStats:
     requests: Counter[str] = field(default_factory=Counter)
+    connections: int = 0  # TCP connections accepted: shows whether clients reuse them
     streams_open: int = 0
     streams_max: int = 0
     streams_done: int = 0
@@ -62,6 +63,7 @@ class SimStats:
     def as_dict(self) -> dict[str, Any]:
         return {
             "requests": dict(self.requests),
+            "connections": self.connections,
             "streams_open": self.streams_open,
             "streams_max": self.streams_max,
             "streams_done": self.streams_done,
@@ -152,6 +154,7 @@ class SimLetta:
     # --- HTTP plumbing ---
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.stats.connections += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")

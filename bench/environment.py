@@ -170,6 +170,7 @@ class ManagedProcess:
         log_path: Path,
         *,
         pipe_stdout: bool = False,
+        cwd: Path | None = None,
     ) -> None:
         self.name = name
         self.log_path = log_path
@@ -177,7 +178,7 @@ class ManagedProcess:
         # Only a child that prints one READY line gets a pipe: a chatty one would fill it.
         stdout: int | IO[bytes] = subprocess.PIPE if pipe_stdout else self._log
         self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            args, env=env, cwd=ROOT, stdout=stdout, stderr=self._log
+            args, env=env, cwd=cwd or ROOT, stdout=stdout, stderr=self._log
         )
 
     @property
@@ -249,9 +250,18 @@ class Backend:
 
 
 async def start_backend(
-    *, dsn: str, letta_port: int, jwt_secret: str, log_dir: Path, pool_max: int | None = None
+    *,
+    dsn: str,
+    letta_port: int,
+    jwt_secret: str,
+    log_dir: Path,
+    pool_max: int | None = None,
+    app_root: Path | None = None,
 ) -> Backend:
-    """One uvicorn worker (uvloop + httptools, as `python -m app` picks), log level WARNING."""
+    """One uvicorn worker (uvloop + httptools, as `python -m app` picks), log level WARNING.
+
+    `app_root`: run the `app` package of another copy of the tree (to measure a change
+    against the same simulator and load) instead of this one."""
     port = free_port()
     env = _child_env(
         {
@@ -274,6 +284,8 @@ async def start_backend(
     )
     if pool_max is not None:
         env["DATABASE_POOL_MAX"] = str(pool_max)
+    if app_root is not None:
+        env["PYTHONPATH"] = str(app_root)
     args = [
         sys.executable,
         "-m",
@@ -296,7 +308,7 @@ async def start_backend(
         "--timeout-graceful-shutdown",
         "5",
     ]
-    process = ManagedProcess("backend", args, env, log_dir / "backend.log")
+    process = ManagedProcess("backend", args, env, log_dir / "backend.log", cwd=app_root)
     deadline = time.monotonic() + 60
     async with httpx.AsyncClient(timeout=2) as client:
         while time.monotonic() < deadline:

@@ -284,7 +284,7 @@ async def bench(args: argparse.Namespace) -> int:
         sim, sim_port = start_simulator(args.events, args.interval_ms, log_dir)
         backend = await start_backend(
             dsn=dsn, letta_port=sim_port, jwt_secret=jwt_secret, log_dir=log_dir,
-            pool_max=args.pool_max,
+            pool_max=args.pool_max, app_root=args.app_root,
         )  # fmt: skip
         print(f"simulator on :{sim_port}, backend pid {backend.process.pid} on :{backend.port}")
 
@@ -401,6 +401,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ramp-ms", type=float, default=None, help="spread of first starts")
     p.add_argument("--stream-timeout", type=float, default=120.0)
     p.add_argument("--pool-max", type=int, default=None, help="backend DATABASE_POOL_MAX")
+    p.add_argument("--app-root", type=Path, default=None, help="run another copy's app/")
     p.add_argument("--profile", action="store_true", help="py-spy the backend during one run")
     p.add_argument("--profile-at", type=int, default=100, help="the C to profile")
     p.add_argument("--keep-db", action="store_true")

@@ -168,6 +168,6 @@ def agent_status(status: str, agent_id: str | None) -> AgentStatus:
 
 
 def provisioning_status(status: str) -> ProvisioningStatus:
-    if status == "ready" or status == "degraded":
-        return status
-    return "pending"
+    if status == "ready":
+        return "ready"
+    return "degraded" if status == "degraded" else "pending"

@@ -30,6 +30,20 @@ def _row(record: asyncpg.Record | None) -> ProfileRow | None:
     return ProfileRow(**dict(record)) if record is not None else None
 
 
+async def ensure_auth_user(conn: Conn, user_id: UUID, email: str) -> None:
+    """Make sure `auth.users` has the identity user the profile's foreign key points at.
+
+    With the built-in identity, or on a Supabase project (GoTrue wrote the row before it
+    answered), the row exists and this does nothing. With Supabase identity over any other
+    Postgres (development, CI) it mirrors the user so the profile can reference it.
+    """
+    await conn.execute(
+        "insert into auth.users (id, email) values ($1, $2) on conflict do nothing",
+        user_id,
+        email,
+    )
+
+
 async def insert_profile(
     conn: Conn, user_id: UUID, email: str, display_name: str | None
 ) -> ProfileRow:
@@ -69,6 +83,10 @@ async def ensure_profile(
 
 async def delete_profile(conn: Conn, user_id: UUID) -> None:
     await conn.execute("delete from public.profiles where id = $1", user_id)
+
+
+async def delete_auth_user(conn: Conn, user_id: UUID) -> None:
+    await conn.execute("delete from auth.users where id = $1", user_id)
 
 
 async def get_profile(conn: Conn, user_id: UUID) -> ProfileRow | None:

@@ -54,6 +54,7 @@ async def register(
     # From here on a failure must undo the identity user: a failed registration leaves nothing.
     try:
         async with db.transaction() as conn:
+            await repository.ensure_auth_user(conn, user.id, user.email)
             profile = await repository.insert_profile(conn, user.id, user.email, body.display_name)
         session = await identity.sign_in(body.email, body.password)
     except BaseException:
@@ -69,6 +70,9 @@ async def _compensate(identity: IdentityProvider, db: Database, user_id: UUID) -
         async with db.transaction() as conn:
             await repository.delete_profile(conn, user_id)
         await identity.delete_user(user_id)
+        # The mirror row of a Supabase user on a non-Supabase Postgres (no-op otherwise).
+        async with db.transaction() as conn:
+            await repository.delete_auth_user(conn, user_id)
     except Exception:
         logger.exception("could not undo the registration of %s", user_id)
 
@@ -80,6 +84,7 @@ async def login(
     async with db.transaction() as conn:
         # Accounts created outside this API (Supabase dashboard, frontend sign-up) get a
         # profile on their first login.
+        await repository.ensure_auth_user(conn, session.user.id, session.user.email)
         profile = await repository.ensure_profile(
             conn,
             session.user.id,

@@ -253,12 +253,27 @@ async def test_ensure_account_never_logs_the_key(
     billing: LiteLLMBilling, mock: respx.MockRouter, user: UUID,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG)
-    mock.get("/user/info").mock(return_value=httpx.Response(200, json=user_info_body(user)))
-    mock.post("/key/generate").mock(return_value=httpx.Response(200, json=generate_key_body(user)))
-    await billing.ensure_account(user, "a@example.com")
-    await billing.llm_route(user)
-    assert caplog.records  # httpx logged the requests...
+    # Attach the capture handler to the loggers themselves: the app's logging setup (run by
+    # other tests) may stop propagation to the root logger.
+    loggers = [logging.getLogger(name) for name in ("app", "httpx")]
+    saved = [(lg.level, lg.disabled) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(caplog.handler)
+        lg.setLevel(logging.DEBUG)
+        lg.disabled = False
+    caplog.handler.setLevel(logging.DEBUG)
+    try:
+        mock.get("/user/info").mock(return_value=httpx.Response(200, json=user_info_body(user)))
+        mock.post("/key/generate").mock(
+            return_value=httpx.Response(200, json=generate_key_body(user)))
+        await billing.ensure_account(user, "a@example.com")
+        await billing.llm_route(user)
+    finally:
+        for lg, (level, disabled) in zip(loggers, saved, strict=True):
+            lg.removeHandler(caplog.handler)
+            lg.setLevel(level)
+            lg.disabled = disabled
+    assert "/key/generate" in caplog.text  # the calls were logged...
     assert VIRTUAL_KEY not in caplog.text  # ...but never the key
     assert MASTER not in caplog.text
 

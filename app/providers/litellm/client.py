@@ -130,6 +130,7 @@ class LiteLLMClient:
             logger.warning("litellm %s %s failed: %s", method, path, type(exc).__name__)
             raise LiteLLMUnavailable() from exc
         status = response.status_code
+        logger.debug("litellm %s %s -> %s", method, path, status)  # path only: never a body
         if status < 400 or status == 404:
             return response
         error_type, message = _error_of(response)

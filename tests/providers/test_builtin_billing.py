@@ -15,7 +15,7 @@ import pytest
 
 from app.config import ConfigError, Settings
 from app.db import Database
-from app.errors import BudgetExceeded
+from app.errors import BudgetExceeded, NotFound
 from app.providers.billing import TokenUsage
 from app.providers.builtin.billing import (
     BuiltinBilling,
@@ -399,3 +399,8 @@ async def test_fifty_concurrent_calls_overspend_at_most_the_calls_in_flight(
     # ...and each of those was admitted before the budget ran out, i.e. was in flight then.
     assert all(admitted_at[i] < k for i in after_ran_out)
     assert overspend <= (admitted - k) * c + 1e-9
+
+
+async def test_budget_of_a_deleted_account_is_not_found(billing: BuiltinBilling) -> None:
+    with pytest.raises(NotFound):
+        await billing.check(UUID("00000000-0000-4000-8000-000000000001"))

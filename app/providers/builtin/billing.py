@@ -31,7 +31,7 @@ import asyncpg
 
 from app.config import ConfigError, Settings
 from app.db import Conn, Database
-from app.errors import BudgetExceeded
+from app.errors import BudgetExceeded, NotFound
 from app.providers.billing import (
     BillingAccount,
     Budget,
@@ -285,13 +285,17 @@ class BuiltinBilling:
         row = await _select(conn, user_id)
         if row is None:
             anchor = period_anchor(self._clock(), self._default_duration)
-            await _insert_default(
-                conn,
-                user_id,
-                self._settings.user_default_budget,
-                str(self._default_duration),
-                anchor,
-            )
+            try:
+                await _insert_default(
+                    conn,
+                    user_id,
+                    self._settings.user_default_budget,
+                    str(self._default_duration),
+                    anchor,
+                )
+            except asyncpg.ForeignKeyViolationError as exc:
+                # A valid token for an account that no longer exists.
+                raise NotFound("account not found") from exc
             row = await _select(conn, user_id)
             if row is None:  # pragma: no cover - the insert above or a racer created it
                 raise RuntimeError("budget row vanished")

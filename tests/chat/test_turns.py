@@ -420,3 +420,38 @@ async def test_live_turns_renew_their_lease(
         await run.task
         (row,) = await _turn_rows(db_pool, user.id)
         assert row["status"] == "completed"
+
+
+async def test_many_concurrent_turns_on_a_small_pool(
+    settings_factory, agent: ControlledAgent, make_user: UserFactory, db_pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No connection is held across a turn: 40 streams on a 3-connection pool all finish,
+    with every event stored and usage counted once each."""
+    from asgi_lifespan import LifespanManager
+
+    from app.main import create_app
+    from app.providers import factory
+
+    monkeypatch.setattr(factory, "build_agents", lambda *_: agent)
+    small = settings_factory(database_pool_max=3, chat_event_flush_seconds=0.02)
+    application = create_app(small)
+    users = [await make_user() for _ in range(40)]
+    for _ in users:
+        agent.next_turn().push(*(DeltaEvent(f"w{i} ") for i in range(20)),
+                               MessageEvent("words"), USAGE).end()
+    async with LifespanManager(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            responses = await asyncio.wait_for(asyncio.gather(*(
+                http.post("/api/v1/chat/message", json={"content": "go"}, headers=u.headers)
+                for u in users
+            )), 60)
+    for response in responses:
+        events = parse_sse(response.text)
+        assert [e.id for e in events] == list(range(1, 25))
+        assert events[-1].event == "done"
+    async with db_pool.acquire() as conn:
+        assert await conn.fetchval("select count(*) from turns where status = 'completed'") == 40
+        assert await conn.fetchval("select count(*) from turn_events") == 40 * 24
+        assert await conn.fetchval("select sum(messages) from usage_daily") == 40

@@ -47,9 +47,10 @@ class RedactingFilter(logging.Filter):
         cleaned = redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
-        if record.exc_info and not record.exc_text:
-            # Formatters reuse exc_text: a secret in an exception message is masked once here.
-            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        if record.exc_info:
+            # Formatters reuse exc_text (another handler may have filled it in already).
+            text = record.exc_text or logging.Formatter().formatException(record.exc_info)
+            record.exc_text = redact(text)
         record.request_id = get_request_id()
         return True
 
@@ -97,7 +98,8 @@ def configure_logging(level: str, json_logs: bool) -> None:
             logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
         )
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # Replace our own handler (create_app may run more than once); keep others' (pytest's).
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, StdoutHandler)] + [handler]
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []

@@ -72,41 +72,62 @@ class EventRow:
 # --- admission -----------------------------------------------------------------------------
 
 
-async def try_user_turn_lock(conn: Conn, user_id: UUID) -> bool:
-    """The user's turn lock for the rest of this transaction; False when another instance
-    is admitting a turn for the same user right now."""
-    return bool(
-        await conn.fetchval(
-            "select pg_try_advisory_xact_lock(hashtextextended($1, 0))", f"chat-turn:{user_id}"
-        )
-    )
+@dataclass(frozen=True)
+class Admission:
+    locked: bool  # False: another admission for this user holds the lock right now
+    streaming: bool  # the user has a streaming turn
+    stale: bool  # ... whose owner stopped renewing its lease (a crashed process)
 
 
-async def has_streaming_turn(conn: Conn, user_id: UUID) -> bool:
-    return bool(
-        await conn.fetchval(
-            "select exists(select 1 from turns where user_id = $1 and status = 'streaming')",
-            user_id,
-        )
+async def admission_check(conn: Conn, user_id: UUID, lease_seconds: float) -> Admission:
+    """Take the user's turn lock for the rest of the transaction and look for a streaming
+    turn, in one round trip. The partial unique index on streaming turns is what finally
+    guarantees one per user (the snapshot here may predate the lock)."""
+    row = await conn.fetchrow(
+        """
+        select pg_try_advisory_xact_lock(hashtextextended($1, 0)) as locked,
+               (select heartbeat_at < now() - make_interval(secs => $3)
+                from turns where user_id = $2 and status = 'streaming') as stale
+        """,
+        f"chat-turn:{user_id}",
+        user_id,
+        lease_seconds,
     )
+    assert row is not None
+    return Admission(bool(row["locked"]), row["stale"] is not None, bool(row["stale"]))
 
 
 async def insert_turn(
-    conn: Conn, user_id: UUID, content: str, instance_id: str
-) -> tuple[UUID, datetime]:
-    """Raises asyncpg.UniqueViolationError when the user already has a streaming turn."""
-    row = await conn.fetchrow(
+    conn: Conn,
+    *,
+    turn_id: UUID,
+    user_id: UUID,
+    content: str,
+    instance_id: str,
+    created_at: datetime,
+    first_event: TurnEvent,
+) -> None:
+    """The turn and its first event, in one statement. Raises asyncpg.UniqueViolationError
+    when the user already has a streaming turn."""
+    await conn.execute(
         """
-        insert into turns (user_id, user_message, instance_id)
-        values ($1, $2, $3)
-        returning id, created_at
+        with turn as (
+            insert into turns (id, user_id, user_message, instance_id, created_at, heartbeat_at)
+            values ($1, $2, $3, $4, $5, now())
+            returning id, user_id
+        )
+        insert into turn_events (turn_id, seq, user_id, event, data)
+        select id, $6, user_id, $7, $8::jsonb from turn
         """,
+        turn_id,
         user_id,
         content,
         instance_id,
+        created_at,
+        first_event.seq,
+        first_event.event,
+        first_event.data,
     )
-    assert row is not None
-    return row["id"], row["created_at"]
 
 
 async def fail_stale_turns(

@@ -1,10 +1,12 @@
 """The chat turn use case: admit a turn, run the agent in the background, finish it once.
 
-Admission (before any agent call, in this order): the user's agent (provisioned again when
-needed; 409 without one), the budget (402, no turn row), then one short transaction that takes
-the user's advisory lock, fails a turn of theirs orphaned by a crashed process, refuses a
-second streaming turn (409), and inserts the turn and its `turn` event. It commits before the
-agent is called; no pooled connection is held while the agent streams.
+Admission (before any agent call): the user's agent (provisioned again when needed; 409
+without one) and the budget (402, no turn row), read concurrently and reported in that order;
+then one short transaction (two statements) that takes the user's advisory lock, refuses a
+second streaming turn (409; one orphaned by a crashed process is failed instead), and inserts
+the turn with its `turn` event. It commits before the agent is called; no pooled connection is
+held while the agent streams. The turn's `created_at` is this process's clock (it is also in
+the `turn` event, sent before any database read-back).
 
 Usage is counted exactly once, in the transaction that closes the turn, together with the
 final events and the budget charge:
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -78,29 +81,46 @@ class TurnDeps:
 
 async def start_turn(deps: TurnDeps, user_id: UUID, content: str) -> TurnRun:
     """Admit a turn and start running it; the caller subscribes to the returned run."""
-    provisioned = await deps.provisioner.ensure(user_id)
+    # Independent reads, run together to keep the time to the first event short; reported
+    # in contract order (no agent: 409 before over budget: 402).
+    provisioned, budget = await asyncio.gather(
+        deps.provisioner.ensure(user_id), deps.billing.check(user_id), return_exceptions=True
+    )
+    if isinstance(provisioned, BaseException):
+        raise provisioned
     if not provisioned.agent_id:
         raise AgentNotReady()
-    await deps.billing.check(user_id)
+    if isinstance(budget, BaseException):
+        raise budget
     llm: LLMRoute | None = None
     if deps.settings.billing_provider == "litellm":
         llm = await deps.billing.llm_route(user_id)
 
     runtime = deps.runtime
+    turn_id = uuid.uuid4()
+    created_at = datetime.now(UTC)
+    first = TurnEvent(1, "turn", turn_data(turn_id, created_at.isoformat()))
     try:
         async with runtime.db.transaction() as conn:
-            if not await repo.try_user_turn_lock(conn, user_id):
+            admission = await repo.admission_check(conn, user_id, runtime.lease_seconds)
+            if not admission.locked:
                 raise TurnInProgress()
-            await repo.fail_stale_turns(
-                conn, lease_seconds=runtime.lease_seconds, user_id=user_id
+            if admission.streaming:
+                if not admission.stale:
+                    raise TurnInProgress()
+                # Left by a crashed process: fail it, so the user is not locked out.
+                await repo.fail_stale_turns(
+                    conn, lease_seconds=runtime.lease_seconds, user_id=user_id
+                )
+            await repo.insert_turn(
+                conn,
+                turn_id=turn_id,
+                user_id=user_id,
+                content=content,
+                instance_id=runtime.instance_id,
+                created_at=created_at,
+                first_event=first,
             )
-            if await repo.has_streaming_turn(conn, user_id):
-                raise TurnInProgress()
-            turn_id, created_at = await repo.insert_turn(
-                conn, user_id, content, runtime.instance_id
-            )
-            first = TurnEvent(1, "turn", turn_data(turn_id, created_at.isoformat()))
-            await repo.insert_events(conn, [repo.EventRow(turn_id, user_id, first)])
     except asyncpg.UniqueViolationError as exc:  # another instance admitted one meanwhile
         raise TurnInProgress() from exc
 

@@ -57,8 +57,8 @@ async def login(
     responses=error_responses(401, 422, 502, 503),
     summary="Exchange a refresh token for a new pair (the old one stops working)",
 )
-async def refresh(body: RefreshRequest, identity: IdentityDep) -> TokenResponse:
-    return await service.refresh(body.refresh_token, identity)
+async def refresh(body: RefreshRequest, identity: IdentityDep, db: DbDep) -> TokenResponse:
+    return await service.refresh(body.refresh_token, identity, db)
 
 
 @router.post(

@@ -115,14 +115,14 @@ def _display_name_from(metadata: dict[str, object]) -> str | None:
     return str(value)[:100] if value else None
 
 
-async def refresh(refresh_token: str, identity: IdentityProvider) -> TokenResponse:
+async def refresh(refresh_token: str, identity: IdentityProvider, db: Database) -> TokenResponse:
     session = await identity.refresh(refresh_token)
+    async with db.acquire() as conn:
+        profile = await repository.get_profile(conn, session.user.id)
+    # The profile holds the current display name (PATCH /user/profile changes only it).
+    display_name = profile.display_name if profile else _display_name_from(session.user.metadata)
     return TokenResponse(
-        user=UserOut(
-            id=session.user.id,
-            email=session.user.email,
-            display_name=_display_name_from(session.user.metadata),
-        ),
+        user=UserOut(id=session.user.id, email=session.user.email, display_name=display_name),
         access_token=session.access_token,
         refresh_token=session.refresh_token,
         expires_in=session.expires_in,

@@ -17,6 +17,7 @@ from app.db import Database, apply_migrations
 from app.errors import COMMON_ERROR_RESPONSES, install_error_handlers
 from app.logging_setup import configure_logging
 from app.middleware import RequestIdMiddleware
+from app.providers.builtin.llm import aclose_clients as aclose_llm_clients
 from app.providers.factory import build_providers
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     target = await resolve_database(settings)
     logger.info("database: %s", target.description)
-    db = Database(target.dsn, min_size=settings.database_pool_min, max_size=settings.database_pool_max)
+    db = Database(
+        target.dsn, min_size=settings.database_pool_min, max_size=settings.database_pool_max
+    )
     await db.connect()
     http = _http_client(settings)
     try:
@@ -58,6 +61,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for hook in app.state.shutdown_hooks:
             await hook(app)
     finally:
+        await aclose_llm_clients()
         await http.aclose()
         await db.close()
         if target.stop is not None:
@@ -82,6 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.startup_hooks.append(start_chat_runtime)
     app.state.shutdown_hooks = []
 
+    app.add_middleware(RequestIdMiddleware)
+    # Added last = outermost: CORS headers also go on the 500s RequestIdMiddleware renders.
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
@@ -90,7 +96,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"],
         expose_headers=["X-Request-ID", "Content-Disposition"],
     )
-    app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
 
     from app.health.router import router as health_router

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -13,6 +14,30 @@ from app.request_context import request_id_var
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 access_logger = logging.getLogger("app.access")
+error_logger = logging.getLogger("app.errors")
+
+
+async def _send_internal_error(send: Send, request_id: str) -> None:
+    body = json.dumps(
+        {
+            "error": {
+                "code": "internal_error",
+                "message": "internal server error",
+                "request_id": request_id,
+            }
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class RequestIdMiddleware:
@@ -34,11 +59,14 @@ class RequestIdMiddleware:
         request_id = incoming if incoming and _VALID_ID.match(incoming) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
         started = time.perf_counter()
-        status = 500  # if the app fails before answering, the server answers 500
+        status = 500  # if the app fails before answering, we answer 500 below
+        started_response = False
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
+            nonlocal started_response
             if message["type"] == "http.response.start":
+                started_response = True
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
@@ -47,6 +75,14 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Answer unhandled errors here, inside the request's context, so the 500 carries the
+            # request id (header and body); Starlette's outermost handler would run after the
+            # context is gone. A failure after the response started can only be logged.
+            error_logger.exception("unhandled error")
+            if started_response:
+                raise
+            await _send_internal_error(send_with_id, request_id)
         finally:
             self._log(scope, status, started)
             request_id_var.reset(token)

@@ -234,3 +234,26 @@ def test_redact_keeps_ordinary_text() -> None:
     assert redact(text) == text
     assert redact("LITELLM_MASTER_KEY=sk-1234567890") == "LITELLM_MASTER_KEY=[redacted]"
     assert redact('{"password": "p@ss w0rd"}').count("p@ss") == 0
+
+
+async def test_unhandled_error_is_a_500_envelope_with_the_request_id(app: FastAPI) -> None:
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    app.add_api_route("/api/v1/__boom", boom, methods=["GET"])
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        response = await c.get(
+            "/api/v1/__boom",
+            headers={"X-Request-ID": "req-500-test", "Origin": "http://localhost:5173"},
+        )
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "req-500-test"
+    assert response.json() == {
+        "error": {
+            "code": "internal_error",
+            "message": "internal server error",
+            "request_id": "req-500-test",
+        }
+    }
+    assert response.headers["access-control-allow-origin"] == "http://localhost:5173"

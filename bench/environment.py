@@ -40,7 +40,13 @@ def _with_database(dsn: str, name: str) -> str:
 async def create_database() -> tuple[str, str]:
     """A database of its own (name, dsn), migrated with the app's migrations."""
     name = f"agentmem_bench_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(SERVER_DSN, timeout=5)
+    try:
+        admin = await asyncpg.connect(SERVER_DSN, timeout=5)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise SystemExit(
+            f"bench: no Postgres at {SERVER_DSN} ({type(exc).__name__}); start one or set "
+            "BENCH_DATABASE_SERVER=postgresql://user@host:port/postgres"
+        ) from exc
     try:
         await admin.execute(f'create database "{name}"')
     finally:

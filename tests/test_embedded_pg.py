@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import subprocess
+import sys
+import sysconfig
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,3 +164,65 @@ async def test_root_refuses_a_data_dir_the_user_cannot_reach() -> None:
 def test_dsn_uses_the_socket_folder_as_host() -> None:
     dsn = embedded_pg.dsn_for_socket(Path("/srv/my data/postgres"))
     assert dsn == "postgresql://postgres@/postgres?host=/srv/my%20data/postgres"
+
+
+_NON_ROOT_SCRIPT = """
+import asyncio, os, sys
+from pathlib import Path
+import asyncpg
+from app.embedded_pg import start_embedded
+
+async def main() -> None:
+    server = await start_embedded(Path(sys.argv[1]))
+    try:
+        conn = await asyncpg.connect(server.dsn, timeout=5)
+        user = await conn.fetchval("select current_user")
+        print(os.geteuid(), user, await conn.fetchval("select 1"))
+        await conn.close()
+    finally:
+        await server.stop()
+
+asyncio.run(main())
+"""
+
+
+def _system_python_for_others() -> str | None:
+    """A Python of this version that an unprivileged user can run (ours may sit in /root)."""
+    candidate = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+    return str(candidate) if candidate.exists() else None
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="as non-root this path is the first test already")
+def test_non_root_user_runs_the_package_as_is() -> None:
+    python = _system_python_for_others()
+    if python is None:
+        pytest.skip("no system Python of this version for an unprivileged user")
+    nobody = pwd.getpwnam("nobody")
+    site_packages = sysconfig.get_paths()["purelib"]
+    root = Path(__file__).resolve().parent.parent
+    scratch = Path(tempfile.mkdtemp(prefix="agentmem-nonroot-"))
+    os.chown(scratch, nobody.pw_uid, nobody.pw_gid)
+    try:
+        result = subprocess.run(
+            [python, "-c", _NON_ROOT_SCRIPT, str(scratch / "data")],
+            user=nobody.pw_uid,
+            group=nobody.pw_gid,
+            extra_groups=[],
+            cwd="/",
+            env={
+                "PATH": "/usr/bin:/bin",
+                "HOME": str(scratch),
+                "XDG_RUNTIME_DIR": str(scratch),  # the package's lock file goes here
+                "PYTHONPATH": f"{site_packages}:{root}",
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if result.returncode != 0 and "ModuleNotFoundError" in result.stderr:
+            pytest.skip(f"the virtualenv is not readable by nobody: {result.stderr[-200:]}")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == [str(nobody.pw_uid), "postgres", "1"]
+        assert (scratch / "data" / "postgres").stat().st_uid == nobody.pw_uid
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

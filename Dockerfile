@@ -40,8 +40,8 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 
 # --- runtime ------------------------------------------------------------------------------------
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
-# libgomp1: llama.cpp's OpenMP threads (the built-in model).
-RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 \
+# libgomp1, libstdc++6: llama.cpp (the built-in model) and its OpenMP threads.
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 libstdc++6 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /app --shell /usr/sbin/nologin app

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import tomllib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -257,3 +259,30 @@ async def test_unhandled_error_is_a_500_envelope_with_the_request_id(app: FastAP
         }
     }
     assert response.headers["access-control-allow-origin"] == "http://localhost:5173"
+
+
+# --- deployment files -------------------------------------------------------------------------
+
+
+def test_deployment_files_agree_with_the_app() -> None:
+    root = Path(__file__).resolve().parent.parent
+    railway = tomllib.loads((root / "railway.toml").read_text())
+    assert railway["build"]["builder"] == "DOCKERFILE"
+    assert (root / railway["build"]["dockerfilePath"]).exists()
+    assert railway["deploy"]["healthcheckPath"] == "/health/ready"
+    assert railway["deploy"]["startCommand"] == "python -m app"
+    # Longer than uvicorn's graceful shutdown, so streams can finish on redeploys.
+    assert railway["deploy"]["drainingSeconds"] > 30
+
+    dockerfile = (root / "Dockerfile").read_text()
+    stages = dockerfile.split("\nFROM ")
+    assert len(stages) >= 3, "multi-stage: build and runtime"
+    runtime = stages[-1]
+    assert "uv sync --frozen --no-dev" in dockerfile
+    assert "\nUSER app" in runtime and "useradd" in runtime
+    assert "HEALTHCHECK" in runtime and "/health/live" in runtime
+    assert 'CMD ["python", "-m", "app"]' in runtime
+    assert "build-essential" not in runtime  # compilers stay in the build stage
+
+    ignored = set((root / ".dockerignore").read_text().split())
+    assert {".env", ".venv", ".data", ".git"} <= ignored

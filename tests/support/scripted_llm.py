@@ -14,13 +14,20 @@ under test goes through its real client stack (the `openai` SDK, httpx, SSE pars
 With an empty queue the server answers 500 with `scripted_llm: no response queued` (so a test
 that makes more calls than it scripted fails loudly), unless `default` is set, or `responder`
 (a function of the request body) decides.
+
+`/v1/embeddings` answers from `scripted_llm.embeddings`, a map from input text to its vector
+(or an `Error`); a text not in it gets a 500, so unexpected embeddings calls fail loudly:
+
+    scripted_llm.embeddings["Grace's cat is Miso"] = [1.0, 0.0, 0.0]
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -147,6 +154,7 @@ class ScriptedLLM:
         self.requests: list[RecordedRequest] = []
         self.default: Script | None = None
         self.responder: Callable[[dict[str, Any]], Script | None] | None = None
+        self.embeddings: dict[str, list[float] | Error] = {}
         self.model = "scripted-model"
         self.base_url = ""  # http://127.0.0.1:<port>/v1 once started
         self._server: uvicorn.Server | None = None
@@ -175,6 +183,7 @@ class ScriptedLLM:
             self.requests.clear()
             self.default = None
             self.responder = None
+            self.embeddings.clear()
 
     def _next(self, body: dict[str, Any]) -> Script | None:
         with self._lock:
@@ -289,6 +298,38 @@ class ScriptedLLM:
             yield _sse(final)
         yield _sse("[DONE]")
 
+    async def _embeddings(self, request: Request) -> Response:
+        body = json.loads(await request.body())
+        with self._lock:
+            self.requests.append(
+                RecordedRequest(request.url.path, dict(request.headers.items()), body)
+            )
+            scripted = dict(self.embeddings)
+        texts = [body["input"]] if isinstance(body["input"], str) else list(body["input"])
+        data = []
+        for index, text in enumerate(texts):
+            vector = scripted.get(text)
+            if vector is None or isinstance(vector, Error):
+                error = vector or Error(500, f"scripted_llm: no embedding for {text!r}")
+                return JSONResponse(
+                    {"error": {"message": error.message, "type": error.type, "code": None}},
+                    status_code=error.status,
+                    headers=error.headers,
+                )
+            encoded: list[float] | str = vector
+            if body.get("encoding_format") == "base64":  # the SDK's default: little-endian f32
+                encoded = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
+        tokens = sum(len(t.split()) for t in texts)
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "model": body.get("model"),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+
     async def _models(self, _: Request) -> Response:
         return JSONResponse(
             {"object": "list", "data": [{"id": self.model, "object": "model", "owned_by": "test"}]}
@@ -299,6 +340,7 @@ class ScriptedLLM:
             routes=[
                 Route("/v1/chat/completions", self._completions, methods=["POST"]),
                 Route("/chat/completions", self._completions, methods=["POST"]),
+                Route("/v1/embeddings", self._embeddings, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
             ]
         )

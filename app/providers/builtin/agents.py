@@ -45,6 +45,7 @@ from app.providers.billing import LLMRoute
 from app.providers.builtin.agent import context, repository
 from app.providers.builtin.agent.repository import AgentRow, MessageRow
 from app.providers.builtin.agent.tools import TOOLS, MemoryTools
+from app.providers.builtin.embeddings import ArchivalVectors
 from app.providers.builtin.llm import (
     ChatClient,
     chat_client_for,
@@ -111,6 +112,8 @@ class BuiltinAgents:
     def __init__(self, settings: Settings, db: Database) -> None:
         self._settings = settings
         self._db = db
+        # pgvector similarity beside full-text search, when configured and available.
+        self._vectors = ArchivalVectors(settings, db)
 
     # --- lookup ---
 
@@ -192,13 +195,22 @@ class BuiltinAgents:
 
     async def search_passages(self, agent_id: str, query: str, *, limit: int) -> list[Passage]:
         agent = await self._agent(agent_id)
+        embedding = await self._vectors.query(query)  # before taking a connection: network call
         async with self._db.acquire() as conn:
-            return await repository.search_passages(conn, agent.id, query, limit=limit)
+            return await repository.search_passages(
+                conn,
+                agent.id,
+                query,
+                limit=limit,
+                embedding=embedding,
+                max_distance=self._vectors.max_distance,
+            )
 
     async def insert_passage(self, agent_id: str, text: str, tags: list[str]) -> Passage:
         agent = await self._agent(agent_id)
+        embedding = await self._vectors.passage(text)  # None: stored without a vector
         async with self._db.transaction() as conn:
-            return await repository.insert_passage(conn, agent, text, tags)
+            return await repository.insert_passage(conn, agent, text, tags, embedding=embedding)
 
     async def delete_passage(self, agent_id: str, passage_id: str) -> None:
         agent = await self._agent(agent_id)
@@ -281,7 +293,7 @@ class BuiltinAgents:
         messages: list[dict[str, Any]] = [system, *history, user_message]
         pending = _Pending()
         pending.add("user", content)
-        memory_tools = MemoryTools(self._db, agent)
+        memory_tools = MemoryTools(self._db, agent, self._vectors)
         answer_parts: list[str] = []
         for step in range(MAX_STEPS):
             body: dict[str, Any] = {

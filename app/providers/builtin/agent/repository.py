@@ -6,11 +6,14 @@ import base64
 import binascii
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from app.db import Conn
 from app.providers.agents import MemoryBlock, Passage
+
+if TYPE_CHECKING:  # embeddings.py imports this module
+    from app.providers.builtin.embeddings import Embedding
 
 
 @dataclass(frozen=True)
@@ -165,18 +168,52 @@ async def set_block_value(conn: Conn, agent_id: UUID, label: str, value: str) ->
 # --- archival passages ---
 
 
-async def insert_passage(conn: Conn, agent: AgentRow, text: str, tags: list[str]) -> Passage:
-    row = await conn.fetchrow(
-        """
-        insert into archival_passages (agent_id, user_id, text, tags) values ($1, $2, $3, $4)
-        returning id, text, tags, created_at
-        """,
-        agent.id,
-        agent.user_id,
-        text,
-        tags,
-    )
+async def insert_passage(
+    conn: Conn, agent: AgentRow, text: str, tags: list[str], *, embedding: Embedding | None = None
+) -> Passage:
+    """`embedding` only where the pgvector columns exist (see `passage_vectors_available`)."""
+    if embedding is None:
+        row = await conn.fetchrow(
+            """
+            insert into archival_passages (agent_id, user_id, text, tags) values ($1, $2, $3, $4)
+            returning id, text, tags, created_at
+            """,
+            agent.id,
+            agent.user_id,
+            text,
+            tags,
+        )
+    else:
+        # The vector goes as pgvector's text form, cast in SQL: asyncpg needs no codec for it.
+        row = await conn.fetchrow(
+            """
+            insert into archival_passages
+                (agent_id, user_id, text, tags, embedding, embedding_model)
+            values ($1, $2, $3, $4, $5::text::vector, $6)
+            returning id, text, tags, created_at
+            """,
+            agent.id,
+            agent.user_id,
+            text,
+            tags,
+            embedding.literal(),
+            embedding.model,
+        )
     return _passage(row)
+
+
+async def passage_vectors_available(conn: Conn) -> bool:
+    """Whether archival_passages has the pgvector columns (the `vector` extension was there
+    when the migrations ran)."""
+    available = await conn.fetchval(
+        """
+        select count(*) = 2 from pg_attribute
+        where attrelid = to_regclass('public.archival_passages') and not attisdropped
+          and ((attname = 'embedding' and atttypid = to_regtype('vector'))
+               or (attname = 'embedding_model'))
+        """
+    )
+    return available is True
 
 
 def encode_cursor(passage: Passage) -> str:
@@ -222,9 +259,21 @@ async def list_passages(
     return [_passage(r) for r in rows]
 
 
-async def search_passages(conn: Conn, agent_id: UUID, query: str, *, limit: int) -> list[Passage]:
+async def search_passages(
+    conn: Conn,
+    agent_id: UUID,
+    query: str,
+    *,
+    limit: int,
+    embedding: Embedding | None = None,
+    max_distance: float | None = None,
+) -> list[Passage]:
     """Full-text match ranked first; a plain substring match catches what stemming misses
-    (names, numbers, partial words)."""
+    (names, numbers, partial words). With the query's `embedding`, fused with similarity."""
+    if embedding is not None:
+        return await _search_passages_hybrid(
+            conn, agent_id, query, limit=limit, embedding=embedding, max_distance=max_distance
+        )
     rows = await conn.fetch(
         f"""
         with q as (select {_ANY_WORD} as tsq)
@@ -246,6 +295,71 @@ async def search_passages(conn: Conn, agent_id: UUID, query: str, *, limit: int)
 # Any of the query's words (ranked by how many match), not all of them: a memory search for
 # "coffee drinking" should find "prefers tea over coffee".
 _ANY_WORD = "replace(plainto_tsquery('english', $2)::text, '&', '|')::tsquery"
+
+# Reciprocal-rank fusion: score = sum over the two rankings of 1 / (K + rank). K = 60 is the
+# usual constant (Cormack et al. 2009): a passage high in both lists beats one top in only one.
+_RRF_K = 60
+_MIN_CANDIDATES = 20
+
+
+async def _search_passages_hybrid(
+    conn: Conn,
+    agent_id: UUID,
+    query: str,
+    *,
+    limit: int,
+    embedding: Embedding,
+    max_distance: float | None,
+) -> list[Passage]:
+    """The full-text ranking and the cosine-similarity ranking, fused by reciprocal rank.
+
+    Only vectors of the same model and dimension are compared (the CASE keeps pgvector from
+    ever seeing two sizes); passages without a vector still come in through full text."""
+    rows = await conn.fetch(
+        f"""
+        with q as (select {_ANY_WORD} as tsq, $5::text::vector as v),
+        text_hits as (
+            select p.id, row_number() over (
+                order by ts_rank_cd(p.tsv, q.tsq) desc, p.created_at desc, p.id desc) as rank
+            from archival_passages p, q
+            where p.agent_id = $1
+              and (p.tsv @@ q.tsq or p.text ilike '%' || $4 || '%' escape '\\')
+            order by rank limit $7
+        ),
+        scored as (
+            select p.id, p.created_at,
+                   case when vector_dims(p.embedding) = vector_dims(q.v)
+                        then p.embedding <=> q.v end as distance
+            from archival_passages p, q
+            where p.agent_id = $1 and p.embedding_model = $6
+        ),
+        near_hits as (
+            select id, row_number() over (
+                order by distance, created_at desc, id desc) as rank
+            from scored
+            where distance is not null and ($8::float8 is null or distance <= $8)
+            order by rank limit $7
+        ),
+        fused as (
+            select id, sum(1.0 / ({_RRF_K} + rank)) as score
+            from (select id, rank from text_hits union all select id, rank from near_hits) r
+            group by id
+        )
+        select p.id, p.text, p.tags, p.created_at
+        from fused f join archival_passages p on p.id = f.id
+        order by f.score desc, p.created_at desc, p.id desc
+        limit $3
+        """,  # noqa: S608 - constant SQL fragments
+        agent_id,
+        query,
+        limit,
+        _escape_like(query),
+        embedding.literal(),
+        embedding.model,
+        max(limit * 2, _MIN_CANDIDATES),
+        max_distance,
+    )
+    return [_passage(r) for r in rows]
 
 
 def _escape_like(text: str) -> str:

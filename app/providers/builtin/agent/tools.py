@@ -15,6 +15,7 @@ from typing import Any
 from app.db import Database
 from app.providers.builtin.agent import repository
 from app.providers.builtin.agent.repository import AgentRow
+from app.providers.builtin.embeddings import ArchivalVectors
 
 SEARCH_PAGE_SIZE = 5
 
@@ -106,9 +107,12 @@ def _page(arguments: dict[str, Any]) -> int:
 
 
 class MemoryTools:
-    def __init__(self, db: Database, agent: AgentRow) -> None:
+    def __init__(
+        self, db: Database, agent: AgentRow, vectors: ArchivalVectors | None = None
+    ) -> None:
         self._db = db
         self._agent = agent
+        self._vectors = vectors  # None: archival memory by full text only
 
     async def run(self, name: str, raw_arguments: str) -> tuple[dict[str, Any] | None, ToolResult]:
         """Parse and run one call. Returns the parsed arguments and the result."""
@@ -163,15 +167,24 @@ class MemoryTools:
         tags = arguments.get("tags") or []
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise ToolFailure("argument 'tags' must be a list of strings")
+        embedding = await self._vectors.passage(content) if self._vectors else None
         async with self._db.transaction() as conn:
-            passage = await repository.insert_passage(conn, self._agent, content, tags)
+            passage = await repository.insert_passage(
+                conn, self._agent, content, tags, embedding=embedding
+            )
         return f"stored passage {passage.id}"
 
     async def archival_memory_search(self, arguments: dict[str, Any]) -> str:
         query, page = _str(arguments, "query"), _page(arguments)
+        embedding = await self._vectors.query(query) if self._vectors else None
         async with self._db.acquire() as conn:
             found = await repository.search_passages(
-                conn, self._agent.id, query, limit=SEARCH_PAGE_SIZE * (page + 1)
+                conn,
+                self._agent.id,
+                query,
+                limit=SEARCH_PAGE_SIZE * (page + 1),
+                embedding=embedding,
+                max_distance=self._vectors.max_distance if self._vectors else None,
             )
         found = found[page * SEARCH_PAGE_SIZE :]
         if not found:

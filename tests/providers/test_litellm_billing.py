@@ -222,9 +222,11 @@ async def test_ensure_account_generates_a_key_when_user_exists_but_we_hold_none(
     assert (await stored_key(db_pool, user))[1] is not None
 
 
-async def test_generate_key_alias_taken_uses_a_distinct_alias(
+async def test_generate_key_alias_taken_replaces_the_orphaned_key(
     billing: LiteLLMBilling, mock: respx.MockRouter, user: UUID,
 ) -> None:
+    # A key under our alias that we do not hold (its answer was lost): deleted, made again,
+    # so the user keeps exactly one live key.
     mock.get("/user/info").mock(return_value=httpx.Response(200, json=user_info_body(user)))
     gen = mock.post("/key/generate").mock(side_effect=[
         httpx.Response(400, json=litellm_error(
@@ -232,9 +234,13 @@ async def test_generate_key_alias_taken_uses_a_distinct_alias(
             "bad_request_error", 400)),
         httpx.Response(200, json=generate_key_body(user)),
     ])
-    await billing.ensure_account(user, "a@example.com")
+    deleted = mock.post("/key/delete").respond(200, json={"deleted_keys": ["hashed-token-id"]})
+    account = await billing.ensure_account(user, "a@example.com")
+    assert account.key == VIRTUAL_KEY
     assert gen.call_count == 2
-    assert sent_json(gen, 1)["key_alias"].startswith(f"user:{user}:")
+    assert sent_json(gen, 1)["key_alias"] == f"user:{user}"
+    assert_master_key(deleted)
+    assert conforms("KeyRequest", sent_json(deleted)) == {"key_aliases": [f"user:{user}"]}
 
 
 async def test_old_proxies_empty_200_for_a_missing_user_counts_as_absent(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import uuid
 from datetime import UTC, date, datetime
 from uuid import UUID
 
@@ -32,6 +31,7 @@ from app.providers.litellm import repository
 from app.providers.litellm.client import LiteLLMClient
 from app.providers.litellm.errors import LiteLLMBudgetExceeded, LiteLLMRequestError
 from app.providers.litellm.schemas import (
+    DeleteKeysRequest,
     GenerateKeyRequest,
     NewUserRequest,
     UpdateUserRequest,
@@ -74,8 +74,11 @@ class LiteLLMBilling:
 
     # -- the key we hold ---------------------------------------------------------------------
 
-    async def _held_key(self, user_id: UUID) -> str | None:
-        async with self._db.acquire() as conn:
+    async def _held_key(self, user_id: UUID, conn: Conn | None = None) -> str | None:
+        if conn is None:
+            async with self._db.acquire() as own:
+                ciphertext = await repository.get_key_ciphertext(own, user_id)
+        else:
             ciphertext = await repository.get_key_ciphertext(conn, user_id)
         if ciphertext is None:
             return None
@@ -86,11 +89,8 @@ class LiteLLMBilling:
             logger.warning("stored billing key for user %s cannot be decrypted", user_id)
             return None
 
-    async def _keep_key(self, user_id: UUID, key: str) -> None:
-        async with self._db.transaction() as conn:
-            stored = await repository.store_key(
-                conn, user_id, str(user_id), self._box.encrypt(key)
-            )
+    async def _keep_key(self, conn: Conn, user_id: UUID, key: str) -> None:
+        stored = await repository.store_key(conn, user_id, str(user_id), self._box.encrypt(key))
         if not stored:
             raise NotFound("profile not found: cannot keep the billing key")
 
@@ -101,13 +101,15 @@ class LiteLLMBilling:
                 GenerateKeyRequest(user_id=str(user_id), key_alias=alias)
             )
         except LiteLLMRequestError as exc:
-            # LiteLLM requires unique aliases. A key with ours exists when we lost the one we
-            # held (profile reset, ENCRYPTION_KEY rotated): make another, distinctly named.
+            # LiteLLM requires unique aliases. A key with ours exists that we do not hold: the
+            # answer that carried it was lost (a /user/new or /key/generate that timed out after
+            # it happened), or we lost it (profile reset, ENCRYPTION_KEY rotated). Nobody can
+            # use it, yet it would stay live and billable: delete it, and make the one key again.
             if exc.status != 400 or "alias" not in exc.upstream_message.lower():
                 raise
+            await self.client.delete_keys(DeleteKeysRequest(key_aliases=[alias]))
             generated = await self.client.generate_key(
-                GenerateKeyRequest(user_id=str(user_id),
-                                   key_alias=f"{alias}:{uuid.uuid4().hex[:8]}")
+                GenerateKeyRequest(user_id=str(user_id), key_alias=alias)
             )
         return generated.key
 
@@ -118,9 +120,18 @@ class LiteLLMBilling:
     # -- the port ------------------------------------------------------------------------------
 
     async def ensure_account(self, user_id: UUID, email: str) -> BillingAccount:
-        """Look up first, create only what is missing: safe to run again after any failure."""
+        """Look up first, create only what is missing: safe to run again after any failure.
+
+        Runs of one user are serialized (the provisioning saga and a chat turn's budget check
+        can both find the user missing at once; each would send /user/new). The key is stored
+        on the lock's connection, the last step, committed when the lock is released."""
+        async with self._db.transaction() as conn:
+            await repository.lock_account(conn, user_id)
+            return await self._ensure_account(conn, user_id, email)
+
+    async def _ensure_account(self, conn: Conn, user_id: UUID, email: str) -> BillingAccount:
         uid = str(user_id)
-        key = await self._held_key(user_id)
+        key = await self._held_key(user_id, conn)
         if await self.client.user_info(uid) is None:
             # A key we may hold belonged to a user LiteLLM no longer has: replace it with the
             # one /user/new makes together with the user.
@@ -137,10 +148,10 @@ class LiteLLMBilling:
             key = None
             if created.key:
                 key = created.key
-                await self._keep_key(user_id, key)
+                await self._keep_key(conn, user_id, key)
         if key is None:
             key = await self._generate_key(user_id)
-            await self._keep_key(user_id, key)
+            await self._keep_key(conn, user_id, key)
         return BillingAccount(provider=self.name, ref=uid, key=key)
 
     async def _info(self, user_id: UUID) -> UserInfo:

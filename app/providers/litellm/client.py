@@ -27,6 +27,7 @@ from app.providers.litellm.errors import (
     LiteLLMUnavailable,
 )
 from app.providers.litellm.schemas import (
+    DeleteKeysRequest,
     GenerateKeyRequest,
     GenerateKeyResponse,
     LiteLLMErrorEnvelope,
@@ -191,6 +192,11 @@ class LiteLLMClient:
             await self._send("POST", "/key/generate", json=request.body())
         )
         return self._parse(GenerateKeyResponse, response)
+
+    async def delete_keys(self, request: DeleteKeysRequest) -> bool:
+        """Delete keys by alias; False when LiteLLM had none of them (404)."""
+        response = await self._send("POST", "/key/delete", json=request.body())
+        return response.status_code != 404
 
     async def update_user(self, request: UpdateUserRequest) -> None:
         self._expect_ok(await self._send("POST", "/user/update", json=request.body()))

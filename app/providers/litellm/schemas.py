@@ -56,6 +56,12 @@ class GenerateKeyResponse(_Response):
     expires: datetime | None = None
 
 
+class DeleteKeysRequest(_Request):
+    """`/key/delete` (KeyRequest): by plain/hashed key or by alias."""
+
+    key_aliases: list[str]
+
+
 class UpdateUserRequest(_Request):
     user_id: str
     max_budget: float | None = None

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     )
     default_human: str = "Nothing is known about this person yet."
     core_memory_block_limit: int = 5000
+    # Built-in agent, models without tool calling: archival passages and old messages matching
+    # the user's message put into the system prompt before the call; 0 turns it off.
+    agent_auto_recall_limit: int = Field(default=3, ge=0, le=20)
     letta_base_url: str | None = None
     letta_api_key: SecretStr | None = None
     letta_model: str = "openai/gpt-4o-mini"

@@ -5,6 +5,10 @@ what scrolled out of view, and the in-context messages. When that would exceed t
 budget, the oldest messages are summarized into a new recall summary first (the messages stay,
 marked out of context, and `conversation_search` still finds them). Models that call tools get
 the memory tools; the server runs them in a bounded loop and reports each as a `ToolEvent`.
+Models that cannot (the built-in SmolLM2 never calls one on its own) get automatic recall
+instead: archival passages and summarized-away messages matching the user's message, found by
+the same searches as the tools, go into the system prompt (AGENT_AUTO_RECALL_LIMIT items,
+inside the context budget), and the turn's `UsageEvent.extra["recalled"]` says how many.
 
 The turn's conversation rows (user message, tool calls and results, answer) are written in one
 transaction after the model answered, so a failed turn leaves no half-written conversation and
@@ -76,6 +80,7 @@ class _Usage:
     completion: int = 0
     estimated: bool = False
     calls: int = 0
+    recalled: int | None = None  # None: automatic recall did not apply to this turn
 
     def add(self, usage: dict[str, Any] | None, *, body: dict[str, Any], text: str) -> None:
         self.calls += 1
@@ -104,6 +109,14 @@ class _Pending:
 class _StepResult:
     text: str
     tool_calls: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class _Context:
+    system: dict[str, Any]
+    history: list[dict[str, Any]]
+    summary: str | None
+    recall: str | None  # the recall section of the system prompt
 
 
 class BuiltinAgents:
@@ -194,7 +207,9 @@ class BuiltinAgents:
         return PassagePage(items=items, next_cursor=next_cursor)
 
     async def search_passages(self, agent_id: str, query: str, *, limit: int) -> list[Passage]:
-        agent = await self._agent(agent_id)
+        return await self._search_archival(await self._agent(agent_id), query, limit=limit)
+
+    async def _search_archival(self, agent: AgentRow, query: str, *, limit: int) -> list[Passage]:
         embedding = await self._vectors.query(query)  # before taking a connection: network call
         async with self._db.acquire() as conn:
             return await repository.search_passages(
@@ -274,13 +289,16 @@ class BuiltinAgents:
             message = exc.message if isinstance(exc, AppError) else "the agent failed"
             yield ErrorEvent(code=code, message=message, retryable=is_retryable(exc))
             return
+        extra: dict[str, Any] = {"llm_calls": usage.calls}
+        if usage.recalled is not None:
+            extra["recalled"] = usage.recalled
         yield UsageEvent(
             model=model,
             prompt_tokens=usage.prompt,
             completion_tokens=usage.completion,
             total_tokens=usage.prompt + usage.completion,
             estimated=usage.estimated,
-            extra={"llm_calls": usage.calls},
+            extra=extra,
         )
 
     async def _turn(
@@ -289,8 +307,15 @@ class BuiltinAgents:
         tools_on = client.supports_tools
         tools = TOOLS if tools_on else None
         user_message = {"role": "user", "content": content}
-        system, history, summary = await self._context(agent, client, user_message, tools, usage)
-        messages: list[dict[str, Any]] = [system, *history, user_message]
+        recalled: list[context.Recalled] = []
+        limit = self._settings.agent_auto_recall_limit
+        if not tools_on and limit > 0:
+            # Such a model never asks for memory: search it for the model, with its message.
+            recalled = await self._auto_recall(agent, content, limit=limit)
+            usage.recalled = 0
+        turn = await self._context(agent, client, user_message, tools, usage, recalled)
+        summary = turn.summary
+        messages: list[dict[str, Any]] = [turn.system, *turn.history, user_message]
         pending = _Pending()
         pending.add("user", content)
         memory_tools = MemoryTools(self._db, agent, self._vectors)
@@ -341,7 +366,7 @@ class BuiltinAgents:
                     blocks_changed = True
             if blocks_changed:
                 # The next call sees the edited blocks, as the model expects after a success.
-                messages[0] = await self._system(agent, tools_on, summary)
+                messages[0] = await self._system(agent, tools_on, summary, turn.recall)
         text = "\n\n".join(answer_parts)
         pending.add("assistant", text)
         message_id = await self._save(agent, pending)
@@ -381,12 +406,34 @@ class BuiltinAgents:
         ]
         usage.add(reported, body=body, text=result.text)
 
-    async def _system(self, agent: AgentRow, tools_on: bool, summary: str | None) -> dict[str, Any]:
+    async def _system(
+        self, agent: AgentRow, tools_on: bool, summary: str | None, recall: str | None = None
+    ) -> dict[str, Any]:
         async with self._db.acquire() as conn:
             blocks = await repository.list_blocks(conn, agent.id)
             passages = await repository.count_passages(conn, agent.id) if tools_on else 0
-        prompt = context.system_prompt(blocks, summary=summary, passages=passages, tools=tools_on)
+        prompt = context.system_prompt(
+            blocks, summary=summary, passages=passages, tools=tools_on, recall=recall
+        )
         return {"role": "system", "content": prompt}
+
+    async def _auto_recall(
+        self, agent: AgentRow, query: str, *, limit: int
+    ) -> list[context.Recalled]:
+        """Archival passages and summarized-away messages matching `query`, best first: the
+        searches of `archival_memory_search` (vectors too, when on) and `conversation_search`."""
+        if not query.strip():
+            return []  # an empty pattern would match everything
+        passages = await self._search_archival(agent, query, limit=limit)
+        async with self._db.acquire() as conn:
+            messages = await repository.search_messages(
+                conn, agent.id, query, limit=limit, out_of_context_only=True
+            )
+        return context.merge_recalled(
+            [context.Recalled(p.text) for p in passages],
+            [context.Recalled(m.content, m.role, m.created_at) for m in messages],
+            limit=limit,
+        )
 
     async def _context(
         self,
@@ -395,7 +442,8 @@ class BuiltinAgents:
         user_message: dict[str, Any],
         tools: list[dict[str, Any]] | None,
         usage: _Usage,
-    ) -> tuple[dict[str, Any], list[dict[str, Any]], str | None]:
+        recalled: list[context.Recalled],
+    ) -> _Context:
         """The system message and history for this turn, summarizing first if over budget."""
         async with self._db.acquire() as conn:
             window = await repository.window(conn, agent.id)
@@ -403,17 +451,26 @@ class BuiltinAgents:
         summary = summary_row.content if summary_row else None
         system = await self._system(agent, tools is not None, summary)
         budget = context.prompt_budget(self._settings.llm_context_tokens)
-        fixed = (
-            context.message_tokens(system)
-            + context.message_tokens(user_message)
-            + (estimate_tokens(str(tools)) if tools else 0)
+        others = context.message_tokens(user_message) + (
+            estimate_tokens(str(tools)) if tools else 0
         )
+        fixed = context.message_tokens(system) + others
+        recall: str | None = None
+        if recalled:
+            # Recall is part of the fixed prompt: a bounded share of the budget, less when the
+            # blocks and the message already take most of it; the window makes room for it
+            # (the margin covers the joining blank line and the estimate's rounding).
+            room = min(int(budget * context.RECALL_BUDGET_SHARE), budget - fixed - 4)
+            recall, usage.recalled = context.recall_section(recalled, max_tokens=room)
+            if recall:
+                system = await self._system(agent, tools is not None, summary, recall)
+                fixed = context.message_tokens(system) + others
         evicted, kept = context.split_for_summary(window, fixed_tokens=fixed, budget=budget)
         if evicted:
             summary = await self._summarize(agent, client, summary_row, evicted, usage)
-            system = await self._system(agent, tools is not None, summary)
+            system = await self._system(agent, tools is not None, summary, recall)
         history = [m for m in (context.as_chat_message(row) for row in kept) if m is not None]
-        return system, history, summary
+        return _Context(system, history, summary, recall)
 
     async def _summarize(
         self,

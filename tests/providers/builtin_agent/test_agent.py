@@ -182,7 +182,10 @@ async def test_summarization_keeps_the_window_under_budget_and_old_messages_sear
     scripted_llm: ScriptedLLM,
 ) -> None:
     settings = settings_factory(
-        llm_base_url=scripted_llm.base_url, llm_context_tokens=800, llm_supports_tools=False
+        llm_base_url=scripted_llm.base_url,
+        llm_context_tokens=800,
+        llm_supports_tools=False,
+        agent_auto_recall_limit=0,  # the window alone here; recall: test_auto_recall.py
     )
     agents = BuiltinAgents(settings, db)
     agent_id = await _agent(agents, make_user)

@@ -3,6 +3,8 @@ summary), then the in-context messages. And the summarizer that keeps that under
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from app.providers.builtin.agent.repository import BlockRow, MessageRow
@@ -14,6 +16,11 @@ ESTIMATE_MARGIN = 0.85
 # Summarize down to this share of the budget, so that not every turn pays for a summary.
 SUMMARIZE_TARGET = 0.5
 SUMMARY_MAX_TOKENS = 256
+# Automatic recall (models without tools): each recalled item is cut to this many characters,
+# and all of them together take at most this share of the prompt budget.
+RECALL_ITEM_CHARS = 300
+RECALL_BUDGET_SHARE = 0.25
+RECALL_HEADING = "Things you remember that may help you answer the person's message:"
 
 _TOOL_GUIDE = (
     "You have long-term memory. Core memory (below) is always in view: when you learn "
@@ -35,7 +42,12 @@ def answer_budget(context_tokens: int) -> int:
 
 
 def system_prompt(
-    blocks: list[BlockRow], *, summary: str | None, passages: int, tools: bool
+    blocks: list[BlockRow],
+    *,
+    summary: str | None,
+    passages: int,
+    tools: bool,
+    recall: str | None = None,
 ) -> str:
     by_label = {b.label: b for b in blocks}
     parts: list[str] = []
@@ -59,7 +71,58 @@ def system_prompt(
                 parts.append(f"{block.label}:\n{block.value}")
     if summary:
         parts.append(f"Summary of your earlier conversation with this person:\n{summary}")
+    if recall:
+        parts.append(recall)  # last: closest to the message it was found for
     return "\n\n".join(parts)
+
+
+@dataclass(frozen=True)
+class Recalled:
+    """One automatically recalled memory: an archival passage or an old message."""
+
+    text: str
+    role: str | None = None  # None: an archival passage; else who said it ("user"/"assistant")
+    at: datetime | None = None
+
+    def line(self, max_chars: int) -> str:
+        text = " ".join(self.text.split())  # one line per memory
+        if len(text) > max_chars:
+            text = text[: max(0, max_chars - 3)].rsplit(" ", 1)[0] + "..."
+        if self.role is None:
+            return f"- From your notes: {text}"
+        speaker = "the person said" if self.role == "user" else "you said"
+        when = f"On {self.at:%Y-%m-%d} " if self.at is not None else "Earlier "
+        return f"- {when}{speaker}: {text}"
+
+
+def merge_recalled(
+    passages: list[Recalled], messages: list[Recalled], *, limit: int
+) -> list[Recalled]:
+    """Both rankings alternated (their scores are not comparable), best first, at most
+    `limit`, the same text once."""
+    merged: list[Recalled] = []
+    seen: set[str] = set()
+    for index in range(max(len(passages), len(messages))):
+        for source in (passages, messages):
+            if index < len(source) and len(merged) < limit:
+                key = " ".join(source[index].text.split()).casefold()
+                if key not in seen:
+                    seen.add(key)
+                    merged.append(source[index])
+    return merged
+
+
+def recall_section(items: list[Recalled], *, max_tokens: int) -> tuple[str | None, int]:
+    """The heading and one line per item, in at most `max_tokens` (estimated); the items that
+    do not fit are left out. Returns the text (None: nothing) and how many items it holds."""
+    lines = [RECALL_HEADING]
+    for item in items:
+        line = item.line(RECALL_ITEM_CHARS)
+        if estimate_tokens("\n".join([*lines, line])) > max_tokens:
+            break
+        lines.append(line)
+    count = len(lines) - 1
+    return ("\n".join(lines) if count else None), count
 
 
 def as_chat_message(message: MessageRow) -> dict[str, Any] | None:

@@ -446,9 +446,18 @@ async def mark_summarized(conn: Conn, agent_id: UUID, message_ids: list[int]) ->
 
 
 async def search_messages(
-    conn: Conn, agent_id: UUID, query: str, *, limit: int, offset: int = 0
+    conn: Conn,
+    agent_id: UUID,
+    query: str,
+    *,
+    limit: int,
+    offset: int = 0,
+    out_of_context_only: bool = False,
 ) -> list[MessageRow]:
-    """User and assistant messages, in the window or long summarized away."""
+    """User and assistant messages, in the window or long summarized away.
+
+    `out_of_context_only`: only those summarized away (automatic recall: the model already
+    sees the window)."""
     rows = await conn.fetch(
         f"""
         with q as (select {_ANY_WORD} as tsq)
@@ -456,6 +465,7 @@ async def search_messages(
         from agent_messages m, q
         where m.agent_id = $1 and m.role in ('user', 'assistant') and m.content <> ''
           and (m.tsv @@ q.tsq or m.content ilike '%' || $5 || '%' escape '\\')
+          and not ($6 and m.in_context)
         order by ts_rank_cd(m.tsv, q.tsq) desc, m.id desc
         limit $3 offset $4
         """,  # noqa: S608 - constant columns
@@ -464,6 +474,7 @@ async def search_messages(
         limit,
         offset,
         _escape_like(query),
+        out_of_context_only,
     )
     return [_message(r) for r in rows]
 

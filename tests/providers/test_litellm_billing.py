@@ -7,7 +7,6 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -23,14 +22,13 @@ from app.errors import BudgetExceeded, UpstreamError, UpstreamUnavailable
 from app.providers.billing import TokenUsage
 from app.providers.litellm.billing import LiteLLMBilling
 from app.providers.litellm.errors import is_budget_exceeded
+from tests.support.shared import fixtures_dir
 from tests.usage.conftest import insert_user
 
 BASE = "http://litellm.test"
 MASTER = "sk-master-0123456789abcdef"
 VIRTUAL_KEY = "sk-virtual-9f8e7d6c5b4a3210"
-OPENAPI = Path("/work/shared/fixtures/litellm-1.106.2/openapi.json")
-if not OPENAPI.exists():  # the copy next to the repository, when run elsewhere
-    OPENAPI = Path(__file__).resolve().parents[3] / "shared/fixtures/litellm-1.106.2/openapi.json"
+OPENAPI = fixtures_dir() / "litellm-1.106.2" / "openapi.json"
 SCHEMAS: dict[str, Any] = json.loads(OPENAPI.read_text())["components"]["schemas"]
 
 

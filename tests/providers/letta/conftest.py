@@ -23,13 +23,9 @@ import respx
 
 from app.config import Settings
 from app.providers.letta.agents import LettaAgents
+from tests.support.shared import fixtures_dir
 
-FIXTURES = Path(
-    os.environ.get(
-        "LETTA_FIXTURES_DIR",
-        Path(__file__).resolve().parents[4] / "shared" / "fixtures" / "letta-0.16.8",
-    )
-)
+FIXTURES = Path(os.environ.get("LETTA_FIXTURES_DIR") or fixtures_dir() / "letta-0.16.8")
 BASE_URL = "http://letta.test"
 API_KEY = "letta-test-key"
 RECORDED_AGENT = "agent-7120c71f-af61-4151-a9bf-2affd006cbff"

@@ -189,3 +189,41 @@ async def test_policies_let_a_user_see_only_their_own_rows(empty_db: asyncpg.Con
             await empty_db.fetchval("select display_name from public.profiles where id = $1", bob)
             is None
         )
+
+
+async def test_api_roles_cannot_write_backend_tables(db_pool: asyncpg.Pool) -> None:
+    """RLS lets a user touch only their own rows; the grants keep them from rewriting even
+    those (their spend, usage, turn state) through the anon key: only the backend writes."""
+    async with db_pool.acquire() as conn:
+        tables = [
+            r["tablename"]
+            for r in await conn.fetch(
+                "select tablename from pg_tables where schemaname = 'public' "
+                "and tablename <> 'schema_migrations'"
+            )
+        ]
+        assert {"budgets", "usage_daily", "turns", "profiles"} <= set(tables)
+        for table in tables:
+            for role in ("anon", "authenticated"):
+                for privilege in ("INSERT", "UPDATE", "DELETE"):
+                    allowed = await conn.fetchval(
+                        "select has_table_privilege($1, $2, $3)",
+                        role,
+                        f"public.{table}",
+                        privilege,
+                    )
+                    assert not allowed, f"{role} may {privilege} {table}"
+        assert await conn.fetchval(
+            "select has_table_privilege('authenticated', 'public.usage_daily', 'SELECT')"
+        )
+        assert not await conn.fetchval(
+            "select has_table_privilege('authenticated', 'public.identity_credentials', 'SELECT')"
+        )
+        assert await conn.fetchval(
+            "select has_column_privilege('authenticated', 'public.profiles', 'display_name', "
+            "'UPDATE')"
+        )
+        assert not await conn.fetchval(
+            "select has_column_privilege('authenticated', 'public.profiles', "
+            "'billing_key_encrypted', 'UPDATE')"
+        )

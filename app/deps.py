@@ -1,4 +1,9 @@
-"""Annotated dependency aliases over the long-lived objects the lifespan puts on app.state."""
+"""Annotated dependency aliases over the long-lived objects the lifespan puts on app.state.
+
+Every dependency here is `async def`: FastAPI runs a plain `def` dependency in the threadpool
+(a thread hop per dependency per request), which for a one-line attribute read costs far more
+than the read itself.
+"""
 
 from __future__ import annotations
 
@@ -14,27 +19,27 @@ from app.providers.billing import BillingProvider
 from app.providers.identity import IdentityProvider
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def _db(request: Request) -> Database:
+async def _db(request: Request) -> Database:
     return request.app.state.db  # type: ignore[no-any-return]
 
 
-def _identity(request: Request) -> IdentityProvider:
+async def _identity(request: Request) -> IdentityProvider:
     return request.app.state.identity  # type: ignore[no-any-return]
 
 
-def _billing(request: Request) -> BillingProvider:
+async def _billing(request: Request) -> BillingProvider:
     return request.app.state.billing  # type: ignore[no-any-return]
 
 
-def _agents(request: Request) -> AgentProvider:
+async def _agents(request: Request) -> AgentProvider:
     return request.app.state.agents  # type: ignore[no-any-return]
 
 
-def _http(request: Request) -> httpx.AsyncClient:
+async def _http(request: Request) -> httpx.AsyncClient:
     return request.app.state.http  # type: ignore[no-any-return]
 
 

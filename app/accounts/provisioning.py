@@ -153,7 +153,8 @@ class Provisioner:
         return account, agent, sorted(errors)
 
 
-def _provisioner(request: Request) -> Provisioner:
+async def _provisioner(request: Request) -> Provisioner:
+    # async: a sync dependency would go through the threadpool on every request
     return request.app.state.provisioner  # type: ignore[no-any-return]
 
 

@@ -25,7 +25,8 @@ from app.errors import ValidationFailed, error_responses
 router = APIRouter(prefix="/chat", tags=["chat"])
 
 
-def _runtime(request: Request) -> ChatRuntime:
+async def _runtime(request: Request) -> ChatRuntime:
+    # async: a sync dependency would go through the threadpool on every request
     return get_runtime(request.app)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 from uuid import UUID
 
 import httpx
-from letta_client import AsyncLetta, omit
+from letta_client import AsyncLetta, Omit, omit
 
 from app.config import Settings
 from app.errors import NotFound, UpstreamError, UpstreamUnavailable
@@ -40,11 +41,12 @@ from app.providers.agents import (
     PassageNotFound,
     PassagePage,
     ResetMode,
+    UsageEvent,
 )
 from app.providers.billing import LLMRoute
 from app.providers.letta.errors import map_error, once, with_retries
 from app.providers.letta.llm_route import UserProviders, routes_to_user_key
-from app.providers.letta.stream import TurnMapper, map_turn
+from app.providers.letta.stream import LettaEventStream, TurnMapper, map_turn
 
 logger = logging.getLogger(__name__)
 # letta-client logs every request's options, JSON body included, at DEBUG: that body carries
@@ -70,11 +72,16 @@ class _AgentMeta:
     user_id: UUID | None
 
 
+def _field(obj: Any, name: str) -> Any:
+    """An attribute of a letta-client model, or a key of the same object as plain JSON."""
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
 def _user_of(agent: Any) -> UUID | None:
-    metadata = getattr(agent, "metadata", None)
+    metadata = _field(agent, "metadata")
     raw = metadata.get("user_id") if isinstance(metadata, dict) else None
     candidates = [raw] if raw else []
-    for tag in getattr(agent, "tags", None) or []:
+    for tag in _field(agent, "tags") or []:
         if isinstance(tag, str) and tag.startswith("user:"):
             candidates.append(tag.removeprefix("user:"))
     for candidate in candidates:
@@ -86,19 +93,26 @@ def _user_of(agent: Any) -> UUID | None:
 
 
 def _handle_of(agent: Any) -> str | None:
-    model = getattr(agent, "model", None)
+    model = _field(agent, "model")
     if isinstance(model, str) and model:
         return model
-    handle = getattr(getattr(agent, "llm_config", None), "handle", None)
+    handle = _field(_field(agent, "llm_config"), "handle")
     return handle if isinstance(handle, str) else None
 
 
 def _meta_of(agent: Any, fallback_model: str) -> _AgentMeta:
     handle = _handle_of(agent)
-    model = getattr(getattr(agent, "llm_config", None), "model", None)
+    model = _field(_field(agent, "llm_config"), "model")
     if not isinstance(model, str) or not model:
         model = (handle or fallback_model).split("/", 1)[-1]
     return _AgentMeta(model=model, handle=handle, user_id=_user_of(agent))
+
+
+def _with_meta(usage: UsageEvent, meta: _AgentMeta) -> UsageEvent:
+    extra = dict(usage.extra)
+    if meta.handle:
+        extra["model_handle"] = meta.handle
+    return dataclasses.replace(usage, model=meta.model, extra=extra)
 
 
 def _block(raw: Any) -> MemoryBlock:
@@ -156,6 +170,14 @@ class LettaAgents:
         )
         self._providers = UserProviders(self._client, settings)
         self._meta: dict[str, _AgentMeta] = {}
+        self._http = http
+        # The turn stream is sent by us over the shared client (see LettaEventStream), with
+        # the headers letta-client would send (auth, project, user agent).
+        self._stream_headers = {
+            k: v for k, v in self._client.default_headers.items() if not isinstance(v, Omit)
+        }
+        self._stream_headers["Accept"] = "text/event-stream"
+        self._stream_base = str(self._client.base_url).rstrip("/")
 
     # --- helpers ---
 
@@ -176,7 +198,11 @@ class LettaAgents:
     async def _agent_meta(self, agent_id: str) -> _AgentMeta:
         meta = self._meta.get(agent_id)
         if meta is None:
-            agent = await self._read(lambda: self._client.agents.retrieve(agent_id))
+            # As plain JSON (cast_to=object): the full AgentState model costs milliseconds
+            # of CPU to build, and four fields are read from it.
+            agent = await self._read(
+                lambda: self._client.get(f"/v1/agents/{agent_id}", cast_to=object)
+            )
             meta = _meta_of(agent, self._settings.letta_model)
             self._meta[agent_id] = meta
         return meta
@@ -260,15 +286,36 @@ class LettaAgents:
 
     # --- turns ---
 
+    def _fallback_meta(self) -> _AgentMeta:
+        return _AgentMeta(self._settings.letta_model.split("/", 1)[-1], None, None)
+
     async def stream_turn(
         self, agent_id: str, content: str, *, llm: LLMRoute | None = None
     ) -> AsyncIterator[AgentEvent]:
-        try:
-            meta = await self._agent_meta(agent_id)
-        except Exception:
-            # Not fatal: the stream call itself reports a missing agent or an outage.
-            meta = _AgentMeta(self._settings.letta_model.split("/", 1)[-1], None, None)
-        if llm is not None and routes_to_user_key(llm):
+        routed = llm is not None and routes_to_user_key(llm)
+        meta = self._meta.get(agent_id)
+        if meta is None and not routed:
+            # Only the usage event needs the agent's model: look it up alongside the turn
+            # instead of before it (the first turn of an agent in this process).
+            lookup = asyncio.ensure_future(self._agent_meta(agent_id))
+            try:
+                async for event in self._stream(agent_id, content, self._fallback_meta()):
+                    if isinstance(event, UsageEvent):
+                        event = _with_meta(event, await self._settled(lookup))
+                    yield event
+            finally:
+                if not lookup.done():
+                    lookup.cancel()
+                with contextlib.suppress(BaseException):
+                    await lookup
+            return
+        if meta is None:
+            try:
+                meta = await self._agent_meta(agent_id)
+            except Exception:
+                # Not fatal: the stream call itself reports a missing agent or an outage.
+                meta = self._fallback_meta()
+        if llm is not None and routed:
             if meta.user_id is None:
                 yield ErrorEvent(
                     code="agent_billing_route_unknown",
@@ -288,17 +335,39 @@ class LettaAgents:
                 return
             meta = self._meta.get(agent_id, meta)
 
-        async def open_stream() -> AsyncIterator[Any]:
-            return await self._client.agents.messages.stream(  # deprecated alias, same route
-                agent_id,
-                messages=[{"role": "user", "content": content}],
-                stream_tokens=True,
-                timeout=self._stream_timeout,
-            )
-
-        mapper = TurnMapper(model=meta.model, model_handle=meta.handle)
-        async for event in map_turn(open_stream, mapper):
+        async for event in self._stream(agent_id, content, meta):
             yield event
+
+    async def _settled(self, lookup: asyncio.Future[_AgentMeta]) -> _AgentMeta:
+        try:
+            return await lookup
+        except Exception:
+            return self._fallback_meta()
+
+    def _stream(self, agent_id: str, content: str, meta: _AgentMeta) -> AsyncIterator[AgentEvent]:
+        async def open_stream() -> AsyncIterator[Any]:
+            return await self._open_turn_stream(agent_id, content)
+
+        return map_turn(open_stream, TurnMapper(model=meta.model, model_handle=meta.handle))
+
+    async def _open_turn_stream(self, agent_id: str, content: str) -> LettaEventStream:
+        """`POST /v1/agents/{id}/messages/stream` (the body letta-client sends), answered as
+        an event stream; a non-2xx answer raises letta-client's APIStatusError for it."""
+        request = self._http.build_request(
+            "POST",
+            f"{self._stream_base}/v1/agents/{agent_id}/messages/stream",
+            json={"messages": [{"role": "user", "content": content}], "stream_tokens": True},
+            headers=self._stream_headers,
+            timeout=self._stream_timeout,
+        )
+        response = await self._http.send(request, stream=True)
+        if response.status_code >= 300:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            raise self._client._make_status_error_from_response(response)  # noqa: SLF001
+        return LettaEventStream(response, self._client)
 
     # --- state and memory ---
 

@@ -30,7 +30,10 @@ def _http_client(settings: Settings) -> httpx.AsyncClient:
         write=30.0,
         pool=10.0,
     )
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+    # Every streaming chat turn holds one connection to the agent upstream for its length, so
+    # the bound is on concurrent turns per process (the benchmark runs 1000), not on requests;
+    # the idle ones kept alive spare the next turns a TCP/TLS handshake.
+    limits = httpx.Limits(max_connections=4096, max_keepalive_connections=256)
     return httpx.AsyncClient(timeout=timeout, limits=limits)
 
 
@@ -85,6 +88,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Fails turns orphaned by a crashed process, then runs turns, event writer and leases.
     app.state.startup_hooks.append(start_chat_runtime)
     app.state.shutdown_hooks = []
+    from app.ratelimit import start_rate_limiter, stop_rate_limiter
+
+    app.state.startup_hooks.insert(0, start_rate_limiter)
+    app.state.shutdown_hooks.append(stop_rate_limiter)
 
     app.add_middleware(RequestIdMiddleware)
     # Added last = outermost: CORS headers also go on the 500s RequestIdMiddleware renders.
@@ -94,15 +101,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_credentials=True,
         allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"],
-        expose_headers=["X-Request-ID", "Content-Disposition"],
+        expose_headers=["X-Request-ID", "Content-Disposition", "Retry-After"],
     )
     install_error_handlers(app)
 
+    from app.chat.router import send_message
     from app.health.router import router as health_router
+    from app.ratelimit import per_user_limit_on
 
     app.include_router(health_router)
     for router in _api_routers():
-        app.include_router(router, prefix="/api/v1")
+        # The per-user rate limit of POST /chat/message is attached here: app/chat has none.
+        limits = per_user_limit_on(router, send_message)
+        app.include_router(router, prefix="/api/v1", dependencies=limits)
     return app
 
 

@@ -20,6 +20,7 @@ ErrorEvent. A successful turn ends with exactly one UsageEvent.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -28,6 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import httpx
 import letta_client
 
 from app.providers.agents import (
@@ -241,6 +243,100 @@ class TurnMapper:
             run_id=self.run_id,
             extra=extra,
         )
+
+
+# How long the rest of a body may take after `[DONE]` before the connection is given up.
+DRAIN_SECONDS = 2.0
+
+
+class LettaEventStream:
+    """The items of a Letta SSE response, parsed straight from the bytes as plain dicts.
+
+    Replaces letta-client's `AsyncStream` on the turn path, for two reasons measured in the
+    benchmark: it builds a pydantic model per frame (about a sixth of the CPU per event), and
+    it closes the response at `[DONE]` before the body's end, so the connection is never
+    reused and every turn pays a new TCP (in production: TLS) handshake. Here the body is read
+    to its end, and the connection goes back to the shared client's pool.
+
+    Same semantics as letta-client: frames without an event name are items (JSON), `[DONE]`
+    ends the stream, an `event: error` frame raises the client's APIStatusError carrying the
+    frame's JSON body, other named events are skipped.
+    """
+
+    def __init__(self, response: httpx.Response, client: letta_client.AsyncLetta) -> None:
+        self._response = response
+        self._client = client
+        self._done = False
+        # One iterator for the frames and the drain: httpx refuses a second one on a body.
+        self._chunks = response.aiter_bytes()
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        buffer = b""
+        async for chunk in self._chunks:
+            if b"\r" in chunk or buffer.endswith(b"\r"):
+                buffer += chunk
+                if buffer.endswith(b"\r"):  # maybe half of a CRLF: wait for the next byte
+                    continue
+                buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            else:
+                buffer += chunk
+            while True:
+                end = buffer.find(b"\n\n")
+                if end < 0:
+                    break
+                frame, buffer = buffer[:end], buffer[end + 2 :]
+                item = self._item(frame)
+                if item is not None:
+                    yield item
+                elif self._done:
+                    return
+        if buffer.strip() and not self._done:
+            item = self._item(buffer)  # a last frame without its blank line
+            if item is not None:
+                yield item
+
+    def _item(self, frame: bytes) -> Any:
+        event: bytes | None = None
+        data: list[bytes] = []
+        for line in frame.split(b"\n"):
+            if line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value.startswith(b" ") else value)
+            elif line.startswith(b"event:"):
+                event = line[6:].strip()
+        if not data:
+            return None  # a comment, or a frame with no data
+        raw = b"\n".join(data)
+        if raw.startswith(b"[DONE]"):
+            self._done = True
+            return None
+        if event == b"error":
+            text = raw.decode(errors="replace")
+            body: Any = text
+            with contextlib.suppress(ValueError):
+                body = json.loads(raw)
+            raise self._client._make_status_error(  # noqa: SLF001 - letta-client's own error
+                f"{body}" or f"Error code: {self._response.status_code}",
+                body=body,
+                response=self._response,
+            )
+        if event is not None:
+            return None
+        return json.loads(raw)
+
+    async def close(self) -> None:
+        """Read what is left of the body (normally nothing after `[DONE]`), so the connection
+        can be reused; give up on it after DRAIN_SECONDS, or at once when the stream broke."""
+        response = self._response
+        try:
+            if self._done and not response.is_closed:
+                async with asyncio.timeout(DRAIN_SECONDS):
+                    async for _ in self._chunks:
+                        pass
+        except (TimeoutError, httpx.HTTPError, httpx.StreamError):
+            pass
+        finally:
+            await response.aclose()
 
 
 def _as_dict(item: Any) -> Any:

@@ -534,5 +534,6 @@ async def test_streams_use_the_stream_read_timeout(
     )
     events = [e async for e in letta.stream_turn(RECORDED_AGENT, "Hi!")]
     assert events
-    assert got.calls[-1].request.headers["x-stainless-read-timeout"] == "3.0"
-    assert stream.calls[-1].request.headers["x-stainless-read-timeout"] == "7.5"
+    # The timeouts the transport was given (the turn stream is sent without letta-client).
+    assert got.calls[-1].request.extensions["timeout"]["read"] == 3.0
+    assert stream.calls[-1].request.extensions["timeout"]["read"] == 7.5

@@ -248,3 +248,25 @@ async def test_server_error_on_open_is_retryable(
     events = await collect(letta.stream_turn(RECORDED_AGENT, "Hi"))
     assert len(events) == 1 and isinstance(events[0], ErrorEvent)
     assert events[0].retryable is True
+
+
+async def test_turns_reuse_one_connection_to_letta() -> None:
+    """The body is read to its end after `[DONE]`, so the next turn reuses the connection
+    (letta-client's stream closed it there: a new TCP/TLS handshake per turn)."""
+    from bench.sim_letta import SimConfig, serve
+    from tests.providers.letta.conftest import make_settings
+
+    server, sim, port = await serve(SimConfig(events=3, interval=0.001))
+    try:
+        async with httpx.AsyncClient() as http:
+            letta = LettaAgents(make_settings(letta_base_url=f"http://127.0.0.1:{port}"), http)
+            for _ in range(3):
+                events = await collect(letta.stream_turn("agent-reuse", "Hi"))
+                assert [type(e) for e in events] == [DeltaEvent] * 3 + [MessageEvent, UsageEvent]
+        assert sim.stats.requests["POST /v1/agents/{id}/messages/stream"] == 3
+        assert sim.stats.requests["GET /v1/agents/{id}"] == 1  # the model, once per agent
+        # Four requests on two connections: the first turn's agent lookup runs alongside its
+        # stream; without reuse it would be four.
+        assert sim.stats.connections == 2
+    finally:
+        server.close()

@@ -97,6 +97,77 @@ async def admission_check(conn: Conn, user_id: UUID, lease_seconds: float) -> Ad
     return Admission(bool(row["locked"]), row["stale"] is not None, bool(row["stale"]))
 
 
+@dataclass(frozen=True)
+class AdmissionState:
+    """What the fast admission path reads in one round trip (no lock taken)."""
+
+    ready: bool  # profile provisioning_status = 'ready'
+    agent_id: str | None
+    streaming: bool
+    stale: bool
+
+
+async def admission_state(conn: Conn, user_id: UUID, lease_seconds: float) -> AdmissionState:
+    """The user's profile (ready, agent) and streaming turn (stale or not), one statement."""
+    row = await conn.fetchrow(
+        """
+        select p.provisioning_status = 'ready' as ready, p.agent_id,
+               (select heartbeat_at < now() - make_interval(secs => $2)
+                from turns where user_id = $1 and status = 'streaming') as stale
+        from public.profiles p where p.id = $1
+        """,
+        user_id,
+        lease_seconds,
+    )
+    if row is None:
+        return AdmissionState(False, None, False, False)
+    return AdmissionState(
+        bool(row["ready"]), row["agent_id"], row["stale"] is not None, bool(row["stale"])
+    )
+
+
+async def lock_and_insert_turn(
+    conn: Conn,
+    *,
+    turn_id: UUID,
+    user_id: UUID,
+    content: str,
+    instance_id: str,
+    created_at: datetime,
+    first_event: TurnEvent,
+) -> bool:
+    """One statement outside an explicit transaction (its own, committed when it returns):
+    take the user's turn lock and, only if it was free, insert the turn and its first event.
+    False when another admission held the lock. Raises asyncpg.UniqueViolationError when the
+    user already has a streaming turn (the partial unique index)."""
+    locked = await conn.fetchval(
+        """
+        with l as (select pg_try_advisory_xact_lock(hashtextextended($9, 0)) as locked),
+        turn as (
+            insert into turns (id, user_id, user_message, instance_id, created_at, heartbeat_at)
+            select $1, $2, $3, $4, $5, now() from l where l.locked
+            returning id, user_id
+        ),
+        ev as (
+            insert into turn_events (turn_id, seq, user_id, event, data)
+            select id, $6, user_id, $7, $8::jsonb from turn
+            returning 1
+        )
+        select l.locked and (select count(*) from ev) = 1 from l
+        """,
+        turn_id,
+        user_id,
+        content,
+        instance_id,
+        created_at,
+        first_event.seq,
+        first_event.event,
+        first_event.data,
+        f"chat-turn:{user_id}",
+    )
+    return bool(locked)
+
+
 async def insert_turn(
     conn: Conn,
     *,

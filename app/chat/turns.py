@@ -1,12 +1,18 @@
 """The chat turn use case: admit a turn, run the agent in the background, finish it once.
 
-Admission (before any agent call): the user's agent (provisioned again when needed; 409
-without one) and the budget (402, no turn row), read concurrently and reported in that order;
-then one short transaction (two statements) that takes the user's advisory lock, refuses a
-second streaming turn (409; one orphaned by a crashed process is failed instead), and inserts
-the turn with its `turn` event. It commits before the agent is called; no pooled connection is
-held while the agent streams. The turn's `created_at` is this process's clock (it is also in
-the `turn` event, sent before any database read-back).
+Admission (before any agent call): the user's agent (409 without one), the budget (402, no
+turn row), reported in that order; the user's advisory lock; a second streaming turn refused
+(409; one orphaned by a crashed process is failed instead); the turn inserted with its `turn`
+event and committed before the agent is called. No pooled connection is held while the agent
+streams. Two paths:
+- fast (budget kept in our database, profile ready, no stale turn): one pooled connection,
+  three statements: profile + streaming turn, budget, then lock + turn + first event in one
+  statement (its own transaction: the lock is held until that insert commits);
+- full (anything else): provisioning resumed if needed and the budget read concurrently, then
+  one transaction that takes the lock, fails a stale turn, and inserts the turn.
+The partial unique index (one `streaming` turn per user) backs both across instances. The
+turn's `created_at` is this process's clock (it is also in the `turn` event, sent before any
+database read-back).
 
 Usage is counted exactly once, in the transaction that closes the turn, together with the
 final events and the budget charge:
@@ -81,6 +87,75 @@ class TurnDeps:
 
 async def start_turn(deps: TurnDeps, user_id: UUID, content: str) -> TurnRun:
     """Admit a turn and start running it; the caller subscribes to the returned run."""
+    runtime = deps.runtime
+    turn_id = uuid.uuid4()
+    created_at = datetime.now(UTC)
+    first = TurnEvent(1, "turn", turn_data(turn_id, created_at.isoformat()))
+    admitted = await _admit_fast(deps, user_id, turn_id, content, created_at, first)
+    if admitted is not None:
+        agent_id, llm = admitted, None
+    else:
+        agent_id, llm = await _admit(deps, user_id, turn_id, content, created_at, first)
+
+    run = TurnRun(turn_id, user_id)
+    run.publish(first)
+    task = asyncio.create_task(
+        _run_turn(deps, run, agent_id, content, llm), name=f"turn-{turn_id}"
+    )
+    runtime.register(run, task)
+    return run
+
+
+async def _admit_fast(
+    deps: TurnDeps,
+    user_id: UUID,
+    turn_id: UUID,
+    content: str,
+    created_at: datetime,
+    first: TurnEvent,
+) -> str | None:
+    """The common case on one pooled connection, three statements, no explicit transaction:
+    profile `ready` with an agent and no stale turn (one read), the budget (402), then the
+    lock and the turn with its first event (one statement, committed on return). Only with a
+    billing provider whose budget lives in our database (`check_on`). Returns the agent id, or
+    None when the full path must decide (not provisioned, a stale turn to fail, ...)."""
+    check_on = getattr(deps.billing, "check_on", None)
+    if check_on is None or deps.settings.billing_provider == "litellm":
+        return None
+    runtime = deps.runtime
+    async with runtime.db.acquire() as conn:
+        state = await repo.admission_state(conn, user_id, runtime.lease_seconds)
+        if not state.ready or not state.agent_id or state.stale:
+            return None
+        if state.streaming:
+            raise TurnInProgress()
+        await check_on(conn, user_id)
+        try:
+            locked = await repo.lock_and_insert_turn(
+                conn,
+                turn_id=turn_id,
+                user_id=user_id,
+                content=content,
+                instance_id=runtime.instance_id,
+                created_at=created_at,
+                first_event=first,
+            )
+        except asyncpg.UniqueViolationError as exc:  # admitted meanwhile (here or elsewhere)
+            raise TurnInProgress() from exc
+    if not locked:
+        raise TurnInProgress()
+    return state.agent_id
+
+
+async def _admit(
+    deps: TurnDeps,
+    user_id: UUID,
+    turn_id: UUID,
+    content: str,
+    created_at: datetime,
+    first: TurnEvent,
+) -> tuple[str, LLMRoute | None]:
+    """The full path: provisioning resumed if needed, any billing provider, stale turns."""
     # Independent reads, run together to keep the time to the first event short; reported
     # in contract order (no agent: 409 before over budget: 402).
     provisioned, budget = await asyncio.gather(
@@ -97,9 +172,6 @@ async def start_turn(deps: TurnDeps, user_id: UUID, content: str) -> TurnRun:
         llm = await deps.billing.llm_route(user_id)
 
     runtime = deps.runtime
-    turn_id = uuid.uuid4()
-    created_at = datetime.now(UTC)
-    first = TurnEvent(1, "turn", turn_data(turn_id, created_at.isoformat()))
     try:
         async with runtime.db.transaction() as conn:
             admission = await repo.admission_check(conn, user_id, runtime.lease_seconds)
@@ -123,14 +195,7 @@ async def start_turn(deps: TurnDeps, user_id: UUID, content: str) -> TurnRun:
             )
     except asyncpg.UniqueViolationError as exc:  # another instance admitted one meanwhile
         raise TurnInProgress() from exc
-
-    run = TurnRun(turn_id, user_id)
-    run.publish(first)
-    task = asyncio.create_task(
-        _run_turn(deps, run, provisioned.agent_id, content, llm), name=f"turn-{turn_id}"
-    )
-    runtime.register(run, task)
-    return run
+    return provisioned.agent_id, llm
 
 
 @dataclass
@@ -213,7 +278,8 @@ def _reported_cost(extra: dict[str, Any]) -> float | None:
 async def _finish(deps: TurnDeps, run: TurnRun, content: str, outcome: _Outcome) -> None:
     usage = _usage_to_count(deps.settings, content, outcome)
     budget: Budget | None = None
-    if outcome.error is None:
+    # A provider that answers the budget from its charge needs no read before the final tx.
+    if outcome.error is None and not hasattr(deps.billing, "record_with_budget"):
         try:
             budget = await deps.billing.get_budget(run.user_id)
         except Exception:  # the remaining budget is informative; never fail a turn for it
@@ -254,8 +320,16 @@ async def _store_final(
     try:
         async with runtime.db.transaction() as conn:
             cost = 0.0
-            if usage is not None:
+            remaining: float | None = None
+            record_with_budget = getattr(deps.billing, "record_with_budget", None)
+            if usage is not None and record_with_budget is not None:
+                cost, after = await record_with_budget(conn, run.user_id, usage)
+                remaining = after.remaining
+            elif usage is not None:
                 cost = await deps.billing.record(conn, run.user_id, usage)
+                if budget is not None:
+                    remaining = max(0.0, round(budget.remaining - cost, 10))
+            if usage is not None:
                 await add_usage(
                     conn,
                     run.user_id,
@@ -267,9 +341,6 @@ async def _store_final(
                     cost=cost,
                 )
             if outcome.error is None:
-                remaining = (
-                    max(0.0, round(budget.remaining - cost, 10)) if budget is not None else None
-                )
                 assert usage is not None
                 terminal = [
                     run.make("usage", {

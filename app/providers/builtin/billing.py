@@ -339,7 +339,13 @@ class BuiltinBilling:
             return self._budget(row)
 
     async def check(self, user_id: UUID) -> Budget:
-        budget = await self.get_budget(user_id)
+        async with self._db.acquire() as conn:
+            return await self.check_on(conn, user_id)
+
+    async def check_on(self, conn: Conn, user_id: UUID) -> Budget:
+        """`check` on the caller's connection: chat admission reads profile, budget and turn
+        state on one pooled connection (one acquisition instead of three)."""
+        budget = self._budget(await self._current_row(conn, user_id))
         if budget.remaining <= 0:
             raise BudgetExceeded(
                 "your LLM budget for this period is used up",
@@ -365,10 +371,19 @@ class BuiltinBilling:
     async def record(self, conn: Conn, user_id: UUID, usage: TokenUsage) -> float:
         """Charge in the caller's transaction: the row lock is held until it commits, which
         serializes charges for one user without ever losing one."""
+        cost, _ = await self.record_with_budget(conn, user_id, usage)
+        return cost
+
+    async def record_with_budget(
+        self, conn: Conn, user_id: UUID, usage: TokenUsage
+    ) -> tuple[float, Budget]:
+        """`record`, also answering the budget as the charge left it (from the UPDATE's
+        RETURNING): a finished chat turn reports its remaining budget without another read."""
         cost = self.cost_of(usage)
         await self._current_row(conn, user_id)
-        await _charge(conn, user_id, cost)
-        return cost
+        row = await _charge(conn, user_id, cost)
+        assert row is not None  # _current_row made sure the row exists
+        return cost, self._budget(row)
 
     async def daily_activity(self, user_id: UUID, start: Any, end: Any) -> list[DailySpend] | None:
         return None  # our own usage_daily rows are the only record

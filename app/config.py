@@ -130,8 +130,11 @@ class Settings(BaseSettings):
     chat_turn_lease_seconds: float = 30.0
     chat_event_flush_seconds: float = 0.1  # streamed events are stored in batches this often
     chat_shutdown_grace_seconds: float = 10.0  # running turns may finish before shutdown
-    rate_limit: str = "120/minute"
-    redis_url: str | None = None
+
+    # --- rate limits (`limits` syntax: 120/minute, 10/second; app/ratelimit.py) ---
+    rate_limit: str = "120/minute"  # per user on POST /chat/message and /llm/chat/completions
+    auth_rate_limit: str = "20/minute"  # per IP on register/login/refresh; per email on login
+    redis_url: str | None = None  # shared counts for several instances; unset: in memory
 
     @property
     def is_production(self) -> bool:

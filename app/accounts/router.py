@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Depends, Request, Response, status
 
 from app.accounts import service
 from app.accounts.provisioning import ProvisionerDep
@@ -20,6 +20,7 @@ from app.accounts.schemas import (
 from app.auth.deps import CurrentUser
 from app.deps import DbDep, IdentityDep
 from app.errors import error_responses
+from app.ratelimit import RATE_LIMITED_RESPONSE, enforce_login_email_limit, ip_rate_limit
 
 router = APIRouter()
 
@@ -29,7 +30,8 @@ router = APIRouter()
     status_code=status.HTTP_201_CREATED,
     response_model=AuthResponse,
     tags=["auth"],
-    responses=error_responses(409, 422, 502, 503),
+    responses={**error_responses(409, 422, 502, 503), **RATE_LIMITED_RESPONSE},
+    dependencies=[Depends(ip_rate_limit("register"))],
     summary="Create an account, its budget and its agent",
 )
 async def register(
@@ -42,11 +44,17 @@ async def register(
     "/auth/login",
     response_model=AuthResponse,
     tags=["auth"],
-    responses=error_responses(401, 422, 502, 503),
+    responses={**error_responses(401, 422, 502, 503), **RATE_LIMITED_RESPONSE},
+    dependencies=[Depends(ip_rate_limit("login"))],
 )
 async def login(
-    body: LoginRequest, identity: IdentityDep, db: DbDep, provisioner: ProvisionerDep
+    request: Request,
+    body: LoginRequest,
+    identity: IdentityDep,
+    db: DbDep,
+    provisioner: ProvisionerDep,
 ) -> AuthResponse:
+    await enforce_login_email_limit(request, body.email)
     return await service.login(body, identity, db, provisioner)
 
 
@@ -54,7 +62,8 @@ async def login(
     "/auth/refresh",
     response_model=TokenResponse,
     tags=["auth"],
-    responses=error_responses(401, 422, 502, 503),
+    responses={**error_responses(401, 422, 502, 503), **RATE_LIMITED_RESPONSE},
+    dependencies=[Depends(ip_rate_limit("refresh"))],
     summary="Exchange a refresh token for a new pair (the old one stops working)",
 )
 async def refresh(body: RefreshRequest, identity: IdentityDep, db: DbDep) -> TokenResponse:

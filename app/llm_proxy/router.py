@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.auth.deps import CurrentUser
@@ -12,6 +12,7 @@ from app.deps import BillingDep, DbDep, SettingsDep
 from app.errors import error_responses
 from app.llm_proxy.schemas import ChatCompletionRequest
 from app.llm_proxy.service import LLMProxy
+from app.ratelimit import RATE_LIMITED_RESPONSE, user_rate_limit
 
 router = APIRouter(prefix="/llm", tags=["llm"])
 
@@ -22,6 +23,7 @@ _ANSWERS: dict[int | str, dict[str, Any]] = {
         "content": {"application/json": {}, "text/event-stream": {}},
     },
     **error_responses(402, 422, 502, 503),
+    **RATE_LIMITED_RESPONSE,
 }
 
 
@@ -30,6 +32,7 @@ _ANSWERS: dict[int | str, dict[str, Any]] = {
     summary="OpenAI-compatible chat completions, billed to the caller's budget",
     responses=_ANSWERS,
     response_model=None,
+    dependencies=[Depends(user_rate_limit)],
 )
 async def chat_completions(
     request_body: ChatCompletionRequest,

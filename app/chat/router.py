@@ -9,7 +9,6 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
-from sse_starlette import EventSourceResponse
 
 from app.accounts.provisioning import ProvisionerDep
 from app.auth.deps import CurrentUser
@@ -17,6 +16,7 @@ from app.chat import history as history_service
 from app.chat.events import TurnEvent
 from app.chat.runtime import ChatRuntime, get_runtime
 from app.chat.schemas import SSE_RESPONSE, ExportFormat, HistoryPage, MessageIn, SearchResults
+from app.chat.sse import TurnEventStream
 from app.chat.stream import follow_run, open_turn_events
 from app.chat.turns import TurnDeps, start_turn
 from app.deps import AgentsDep, BillingDep, DbDep, SettingsDep
@@ -33,20 +33,16 @@ async def _runtime(request: Request) -> ChatRuntime:
 RuntimeDep = Annotated[ChatRuntime, Depends(_runtime)]
 
 
-def _sse(events: AsyncIterator[TurnEvent], ping_seconds: float) -> EventSourceResponse:
-    async def body() -> AsyncIterator[bytes]:
-        async for event in events:
-            yield event.encode()
-
+def _sse(events: AsyncIterator[TurnEvent], ping_seconds: float) -> TurnEventStream:
     # The stream ends at `done`/`error`; a client that goes away only stops this response,
     # never the turn (it runs in the chat runtime).
-    return EventSourceResponse(body(), ping=ping_seconds, sep="\n")
+    return TurnEventStream(events, ping_seconds=ping_seconds)
 
 
 @router.post(
     "/message",
     summary="Send a message; the reply streams as server-sent events",
-    response_class=EventSourceResponse,
+    response_class=TurnEventStream,
     responses={**SSE_RESPONSE, **error_responses(402, 404, 409, 422, 502, 503)},
 )
 async def send_message(
@@ -57,7 +53,7 @@ async def send_message(
     agents: AgentsDep,
     billing: BillingDep,
     provisioner: ProvisionerDep,
-) -> EventSourceResponse:
+) -> TurnEventStream:
     deps = TurnDeps(settings, runtime, agents, billing, provisioner)
     run = await start_turn(deps, user.sub, body.content)
     return _sse(follow_run(run, 0), settings.sse_ping_seconds)
@@ -78,7 +74,7 @@ def _last_event_id(value: str | None) -> int:
 @router.get(
     "/turns/{turn_id}/events",
     summary="The rest of a turn's stream: stored events after Last-Event-ID, then live",
-    response_class=EventSourceResponse,
+    response_class=TurnEventStream,
     responses={**SSE_RESPONSE, **error_responses(404, 422)},
 )
 async def turn_events(
@@ -87,7 +83,7 @@ async def turn_events(
     settings: SettingsDep,
     runtime: RuntimeDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-) -> EventSourceResponse:
+) -> TurnEventStream:
     events = await open_turn_events(runtime, user.sub, turn_id, _last_event_id(last_event_id))
     return _sse(events, settings.sse_ping_seconds)
 

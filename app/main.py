@@ -15,6 +15,7 @@ from app.config import Settings, get_settings
 from app.database_server import resolve_database
 from app.db import Database, apply_migrations
 from app.errors import COMMON_ERROR_RESPONSES, install_error_handlers
+from app.http_transport import ShardedTransport
 from app.logging_setup import configure_logging
 from app.middleware import RequestIdMiddleware
 from app.providers.builtin.llm import aclose_clients as aclose_llm_clients
@@ -32,9 +33,10 @@ def _http_client(settings: Settings) -> httpx.AsyncClient:
     )
     # Every streaming chat turn holds one connection to the agent upstream for its length, so
     # the bound is on concurrent turns per process (the benchmark runs 1000), not on requests;
-    # the idle ones kept alive spare the next turns a TCP/TLS handshake.
-    limits = httpx.Limits(max_connections=4096, max_keepalive_connections=256)
-    return httpx.AsyncClient(timeout=timeout, limits=limits)
+    # the idle ones kept alive spare the next turns a TCP/TLS handshake. Small pools: see
+    # app/http_transport.py (one big httpcore pool costs O(connections) per request).
+    limits = httpx.Limits(max_connections=4096)  # keep-alive: per pool, see ShardedTransport
+    return httpx.AsyncClient(timeout=timeout, transport=ShardedTransport(limits=limits))
 
 
 @asynccontextmanager

@@ -181,7 +181,8 @@ def build_limiter(settings: Settings, *, key_prefix: str | None = None) -> Limit
         implementation="redispy",
         wrap_exceptions=True,
         key_prefix=key_prefix or f"{settings.app_name}:ratelimit",
-        connection_pool=pool,
+        # limits types its options as scalars, but its redis-py bridge takes a pool as is.
+        connection_pool=pool,  # type: ignore[arg-type]
     )
     return Limiter(
         redis_storage,

@@ -173,10 +173,10 @@ class LettaAgents:
         self._http = http
         # The turn stream is sent by us over the shared client (see LettaEventStream), with
         # the headers letta-client would send (auth, project, user agent).
-        self._stream_headers = {
+        self._json_headers = {
             k: v for k, v in self._client.default_headers.items() if not isinstance(v, Omit)
         }
-        self._stream_headers["Accept"] = "text/event-stream"
+        self._stream_headers = {**self._json_headers, "Accept": "text/event-stream"}
         self._stream_base = str(self._client.base_url).rstrip("/")
 
     # --- helpers ---
@@ -198,11 +198,9 @@ class LettaAgents:
     async def _agent_meta(self, agent_id: str) -> _AgentMeta:
         meta = self._meta.get(agent_id)
         if meta is None:
-            # As plain JSON (cast_to=object): the full AgentState model costs milliseconds
-            # of CPU to build, and four fields are read from it.
-            agent = await self._read(
-                lambda: self._client.get(f"/v1/agents/{agent_id}", cast_to=object)
-            )
+            # As plain JSON over the shared client: letta-client's request machinery and the
+            # full AgentState model cost over a millisecond of CPU, for four fields.
+            agent = await self._read(lambda: self._get_json(f"/v1/agents/{agent_id}"))
             meta = _meta_of(agent, self._settings.letta_model)
             self._meta[agent_id] = meta
         return meta
@@ -349,6 +347,15 @@ class LettaAgents:
             return await self._open_turn_stream(agent_id, content)
 
         return map_turn(open_stream, TurnMapper(model=meta.model, model_handle=meta.handle))
+
+    async def _get_json(self, path: str) -> Any:
+        """A GET answered with JSON; a non-2xx answer raises letta-client's status error."""
+        response = await self._http.get(
+            f"{self._stream_base}{path}", headers=self._json_headers, timeout=self._timeout
+        )
+        if response.status_code >= 300:
+            raise self._client._make_status_error_from_response(response)  # noqa: SLF001
+        return response.json()
 
     async def _open_turn_stream(self, agent_id: str, content: str) -> LettaEventStream:
         """`POST /v1/agents/{id}/messages/stream` (the body letta-client sends), answered as

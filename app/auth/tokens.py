@@ -9,7 +9,9 @@ with `alg: none` never verifies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -69,14 +71,18 @@ class JwksCache:
         async with self._lock:
             since = time.monotonic() - self._fetched_at
             if self._stale() or (kid not in self._keys and since > self._min_refetch_interval):
-                try:
+                # On failure keep the keys we had; an unknown kid stays unknown.
+                with contextlib.suppress(httpx.HTTPError, ValueError):
                     await self._fetch()
-                except (httpx.HTTPError, ValueError):
-                    pass  # keep the keys we had; an unknown kid stays unknown
         return self._keys.get(kid)
 
 
 class TokenVerifier:
+    """Verifies access tokens. A verified token is remembered for a short while (bounded LRU
+    keyed by the token string, never past its `exp`): a client sends the same token on every
+    request, and each signature check and claims validation is CPU on the request path.
+    Only successes are cached, so a bad token is checked every time."""
+
     def __init__(
         self,
         *,
@@ -85,14 +91,37 @@ class TokenVerifier:
         hs_secrets: list[str],
         jwks: JwksCache | None = None,
         leeway_seconds: int = 0,
+        cache_size: int = 4096,
+        cache_seconds: float = 60.0,
     ) -> None:
         self.issuer = issuer
         self.audience = audience
         self._hs_secrets = [s for s in hs_secrets if s]
         self._jwks = jwks
         self._leeway = leeway_seconds
+        self._cache: OrderedDict[str, tuple[float, TokenClaims]] = OrderedDict()
+        self._cache_size = cache_size
+        self._cache_seconds = cache_seconds
 
     async def verify(self, token: str) -> TokenClaims:
+        cache = self._cache
+        hit = cache.get(token)
+        now = time.time()
+        if hit is not None:
+            if now < hit[0]:
+                cache.move_to_end(token)
+                return hit[1]
+            del cache[token]
+        claims = await self._verify(token)
+        if self._cache_size > 0 and self._cache_seconds > 0:
+            exp = claims.raw.get("exp")
+            if isinstance(exp, int | float):
+                cache[token] = (min(now + self._cache_seconds, float(exp) + self._leeway), claims)
+                if len(cache) > self._cache_size:
+                    cache.popitem(last=False)
+        return claims
+
+    async def _verify(self, token: str) -> TokenClaims:
         try:
             header = jwt.get_unverified_header(token)
         except JWTError as exc:

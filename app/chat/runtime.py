@@ -87,30 +87,35 @@ class EventWriter:
 
     def __init__(self, db: Database) -> None:
         self._db = db
-        self._pending: list[repo.EventRow] = []
+        # Per turn, so a finishing turn takes its own rows without scanning everyone's.
+        self._pending: dict[UUID, list[repo.EventRow]] = {}
         self._lock = asyncio.Lock()
 
     def add(self, turn_id: UUID, user_id: UUID, event: TurnEvent) -> None:
-        self._pending.append(repo.EventRow(turn_id, user_id, event))
+        rows = self._pending.get(turn_id)
+        if rows is None:
+            rows = self._pending[turn_id] = []
+        rows.append(repo.EventRow(turn_id, user_id, event))
 
     async def flush(self) -> None:
         async with self._lock:
-            batch, self._pending = self._pending, []
-            if not batch:
+            taken, self._pending = self._pending, {}
+            if not taken:
                 return
+            batch = [row for rows in taken.values() for row in rows]
             try:
                 async with self._db.transaction() as conn:
                     await repo.insert_events(conn, batch)
             except BaseException:
-                self._pending[:0] = batch  # kept for the next flush or the turn's final write
+                # Kept for the next flush or the turn's final write, in order.
+                for turn_id, rows in taken.items():
+                    rows.extend(self._pending.get(turn_id, ()))
+                    self._pending[turn_id] = rows
                 raise
 
     async def take(self, turn_id: UUID) -> list[repo.EventRow]:
         async with self._lock:
-            mine = [r for r in self._pending if r.turn_id == turn_id]
-            if mine:
-                self._pending = [r for r in self._pending if r.turn_id != turn_id]
-            return mine
+            return self._pending.pop(turn_id, [])
 
 
 class ChatRuntime:

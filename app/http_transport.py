@@ -52,8 +52,8 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         self,
         *,
         limits: httpx.Limits,
-        shards: int = 32,
-        target: int = 32,
+        shards: int = 128,
+        target: int = 16,
         **transport_options: Any,
     ) -> None:
         total = limits.max_connections

@@ -127,15 +127,23 @@ class TokenVerifier:
         except JWTError as exc:
             raise Unauthorized("malformed token") from exc
         alg = header.get("alg")
-        options = {"leeway": self._leeway, "require_exp": True, "require_iat": True,
-                   "require_sub": True}
+        options = {
+            "leeway": self._leeway,
+            "require_exp": True,
+            "require_iat": True,
+            "require_sub": True,
+        }
         claims: dict[str, Any] | None = None
         if alg == "HS256" and self._hs_secrets:
             for secret in self._hs_secrets:
                 try:
                     claims = jwt.decode(
-                        token, secret, algorithms=["HS256"], audience=self.audience,
-                        issuer=self.issuer, options=options,
+                        token,
+                        secret,
+                        algorithms=["HS256"],
+                        audience=self.audience,
+                        issuer=self.issuer,
+                        options=options,
                     )
                     break
                 except jwt.ExpiredSignatureError as exc:
@@ -149,7 +157,11 @@ class TokenVerifier:
                 raise Unauthorized("unknown signing key")
             try:
                 claims = jwt.decode(
-                    token, key, algorithms=[alg], audience=self.audience, issuer=self.issuer,
+                    token,
+                    key,
+                    algorithms=[alg],
+                    audience=self.audience,
+                    issuer=self.issuer,
                     options=options,
                 )
             except jwt.ExpiredSignatureError as exc:

@@ -396,4 +396,3 @@ async def export_turns(conn: Conn, user_id: UUID, *, batch: int = 200) -> AsyncI
     )
     async for row in cursor:
         yield TurnRow.from_record(row)
-

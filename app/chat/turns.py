@@ -99,9 +99,7 @@ async def start_turn(deps: TurnDeps, user_id: UUID, content: str) -> TurnRun:
 
     run = TurnRun(turn_id, user_id)
     run.publish(first)
-    task = asyncio.create_task(
-        _run_turn(deps, run, agent_id, content, llm), name=f"turn-{turn_id}"
-    )
+    task = asyncio.create_task(_run_turn(deps, run, agent_id, content, llm), name=f"turn-{turn_id}")
     runtime.register(run, task)
     return run
 
@@ -249,9 +247,7 @@ async def _run_turn(
         raise asyncio.CancelledError()
 
 
-def _usage_to_count(
-    settings: Settings, content: str, outcome: _Outcome
-) -> TokenUsage | None:
+def _usage_to_count(settings: Settings, content: str, outcome: _Outcome) -> TokenUsage | None:
     if outcome.usage is not None:
         u = outcome.usage
         return TokenUsage(
@@ -293,14 +289,16 @@ async def _finish(deps: TurnDeps, run: TurnRun, content: str, outcome: _Outcome)
             terminal = [run.make("error", error_data("interrupted", "the turn was lost", True))]
             break
         except Exception:
-            logger.exception("storing the end of turn %s failed (attempt %d)", run.turn_id,
-                             attempt + 1)
+            logger.exception(
+                "storing the end of turn %s failed (attempt %d)", run.turn_id, attempt + 1
+            )
             await asyncio.sleep(0.2 * (attempt + 1))
     else:
         # The turn stays `streaming` in the database; its lease runs out and the crash sweep
         # marks it interrupted. Live subscribers are told now.
-        terminal = [run.make("error", error_data("internal_error", "the reply was not saved",
-                                                  True))]
+        terminal = [
+            run.make("error", error_data("internal_error", "the reply was not saved", True))
+        ]
     for event in terminal:
         run.publish(event)
 
@@ -343,17 +341,21 @@ async def _store_final(
             if outcome.error is None:
                 assert usage is not None
                 terminal = [
-                    run.make("usage", {
-                        "model": usage.model,
-                        "prompt_tokens": usage.prompt_tokens,
-                        "completion_tokens": usage.completion_tokens,
-                        "total_tokens": usage.total_tokens,
-                        "cost": cost,
-                        "estimated": usage.estimated,
-                        "remaining_budget": remaining,
-                    }),
-                    run.make("done", {"turn_id": str(run.turn_id), "status": "completed"},
-                             offset=1),
+                    run.make(
+                        "usage",
+                        {
+                            "model": usage.model,
+                            "prompt_tokens": usage.prompt_tokens,
+                            "completion_tokens": usage.completion_tokens,
+                            "total_tokens": usage.total_tokens,
+                            "cost": cost,
+                            "estimated": usage.estimated,
+                            "remaining_budget": remaining,
+                        },
+                    ),
+                    run.make(
+                        "done", {"turn_id": str(run.turn_id), "status": "completed"}, offset=1
+                    ),
                 ]
             else:
                 err = outcome.error

@@ -343,7 +343,7 @@ class LettaAgents:
             return self._fallback_meta()
 
     def _stream(self, agent_id: str, content: str, meta: _AgentMeta) -> AsyncIterator[AgentEvent]:
-        async def open_stream() -> AsyncIterator[Any]:
+        async def open_stream() -> LettaEventStream:
             return await self._open_turn_stream(agent_id, content)
 
         return map_turn(open_stream, TurnMapper(model=meta.model, model_handle=meta.handle))

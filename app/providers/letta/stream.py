@@ -25,7 +25,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -353,7 +353,7 @@ def _failure_event(exc: BaseException) -> ErrorEvent:
 
 
 async def map_turn(
-    open_stream: Callable[[], Awaitable[AsyncIterator[Any]]],
+    open_stream: Callable[[], Awaitable[AsyncIterable[Any]]],
     mapper: TurnMapper,
 ) -> AsyncIterator[AgentEvent]:
     """Open the stream and yield port events; never raises (but lets cancellation through)."""

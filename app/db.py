@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
 logger = logging.getLogger(__name__)
 
-Conn = asyncpg.Connection
+Conn: TypeAlias = asyncpg.Connection
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "supabase" / "migrations"
 _MIGRATION_NAME = re.compile(r"^(\d{14})_([a-z0-9_]+)\.sql$")
 # Any fixed 64-bit number: serializes migration runs of several app instances.

@@ -86,7 +86,9 @@ class BillingProvider(Protocol):
         """Charge a finished call inside the caller's transaction. Returns its cost."""
         ...
 
-    async def daily_activity(self, user_id: UUID, start: date, end: date) -> list[DailySpend] | None:
+    async def daily_activity(
+        self, user_id: UUID, start: date, end: date
+    ) -> list[DailySpend] | None:
         """The provider's own per-day spend, when it keeps one (LiteLLM); None otherwise."""
         ...
 

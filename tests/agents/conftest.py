@@ -3,7 +3,6 @@ created directly in the database (auth user + profile + agent) with minted acces
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -12,11 +11,11 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from jose import jwt
 
 from app.config import Settings
 from app.main import create_app
 from tests.support.scripted_llm import ScriptedLLM
+from tests.support.users import mint_token
 
 
 @dataclass(frozen=True)
@@ -28,21 +27,6 @@ class Account:
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
-
-
-def mint_token(settings: Settings, user_id: uuid.UUID, email: str) -> str:
-    now = int(time.time())
-    claims = {
-        "sub": str(user_id),
-        "email": email,
-        "role": "authenticated",
-        "aud": settings.jwt_audience,
-        "iss": settings.jwt_issuer,
-        "iat": now,
-        "exp": now + 600,
-        "session_id": str(uuid.uuid4()),
-    }
-    return jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256")
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ from fastapi import FastAPI
 from app.config import Settings
 from app.errors import UpstreamUnavailable
 from app.main import create_app
-from tests.agents.conftest import Account, MakeAccount, mint_token
+from tests.agents.conftest import Account, MakeAccount
 from tests.support.scripted_llm import ScriptedLLM, Text
+from tests.support.users import mint_token
 
 
 def _error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:

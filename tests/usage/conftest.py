@@ -3,17 +3,15 @@ minted with the same claims the built-in identity issues (until /auth/register i
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 import pytest
-from jose import jwt
 
 from app.config import Settings
+from tests.support.users import mint_token
 
 
 @dataclass(frozen=True)
@@ -38,23 +36,6 @@ async def insert_user(pool: asyncpg.Pool, email: str | None = None) -> tuple[uui
             email,
         )
     return user_id, email
-
-
-def mint_token(
-    settings: Settings, user_id: uuid.UUID, email: str, *, admin: bool = False
-) -> str:
-    now = int(time.time())
-    claims: dict[str, Any] = {
-        "sub": str(user_id),
-        "email": email,
-        "role": "authenticated",
-        "aud": settings.jwt_audience,
-        "iss": settings.jwt_issuer,
-        "iat": now,
-        "exp": now + 600,
-        "app_metadata": {"role": "admin"} if admin else {},
-    }
-    return str(jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256"))
 
 
 MakeUser = Callable[..., Awaitable[LoggedInUser]]

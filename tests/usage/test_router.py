@@ -19,7 +19,8 @@ from app.config import Settings
 from app.main import create_app
 from app.providers.billing import TokenUsage
 from app.usage.repository import add_usage
-from tests.usage.conftest import LoggedInUser, MakeUser, insert_user, mint_token
+from tests.support.users import mint_token
+from tests.usage.conftest import LoggedInUser, MakeUser, insert_user
 
 USAGE = "/api/v1/user/usage"
 BUDGET = "/api/v1/user/budget"
@@ -29,11 +30,20 @@ def today() -> date:
     return datetime.now(UTC).date()
 
 
-async def add(pool: asyncpg.Pool, user_id: UUID, day: date, messages: int, tokens: int,
-              cost: float) -> None:
+async def add(
+    pool: asyncpg.Pool, user_id: UUID, day: date, messages: int, tokens: int, cost: float
+) -> None:
     async with pool.acquire() as conn, conn.transaction():
-        await add_usage(conn, user_id, day, messages=messages, prompt_tokens=tokens,
-                        completion_tokens=tokens * 2, total_tokens=tokens * 3, cost=cost)
+        await add_usage(
+            conn,
+            user_id,
+            day,
+            messages=messages,
+            prompt_tokens=tokens,
+            completion_tokens=tokens * 2,
+            total_tokens=tokens * 3,
+            cost=cost,
+        )
 
 
 def assert_envelope(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
@@ -55,7 +65,8 @@ async def test_usage_needs_a_token(client: httpx.AsyncClient) -> None:
 
 
 async def test_usage_defaults_to_the_last_30_utc_days_zero_filled(
-    client: httpx.AsyncClient, make_user: MakeUser,
+    client: httpx.AsyncClient,
+    make_user: MakeUser,
 ) -> None:
     user = await make_user()
     response = await client.get(USAGE, headers=user.headers)
@@ -65,17 +76,25 @@ async def test_usage_defaults_to_the_last_30_utc_days_zero_filled(
     assert body["start"] == (today() - timedelta(days=29)).isoformat()
     assert len(body["days"]) == 30
     assert [d["date"] for d in body["days"]] == [
-        (today() - timedelta(days=29 - i)).isoformat() for i in range(30)]
+        (today() - timedelta(days=29 - i)).isoformat() for i in range(30)
+    ]
     assert all(d["messages"] == 0 and d["cost"] == 0 for d in body["days"])
-    assert body["totals"] == {"messages": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                              "total_tokens": 0, "cost": 0.0}
+    assert body["totals"] == {
+        "messages": 0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "total_tokens": 0,
+        "cost": 0.0,
+    }
     assert body["billing_provider"] == "builtin"
     assert body["provider_days"] is None
     assert body["budget"]["max_budget"] == 10.0 and body["budget"]["currency"] == "USD"
 
 
 async def test_usage_totals_are_the_sum_of_the_days_and_only_the_callers(
-    client: httpx.AsyncClient, make_user: MakeUser, db_pool: asyncpg.Pool,
+    client: httpx.AsyncClient,
+    make_user: MakeUser,
+    db_pool: asyncpg.Pool,
 ) -> None:
     alice, bob = await make_user(), await make_user()
     start = date(2026, 10, 1)
@@ -87,17 +106,22 @@ async def test_usage_totals_are_the_sum_of_the_days_and_only_the_callers(
     await add(db_pool, bob.id, date(2026, 10, 2), 50, 5000, 3.0)  # another user
     await add(db_pool, bob.id, date(2026, 10, 3), 50, 5000, 3.0)
 
-    response = await client.get(USAGE, params={"start": "2026-10-01", "end": "2026-10-07"},
-                                headers=alice.headers)
+    response = await client.get(
+        USAGE, params={"start": "2026-10-01", "end": "2026-10-07"}, headers=alice.headers
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     days = body["days"]
-    assert [d["date"] for d in days] == [
-        (start + timedelta(days=i)).isoformat() for i in range(7)]
+    assert [d["date"] for d in days] == [(start + timedelta(days=i)).isoformat() for i in range(7)]
     by_date = {d["date"]: d for d in days}
     assert by_date["2026-10-02"] == {
-        "date": "2026-10-02", "messages": 3, "prompt_tokens": 110, "completion_tokens": 220,
-        "total_tokens": 330, "cost": pytest.approx(0.3)}
+        "date": "2026-10-02",
+        "messages": 3,
+        "prompt_tokens": 110,
+        "completion_tokens": 220,
+        "total_tokens": 330,
+        "cost": pytest.approx(0.3),
+    }
     assert by_date["2026-10-03"]["messages"] == 0  # bob's day is not alice's
     assert by_date["2026-10-05"]["messages"] == 4
     zero_days = [d for d in days if d["date"] not in ("2026-10-02", "2026-10-05")]
@@ -109,8 +133,11 @@ async def test_usage_totals_are_the_sum_of_the_days_and_only_the_callers(
     assert totals["cost"] == pytest.approx(sum(d["cost"] for d in days))
     assert totals["messages"] == 7 and totals["cost"] == pytest.approx(0.4)
 
-    bob_body = (await client.get(USAGE, params={"start": "2026-10-01", "end": "2026-10-07"},
-                                 headers=bob.headers)).json()
+    bob_body = (
+        await client.get(
+            USAGE, params={"start": "2026-10-01", "end": "2026-10-07"}, headers=bob.headers
+        )
+    ).json()
     assert bob_body["totals"]["messages"] == 100
 
 
@@ -126,7 +153,10 @@ async def test_usage_totals_are_the_sum_of_the_days_and_only_the_callers(
     ],
 )
 async def test_usage_range_validation(
-    client: httpx.AsyncClient, make_user: MakeUser, params: dict[str, str], status: int,
+    client: httpx.AsyncClient,
+    make_user: MakeUser,
+    params: dict[str, str],
+    status: int,
 ) -> None:
     user = await make_user()
     response = await client.get(USAGE, params=params, headers=user.headers)
@@ -140,7 +170,8 @@ async def test_usage_range_validation(
 
 
 async def test_usage_with_only_start_covers_30_days_from_it(
-    client: httpx.AsyncClient, make_user: MakeUser,
+    client: httpx.AsyncClient,
+    make_user: MakeUser,
 ) -> None:
     user = await make_user()
     body = (await client.get(USAGE, params={"start": "2026-01-01"}, headers=user.headers)).json()
@@ -151,7 +182,9 @@ async def test_usage_with_only_start_covers_30_days_from_it(
 
 
 async def test_get_budget_and_spend_after_a_recorded_call(
-    app: FastAPI, client: httpx.AsyncClient, make_user: MakeUser,
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    make_user: MakeUser,
 ) -> None:
     user = await make_user()
     body = (await client.get(BUDGET, headers=user.headers)).json()
@@ -166,7 +199,9 @@ async def test_get_budget_and_spend_after_a_recorded_call(
 
 
 async def test_user_may_lower_and_raise_up_to_the_ceiling(
-    client: httpx.AsyncClient, make_user: MakeUser, settings: Settings,
+    client: httpx.AsyncClient,
+    make_user: MakeUser,
+    settings: Settings,
 ) -> None:
     user = await make_user()
     for value in (2.0, 0, settings.user_max_budget, 42):
@@ -177,25 +212,32 @@ async def test_user_may_lower_and_raise_up_to_the_ceiling(
 
 
 async def test_user_above_the_ceiling_is_403_and_nothing_changes(
-    client: httpx.AsyncClient, make_user: MakeUser, settings: Settings,
+    client: httpx.AsyncClient,
+    make_user: MakeUser,
+    settings: Settings,
 ) -> None:
     user = await make_user()
-    response = await client.post(BUDGET, json={"max_budget": settings.user_max_budget + 0.01},
-                                 headers=user.headers)
+    response = await client.post(
+        BUDGET, json={"max_budget": settings.user_max_budget + 0.01}, headers=user.headers
+    )
     error = assert_envelope(response, 403, "forbidden")
     assert error["details"] == {"max_allowed": settings.user_max_budget}
     assert (await client.get(BUDGET, headers=user.headers)).json()["max_budget"] == 10.0
 
 
 async def test_admin_may_set_any_non_negative_budget(
-    client: httpx.AsyncClient, make_user: MakeUser,
+    client: httpx.AsyncClient,
+    make_user: MakeUser,
 ) -> None:
     admin = await make_user(admin=True)
     response = await client.post(BUDGET, json={"max_budget": 100000}, headers=admin.headers)
     assert response.status_code == 200, response.text
     assert response.json()["max_budget"] == 100000
-    assert_envelope(await client.post(BUDGET, json={"max_budget": -1}, headers=admin.headers),
-                    422, "validation_error")
+    assert_envelope(
+        await client.post(BUDGET, json={"max_budget": -1}, headers=admin.headers),
+        422,
+        "validation_error",
+    )
 
 
 @pytest.mark.parametrize(
@@ -212,7 +254,9 @@ async def test_admin_may_set_any_non_negative_budget(
     ],
 )
 async def test_budget_validation(
-    client: httpx.AsyncClient, make_user: MakeUser, payload: dict[str, Any],
+    client: httpx.AsyncClient,
+    make_user: MakeUser,
+    payload: dict[str, Any],
 ) -> None:
     user = await make_user()
     response = await client.post(BUDGET, json=payload, headers=user.headers)
@@ -220,13 +264,19 @@ async def test_budget_validation(
 
 
 async def test_budget_rejects_non_json_numbers(
-    client: httpx.AsyncClient, make_user: MakeUser,
+    client: httpx.AsyncClient,
+    make_user: MakeUser,
 ) -> None:
     user = await make_user()
-    for raw in (b'{"max_budget": NaN}', b'{"max_budget": Infinity}', b'{"max_budget": 1e400}',
-                b"not json"):
+    for raw in (
+        b'{"max_budget": NaN}',
+        b'{"max_budget": Infinity}',
+        b'{"max_budget": 1e400}',
+        b"not json",
+    ):
         response = await client.post(
-            BUDGET, content=raw, headers={**user.headers, "Content-Type": "application/json"})
+            BUDGET, content=raw, headers={**user.headers, "Content-Type": "application/json"}
+        )
         assert_envelope(response, 422, "validation_error")
 
 
@@ -247,8 +297,11 @@ VIRTUAL_KEY = "sk-virtual-never-shown-0123456789"
 async def litellm_app(
     settings_factory: Callable[..., Settings],
 ) -> AsyncIterator[tuple[FastAPI, Settings]]:
-    settings = settings_factory(billing_provider="litellm", litellm_base_url=LITELLM,
-                                litellm_master_key="sk-master-test-0123456789")
+    settings = settings_factory(
+        billing_provider="litellm",
+        litellm_base_url=LITELLM,
+        litellm_master_key="sk-master-test-0123456789",
+    )
     application = create_app(settings)
     async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
         application.state.billing.client.backoff = 0.0
@@ -256,29 +309,53 @@ async def litellm_app(
 
 
 async def test_litellm_budget_and_usage_never_show_the_virtual_key(
-    litellm_app: tuple[FastAPI, Settings], db_pool: asyncpg.Pool,
+    litellm_app: tuple[FastAPI, Settings],
+    db_pool: asyncpg.Pool,
 ) -> None:
     application, settings = litellm_app
     user_id, email = await insert_user(db_pool)
     user = LoggedInUser(user_id, email, mint_token(settings, user_id, email))
     info = {
         "user_id": str(user_id),
-        "user_info": {"user_id": str(user_id), "spend": 1.5, "max_budget": 10.0,
-                      "budget_duration": "1mo", "budget_reset_at": "2026-12-01T00:00:00Z"},
+        "user_info": {
+            "user_id": str(user_id),
+            "spend": 1.5,
+            "max_budget": 10.0,
+            "budget_duration": "1mo",
+            "budget_reset_at": "2026-12-01T00:00:00Z",
+        },
         "keys": [{"token": "hashed", "key_alias": f"user:{user_id}", "key_name": "sk-...6789"}],
         "teams": [],
     }
-    activity = {"results": [{"date": today().isoformat(), "metrics": {
-        "spend": 1.5, "prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30,
-        "api_requests": 2}}], "metadata": {"page": 1, "total_pages": 1, "has_more": False}}
+    activity = {
+        "results": [
+            {
+                "date": today().isoformat(),
+                "metrics": {
+                    "spend": 1.5,
+                    "prompt_tokens": 10,
+                    "completion_tokens": 20,
+                    "total_tokens": 30,
+                    "api_requests": 2,
+                },
+            }
+        ],
+        "metadata": {"page": 1, "total_pages": 1, "has_more": False},
+    }
     with respx.mock(base_url=LITELLM, assert_all_called=False) as mock:
-        missing = httpx.Response(404, json={"error": {
-            "message": "not found", "type": "not_found", "code": "404"}})
+        missing = httpx.Response(
+            404, json={"error": {"message": "not found", "type": "not_found", "code": "404"}}
+        )
         # Not there for the first read and for ensure_account's look-up; there afterwards.
         mock.get("/user/info").mock(
-            side_effect=[missing, missing] + [httpx.Response(200, json=info)] * 20)
-        new = mock.post("/user/new").mock(return_value=httpx.Response(200, json={
-            "key": VIRTUAL_KEY, "user_id": str(user_id), "key_alias": f"user:{user_id}"}))
+            side_effect=[missing, missing] + [httpx.Response(200, json=info)] * 20
+        )
+        new = mock.post("/user/new").mock(
+            return_value=httpx.Response(
+                200,
+                json={"key": VIRTUAL_KEY, "user_id": str(user_id), "key_alias": f"user:{user_id}"},
+            )
+        )
         mock.get("/user/daily/activity").mock(return_value=httpx.Response(200, json=activity))
         update = mock.post("/user/update").mock(return_value=httpx.Response(200, json={}))
 
@@ -302,20 +379,30 @@ async def test_litellm_budget_and_usage_never_show_the_virtual_key(
     budget, usage = responses[0].json(), responses[1].json()
     assert (budget["spend"], budget["max_budget"]) == (1.5, 10.0)
     assert usage["billing_provider"] == "litellm"
-    assert usage["provider_days"] == [{"date": today().isoformat(), "spend": 1.5,
-                                       "prompt_tokens": 10, "completion_tokens": 20,
-                                       "requests": 2}]
+    assert usage["provider_days"] == [
+        {
+            "date": today().isoformat(),
+            "spend": 1.5,
+            "prompt_tokens": 10,
+            "completion_tokens": 20,
+            "requests": 2,
+        }
+    ]
     assert responses[2].status_code == 200
     assert json.loads(update.calls[0].request.content) == {
-        "user_id": str(user_id), "max_budget": 20.0}
+        "user_id": str(user_id),
+        "max_budget": 20.0,
+    }
     async with db_pool.acquire() as conn:
         stored = await conn.fetchval(
-            "select billing_key_encrypted from profiles where id = $1", user_id)
+            "select billing_key_encrypted from profiles where id = $1", user_id
+        )
     assert stored and VIRTUAL_KEY not in stored
 
 
 async def test_litellm_down_still_shows_our_usage_rows(
-    litellm_app: tuple[FastAPI, Settings], db_pool: asyncpg.Pool,
+    litellm_app: tuple[FastAPI, Settings],
+    db_pool: asyncpg.Pool,
 ) -> None:
     application, settings = litellm_app
     user_id, email = await insert_user(db_pool)

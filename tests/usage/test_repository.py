@@ -30,14 +30,18 @@ async def _add(pool: asyncpg.Pool, user_id: object, day: date = DAY, **kw: objec
 async def test_add_usage_creates_then_adds(db_pool: asyncpg.Pool) -> None:
     user_id, _ = await insert_user(db_pool)
     await _add(db_pool, user_id)
-    await _add(db_pool, user_id, messages=2, prompt_tokens=1, completion_tokens=2,
-               total_tokens=3, cost=0.1)
+    await _add(
+        db_pool, user_id, messages=2, prompt_tokens=1, completion_tokens=2, total_tokens=3, cost=0.1
+    )
     async with db_pool.acquire() as conn:
         days = await usage_days(conn, user_id, DAY, DAY)
     assert len(days) == 1
     row = days[0]
     assert (row.messages, row.prompt_tokens, row.completion_tokens, row.total_tokens) == (
-        3, 11, 7, 18,
+        3,
+        11,
+        7,
+        18,
     )
     assert row.cost == pytest.approx(0.101, abs=1e-12)
 
@@ -47,8 +51,16 @@ async def test_add_usage_rolls_back_with_the_callers_transaction(db_pool: asyncp
     async with db_pool.acquire() as conn:
         with pytest.raises(RuntimeError):
             async with conn.transaction():
-                await add_usage(conn, user_id, DAY, messages=1, prompt_tokens=1,
-                                completion_tokens=1, total_tokens=2, cost=0.5)
+                await add_usage(
+                    conn,
+                    user_id,
+                    DAY,
+                    messages=1,
+                    prompt_tokens=1,
+                    completion_tokens=1,
+                    total_tokens=2,
+                    cost=0.5,
+                )
                 raise RuntimeError("turn failed after counting")
         assert await usage_days(conn, user_id, DAY, DAY) == []
 

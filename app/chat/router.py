@@ -33,7 +33,7 @@ async def _runtime(request: Request) -> ChatRuntime:
 RuntimeDep = Annotated[ChatRuntime, Depends(_runtime)]
 
 
-def _sse(events: AsyncIterator[TurnEvent], ping_seconds: float) -> TurnEventStream:
+def _sse(events: AsyncIterator[list[TurnEvent]], ping_seconds: float) -> TurnEventStream:
     # The stream ends at `done`/`error`; a client that goes away only stops this response,
     # never the turn (it runs in the chat runtime).
     return TurnEventStream(events, ping_seconds=ping_seconds)

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import deque
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -35,6 +36,45 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+class Subscription:
+    """One subscriber's pending events: a deque and at most one waiter.
+
+    Cheaper per event than an `asyncio.Queue` (no getter/putter bookkeeping, one future per
+    wake-up instead of per item), and `take` hands over every event that piled up since the
+    last wake-up at once, so the response writes them in one send (coalescing under load,
+    never waiting to coalesce)."""
+
+    __slots__ = ("_pending", "_waiter")
+
+    def __init__(self) -> None:
+        self._pending: deque[TurnEvent] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def push(self, event: TurnEvent) -> None:
+        self._pending.append(event)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    async def take(self) -> list[TurnEvent]:
+        """Every pending event (at least one), waiting for one if there is none."""
+        while not self._pending:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        events = list(self._pending)
+        self._pending.clear()
+        return events
+
+
 class TurnRun:
     """One turn being run by this process: its events so far and its live subscribers."""
 
@@ -43,7 +83,7 @@ class TurnRun:
         self.user_id = user_id
         self.events: list[TurnEvent] = []
         self.task: asyncio.Task[None] | None = None
-        self._subscribers: set[asyncio.Queue[TurnEvent]] = set()
+        self._subscribers: set[Subscription] = set()
 
     @property
     def next_seq(self) -> int:
@@ -60,22 +100,23 @@ class TurnRun:
         if event.seq != self.next_seq:
             raise RuntimeError(f"turn event out of order: {event.seq} != {self.next_seq}")
         self.events.append(event)
-        for queue in self._subscribers:
-            queue.put_nowait(event)
+        for subscription in self._subscribers:
+            subscription.push(event)
 
-    def subscribe(self, after_seq: int) -> asyncio.Queue[TurnEvent]:
-        """A queue holding every event after `after_seq`, then each new one as it comes.
+    def subscribe(self, after_seq: int) -> Subscription:
+        """A subscription holding every event after `after_seq`, then each new one as it
+        comes.
 
         No await between copying the backlog and registering: nothing can slip in between,
         so there is neither a gap nor a duplicate."""
-        queue: asyncio.Queue[TurnEvent] = asyncio.Queue()
+        subscription = Subscription()
         for event in self.events[max(0, after_seq) :]:
-            queue.put_nowait(event)
-        self._subscribers.add(queue)
-        return queue
+            subscription.push(event)
+        self._subscribers.add(subscription)
+        return subscription
 
-    def unsubscribe(self, queue: asyncio.Queue[TurnEvent]) -> None:
-        self._subscribers.discard(queue)
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscribers.discard(subscription)
 
 
 class EventWriter:

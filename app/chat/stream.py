@@ -26,22 +26,29 @@ class TurnNotFound(NotFound):
         super().__init__(message)
 
 
-async def follow_run(run: TurnRun, after_seq: int) -> AsyncIterator[TurnEvent]:
-    """Every event of a live run after `after_seq`, until its terminal event."""
-    queue = run.subscribe(after_seq)
+# Each item of these iterators is a batch: the events that were waiting together (one send).
+EventBatches = AsyncIterator[list[TurnEvent]]
+
+
+async def follow_run(run: TurnRun, after_seq: int) -> EventBatches:
+    """Every event of a live run after `after_seq`, until its terminal event, in batches of
+    what piled up between two reads (one event each when the reader keeps up)."""
+    subscription = run.subscribe(after_seq)
     try:
         while True:
-            event = await queue.get()
-            yield event
-            if event.terminal:
-                return
+            events = await subscription.take()
+            for i, event in enumerate(events):
+                if event.terminal:
+                    yield events[: i + 1]
+                    return
+            yield events
     finally:
-        run.unsubscribe(queue)
+        run.unsubscribe(subscription)
 
 
 async def open_turn_events(
     runtime: ChatRuntime, user_id: UUID, turn_id: UUID, after_seq: int
-) -> AsyncIterator[TurnEvent]:
+) -> EventBatches:
     """Check ownership now (raises TurnNotFound), then return the events after `after_seq`."""
     run = runtime.runs.get(turn_id)
     if run is not None:
@@ -55,9 +62,7 @@ async def open_turn_events(
     return _follow_stored(runtime, turn_id, after_seq)
 
 
-async def _follow_stored(
-    runtime: ChatRuntime, turn_id: UUID, after_seq: int
-) -> AsyncIterator[TurnEvent]:
+async def _follow_stored(runtime: ChatRuntime, turn_id: UUID, after_seq: int) -> EventBatches:
     last = after_seq
     while True:
         # Status first, then events: the transaction that ends a turn stores its last events
@@ -65,17 +70,19 @@ async def _follow_stored(
         async with runtime.db.acquire() as conn:
             status, stale = await repo.turn_progress(conn, turn_id, runtime.lease_seconds)
             events = await repo.events_after(conn, turn_id, last)
-        for event in events:
-            yield event
-            last = event.seq
+        for i, event in enumerate(events):
             if event.terminal:
+                yield events[: i + 1]
                 return
+        if events:
+            yield events
+            last = events[-1].seq
         if status != "streaming":
             return
         run = runtime.runs.get(turn_id)
         if run is not None:  # the turn is (now) run by this process: follow it live
-            async for event in follow_run(run, last):
-                yield event
+            async for batch in follow_run(run, last):
+                yield batch
             return
         if stale:
             async with runtime.db.transaction() as conn:

@@ -119,8 +119,8 @@ async def test_resume_of_a_turn_run_by_another_instance_polls_the_stored_events(
     received: list[int] = []
 
     async def consume() -> None:
-        async for event in events:
-            received.append(event.seq)
+        async for batch in events:
+            received.extend(event.seq for event in batch)
 
     consumer = asyncio.create_task(consume())
     await wait_for(lambda: received == [2])  # stored by the batch writer, then read

@@ -1,7 +1,8 @@
 """Our SSE events (the frontend's contract) and their mapping from the agent port's events.
 
 Every event has a sequence number (its SSE `id:`, 1 for `turn`) and a JSON object as data.
-The wire bytes are encoded once per event, however many subscribers receive it.
+The data is serialized once per event: the same JSON text goes into the wire bytes (encoded
+once, however many subscribers receive it) and into the `turn_events.data` column.
 """
 
 from __future__ import annotations
@@ -26,17 +27,26 @@ class TurnEvent:
     seq: int
     event: EventName
     data: dict[str, Any]
+    _json: str | None = field(default=None, compare=False, repr=False)
     _wire: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def terminal(self) -> bool:
         return self.event in TERMINAL_EVENTS
 
+    def json(self) -> str:
+        """The data as JSON text (compact; what is sent and what is stored)."""
+        text = self._json
+        if text is None:
+            text = _dumps(self.data)
+            object.__setattr__(self, "_json", text)
+        return text
+
     def encode(self) -> bytes:
         """`id:`, `event:` and one `data:` line (JSON never holds a raw newline)."""
         wire = self._wire
         if wire is None:
-            wire = f"id: {self.seq}\nevent: {self.event}\ndata: {_dumps(self.data)}\n\n".encode()
+            wire = f"id: {self.seq}\nevent: {self.event}\ndata: {self.json()}\n\n".encode()
             object.__setattr__(self, "_wire", wire)
         return wire
 

@@ -150,7 +150,7 @@ async def lock_and_insert_turn(
         ),
         ev as (
             insert into turn_events (turn_id, seq, user_id, event, data)
-            select id, $6, user_id, $7, $8::jsonb from turn
+            select id, $6, user_id, $7, $8::text::jsonb from turn
             returning 1
         )
         select l.locked and (select count(*) from ev) = 1 from l
@@ -162,7 +162,7 @@ async def lock_and_insert_turn(
         created_at,
         first_event.seq,
         first_event.event,
-        first_event.data,
+        first_event.json(),
         f"chat-turn:{user_id}",
     )
     return bool(locked)
@@ -188,7 +188,7 @@ async def insert_turn(
             returning id, user_id
         )
         insert into turn_events (turn_id, seq, user_id, event, data)
-        select id, $6, user_id, $7, $8::jsonb from turn
+        select id, $6, user_id, $7, $8::text::jsonb from turn
         """,
         turn_id,
         user_id,
@@ -197,7 +197,7 @@ async def insert_turn(
         created_at,
         first_event.seq,
         first_event.event,
-        first_event.data,
+        first_event.json(),
     )
 
 
@@ -241,22 +241,33 @@ async def renew_leases(conn: Conn, turn_ids: Sequence[UUID]) -> None:
 # --- events --------------------------------------------------------------------------------
 
 
-async def insert_events(conn: Conn, rows: Sequence[EventRow]) -> None:
-    """One statement for any number of events. Idempotent (a retried batch is harmless)."""
-    if not rows:
-        return
-    await conn.execute(
-        """
-        insert into turn_events (turn_id, seq, user_id, event, data)
-        select * from unnest($1::uuid[], $2::int[], $3::uuid[], $4::text[], $5::jsonb[])
-        on conflict (turn_id, seq) do nothing
-        """,
+# The data goes in as the JSON text already made for the wire (TurnEvent.json), cast by
+# Postgres: no second serialization per event through the connection's jsonb codec.
+_INSERT_EVENTS = """
+    insert into turn_events (turn_id, seq, user_id, event, data)
+    select t, s, u, e, d::jsonb
+    from unnest($1::uuid[], $2::int[], $3::uuid[], $4::text[], $5::text[]) as x(t, s, u, e, d)
+    on conflict (turn_id, seq) do nothing
+"""
+
+
+def _event_columns(
+    rows: Sequence[EventRow],
+) -> tuple[list[UUID], list[int], list[UUID], list[str], list[str]]:
+    return (
         [r.turn_id for r in rows],
         [r.event.seq for r in rows],
         [r.user_id for r in rows],
         [r.event.event for r in rows],
-        [r.event.data for r in rows],
+        [r.event.json() for r in rows],
     )
+
+
+async def insert_events(conn: Conn, rows: Sequence[EventRow]) -> None:
+    """One statement for any number of events. Idempotent (a retried batch is harmless)."""
+    if not rows:
+        return
+    await conn.execute(_INSERT_EVENTS, *_event_columns(rows))
 
 
 async def events_after(conn: Conn, turn_id: UUID, after_seq: int) -> list[TurnEvent]:
@@ -289,17 +300,21 @@ async def finish_turn(
     cost: float,
     usage_estimated: bool,
     run_id: str | None,
+    events: Sequence[EventRow] = (),
 ) -> bool:
-    """Close a streaming turn. False when it is no longer streaming (the crash sweep took it
-    after this process lost its lease): the caller then rolls back."""
+    """Close a streaming turn, storing `events` (its last ones) in the same statement. False
+    when it is no longer streaming (the crash sweep took it after this process lost its
+    lease): the caller then rolls back, which drops the events too."""
     result: str = await conn.execute(
-        """
+        f"""
+        with stored as ({_INSERT_EVENTS} returning 1)
         update turns set
-            status = $2, assistant_response = $3, error = $4, model = $5,
-            prompt_tokens = $6, completion_tokens = $7, total_tokens = $8, cost = $9,
-            usage_estimated = $10, agent_run_id = $11, completed_at = now()
-        where id = $1 and status = 'streaming'
-        """,
+            status = $7, assistant_response = $8, error = $9, model = $10,
+            prompt_tokens = $11, completion_tokens = $12, total_tokens = $13, cost = $14,
+            usage_estimated = $15, agent_run_id = $16, completed_at = now()
+        where id = $6 and status = 'streaming'
+        """,  # noqa: S608 - a constant
+        *_event_columns(events),
         turn_id,
         status,
         assistant_response,

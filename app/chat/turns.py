@@ -360,10 +360,6 @@ async def _store_final(
             else:
                 err = outcome.error
                 terminal = [run.make("error", error_data(err.code, err.message, err.retryable))]
-            await repo.insert_events(
-                conn,
-                buffered + [repo.EventRow(run.turn_id, run.user_id, e) for e in terminal],
-            )
             finished = await repo.finish_turn(
                 conn,
                 run.turn_id,
@@ -377,6 +373,8 @@ async def _store_final(
                 cost=cost,
                 usage_estimated=usage.estimated if usage is not None else False,
                 run_id=outcome.usage.run_id if outcome.usage is not None else None,
+                # The turn's unstored and final events, in the same statement.
+                events=buffered + [repo.EventRow(run.turn_id, run.user_id, e) for e in terminal],
             )
             if not finished:
                 raise TurnLost()

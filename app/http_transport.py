@@ -11,14 +11,235 @@ largest single item of the backend's CPU at C=100, and it grows with C.
 and sends each request to the first pool with fewer than `target` requests in flight (else
 the least busy one). So low concurrency uses one pool and reuses its keep-alive connections
 (no handshake per turn), and at any concurrency each pool holds about `target` connections.
+
+The pools' sockets are `AsyncioBackend` streams (a plain asyncio protocol) rather than
+httpcore's default anyio ones: an anyio read costs, per chunk, a cancel scope for its timeout,
+two context managers, an Event wait and a pause/resume of the transport's reading (two
+epoll_ctl calls); a streamed turn reads one chunk per event, so that was a measurable share
+of the CPU per event. Here the protocol keeps reading (pausing only above a buffer limit) and
+a read waits on one future with one timer.
 """
+
+# ruff: noqa: ASYNC109 - httpcore's network interface takes `timeout` arguments
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+import asyncio
+import socket
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, cast
 
+import httpcore
 import httpx
+
+# Reading from a socket pauses while this much received data waits to be read.
+READ_BUFFER_LIMIT = 256 * 1024
+
+
+class _Protocol(asyncio.Protocol):
+    """Buffers what arrives; one reader and one writer at a time (httpcore's connection)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.chunks: deque[bytes] = deque()
+        self.size = 0
+        self.eof = False
+        self.exc: BaseException | None = None
+        self.read_paused = False
+        self.write_paused = False
+        self.read_waiter: asyncio.Future[None] | None = None
+        self.drain_waiter: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Not an isinstance check: uvloop's transports do not subclass asyncio's.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def _wake_reader(self) -> None:
+        waiter = self.read_waiter
+        if waiter is not None:
+            self.read_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.size += len(data)
+        if self.size > READ_BUFFER_LIMIT and not self.read_paused and self.transport is not None:
+            self.read_paused = True
+            self.transport.pause_reading()
+        self._wake_reader()
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        self._wake_reader()
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self.exc = exc
+        self._wake_reader()
+        self.resume_writing()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiter = self.drain_waiter
+        if waiter is not None:
+            self.drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+def _expire(waiter: asyncio.Future[None], exc: Exception) -> None:
+    if not waiter.done():
+        waiter.set_exception(exc)
+
+
+class AsyncioStream(httpcore.AsyncNetworkStream):
+    def __init__(
+        self, transport: asyncio.Transport, protocol: _Protocol, ssl_object: Any = None
+    ) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        # Kept: a closed TLS transport no longer answers get_extra_info.
+        self._ssl_object = ssl_object
+
+    async def _wait(self, attr: str, seconds: float | None, exc: Exception) -> None:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        setattr(self._protocol, attr, waiter)
+        timer = None if seconds is None else loop.call_later(seconds, _expire, waiter, exc)
+        try:
+            await waiter
+        finally:
+            setattr(self._protocol, attr, None)
+            if timer is not None:
+                timer.cancel()
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        protocol = self._protocol
+        if not protocol.chunks and not protocol.eof:
+            await self._wait("read_waiter", timeout, httpcore.ReadTimeout("read timed out"))
+        chunks = protocol.chunks
+        if chunks:
+            data = chunks.popleft()
+            if len(data) > max_bytes:
+                data, rest = data[:max_bytes], data[max_bytes:]
+                chunks.appendleft(rest)
+            protocol.size -= len(data)
+            if protocol.read_paused and protocol.size <= READ_BUFFER_LIMIT // 2:
+                protocol.read_paused = False
+                self._transport.resume_reading()
+            return data
+        if protocol.exc is not None:
+            raise httpcore.ReadError(str(protocol.exc) or type(protocol.exc).__name__)
+        return b""  # end of stream
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
+        protocol = self._protocol
+        if self._transport.is_closing() or protocol.exc is not None:
+            raise httpcore.WriteError("the connection is closed")
+        self._transport.write(buffer)
+        if protocol.write_paused:
+            await self._wait("drain_waiter", timeout, httpcore.WriteTimeout("write timed out"))
+            if protocol.exc is not None:
+                raise httpcore.WriteError(str(protocol.exc))
+
+    async def aclose(self) -> None:
+        self._transport.close()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                transport = await loop.start_tls(
+                    self._transport, self._protocol, ssl_context, server_hostname=server_hostname
+                )
+        except TimeoutError as exc:
+            self._transport.abort()
+            raise httpcore.ConnectTimeout("TLS handshake timed out") from exc
+        except (OSError, ssl.SSLError) as exc:
+            self._transport.abort()
+            raise httpcore.ConnectError(str(exc)) from exc
+        if transport is None:
+            raise httpcore.ConnectError("the connection closed during the TLS handshake")
+        self._protocol.transport = transport
+        return AsyncioStream(transport, self._protocol, transport.get_extra_info("ssl_object"))
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            # Idle keep-alive connection: anything received, or its end, means it is unusable.
+            protocol = self._protocol
+            return bool(protocol.chunks) or protocol.eof
+        if info == "ssl_object":
+            return self._ssl_object
+        name = {"client_addr": "sockname", "server_addr": "peername", "socket": "socket"}.get(info)
+        if name is None or self._transport.is_closing():
+            return None
+        return self._transport.get_extra_info(name)
+
+
+class AsyncioBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend on plain asyncio streams (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._fallback = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                transport, protocol = await loop.create_connection(
+                    _Protocol,
+                    host,
+                    port,
+                    local_addr=(local_address, 0) if local_address else None,
+                )
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(f"connecting to {host}:{port} timed out") from exc
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
+        sock: socket.socket | None = transport.get_extra_info("socket")
+        if sock is not None:
+            for option in socket_options or ():
+                sock.setsockopt(*option)
+        return AsyncioStream(transport, protocol)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return await self._fallback.connect_unix_socket(path, timeout, socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+def _use_backend(transport: httpx.AsyncHTTPTransport, backend: AsyncioBackend) -> None:
+    pool = getattr(transport, "_pool", None)
+    # Only a direct pool (no proxy): httpx builds it without a backend argument.
+    if type(pool) is httpcore.AsyncConnectionPool:
+        pool._network_backend = backend  # noqa: SLF001
 
 
 class _Shard:
@@ -36,9 +257,9 @@ class _CountedStream(httpx.AsyncByteStream):
         self._stream = stream
         self._shard: _Shard | None = shard
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream:
-            yield chunk
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        # The inner stream's own iterator: no extra generator frame per chunk.
+        return self._stream.__aiter__()
 
     async def aclose(self) -> None:
         shard, self._shard = self._shard, None
@@ -65,10 +286,12 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             keepalive_expiry=limits.keepalive_expiry,
         )
         self._target = target
-        self._shards = [
-            _Shard(httpx.AsyncHTTPTransport(limits=per_pool, **transport_options))
-            for _ in range(max(1, shards))
-        ]
+        backend = AsyncioBackend()
+        self._shards = []
+        for _ in range(max(1, shards)):
+            transport = httpx.AsyncHTTPTransport(limits=per_pool, **transport_options)
+            _use_backend(transport, backend)
+            self._shards.append(_Shard(transport))
 
     def _pick(self) -> _Shard:
         for shard in self._shards:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ssl
+import subprocess
+from pathlib import Path
 
 import httpx
+import pytest
 import respx
 
-from app.http_transport import ShardedTransport
+from app.http_transport import AsyncioBackend, ShardedTransport
 
 
 async def test_requests_fill_pools_in_order_and_are_counted_until_closed() -> None:
@@ -50,3 +55,117 @@ async def test_a_failed_request_is_not_counted() -> None:
                 with contextlib.suppress(httpx.ConnectError):
                     await client.get("http://upstream.test/down")
             assert [s.active for s in transport._shards] == [0, 0]
+
+
+# --- the asyncio network backend, against real sockets on 127.0.0.1 ---
+
+
+class _Server:
+    """A tiny HTTP/1.1 server: `/stream` sends chunked frames with pauses, `/slow` never
+    answers, `/close` answers then closes the connection. Counts accepted connections."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ")[1]
+                if path == b"/slow":
+                    await asyncio.sleep(0.3)
+                    return
+                if path == b"/stream":
+                    writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                    for i in range(3):
+                        frame = f"data: {i}\n\n".encode()
+                        writer.write(b"%x\r\n%s\r\n" % (len(frame), frame))
+                        await writer.drain()
+                        await asyncio.sleep(0.01)
+                    writer.write(b"0\r\n\r\n")
+                else:
+                    body = b"x" * 300_000  # more than the read buffer limit
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body))
+                    writer.write(body)
+                await writer.drain()
+                if path == b"/close":
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+async def test_asyncio_backend_streams_reuses_connections_and_times_out() -> None:
+    server = _Server()
+    transport = ShardedTransport(limits=httpx.Limits(max_connections=8), shards=1, target=4)
+    async with server as base, httpx.AsyncClient(transport=transport) as client:
+        pool = transport._shards[0].transport._pool
+        assert isinstance(pool._network_backend, AsyncioBackend)
+        async with client.stream("GET", f"{base}/stream") as response:
+            chunks = [c async for c in response.aiter_bytes()]
+        assert b"".join(chunks) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+        big = await client.get(f"{base}/big")  # reading pauses and resumes on the way
+        assert big.content == b"x" * 300_000
+        assert server.connections == 1  # kept alive and reused
+        closed = await client.get(f"{base}/close")
+        assert len(closed.content) == 300_000
+        await asyncio.sleep(0.05)
+        again = await client.get(f"{base}/big")  # the closed one is noticed, a new one made
+        assert again.status_code == 200 and server.connections == 2
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get(f"{base}/slow", timeout=httpx.Timeout(5, read=0.05))
+        with pytest.raises(httpx.ConnectError):
+            await client.get("http://127.0.0.1:1/")
+
+
+async def test_asyncio_backend_speaks_tls(tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(  # noqa: S603
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",  # noqa: S607
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    transport = ShardedTransport(
+        limits=httpx.Limits(max_connections=4), shards=1, verify=client_ctx
+    )
+    try:
+        async with (
+            httpx.AsyncClient(transport=transport) as client,
+            client.stream("GET", f"https://localhost:{port}/") as response,
+        ):
+            stream = response.extensions["network_stream"]
+            assert stream.get_extra_info("ssl_object") is not None
+            assert (await response.aread()) == b"ok"
+    finally:
+        server.close()
+
+
+def test_asyncio_backend_on_uvloop() -> None:
+    """The app runs on uvloop, whose transports are not asyncio's classes."""
+    uvloop = pytest.importorskip("uvloop")
+    uvloop.run(test_asyncio_backend_streams_reuses_connections_and_times_out())

@@ -270,3 +270,34 @@ async def test_turns_reuse_one_connection_to_letta() -> None:
         assert sim.stats.connections == 2
     finally:
         server.close()
+
+
+async def test_turn_request_is_what_build_request_would_send() -> None:
+    """The turn request is built without httpx's per-call header merge: same headers (order
+    included), body and timeouts as `build_request(json=...)` with letta-client's headers."""
+    from app.config import Settings
+    from app.providers.letta.agents import LettaAgents
+
+    shared = httpx.AsyncClient()
+    settings = Settings(letta_base_url="http://letta.test", letta_api_key="k", _env_file=None)
+    letta = LettaAgents(settings, shared)
+    expected = shared.build_request(
+        "POST",
+        "http://letta.test/v1/agents/agent-1/messages/stream",
+        json={"messages": [{"role": "user", "content": "héllo"}], "stream_tokens": True},
+        headers=letta._stream_headers,
+        timeout=letta._stream_timeout,
+    )
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, content=b"data: [DONE]\n\n")
+
+    letta._http = httpx.AsyncClient(transport=httpx.MockTransport(handler), headers=shared.headers)
+    stream = await letta._open_turn_stream("agent-1", "héllo")
+    await stream.close()
+    assert sent[0].headers.multi_items() == expected.headers.multi_items()
+    assert sent[0].content == expected.content
+    assert sent[0].extensions["timeout"] == expected.extensions["timeout"]
+    await shared.aclose()

@@ -394,7 +394,9 @@ async def bench(args: argparse.Namespace) -> int:
     (RESULTS_DIR / f"stream-bench-{stamp}.txt").write_text(text + "\n")
     (RESULTS_DIR / f"stream-bench-{stamp}.json").write_text(
         json.dumps(
-            {"header": header, "args": vars(args), "runs": [asdict(r) for r in reports]}, indent=2
+            {"header": header, "args": vars(args), "runs": [asdict(r) for r in reports]},
+            indent=2,
+            default=str,  # paths (--app-root)
         )
     )
     print(f"\nsaved to bench/results/stream-bench-{stamp}.txt (+ .json); logs in {log_dir.name}/")

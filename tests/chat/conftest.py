@@ -18,7 +18,6 @@ import pytest
 import uvicorn
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from jose import jwt
 
 from app.config import Settings
 from app.errors import UpstreamUnavailable
@@ -26,6 +25,7 @@ from app.main import create_app
 from app.providers import factory
 from app.providers.agents import AgentEvent, AgentInfo
 from app.providers.billing import LLMRoute
+from tests.support.users import mint_token
 
 # --- users and tokens --------------------------------------------------------------------------
 
@@ -41,21 +41,6 @@ class TestUser:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-def mint_token(settings: Settings, user_id: uuid.UUID, email: str) -> str:
-    now = int(time.time())
-    claims = {
-        "sub": str(user_id),
-        "email": email,
-        "role": "authenticated",
-        "aud": settings.jwt_audience,
-        "iss": settings.jwt_issuer,
-        "iat": now,
-        "exp": now + 3600,
-        "app_metadata": {},
-    }
-    return str(jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256"))
-
-
 UserFactory = Callable[..., Any]
 
 
@@ -69,9 +54,7 @@ def make_user(db_pool: asyncpg.Pool, settings: Settings) -> UserFactory:
         user_id = uuid.uuid4()
         email = email or f"user-{user_id.hex[:8]}@example.com"
         async with db_pool.acquire() as conn:
-            await conn.execute(
-                "insert into auth.users (id, email) values ($1, $2)", user_id, email
-            )
+            await conn.execute("insert into auth.users (id, email) values ($1, $2)", user_id, email)
             await conn.execute(
                 """
                 insert into profiles (id, email, agent_id, agent_provider, provisioning_status)

@@ -36,11 +36,14 @@ def resolve_range(start: date | None, end: date | None, today: date) -> tuple[da
     end = end or (today if start is None else min(today, start + timedelta(DEFAULT_DAYS - 1)))
     start = start or end - timedelta(days=DEFAULT_DAYS - 1)
     if start > end:
-        raise ValidationFailed("start must not be after end",
-                               details={"start": start.isoformat(), "end": end.isoformat()})
+        raise ValidationFailed(
+            "start must not be after end",
+            details={"start": start.isoformat(), "end": end.isoformat()},
+        )
     if (end - start).days + 1 > MAX_DAYS:
-        raise ValidationFailed(f"the range may span at most {MAX_DAYS} days",
-                               details={"max_days": MAX_DAYS})
+        raise ValidationFailed(
+            f"the range may span at most {MAX_DAYS} days", details={"max_days": MAX_DAYS}
+        )
     return start, end
 
 
@@ -60,8 +63,13 @@ def _provider_days(rows: list[DailySpend] | None) -> list[ProviderDay] | None:
     if rows is None:
         return None
     return [
-        ProviderDay(date=r.day, spend=r.spend, prompt_tokens=r.prompt_tokens,
-                    completion_tokens=r.completion_tokens, requests=r.requests)
+        ProviderDay(
+            date=r.day,
+            spend=r.spend,
+            prompt_tokens=r.prompt_tokens,
+            completion_tokens=r.completion_tokens,
+            requests=r.requests,
+        )
         for r in rows
     ]
 
@@ -114,8 +122,13 @@ async def usage_report(
         cost=round(sum(d.cost for d in days), 10),
     )
     return UsageOut(
-        start=start, end=end, totals=totals, days=days, budget=budget,
-        billing_provider=billing.name, provider_days=provider_days,
+        start=start,
+        end=end,
+        totals=totals,
+        days=days,
+        budget=budget,
+        billing_provider=billing.name,
+        provider_days=provider_days,
     )
 
 

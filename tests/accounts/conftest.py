@@ -114,9 +114,7 @@ def settings(settings_factory: Callable[..., Settings]) -> Settings:
 
 
 @pytest.fixture
-def make_app(
-    fakes: Fakes, monkeypatch: pytest.MonkeyPatch
-) -> Callable[[Settings], Any]:
+def make_app(fakes: Fakes, monkeypatch: pytest.MonkeyPatch) -> Callable[[Settings], Any]:
     # The factory builds our fakes in place of the built-in billing and agent, so these
     # tests exercise the saga through the real lifespan and provisioner.
     monkeypatch.setattr(factory, "build_billing", lambda *a: fakes.billing)
@@ -142,4 +140,3 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
         yield c
-

@@ -28,7 +28,12 @@ async def test_register_answers_the_contract(
     assert response.status_code == 201, response.text
     body = response.json()
     assert set(body) == {
-        "user", "access_token", "refresh_token", "token_type", "expires_in", "agent",
+        "user",
+        "access_token",
+        "refresh_token",
+        "token_type",
+        "expires_in",
+        "agent",
         "provisioning_status",
     }
     assert body["user"]["email"] == "ada@example.com"
@@ -39,8 +44,9 @@ async def test_register_answers_the_contract(
     assert body["agent"]["status"] == "ready"
     assert body["agent"]["id"].startswith("agent-")
     async with db_pool.acquire() as conn:
-        profile = await conn.fetchrow("select * from profiles where id = $1::uuid",
-                                      body["user"]["id"])
+        profile = await conn.fetchrow(
+            "select * from profiles where id = $1::uuid", body["user"]["id"]
+        )
         cred = await conn.fetchval(
             "select password_hash from identity_credentials where user_id = $1::uuid",
             body["user"]["id"],

@@ -174,7 +174,9 @@ async def test_profile_insert_failure_removes_the_identity_user(
 
 
 async def test_sign_in_failure_after_create_leaves_nothing(
-    app: FastAPI, raw_client: httpx.AsyncClient, db_pool: asyncpg.Pool,
+    app: FastAPI,
+    raw_client: httpx.AsyncClient,
+    db_pool: asyncpg.Pool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from app.errors import UpstreamUnavailable

@@ -55,9 +55,7 @@ async def test_step_failing_once_degrades_then_login_makes_ready(
     user_id = body["user"]["id"]
     stored = await _profile(db_pool, user_id)
     assert stored["provisioning_status"] == "degraded"
-    expected_error = (
-        "billing:upstream_unavailable" if failing == "billing" else "agent:error"
-    )
+    expected_error = "billing:upstream_unavailable" if failing == "billing" else "agent:error"
     assert stored["provisioning_error"] == expected_error
     if failing == "agent":
         assert body["agent"] == {"id": None, "status": "unavailable"}

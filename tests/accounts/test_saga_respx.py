@@ -94,20 +94,25 @@ class FakeLiteLLM:
         if any(k["key_alias"] == alias for k in self.keys):
             raise _AliasTaken()
         plain = f"sk-saga-{uuid.uuid4().hex}"
-        self.keys.append({
-            "plain": plain,
-            "token": hashlib.sha256(plain.encode()).hexdigest(),
-            "key_alias": alias,
-            "user_id": user_id,
-            "key_name": f"sk-...{plain[-4:]}",
-            "spend": 0.0,
-        })
+        self.keys.append(
+            {
+                "plain": plain,
+                "token": hashlib.sha256(plain.encode()).hexdigest(),
+                "key_alias": alias,
+                "user_id": user_id,
+                "key_name": f"sk-...{plain[-4:]}",
+                "spend": 0.0,
+            }
+        )
         return plain
 
     def user_keys(self, user_id: str) -> list[dict[str, Any]]:
         # /user/info lists key rows by their hash; the plain key never comes back.
-        return [{k: v for k, v in row.items() if k != "plain"}
-                for row in self.keys if row["user_id"] == user_id]
+        return [
+            {k: v for k, v in row.items() if k != "plain"}
+            for row in self.keys
+            if row["user_id"] == user_id
+        ]
 
     async def user_info(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -127,8 +132,9 @@ class FakeLiteLLM:
         body = conforms("NewUserRequest", json.loads(request.content))
         user_id = body["user_id"]
         if user_id in self.users:
-            return httpx.Response(400, json=litellm_error(
-                "User already exists", "bad_request_error", 400))
+            return httpx.Response(
+                400, json=litellm_error("User already exists", "bad_request_error", 400)
+            )
         self.users[user_id] = body
         key = self._make_key(user_id, body["key_alias"]) if body.get("auto_create_key") else ""
         self.new_user_ok += 1  # it happened upstream, whether or not its answer arrives
@@ -144,14 +150,20 @@ class FakeLiteLLM:
             return self._raise_or_return(failure)
         body = conforms("GenerateKeyRequest", json.loads(request.content))
         if body["user_id"] not in self.users:
-            return httpx.Response(400, json=litellm_error(
-                "User not found", "bad_request_error", 400))
+            return httpx.Response(
+                400, json=litellm_error("User not found", "bad_request_error", 400)
+            )
         try:
             key = self._make_key(body["user_id"], body["key_alias"])
         except _AliasTaken:
-            return httpx.Response(400, json=litellm_error(
-                "Unique key aliases across all keys are required. Key alias already exists.",
-                "bad_request_error", 400))
+            return httpx.Response(
+                400,
+                json=litellm_error(
+                    "Unique key aliases across all keys are required. Key alias already exists.",
+                    "bad_request_error",
+                    400,
+                ),
+            )
         self.generate_ok += 1
         return httpx.Response(200, json=generate_key_body(uuid.UUID(body["user_id"]), key))
 
@@ -246,15 +258,27 @@ class FakeLetta:
     def context(self, request: httpx.Request) -> httpx.Response:
         # Not recorded: a ContextWindowOverview per the OpenAPI document, the counters we read.
         self.requests.append(request)
-        return httpx.Response(200, json={
-            "context_window_size_max": 128000, "context_window_size_current": 709,
-            "num_messages": 1, "num_archival_memory": 0, "num_recall_memory": 1,
-            "num_tokens_external_memory_summary": 0, "external_memory_summary": "",
-            "num_tokens_system": 400, "system_prompt": "", "num_tokens_core_memory": 100,
-            "core_memory": "", "num_tokens_summary_memory": 0,
-            "num_tokens_functions_definitions": 0, "functions_definitions": None,
-            "num_tokens_messages": 0, "messages": [],
-        })
+        return httpx.Response(
+            200,
+            json={
+                "context_window_size_max": 128000,
+                "context_window_size_current": 709,
+                "num_messages": 1,
+                "num_archival_memory": 0,
+                "num_recall_memory": 1,
+                "num_tokens_external_memory_summary": 0,
+                "external_memory_summary": "",
+                "num_tokens_system": 400,
+                "system_prompt": "",
+                "num_tokens_core_memory": 100,
+                "core_memory": "",
+                "num_tokens_summary_memory": 0,
+                "num_tokens_functions_definitions": 0,
+                "functions_definitions": None,
+                "num_tokens_messages": 0,
+                "messages": [],
+            },
+        )
 
     def stream(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -273,11 +297,19 @@ class FakeLetta:
         self.requests.append(request)
         body = json.loads(request.content)
         provider = {
-            "id": f"provider-{uuid.uuid4()}", "name": body["name"],
-            "provider_type": body["provider_type"], "provider_category": "byok",
-            "api_key": None, "base_url": body["base_url"], "access_key": None, "region": None,
-            "api_version": None, "organization_id": "org-00000000-0000-4000-8000-000000000000",
-            "updated_at": "2026-11-21T19:38:32Z", "last_synced": None, "api_key_enc": None,
+            "id": f"provider-{uuid.uuid4()}",
+            "name": body["name"],
+            "provider_type": body["provider_type"],
+            "provider_category": "byok",
+            "api_key": None,
+            "base_url": body["base_url"],
+            "access_key": None,
+            "region": None,
+            "api_version": None,
+            "organization_id": "org-00000000-0000-4000-8000-000000000000",
+            "updated_at": "2026-11-21T19:38:32Z",
+            "last_synced": None,
+            "api_key_enc": None,
             "access_key_enc": None,
         }
         self.providers[provider["id"]] = provider
@@ -389,9 +421,7 @@ def _bearer(token: str) -> dict[str, str]:
 async def _retry(api: httpx.AsyncClient, via: str, email: str, token: str) -> None:
     """One request that resumes provisioning of a degraded account."""
     if via == "login":
-        response = await api.post(
-            "/api/v1/auth/login", json={"email": email, "password": PASSWORD}
-        )
+        response = await api.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
         assert response.status_code == 200, response.text
         assert response.json()["provisioning_status"] == "ready"
         assert response.json()["agent"]["status"] == "ready"
@@ -412,7 +442,8 @@ async def _retry(api: httpx.AsyncClient, via: str, email: str, token: str) -> No
 
 def _sent(up: Upstream, method: str, path: str) -> list[httpx.Request]:
     return [
-        call.request for call in up.router.calls
+        call.request
+        for call in up.router.calls
         if call.request.method == method and call.request.url.path == path
     ]
 
@@ -441,10 +472,13 @@ async def _assert_one_of_each(
     for request in _sent(up, "POST", "/user/new"):
         assert request.headers["authorization"] == f"Bearer {MASTER}"
         assert json.loads(request.content) == {
-            "user_id": user_id, "user_email": email, "user_role": "internal_user",
+            "user_id": user_id,
+            "user_email": email,
+            "user_role": "internal_user",
             "max_budget": settings.user_default_budget,
             "budget_duration": settings.user_budget_duration,
-            "key_alias": f"user:{user_id}", "auto_create_key": True,
+            "key_alias": f"user:{user_id}",
+            "auto_create_key": True,
         }
     for request in _sent(up, "GET", "/user/info"):
         assert request.headers["authorization"] == f"Bearer {MASTER}"
@@ -464,7 +498,10 @@ async def _assert_one_of_each(
     assert agent["model"] == f"{provider_name}/gpt-4o-mini"
     (created,) = _sent(up, "POST", "/v1/providers/")
     assert json.loads(created.content) == {
-        "name": provider_name, "provider_type": "openai", "api_key": held, "base_url": LITELLM,
+        "name": provider_name,
+        "provider_type": "openai",
+        "api_key": held,
+        "base_url": LITELLM,
     }
     for request in _sent(up, "POST", "/v1/agents/"):
         body = json.loads(request.content)
@@ -489,18 +526,24 @@ RETRY_PATHS = ["login", "status", "chat"]
 BILLING_FAILURES: dict[str, Callable[[FakeLiteLLM], None]] = {
     "503": lambda lite: lite.fail.setdefault("/user/new", []).append(_unavailable()),
     "connect-timeout": lambda lite: lite.fail.setdefault("/user/new", []).append(
-        httpx.ConnectTimeout("no answer")),
+        httpx.ConnectTimeout("no answer")
+    ),
     # The user and its key were made, but the answer never came back.
     "answer-lost": lambda lite: lite.commit_then.setdefault("/user/new", []).append(
-        httpx.ReadTimeout("answer lost")),
+        httpx.ReadTimeout("answer lost")
+    ),
 }
 
 
 @pytest.mark.parametrize("via", RETRY_PATHS)
 @pytest.mark.parametrize("failure", list(BILLING_FAILURES))
 async def test_billing_fails_once_then_ready_with_one_of_each(
-    failure: str, via: str, api: httpx.AsyncClient, upstream: Upstream,
-    db_pool: asyncpg.Pool, saga_settings: Settings,
+    failure: str,
+    via: str,
+    api: httpx.AsyncClient,
+    upstream: Upstream,
+    db_pool: asyncpg.Pool,
+    saga_settings: Settings,
 ) -> None:
     BILLING_FAILURES[failure](upstream.litellm)
     email = f"bill-{failure}-{via}@example.com"
@@ -542,8 +585,10 @@ async def test_billing_fails_once_then_ready_with_one_of_each(
 # --- 2. Letta POST /v1/agents/ fails once ----------------------------------------------------
 
 AGENT_FAILURES: dict[str, tuple[Failure, str]] = {
-    "500": (httpx.Response(500, json={"detail": "Internal Server Error"}),
-            "agent:agent_upstream_unavailable"),
+    "500": (
+        httpx.Response(500, json={"detail": "Internal Server Error"}),
+        "agent:agent_upstream_unavailable",
+    ),
     "read-timeout": (httpx.ReadTimeout("slow"), "agent:agent_upstream_timeout"),
 }
 
@@ -551,8 +596,12 @@ AGENT_FAILURES: dict[str, tuple[Failure, str]] = {
 @pytest.mark.parametrize("via", RETRY_PATHS)
 @pytest.mark.parametrize("failure", list(AGENT_FAILURES))
 async def test_agent_fails_once_then_ready_with_one_of_each(
-    failure: str, via: str, api: httpx.AsyncClient, upstream: Upstream,
-    db_pool: asyncpg.Pool, saga_settings: Settings,
+    failure: str,
+    via: str,
+    api: httpx.AsyncClient,
+    upstream: Upstream,
+    db_pool: asyncpg.Pool,
+    saga_settings: Settings,
 ) -> None:
     injected, code = AGENT_FAILURES[failure]
     upstream.letta.fail["create"] = [injected]
@@ -584,8 +633,11 @@ async def test_agent_fails_once_then_ready_with_one_of_each(
 
 @pytest.mark.parametrize("via", RETRY_PATHS)
 async def test_both_fail_once_then_ready_with_one_of_each(
-    via: str, api: httpx.AsyncClient, upstream: Upstream,
-    db_pool: asyncpg.Pool, saga_settings: Settings,
+    via: str,
+    api: httpx.AsyncClient,
+    upstream: Upstream,
+    db_pool: asyncpg.Pool,
+    saga_settings: Settings,
 ) -> None:
     upstream.litellm.fail["/user/new"] = [_unavailable()]
     upstream.letta.fail["create"] = [httpx.Response(503, json={"detail": "busy"})]
@@ -611,21 +663,26 @@ async def test_both_fail_once_then_ready_with_one_of_each(
 
 
 async def test_ready_account_is_not_provisioned_again(
-    api: httpx.AsyncClient, upstream: Upstream, db_pool: asyncpg.Pool, saga_settings: Settings,
+    api: httpx.AsyncClient,
+    upstream: Upstream,
+    db_pool: asyncpg.Pool,
+    saga_settings: Settings,
 ) -> None:
     email = "fine@example.com"
     body = (await _register(api, email)).json()
     assert body["provisioning_status"] == "ready"
     await _assert_one_of_each(upstream, db_pool, saga_settings, body["user"]["id"], email)
     creates = [
-        c for c in upstream.router.calls if c.request.method in ("POST", "PATCH")
-        and "/messages/" not in c.request.url.path
+        c
+        for c in upstream.router.calls
+        if c.request.method in ("POST", "PATCH") and "/messages/" not in c.request.url.path
     ]
     for via in RETRY_PATHS:
         await _retry(api, via, email, body["access_token"])
     after = [
-        c for c in upstream.router.calls if c.request.method in ("POST", "PATCH")
-        and "/messages/" not in c.request.url.path
+        c
+        for c in upstream.router.calls
+        if c.request.method in ("POST", "PATCH") and "/messages/" not in c.request.url.path
     ]
     assert len(after) == len(creates)  # no write upstream: nothing was made or changed
     await _assert_one_of_each(upstream, db_pool, saga_settings, body["user"]["id"], email)
@@ -635,7 +692,10 @@ async def test_ready_account_is_not_provisioned_again(
 
 
 async def test_chat_after_degraded_registration_streams_on_the_new_agent(
-    api: httpx.AsyncClient, upstream: Upstream, db_pool: asyncpg.Pool, saga_settings: Settings,
+    api: httpx.AsyncClient,
+    upstream: Upstream,
+    db_pool: asyncpg.Pool,
+    saga_settings: Settings,
 ) -> None:
     upstream.letta.fail["create"] = [httpx.ConnectError("refused")]
     email = "chat@example.com"
@@ -651,8 +711,9 @@ async def test_chat_after_degraded_registration_streams_on_the_new_agent(
     user_id = body["user"]["id"]
     await _assert_one_of_each(upstream, db_pool, saga_settings, user_id, email)
     (agent_id,) = upstream.letta.agents
-    (sent,) = [c.request for c in upstream.router.calls
-               if c.request.url.path.endswith("/messages/stream")]
+    (sent,) = [
+        c.request for c in upstream.router.calls if c.request.url.path.endswith("/messages/stream")
+    ]
     assert sent.url.path == f"/v1/agents/{agent_id}/messages/stream"
     assert json.loads(sent.content)["messages"] == [{"role": "user", "content": "Hi!"}]
     async with db_pool.acquire() as conn:
@@ -672,7 +733,9 @@ async def _nothing_left(pool: asyncpg.Pool, up: Upstream) -> None:
 
 
 async def test_profile_insert_failure_leaves_nothing(
-    api: httpx.AsyncClient, upstream: Upstream, db_pool: asyncpg.Pool,
+    api: httpx.AsyncClient,
+    upstream: Upstream,
+    db_pool: asyncpg.Pool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     async def broken_insert(*args: Any, **kwargs: Any) -> None:
@@ -700,8 +763,11 @@ async def supabase_api(
     settings_factory: Callable[..., Settings], upstream: Upstream
 ) -> AsyncIterator[httpx.AsyncClient]:
     settings = _settings(
-        settings_factory, identity_provider="supabase", supabase_url=SUPABASE,
-        supabase_anon_key="sb-anon-0123456789", supabase_service_role_key=SUPABASE_SERVICE,
+        settings_factory,
+        identity_provider="supabase",
+        supabase_url=SUPABASE,
+        supabase_anon_key="sb-anon-0123456789",
+        supabase_service_role_key=SUPABASE_SERVICE,
     )
     application = create_app(settings)
     async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
@@ -725,19 +791,27 @@ async def test_gotrue_500_on_create_leaves_nothing(
 
 
 async def test_supabase_user_is_deleted_when_the_profile_cannot_be_stored(
-    supabase_api: httpx.AsyncClient, upstream: Upstream, db_pool: asyncpg.Pool,
+    supabase_api: httpx.AsyncClient,
+    upstream: Upstream,
+    db_pool: asyncpg.Pool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     user_id = str(uuid.uuid4())
-    upstream.router.post(f"{SUPABASE_AUTH}/admin/users").respond(200, json={
-        "id": user_id, "aud": "authenticated", "role": "authenticated",
-        "email": "half@example.com", "app_metadata": {"provider": "email"},
-        "user_metadata": {}, "created_at": "2026-11-21T10:00:00Z",
-        "updated_at": "2026-11-21T10:00:00Z", "is_anonymous": False,
-    })
-    delete = upstream.router.delete(f"{SUPABASE_AUTH}/admin/users/{user_id}").respond(
-        200, json={}
+    upstream.router.post(f"{SUPABASE_AUTH}/admin/users").respond(
+        200,
+        json={
+            "id": user_id,
+            "aud": "authenticated",
+            "role": "authenticated",
+            "email": "half@example.com",
+            "app_metadata": {"provider": "email"},
+            "user_metadata": {},
+            "created_at": "2026-11-21T10:00:00Z",
+            "updated_at": "2026-11-21T10:00:00Z",
+            "is_anonymous": False,
+        },
     )
+    delete = upstream.router.delete(f"{SUPABASE_AUTH}/admin/users/{user_id}").respond(200, json={})
 
     async def broken_insert(*args: Any, **kwargs: Any) -> None:
         raise asyncpg.PostgresConnectionError("connection lost mid-insert")
@@ -753,7 +827,10 @@ async def test_supabase_user_is_deleted_when_the_profile_cannot_be_stored(
 
 
 async def test_chat_budget_check_does_not_race_the_provisioner_for_the_billing_user(
-    api: httpx.AsyncClient, upstream: Upstream, db_pool: asyncpg.Pool, saga_settings: Settings,
+    api: httpx.AsyncClient,
+    upstream: Upstream,
+    db_pool: asyncpg.Pool,
+    saga_settings: Settings,
 ) -> None:
     # The chat turn reads the budget while `ensure` provisions: with a real network's latency
     # both would find no LiteLLM user and both would send /user/new.

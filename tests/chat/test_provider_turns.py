@@ -38,7 +38,8 @@ async def _one_turn(pool: asyncpg.Pool, user_id: object) -> asyncpg.Record:
 async def _stored(pool: asyncpg.Pool, turn_id: object) -> list[tuple[int, str, object]]:
     async with pool.acquire() as conn:
         rows = await conn.fetch(
-            "select seq, event, data from turn_events where turn_id = $1 order by seq", turn_id)
+            "select seq, event, data from turn_events where turn_id = $1 order by seq", turn_id
+        )
     return [(r["seq"], r["event"], json.loads(r["data"])) for r in rows]
 
 
@@ -50,15 +51,20 @@ async def _usage_days(pool: asyncpg.Pool, user_id: object) -> list[asyncpg.Recor
 async def test_builtin_agent_turn_end_to_end(
     settings_factory: Callable[..., Settings], scripted_llm: ScriptedLLM, db_pool: asyncpg.Pool
 ) -> None:
-    application = create_app(settings_factory(
-        llm_base_url=scripted_llm.base_url, llm_model="scripted-model",
-        chat_event_flush_seconds=0.02,
-    ))
+    application = create_app(
+        settings_factory(
+            llm_base_url=scripted_llm.base_url,
+            llm_model="scripted-model",
+            chat_event_flush_seconds=0.02,
+        )
+    )
     async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            registered = await client.post("/api/v1/auth/register", json={
-                "email": "ada@example.com", "password": "correct horse battery staple"})
+            registered = await client.post(
+                "/api/v1/auth/register",
+                json={"email": "ada@example.com", "password": "correct horse battery staple"},
+            )
             assert registered.status_code == 201, registered.text
             token = registered.json()["access_token"]
             user_id = registered.json()["user"]["id"]
@@ -67,13 +73,19 @@ async def test_builtin_agent_turn_end_to_end(
 
             scripted_llm.push(Text("Hello there friend", usage=(40, 3)))
             response = await client.post(
-                "/api/v1/chat/message", json={"content": "Hi, I am Ada"},
+                "/api/v1/chat/message",
+                json={"content": "Hi, I am Ada"},
                 headers={"Authorization": f"Bearer {token}"},
             )
     assert response.status_code == 200
     events = parse_sse(response.text)
     assert [(e.id, e.event) for e in events] == [
-        (1, "turn"), (2, "delta"), (3, "delta"), (4, "delta"), (5, "message"), (6, "usage"),
+        (1, "turn"),
+        (2, "delta"),
+        (3, "delta"),
+        (4, "delta"),
+        (5, "message"),
+        (6, "usage"),
         (7, "done"),
     ]
     assert "".join(e.data["text"] for e in events[1:4]) == "Hello there friend"
@@ -83,8 +95,12 @@ async def test_builtin_agent_turn_end_to_end(
 
     cost = application.state.billing.cost_of(TokenUsage("scripted-model", 40, 3, 43))
     assert events[5].data == {
-        "model": "scripted-model", "prompt_tokens": 40, "completion_tokens": 3,
-        "total_tokens": 43, "cost": pytest.approx(cost), "estimated": False,
+        "model": "scripted-model",
+        "prompt_tokens": 40,
+        "completion_tokens": 3,
+        "total_tokens": 43,
+        "cost": pytest.approx(cost),
+        "estimated": False,
         "remaining_budget": pytest.approx(10.0 - cost),
     }
     turn = await _one_turn(db_pool, uuid.UUID(user_id))
@@ -96,8 +112,7 @@ async def test_builtin_agent_turn_end_to_end(
     assert (day["messages"], day["prompt_tokens"], day["completion_tokens"]) == (1, 40, 3)
     assert float(day["cost"]) == pytest.approx(cost)
     async with db_pool.acquire() as conn:
-        spend = await conn.fetchval("select spend from budgets where user_id = $1",
-                                    turn["user_id"])
+        spend = await conn.fetchval("select spend from budgets where user_id = $1", turn["user_id"])
     assert float(spend) == pytest.approx(cost)
 
 
@@ -106,18 +121,24 @@ async def test_letta_agent_turn_end_to_end(
 ) -> None:
     recording = Recording(FIXTURES)
     settings = settings_factory(
-        agent_provider="letta", letta_base_url=BASE_URL, letta_api_key=API_KEY,
-        letta_model="openai-proxy/gpt-4o-mini", letta_max_retries=0,
-        letta_stream_read_timeout=2.0, chat_event_flush_seconds=0.02,
+        agent_provider="letta",
+        letta_base_url=BASE_URL,
+        letta_api_key=API_KEY,
+        letta_model="openai-proxy/gpt-4o-mini",
+        letta_max_retries=0,
+        letta_stream_read_timeout=2.0,
+        chat_event_flush_seconds=0.02,
     )
     application = create_app(settings)
     user = await make_user(agent_id=RECORDED_AGENT)
     with respx.mock(base_url=BASE_URL, assert_all_called=True) as letta:
         letta.get(f"/v1/agents/{RECORDED_AGENT}").mock(
-            return_value=recording.find("GET", "/v1/agents/{agent}").response())
+            return_value=recording.find("GET", "/v1/agents/{agent}").response()
+        )
         stream = letta.post(f"/v1/agents/{RECORDED_AGENT}/messages/stream").mock(
             return_value=httpx.Response(
-                200, headers=SSE_HEADERS,
+                200,
+                headers=SSE_HEADERS,
                 content=recording.sse("stream-tokens-with-tool-call.sse"),
             )
         )
@@ -133,14 +154,21 @@ async def test_letta_agent_turn_end_to_end(
     sent = stream.calls[-1].request
     assert sent.headers["authorization"] == f"Bearer {API_KEY}"
     body = json.loads(sent.content)
-    assert body["messages"] == [
-        {"role": "user", "content": "REMEMBER: Alice's cat is called Tom"}]
+    assert body["messages"] == [{"role": "user", "content": "REMEMBER: Alice's cat is called Tom"}]
     assert body["stream_tokens"] is True
 
     events = parse_sse(response.text)
     assert [(e.id, e.event) for e in events] == [
-        (1, "turn"), (2, "tool"), (3, "tool"), (4, "delta"), (5, "delta"), (6, "delta"),
-        (7, "delta"), (8, "message"), (9, "usage"), (10, "done"),
+        (1, "turn"),
+        (2, "tool"),
+        (3, "tool"),
+        (4, "delta"),
+        (5, "delta"),
+        (6, "delta"),
+        (7, "delta"),
+        (8, "message"),
+        (9, "usage"),
+        (10, "done"),
     ]
     assert [e.data for e in events[1:3]] == [
         {"name": "memory_insert", "status": "started"},
@@ -150,7 +178,10 @@ async def test_letta_agent_turn_end_to_end(
     cost = application.state.billing.cost_of(TokenUsage("gpt-4o-mini", 1367, 24, 1391))
     usage = events[8].data
     assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (
-        1367, 24, 1391)
+        1367,
+        24,
+        1391,
+    )
     assert usage["cost"] == pytest.approx(cost) and usage["estimated"] is False
 
     turn = await _one_turn(db_pool, user.id)

@@ -28,8 +28,9 @@ USAGE = UsageEvent(model="gpt-4o-mini", prompt_tokens=10, completion_tokens=5, t
 
 async def _status(pool: asyncpg.Pool, turn_id: str) -> str:
     async with pool.acquire() as conn:
-        return str(await conn.fetchval("select status from turns where id = $1",
-                                       uuid.UUID(turn_id)))
+        return str(
+            await conn.fetchval("select status from turns where id = $1", uuid.UUID(turn_id))
+        )
 
 
 async def _has_status(pool: asyncpg.Pool, turn_id: str, status: str) -> bool:
@@ -38,8 +39,11 @@ async def _has_status(pool: asyncpg.Pool, turn_id: str, status: str) -> bool:
 
 async def _messages_counted(pool: asyncpg.Pool, user_id: uuid.UUID) -> int:
     async with pool.acquire() as conn:
-        return int(await conn.fetchval(
-            "select coalesce(sum(messages), 0) from usage_daily where user_id = $1", user_id))
+        return int(
+            await conn.fetchval(
+                "select coalesce(sum(messages), 0) from usage_daily where user_id = $1", user_id
+            )
+        )
 
 
 def _ids(events: list[SSE]) -> list[tuple[int, str]]:
@@ -52,14 +56,18 @@ def _subscribers(app: FastAPI, turn_id: str) -> int:
 
 
 async def test_disconnect_after_first_delta_then_resume_gets_exactly_the_rest(
-    app: FastAPI, live_url: str, agent: ControlledAgent, make_user: UserFactory,
+    app: FastAPI,
+    live_url: str,
+    agent: ControlledAgent,
+    make_user: UserFactory,
     db_pool: asyncpg.Pool,
 ) -> None:
     user = await make_user()
     turn = agent.next_turn().push(DeltaEvent("One"))
     async with httpx.AsyncClient(base_url=live_url, timeout=5) as http:
-        async with http.stream("POST", "/api/v1/chat/message", json={"content": "count"},
-                               headers=user.headers) as response:
+        async with http.stream(
+            "POST", "/api/v1/chat/message", json={"content": "count"}, headers=user.headers
+        ) as response:
             assert response.status_code == 200
             seen = await read_events(response, stop_after=lambda e: e.event == "delta")
         # The client is gone. The agent goes on; the turn completes and is stored.
@@ -70,8 +78,11 @@ async def test_disconnect_after_first_delta_then_resume_gets_exactly_the_rest(
         turn.push(DeltaEvent(" two"), MessageEvent("One two"), USAGE).end()
         await wait_for(lambda: _has_status(db_pool, turn_id, "completed"))
 
-        async with http.stream("GET", f"/api/v1/chat/turns/{turn_id}/events",
-                               headers={**user.headers, "Last-Event-ID": "2"}) as response:
+        async with http.stream(
+            "GET",
+            f"/api/v1/chat/turns/{turn_id}/events",
+            headers={**user.headers, "Last-Event-ID": "2"},
+        ) as response:
             assert response.status_code == 200
             rest = await read_events(response)
     assert _ids(rest) == [(3, "delta"), (4, "message"), (5, "usage"), (6, "done")]
@@ -85,21 +96,31 @@ async def test_resume_while_live_replays_then_follows_without_gap_or_duplicate(
     user = await make_user()
     turn = agent.next_turn().push(DeltaEvent("a"))
     async with httpx.AsyncClient(base_url=live_url, timeout=5) as http:
-        async with http.stream("POST", "/api/v1/chat/message", json={"content": "go"},
-                               headers=user.headers) as response:
+        async with http.stream(
+            "POST", "/api/v1/chat/message", json={"content": "go"}, headers=user.headers
+        ) as response:
             seen = await read_events(response, stop_after=lambda e: e.event == "delta")
         turn_id = seen[0].data["turn_id"]
         turn.push(DeltaEvent("b"), DeltaEvent("c"))  # missed while away
 
-        async with http.stream("GET", f"/api/v1/chat/turns/{turn_id}/events",
-                               headers={**user.headers, "Last-Event-ID": "2"}) as response:
+        async with http.stream(
+            "GET",
+            f"/api/v1/chat/turns/{turn_id}/events",
+            headers={**user.headers, "Last-Event-ID": "2"},
+        ) as response:
             collected: asyncio.Task[list[SSE]] = asyncio.create_task(read_events(response))
             await wait_for(lambda: agent.turns[0].queue.empty())
             await wait_for(lambda: _subscribers(app, turn_id) == 1)
             turn.push(DeltaEvent("d"), MessageEvent("abcd"), USAGE).end()  # live from here
             replayed = await asyncio.wait_for(collected, 5)
-    assert _ids(replayed) == [(3, "delta"), (4, "delta"), (5, "delta"), (6, "message"),
-                              (7, "usage"), (8, "done")]
+    assert _ids(replayed) == [
+        (3, "delta"),
+        (4, "delta"),
+        (5, "delta"),
+        (6, "message"),
+        (7, "usage"),
+        (8, "done"),
+    ]
     assert [e.data.get("text") for e in replayed[:4]] == ["b", "c", "d", "abcd"]
 
 
@@ -109,8 +130,9 @@ async def test_resume_of_a_turn_run_by_another_instance_polls_the_stored_events(
     """A second app instance (its own runtime, same database) follows from `turn_events`."""
     user = await make_user()
     turn = agent.next_turn().push(DeltaEvent("x"))
-    deps = TurnDeps(app.state.settings, app.state.chat, agent, app.state.billing,
-                    app.state.provisioner)
+    deps = TurnDeps(
+        app.state.settings, app.state.chat, agent, app.state.billing, app.state.provisioner
+    )
     run = await start_turn(deps, user.id, "hi")
     await wait_for(lambda: len(run.events) == 2)
 
@@ -134,14 +156,14 @@ async def test_resume_of_a_finished_turn_from_the_start_replays_everything(
 ) -> None:
     user = await make_user()
     agent.next_turn().push(DeltaEvent("hi"), MessageEvent("hi"), USAGE).end()
-    posted = await client.post("/api/v1/chat/message", json={"content": "x"},
-                               headers=user.headers)
+    posted = await client.post("/api/v1/chat/message", json={"content": "x"}, headers=user.headers)
     original = parse_sse(posted.text)
     turn_id = original[0].data["turn_id"]
     replay = await client.get(f"/api/v1/chat/turns/{turn_id}/events", headers=user.headers)
     assert parse_sse(replay.text) == original
-    tail = await client.get(f"/api/v1/chat/turns/{turn_id}/events",
-                            headers={**user.headers, "Last-Event-ID": "4"})
+    tail = await client.get(
+        f"/api/v1/chat/turns/{turn_id}/events", headers={**user.headers, "Last-Event-ID": "4"}
+    )
     assert _ids(parse_sse(tail.text)) == [(5, "done")]
 
 
@@ -150,16 +172,14 @@ async def test_resume_errors(
 ) -> None:
     owner, stranger = await make_user(), await make_user()
     agent.next_turn().push(MessageEvent("hi"), USAGE).end()
-    posted = await client.post("/api/v1/chat/message", json={"content": "x"},
-                               headers=owner.headers)
+    posted = await client.post("/api/v1/chat/message", json={"content": "x"}, headers=owner.headers)
     turn_id = parse_sse(posted.text)[0].data["turn_id"]
     url = f"/api/v1/chat/turns/{turn_id}/events"
 
     response = await client.get(url, headers=stranger.headers)
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "turn_not_found"
-    response = await client.get(f"/api/v1/chat/turns/{uuid.uuid4()}/events",
-                                headers=owner.headers)
+    response = await client.get(f"/api/v1/chat/turns/{uuid.uuid4()}/events", headers=owner.headers)
     assert response.status_code == 404
     response = await client.get(url, headers={**owner.headers, "Last-Event-ID": "abc"})
     assert response.status_code == 422
@@ -172,11 +192,13 @@ async def test_stranger_cannot_follow_a_live_turn(
 ) -> None:
     owner, stranger = await make_user(), await make_user()
     turn = agent.next_turn()
-    deps = TurnDeps(app.state.settings, app.state.chat, agent, app.state.billing,
-                    app.state.provisioner)
+    deps = TurnDeps(
+        app.state.settings, app.state.chat, agent, app.state.billing, app.state.provisioner
+    )
     run = await start_turn(deps, owner.id, "secret question")
-    response = await client.get(f"/api/v1/chat/turns/{run.turn_id}/events",
-                                headers=stranger.headers)
+    response = await client.get(
+        f"/api/v1/chat/turns/{run.turn_id}/events", headers=stranger.headers
+    )
     assert response.status_code == 404
     assert "secret" not in response.text
     turn.push(USAGE).end()
@@ -192,8 +214,9 @@ async def test_idle_stream_gets_comment_pings(
     turn = agent.next_turn()
     async with (
         httpx.AsyncClient(base_url=live_url, timeout=5) as http,
-        http.stream("POST", "/api/v1/chat/message", json={"content": "think"},
-                    headers=user.headers) as response,
+        http.stream(
+            "POST", "/api/v1/chat/message", json={"content": "think"}, headers=user.headers
+        ) as response,
     ):
         raw = ""
         released = False
@@ -230,8 +253,13 @@ async def test_litellm_billing_passes_the_users_route_to_the_agent(
 
     user = await make_user()
     billing = RoutedBilling(app.state.billing)
-    deps = TurnDeps(settings_factory(billing_provider="litellm"), app.state.chat, agent,
-                    billing, app.state.provisioner)  # type: ignore[arg-type]
+    deps = TurnDeps(
+        settings_factory(billing_provider="litellm"),
+        app.state.chat,
+        agent,
+        billing,
+        app.state.provisioner,
+    )  # type: ignore[arg-type]
     agent.next_turn().push(MessageEvent("ok"), USAGE).end()
     run = await start_turn(deps, user.id, "hi")
     assert run.task is not None

@@ -19,8 +19,13 @@ from app.providers.agents import DeltaEvent, ErrorEvent, MessageEvent, ToolEvent
 from app.providers.billing import TokenUsage
 from tests.chat.conftest import ControlledAgent, UserFactory, parse_sse, wait_for
 
-USAGE = UsageEvent(model="gpt-4o-mini", prompt_tokens=1200, completion_tokens=300,
-                   total_tokens=1500, run_id="run-1")
+USAGE = UsageEvent(
+    model="gpt-4o-mini",
+    prompt_tokens=1200,
+    completion_tokens=300,
+    total_tokens=1500,
+    run_id="run-1",
+)
 
 
 async def _turn_rows(pool: asyncpg.Pool, user_id: uuid.UUID) -> list[asyncpg.Record]:
@@ -43,7 +48,10 @@ async def _usage_row(pool: asyncpg.Pool, user_id: uuid.UUID) -> asyncpg.Record |
 
 
 async def test_full_turn_streams_the_exact_sequence_and_stores_it_once(
-    client: httpx.AsyncClient, app: FastAPI, agent: ControlledAgent, make_user: UserFactory,
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    agent: ControlledAgent,
+    make_user: UserFactory,
     db_pool: asyncpg.Pool,
 ) -> None:
     user = await make_user()
@@ -55,14 +63,20 @@ async def test_full_turn_streams_the_exact_sequence_and_stores_it_once(
         USAGE,
     ).end()
 
-    response = await client.post("/api/v1/chat/message", json={"content": "Hi there"},
-                                 headers=user.headers)
+    response = await client.post(
+        "/api/v1/chat/message", json={"content": "Hi there"}, headers=user.headers
+    )
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     events = parse_sse(response.text)
     assert [(e.id, e.event) for e in events] == [
-        (1, "turn"), (2, "delta"), (3, "delta"), (4, "tool"), (5, "message"), (6, "usage"),
+        (1, "turn"),
+        (2, "delta"),
+        (3, "delta"),
+        (4, "tool"),
+        (5, "message"),
+        (6, "usage"),
         (7, "done"),
     ]
     turn_id = events[0].data["turn_id"]
@@ -92,7 +106,10 @@ async def test_full_turn_streams_the_exact_sequence_and_stores_it_once(
     assert turn["status"] == "completed" and turn["user_message"] == "Hi there"
     assert turn["assistant_response"] == "Hello"
     assert (turn["prompt_tokens"], turn["completion_tokens"], turn["total_tokens"]) == (
-        1200, 300, 1500)
+        1200,
+        300,
+        1500,
+    )
     assert float(turn["cost"]) == pytest.approx(cost)
     assert turn["model"] == "gpt-4o-mini" and turn["agent_run_id"] == "run-1"
     assert turn["completed_at"] is not None and turn["error"] is None
@@ -102,8 +119,12 @@ async def test_full_turn_streams_the_exact_sequence_and_stores_it_once(
 
     day = await _usage_row(db_pool, user.id)
     assert day is not None
-    assert (day["messages"], day["prompt_tokens"], day["completion_tokens"],
-            day["total_tokens"]) == (1, 1200, 300, 1500)
+    assert (
+        day["messages"],
+        day["prompt_tokens"],
+        day["completion_tokens"],
+        day["total_tokens"],
+    ) == (1, 1200, 300, 1500)
     assert float(day["cost"]) == pytest.approx(cost)
     budget = await billing.get_budget(user.id)
     assert budget.spend == pytest.approx(cost)
@@ -115,8 +136,9 @@ async def test_message_length_is_validated(
     client: httpx.AsyncClient, make_user: UserFactory, db_pool: asyncpg.Pool, content: str
 ) -> None:
     user = await make_user()
-    response = await client.post("/api/v1/chat/message", json={"content": content},
-                                 headers=user.headers)
+    response = await client.post(
+        "/api/v1/chat/message", json={"content": content}, headers=user.headers
+    )
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "validation_error"
     assert await _turn_rows(db_pool, user.id) == []
@@ -127,8 +149,9 @@ async def test_longest_message_is_accepted(
 ) -> None:
     user = await make_user()
     agent.next_turn().push(MessageEvent("ok"), USAGE).end()
-    response = await client.post("/api/v1/chat/message", json={"content": "x" * 32_000},
-                                 headers=user.headers)
+    response = await client.post(
+        "/api/v1/chat/message", json={"content": "x" * 32_000}, headers=user.headers
+    )
     assert response.status_code == 200
     assert parse_sse(response.text)[-1].event == "done"
 
@@ -140,13 +163,17 @@ async def test_message_needs_a_token(client: httpx.AsyncClient) -> None:
 
 
 async def test_over_budget_is_402_and_creates_no_turn(
-    client: httpx.AsyncClient, app: FastAPI, agent: ControlledAgent, make_user: UserFactory,
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    agent: ControlledAgent,
+    make_user: UserFactory,
     db_pool: asyncpg.Pool,
 ) -> None:
     user = await make_user()
     await app.state.billing.set_budget(user.id, 0.0)
-    response = await client.post("/api/v1/chat/message", json={"content": "hi"},
-                                 headers=user.headers)
+    response = await client.post(
+        "/api/v1/chat/message", json={"content": "hi"}, headers=user.headers
+    )
     assert response.status_code == 402
     assert response.json()["error"]["code"] == "budget_exceeded"
     assert await _turn_rows(db_pool, user.id) == []
@@ -154,39 +181,52 @@ async def test_over_budget_is_402_and_creates_no_turn(
 
 
 async def test_no_agent_is_409_and_creates_no_turn(
-    client: httpx.AsyncClient, agent: ControlledAgent, make_user: UserFactory,
+    client: httpx.AsyncClient,
+    agent: ControlledAgent,
+    make_user: UserFactory,
     db_pool: asyncpg.Pool,
 ) -> None:
     # Provisioning is retried on chat; the agent service is down, so there is still no agent.
     user = await make_user(agent_id=None, status="degraded")
-    response = await client.post("/api/v1/chat/message", json={"content": "hi"},
-                                 headers=user.headers)
+    response = await client.post(
+        "/api/v1/chat/message", json={"content": "hi"}, headers=user.headers
+    )
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "agent_not_ready"
     assert await _turn_rows(db_pool, user.id) == []
 
 
 async def test_second_concurrent_turn_is_409(
-    client: httpx.AsyncClient, app: FastAPI, agent: ControlledAgent, make_user: UserFactory,
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    agent: ControlledAgent,
+    make_user: UserFactory,
     db_pool: asyncpg.Pool,
 ) -> None:
     user = await make_user()
     first = agent.next_turn()
-    deps = TurnDeps(app.state.settings, app.state.chat, app.state.agents, app.state.billing,
-                    app.state.provisioner)
+    deps = TurnDeps(
+        app.state.settings,
+        app.state.chat,
+        app.state.agents,
+        app.state.billing,
+        app.state.provisioner,
+    )
     run = await start_turn(deps, user.id, "first")
     await first.started.wait()
 
-    response = await client.post("/api/v1/chat/message", json={"content": "second"},
-                                 headers=user.headers)
+    response = await client.post(
+        "/api/v1/chat/message", json={"content": "second"}, headers=user.headers
+    )
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "turn_in_progress"
 
     # Another user is not blocked by it.
     other = await make_user()
     agent.next_turn().push(MessageEvent("yo"), USAGE).end()
-    response = await client.post("/api/v1/chat/message", json={"content": "hi"},
-                                 headers=other.headers)
+    response = await client.post(
+        "/api/v1/chat/message", json={"content": "hi"}, headers=other.headers
+    )
     assert parse_sse(response.text)[-1].event == "done"
 
     first.push(MessageEvent("done"), USAGE).end()
@@ -194,8 +234,9 @@ async def test_second_concurrent_turn_is_409(
     await run.task
     # Once the first has finished, the user may send again.
     agent.next_turn().push(MessageEvent("again"), USAGE).end()
-    response = await client.post("/api/v1/chat/message", json={"content": "third"},
-                                 headers=user.headers)
+    response = await client.post(
+        "/api/v1/chat/message", json={"content": "third"}, headers=user.headers
+    )
     assert parse_sse(response.text)[-1].event == "done"
     assert len(await _turn_rows(db_pool, user.id)) == 2
 
@@ -204,8 +245,13 @@ async def test_simultaneous_admissions_admit_exactly_one(
     app: FastAPI, agent: ControlledAgent, make_user: UserFactory, db_pool: asyncpg.Pool
 ) -> None:
     user = await make_user()
-    deps = TurnDeps(app.state.settings, app.state.chat, app.state.agents, app.state.billing,
-                    app.state.provisioner)
+    deps = TurnDeps(
+        app.state.settings,
+        app.state.chat,
+        app.state.agents,
+        app.state.billing,
+        app.state.provisioner,
+    )
     results = await asyncio.gather(
         *(start_turn(deps, user.id, f"m{i}") for i in range(4)), return_exceptions=True
     )
@@ -220,21 +266,33 @@ async def test_simultaneous_admissions_admit_exactly_one(
 
 
 async def test_upstream_error_mid_stream_fails_the_turn_keeping_the_partial_text(
-    client: httpx.AsyncClient, app: FastAPI, agent: ControlledAgent, make_user: UserFactory,
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    agent: ControlledAgent,
+    make_user: UserFactory,
     db_pool: asyncpg.Pool,
 ) -> None:
     user = await make_user()
     agent.next_turn().push(
-        DeltaEvent("Par"), DeltaEvent("tial"),
+        DeltaEvent("Par"),
+        DeltaEvent("tial"),
         ErrorEvent("llm_unavailable", "the model timed out", retryable=True),
     ).end()
-    response = await client.post("/api/v1/chat/message", json={"content": "Tell me more"},
-                                 headers=user.headers)
+    response = await client.post(
+        "/api/v1/chat/message", json={"content": "Tell me more"}, headers=user.headers
+    )
     events = parse_sse(response.text)
     assert [(e.id, e.event) for e in events] == [
-        (1, "turn"), (2, "delta"), (3, "delta"), (4, "error")]
-    assert events[-1].data == {"code": "llm_unavailable", "message": "the model timed out",
-                               "retryable": True}
+        (1, "turn"),
+        (2, "delta"),
+        (3, "delta"),
+        (4, "error"),
+    ]
+    assert events[-1].data == {
+        "code": "llm_unavailable",
+        "message": "the model timed out",
+        "retryable": True,
+    }
 
     (turn,) = await _turn_rows(db_pool, user.id)
     assert turn["status"] == "failed" and turn["error"] == "llm_unavailable"
@@ -250,15 +308,19 @@ async def test_upstream_error_mid_stream_fails_the_turn_keeping_the_partial_text
 
 
 async def test_usage_reported_before_an_error_is_counted_once(
-    client: httpx.AsyncClient, app: FastAPI, agent: ControlledAgent, make_user: UserFactory,
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    agent: ControlledAgent,
+    make_user: UserFactory,
     db_pool: asyncpg.Pool,
 ) -> None:
     user = await make_user()
     agent.next_turn().push(
         DeltaEvent("Hi"), USAGE, ErrorEvent("agent_error", "stop reason: error", False)
     ).end()
-    response = await client.post("/api/v1/chat/message", json={"content": "x"},
-                                 headers=user.headers)
+    response = await client.post(
+        "/api/v1/chat/message", json={"content": "x"}, headers=user.headers
+    )
     assert [e.event for e in parse_sse(response.text)] == ["turn", "delta", "error"]
     (turn,) = await _turn_rows(db_pool, user.id)
     assert turn["status"] == "failed" and turn["total_tokens"] == 1500
@@ -270,13 +332,17 @@ async def test_usage_reported_before_an_error_is_counted_once(
 
 
 async def test_error_before_any_output_counts_nothing(
-    client: httpx.AsyncClient, app: FastAPI, agent: ControlledAgent, make_user: UserFactory,
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    agent: ControlledAgent,
+    make_user: UserFactory,
     db_pool: asyncpg.Pool,
 ) -> None:
     user = await make_user()
     agent.next_turn().push(ErrorEvent("upstream_unavailable", "Letta is down", True)).end()
-    response = await client.post("/api/v1/chat/message", json={"content": "x"},
-                                 headers=user.headers)
+    response = await client.post(
+        "/api/v1/chat/message", json={"content": "x"}, headers=user.headers
+    )
     assert [e.event for e in parse_sse(response.text)] == ["turn", "error"]
     (turn,) = await _turn_rows(db_pool, user.id)
     assert turn["status"] == "failed" and turn["assistant_response"] == ""
@@ -285,13 +351,16 @@ async def test_error_before_any_output_counts_nothing(
 
 
 async def test_a_provider_that_raises_still_ends_the_turn(
-    client: httpx.AsyncClient, agent: ControlledAgent, make_user: UserFactory,
+    client: httpx.AsyncClient,
+    agent: ControlledAgent,
+    make_user: UserFactory,
     db_pool: asyncpg.Pool,
 ) -> None:
     user = await make_user()
     agent.next_turn().push(DeltaEvent("a")).fail(RuntimeError("bug"))
-    response = await client.post("/api/v1/chat/message", json={"content": "x"},
-                                 headers=user.headers)
+    response = await client.post(
+        "/api/v1/chat/message", json={"content": "x"}, headers=user.headers
+    )
     events = parse_sse(response.text)
     assert [e.event for e in events] == ["turn", "delta", "error"]
     assert events[-1].data["code"] == "agent_error"
@@ -301,13 +370,16 @@ async def test_a_provider_that_raises_still_ends_the_turn(
 
 
 async def test_turn_without_a_usage_event_is_estimated(
-    client: httpx.AsyncClient, agent: ControlledAgent, make_user: UserFactory,
+    client: httpx.AsyncClient,
+    agent: ControlledAgent,
+    make_user: UserFactory,
     db_pool: asyncpg.Pool,
 ) -> None:
     user = await make_user()
     agent.next_turn().push(DeltaEvent("Hello world"), MessageEvent("Hello world")).end()
-    response = await client.post("/api/v1/chat/message", json={"content": "Say hello"},
-                                 headers=user.headers)
+    response = await client.post(
+        "/api/v1/chat/message", json={"content": "Say hello"}, headers=user.headers
+    )
     events = parse_sse(response.text)
     assert [e.event for e in events][-2:] == ["usage", "done"]
     assert events[-2].data["estimated"] is True
@@ -331,14 +403,17 @@ async def _insert_streaming(
                     now() - make_interval(secs => $3))
             returning id
             """,
-            user_id, instance, age_seconds,
+            user_id,
+            instance,
+            age_seconds,
         )
         await conn.execute(
             """
             insert into turn_events (turn_id, seq, user_id, event, data)
             values ($1, 1, $2, 'turn', '{}'::jsonb), ($1, 2, $2, 'delta', '{"text": "half"}')
             """,
-            turn_id, user_id,
+            turn_id,
+            user_id,
         )
     return turn_id
 
@@ -347,8 +422,7 @@ async def test_startup_fails_turns_orphaned_by_a_crash_but_not_live_ones(
     app: FastAPI, make_user: UserFactory, db_pool: asyncpg.Pool
 ) -> None:
     crashed_user, busy_user = await make_user(), await make_user()
-    orphan = await _insert_streaming(db_pool, crashed_user.id, age_seconds=3600,
-                                     instance="dead")
+    orphan = await _insert_streaming(db_pool, crashed_user.id, age_seconds=3600, instance="dead")
     live = await _insert_streaming(db_pool, busy_user.id, age_seconds=1, instance="other-live")
 
     # What the next process start runs (the app's startup hook).
@@ -364,19 +438,21 @@ async def test_startup_fails_turns_orphaned_by_a_crash_but_not_live_ones(
     events = await _stored_events(db_pool, orphan)
     assert [(s, e) for s, e, _ in events] == [(1, "turn"), (2, "delta"), (3, "error")]
     assert events[-1][2]["code"] == "interrupted"
-    assert await _stored_events(db_pool, live) == [
-        (1, "turn", {}), (2, "delta", {"text": "half"})]
+    assert await _stored_events(db_pool, live) == [(1, "turn", {}), (2, "delta", {"text": "half"})]
 
 
 async def test_a_user_is_not_locked_out_by_an_orphaned_turn(
-    client: httpx.AsyncClient, agent: ControlledAgent, make_user: UserFactory,
+    client: httpx.AsyncClient,
+    agent: ControlledAgent,
+    make_user: UserFactory,
     db_pool: asyncpg.Pool,
 ) -> None:
     user = await make_user()
     orphan = await _insert_streaming(db_pool, user.id, age_seconds=3600, instance="dead")
     agent.next_turn().push(MessageEvent("fresh"), USAGE).end()
-    response = await client.post("/api/v1/chat/message", json={"content": "hi"},
-                                 headers=user.headers)
+    response = await client.post(
+        "/api/v1/chat/message", json={"content": "hi"}, headers=user.headers
+    )
     assert parse_sse(response.text)[-1].event == "done"
     async with db_pool.acquire() as conn:
         status = await conn.fetchval("select status from turns where id = $1", orphan)
@@ -384,7 +460,10 @@ async def test_a_user_is_not_locked_out_by_an_orphaned_turn(
 
 
 async def test_live_turns_renew_their_lease(
-    settings_factory, agent: ControlledAgent, make_user: UserFactory, db_pool: asyncpg.Pool,
+    settings_factory,
+    agent: ControlledAgent,
+    make_user: UserFactory,
+    db_pool: asyncpg.Pool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from asgi_lifespan import LifespanManager
@@ -393,14 +472,20 @@ async def test_live_turns_renew_their_lease(
     from app.providers import factory
 
     monkeypatch.setattr(factory, "build_agents", lambda *_: agent)
-    fast = settings_factory(chat_turn_lease_seconds=0.3, chat_event_flush_seconds=0.02,
-                            chat_shutdown_grace_seconds=1.0)
+    fast = settings_factory(
+        chat_turn_lease_seconds=0.3, chat_event_flush_seconds=0.02, chat_shutdown_grace_seconds=1.0
+    )
     application = create_app(fast)
     async with LifespanManager(application):
         user = await make_user()
         turn = agent.next_turn()
-        deps = TurnDeps(fast, application.state.chat, agent, application.state.billing,
-                        application.state.provisioner)
+        deps = TurnDeps(
+            fast,
+            application.state.chat,
+            agent,
+            application.state.billing,
+            application.state.provisioner,
+        )
         run = await start_turn(deps, user.id, "slow")
         await turn.started.wait()
         await asyncio.sleep(0.7)  # over two leases: a live owner keeps renewing
@@ -423,7 +508,10 @@ async def test_live_turns_renew_their_lease(
 
 
 async def test_many_concurrent_turns_on_a_small_pool(
-    settings_factory, agent: ControlledAgent, make_user: UserFactory, db_pool: asyncpg.Pool,
+    settings_factory,
+    agent: ControlledAgent,
+    make_user: UserFactory,
+    db_pool: asyncpg.Pool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """No connection is held across a turn: 40 streams on a 3-connection pool all finish,
@@ -438,15 +526,21 @@ async def test_many_concurrent_turns_on_a_small_pool(
     application = create_app(small)
     users = [await make_user() for _ in range(40)]
     for _ in users:
-        agent.next_turn().push(*(DeltaEvent(f"w{i} ") for i in range(20)),
-                               MessageEvent("words"), USAGE).end()
+        agent.next_turn().push(
+            *(DeltaEvent(f"w{i} ") for i in range(20)), MessageEvent("words"), USAGE
+        ).end()
     async with LifespanManager(application):
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            responses = await asyncio.wait_for(asyncio.gather(*(
-                http.post("/api/v1/chat/message", json={"content": "go"}, headers=u.headers)
-                for u in users
-            )), 60)
+            responses = await asyncio.wait_for(
+                asyncio.gather(
+                    *(
+                        http.post("/api/v1/chat/message", json={"content": "go"}, headers=u.headers)
+                        for u in users
+                    )
+                ),
+                60,
+            )
     for response in responses:
         events = parse_sse(response.text)
         assert [e.id for e in events] == list(range(1, 25))

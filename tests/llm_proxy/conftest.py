@@ -25,8 +25,7 @@ def make_user(db_pool: asyncpg.Pool, settings: Settings) -> Callable[..., Any]:
         user_id = uuid.uuid4()
         email = f"{user_id.hex[:8]}@example.com"
         async with db_pool.acquire() as conn:
-            await conn.execute("insert into auth.users (id, email) values ($1, $2)",
-                               user_id, email)
+            await conn.execute("insert into auth.users (id, email) values ($1, $2)", user_id, email)
         return TestUser(user_id, email, mint_token(settings, user_id, email))
 
     return make

@@ -33,19 +33,23 @@ def _data_lines(text: str) -> list[Any]:
     out: list[Any] = []
     for line in text.splitlines():
         if line.startswith("data: "):
-            payload = line[len("data: "):]
+            payload = line[len("data: ") :]
             out.append(payload if payload == "[DONE]" else json.loads(payload))
     return out
 
 
 async def test_completion_is_answered_and_billed_once(
-    app: FastAPI, client: httpx.AsyncClient, scripted_llm: ScriptedLLM,
-    make_user: Callable[..., Any], db_pool: asyncpg.Pool,
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    scripted_llm: ScriptedLLM,
+    make_user: Callable[..., Any],
+    db_pool: asyncpg.Pool,
 ) -> None:
     user = await make_user()
     scripted_llm.push(Text("Paris.", usage=(20, 2)))
     response = await client.post(
-        URL, json={"model": "gpt-4o", "messages": MESSAGES, "temperature": 0.2},
+        URL,
+        json={"model": "gpt-4o", "messages": MESSAGES, "temperature": 0.2},
         headers={"Authorization": f"Bearer {user.token}"},
     )
     assert response.status_code == 200, response.text
@@ -62,15 +66,22 @@ async def test_completion_is_answered_and_billed_once(
 
     cost = app.state.billing.cost_of(TokenUsage("scripted-model", 20, 2, 22))
     (day,) = await _usage(db_pool, user.id)
-    assert (day["messages"], day["prompt_tokens"], day["completion_tokens"],
-            day["total_tokens"]) == (0, 20, 2, 22)
+    assert (
+        day["messages"],
+        day["prompt_tokens"],
+        day["completion_tokens"],
+        day["total_tokens"],
+    ) == (0, 20, 2, 22)
     assert float(day["cost"]) == pytest.approx(cost)
     assert await _spend(db_pool, user.id) == pytest.approx(cost)
 
 
 async def test_stream_with_usage_requested(
-    app: FastAPI, client: httpx.AsyncClient, scripted_llm: ScriptedLLM,
-    make_user: Callable[..., Any], db_pool: asyncpg.Pool,
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    scripted_llm: ScriptedLLM,
+    make_user: Callable[..., Any],
+    db_pool: asyncpg.Pool,
 ) -> None:
     user = await make_user()
     scripted_llm.push(Text("The capital is Paris", usage=(20, 4)))
@@ -87,11 +98,11 @@ async def test_stream_with_usage_requested(
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     text = "".join(
         (choice.get("delta") or {}).get("content") or ""
-        for c in chunks for choice in c.get("choices") or []
+        for c in chunks
+        for choice in c.get("choices") or []
     )
     assert text == "The capital is Paris"
-    assert chunks[-1]["usage"] == {"prompt_tokens": 20, "completion_tokens": 4,
-                                   "total_tokens": 24}
+    assert chunks[-1]["usage"] == {"prompt_tokens": 20, "completion_tokens": 4, "total_tokens": 24}
     assert scripted_llm.bodies[0]["stream"] is True
 
     (day,) = await _usage(db_pool, user.id)
@@ -101,13 +112,18 @@ async def test_stream_with_usage_requested(
 
 
 async def test_stream_without_usage_requested_hides_it_but_bills_it(
-    client: httpx.AsyncClient, scripted_llm: ScriptedLLM, make_user: Callable[..., Any],
+    client: httpx.AsyncClient,
+    scripted_llm: ScriptedLLM,
+    make_user: Callable[..., Any],
     db_pool: asyncpg.Pool,
 ) -> None:
     user = await make_user()
     scripted_llm.push(Text("Paris", usage=(9, 1)))
-    response = await client.post(URL, json={"messages": MESSAGES, "stream": True},
-                                 headers={"Authorization": f"Bearer {user.token}"})
+    response = await client.post(
+        URL,
+        json={"messages": MESSAGES, "stream": True},
+        headers={"Authorization": f"Bearer {user.token}"},
+    )
     lines = _data_lines(response.text)
     assert lines[-1] == "[DONE]"
     assert not any("usage" in c for c in lines[:-1])
@@ -118,13 +134,18 @@ async def test_stream_without_usage_requested_hides_it_but_bills_it(
 
 
 async def test_stream_without_upstream_usage_is_estimated(
-    client: httpx.AsyncClient, scripted_llm: ScriptedLLM, make_user: Callable[..., Any],
+    client: httpx.AsyncClient,
+    scripted_llm: ScriptedLLM,
+    make_user: Callable[..., Any],
     db_pool: asyncpg.Pool,
 ) -> None:
     user = await make_user()
     scripted_llm.push(Text("Paris is the capital", usage=None))
-    response = await client.post(URL, json={"messages": MESSAGES, "stream": True},
-                                 headers={"Authorization": f"Bearer {user.token}"})
+    response = await client.post(
+        URL,
+        json={"messages": MESSAGES, "stream": True},
+        headers={"Authorization": f"Bearer {user.token}"},
+    )
     assert _data_lines(response.text)[-1] == "[DONE]"
     (day,) = await _usage(db_pool, user.id)
     assert day["completion_tokens"] == 5  # 20 characters, about 4 per token
@@ -132,13 +153,18 @@ async def test_stream_without_upstream_usage_is_estimated(
 
 
 async def test_stream_cut_off_mid_answer_ends_with_an_error_and_bills_what_came(
-    client: httpx.AsyncClient, scripted_llm: ScriptedLLM, make_user: Callable[..., Any],
+    client: httpx.AsyncClient,
+    scripted_llm: ScriptedLLM,
+    make_user: Callable[..., Any],
     db_pool: asyncpg.Pool,
 ) -> None:
     user = await make_user()
     scripted_llm.push(Abort(["Par", "is"]))
-    response = await client.post(URL, json={"messages": MESSAGES, "stream": True},
-                                 headers={"Authorization": f"Bearer {user.token}"})
+    response = await client.post(
+        URL,
+        json={"messages": MESSAGES, "stream": True},
+        headers={"Authorization": f"Bearer {user.token}"},
+    )
     assert response.status_code == 200
     lines = _data_lines(response.text)
     assert lines[-1] == "[DONE]"
@@ -148,14 +174,20 @@ async def test_stream_cut_off_mid_answer_ends_with_an_error_and_bills_what_came(
 
 
 async def test_over_budget_is_402_before_any_upstream_call(
-    app: FastAPI, client: httpx.AsyncClient, scripted_llm: ScriptedLLM,
-    make_user: Callable[..., Any], db_pool: asyncpg.Pool,
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    scripted_llm: ScriptedLLM,
+    make_user: Callable[..., Any],
+    db_pool: asyncpg.Pool,
 ) -> None:
     user = await make_user()
     await app.state.billing.set_budget(user.id, 0.0)
     for stream in (False, True):
-        response = await client.post(URL, json={"messages": MESSAGES, "stream": stream},
-                                     headers={"Authorization": f"Bearer {user.token}"})
+        response = await client.post(
+            URL,
+            json={"messages": MESSAGES, "stream": stream},
+            headers={"Authorization": f"Bearer {user.token}"},
+        )
         assert response.status_code == 402
         assert response.json()["error"]["code"] == "budget_exceeded"
     assert scripted_llm.requests == []
@@ -164,13 +196,19 @@ async def test_over_budget_is_402_before_any_upstream_call(
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_upstream_failure_before_answering_is_503(
-    client: httpx.AsyncClient, scripted_llm: ScriptedLLM, make_user: Callable[..., Any],
-    db_pool: asyncpg.Pool, stream: bool,
+    client: httpx.AsyncClient,
+    scripted_llm: ScriptedLLM,
+    make_user: Callable[..., Any],
+    db_pool: asyncpg.Pool,
+    stream: bool,
 ) -> None:
     user = await make_user()
     scripted_llm.push(Error(500))
-    response = await client.post(URL, json={"messages": MESSAGES, "stream": stream},
-                                 headers={"Authorization": f"Bearer {user.token}"})
+    response = await client.post(
+        URL,
+        json={"messages": MESSAGES, "stream": stream},
+        headers={"Authorization": f"Bearer {user.token}"},
+    )
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "llm_unavailable"
     assert await _usage(db_pool, user.id) == []

@@ -46,8 +46,14 @@ class Clock:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("30s", Duration(30, "s")), ("30m", Duration(30, "m")), ("24h", Duration(24, "h")),
-     ("30d", Duration(30, "d")), ("1mo", Duration(1, "mo")), ("3mo", Duration(3, "mo"))],
+    [
+        ("30s", Duration(30, "s")),
+        ("30m", Duration(30, "m")),
+        ("24h", Duration(24, "h")),
+        ("30d", Duration(30, "d")),
+        ("1mo", Duration(1, "mo")),
+        ("3mo", Duration(3, "mo")),
+    ],
 )
 def test_parse_duration(text: str, expected: Duration) -> None:
     assert parse_duration(text) == expected
@@ -77,10 +83,20 @@ def test_add_months_clamps_to_month_end(start: datetime, months: int, expected: 
 @pytest.mark.parametrize(
     ("duration", "anchor", "now", "start", "end"),
     [
-        ("30s", utc(2026, 1, 1, 0, 0, 0), utc(2026, 1, 1, 0, 1, 5),
-         utc(2026, 1, 1, 0, 1, 0), utc(2026, 1, 1, 0, 1, 30)),
-        ("30m", utc(2026, 1, 1, 10, 0), utc(2026, 1, 1, 11, 29, 59),
-         utc(2026, 1, 1, 11, 0), utc(2026, 1, 1, 11, 30)),
+        (
+            "30s",
+            utc(2026, 1, 1, 0, 0, 0),
+            utc(2026, 1, 1, 0, 1, 5),
+            utc(2026, 1, 1, 0, 1, 0),
+            utc(2026, 1, 1, 0, 1, 30),
+        ),
+        (
+            "30m",
+            utc(2026, 1, 1, 10, 0),
+            utc(2026, 1, 1, 11, 29, 59),
+            utc(2026, 1, 1, 11, 0),
+            utc(2026, 1, 1, 11, 30),
+        ),
         ("24h", utc(2026, 1, 1, 6), utc(2026, 1, 3, 5, 59), utc(2026, 1, 2, 6), utc(2026, 1, 3, 6)),
         ("30d", utc(2026, 1, 1), utc(2026, 3, 5), utc(2026, 3, 2), utc(2026, 4, 1)),
         ("1mo", utc(2026, 1, 15), utc(2026, 3, 14, 23, 59), utc(2026, 2, 15), utc(2026, 3, 15)),
@@ -133,8 +149,9 @@ def plain_settings(**overrides: object) -> Settings:
 def test_cost_from_the_default_price_table() -> None:
     table = BuiltinBilling(plain_settings(), Database("postgresql://unused")).prices
     # gpt-4o-mini: 0.15 / 0.60 USD per 1M tokens.
-    usage = TokenUsage("gpt-4o-mini", prompt_tokens=1_000_000, completion_tokens=500_000,
-                       total_tokens=1_500_000)
+    usage = TokenUsage(
+        "gpt-4o-mini", prompt_tokens=1_000_000, completion_tokens=500_000, total_tokens=1_500_000
+    )
     assert table.cost(usage.model, usage.prompt_tokens, usage.completion_tokens) == (
         pytest.approx(0.15 + 0.30)
     )
@@ -153,8 +170,11 @@ def test_cost_of_prefers_the_upstream_figure() -> None:
 
 def test_price_table_from_settings_path(tmp_path: Path) -> None:
     path = tmp_path / "prices.json"
-    path.write_text(json.dumps({"default": {"prompt": 1, "completion": 2},
-                                "tiny": {"prompt": 10, "completion": 20}}))
+    path.write_text(
+        json.dumps(
+            {"default": {"prompt": 1, "completion": 2}, "tiny": {"prompt": 10, "completion": 20}}
+        )
+    )
     billing = BuiltinBilling(plain_settings(price_table_path=path), Database("postgresql://x"))
     assert billing.cost_of(TokenUsage("tiny", 100_000, 100_000, 200_000)) == pytest.approx(3.0)
     assert billing.cost_of(TokenUsage("other", 1_000_000, 0, 1_000_000)) == pytest.approx(1.0)
@@ -300,7 +320,9 @@ async def test_reset_crossing_starts_a_new_period_with_zero_spend(
     # Several requests notice the ended period at once, with a charge among them: the period
     # is reset exactly once, so the charge is kept.
     results = await asyncio.gather(
-        billing.get_budget(user), charge(billing, db, user, 0.25), billing.check(user),
+        billing.get_budget(user),
+        charge(billing, db, user, 0.25),
+        billing.check(user),
         billing.get_budget(user),
     )
     assert results[1] == 0.25
@@ -322,7 +344,9 @@ async def test_reset_after_several_idle_periods(
     budget = await billing.get_budget(user)
     assert budget.spend == 0.0
     assert (budget.period_start, budget.resets_at) == (
-        utc(2027, 1, 31, 17, 30), utc(2027, 1, 31, 18, 0))
+        utc(2027, 1, 31, 17, 30),
+        utc(2027, 1, 31, 18, 0),
+    )
 
 
 async def test_llm_route_is_the_configured_model_not_billed_upstream(
@@ -331,12 +355,13 @@ async def test_llm_route_is_the_configured_model_not_billed_upstream(
     settings = settings_factory(llm_base_url="http://127.0.0.1:9/v1", llm_api_key="sk-test")
     route = await BuiltinBilling(settings, db).llm_route(user)
     assert (route.base_url, route.api_key, route.billed_upstream) == (
-        "http://127.0.0.1:9/v1", "sk-test", False)
+        "http://127.0.0.1:9/v1",
+        "sk-test",
+        False,
+    )
 
 
-async def test_daily_activity_is_none_and_health_is_up(
-    billing: BuiltinBilling, user: UUID
-) -> None:
+async def test_daily_activity_is_none_and_health_is_up(billing: BuiltinBilling, user: UUID) -> None:
     assert await billing.daily_activity(user, None, None) is None
     await billing.check_health()
 

@@ -45,51 +45,106 @@ def conforms(schema_name: str, body: dict[str, Any]) -> dict[str, Any]:
 # --- bodies in the proxy's shapes -------------------------------------------------------------
 
 
-def user_info_body(user_id: UUID, *, spend: float = 0.0, max_budget: float | None = 10.0,
-                   duration: str = "1mo", reset_at: str | None = "2026-12-01T00:00:00Z",
-                   keys: list[Any] | None = None) -> dict[str, Any]:
-    return conforms("UserInfoResponse", {
-        "user_id": str(user_id),
-        "user_info": {
-            "user_id": str(user_id), "user_email": "a@example.com", "user_role": "internal_user",
-            "spend": spend, "max_budget": max_budget, "budget_duration": duration,
-            "budget_reset_at": reset_at, "models": [], "metadata": {},
+def user_info_body(
+    user_id: UUID,
+    *,
+    spend: float = 0.0,
+    max_budget: float | None = 10.0,
+    duration: str = "1mo",
+    reset_at: str | None = "2026-12-01T00:00:00Z",
+    keys: list[Any] | None = None,
+) -> dict[str, Any]:
+    return conforms(
+        "UserInfoResponse",
+        {
+            "user_id": str(user_id),
+            "user_info": {
+                "user_id": str(user_id),
+                "user_email": "a@example.com",
+                "user_role": "internal_user",
+                "spend": spend,
+                "max_budget": max_budget,
+                "budget_duration": duration,
+                "budget_reset_at": reset_at,
+                "models": [],
+                "metadata": {},
+            },
+            "keys": keys if keys is not None else [],
+            "teams": [],
         },
-        "keys": keys if keys is not None else [],
-        "teams": [],
-    })
+    )
 
 
 def new_user_body(user_id: UUID, key: str = VIRTUAL_KEY) -> dict[str, Any]:
-    return conforms("NewUserResponse", {
-        "key": key, "user_id": str(user_id), "key_alias": f"user:{user_id}",
-        "max_budget": 10.0, "budget_duration": "1mo", "user_email": "a@example.com",
-        "user_role": "internal_user", "token": "hashed-token-id", "models": [], "spend": 0.0,
-    })
+    return conforms(
+        "NewUserResponse",
+        {
+            "key": key,
+            "user_id": str(user_id),
+            "key_alias": f"user:{user_id}",
+            "max_budget": 10.0,
+            "budget_duration": "1mo",
+            "user_email": "a@example.com",
+            "user_role": "internal_user",
+            "token": "hashed-token-id",
+            "models": [],
+            "spend": 0.0,
+        },
+    )
 
 
 def generate_key_body(user_id: UUID, key: str = VIRTUAL_KEY) -> dict[str, Any]:
-    return conforms("GenerateKeyResponse", {
-        "key": key, "key_alias": f"user:{user_id}", "user_id": str(user_id),
-        "token_id": "hashed-token-id", "expires": None, "spend": 0.0, "models": [],
-    })
+    return conforms(
+        "GenerateKeyResponse",
+        {
+            "key": key,
+            "key_alias": f"user:{user_id}",
+            "user_id": str(user_id),
+            "token_id": "hashed-token-id",
+            "expires": None,
+            "spend": 0.0,
+            "models": [],
+        },
+    )
 
 
-def activity_body(rows: list[tuple[str, float, int, int, int]], *, page: int = 1,
-                  has_more: bool = False) -> dict[str, Any]:
+def activity_body(
+    rows: list[tuple[str, float, int, int, int]], *, page: int = 1, has_more: bool = False
+) -> dict[str, Any]:
     results = [
-        {"date": d, "metrics": conforms("SpendMetrics", {
-            "spend": spend, "prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
-            "api_requests": n, "successful_requests": n, "failed_requests": 0}),
-         "breakdown": {"models": {}, "providers": {}, "api_keys": {}}}
+        {
+            "date": d,
+            "metrics": conforms(
+                "SpendMetrics",
+                {
+                    "spend": spend,
+                    "prompt_tokens": p,
+                    "completion_tokens": c,
+                    "total_tokens": p + c,
+                    "api_requests": n,
+                    "successful_requests": n,
+                    "failed_requests": 0,
+                },
+            ),
+            "breakdown": {"models": {}, "providers": {}, "api_keys": {}},
+        }
         for d, spend, p, c, n in rows
     ]
-    return conforms("SpendAnalyticsPaginatedResponse", {
-        "results": results,
-        "metadata": conforms("DailySpendMetadata", {
-            "total_spend": sum(r[1] for r in rows), "page": page,
-            "total_pages": page + (1 if has_more else 0), "has_more": has_more}),
-    })
+    return conforms(
+        "SpendAnalyticsPaginatedResponse",
+        {
+            "results": results,
+            "metadata": conforms(
+                "DailySpendMetadata",
+                {
+                    "total_spend": sum(r[1] for r in rows),
+                    "page": page,
+                    "total_pages": page + (1 if has_more else 0),
+                    "has_more": has_more,
+                },
+            ),
+        },
+    )
 
 
 def litellm_error(message: str, type_: str, code: int) -> dict[str, Any]:
@@ -104,8 +159,9 @@ NOT_FOUND = litellm_error("User not found", "not_found", 404)
 
 @pytest.fixture
 def lsettings(settings_factory: Callable[..., Settings]) -> Settings:
-    return settings_factory(billing_provider="litellm", litellm_base_url=BASE,
-                            litellm_master_key=MASTER)
+    return settings_factory(
+        billing_provider="litellm", litellm_base_url=BASE, litellm_master_key=MASTER
+    )
 
 
 @pytest.fixture
@@ -154,7 +210,8 @@ def assert_master_key(route: respx.Route) -> None:
 async def stored_key(pool: asyncpg.Pool, user_id: UUID) -> tuple[str | None, str | None]:
     async with pool.acquire() as conn:
         row = await conn.fetchrow(
-            "select billing_ref, billing_key_encrypted from profiles where id = $1", user_id)
+            "select billing_ref, billing_key_encrypted from profiles where id = $1", user_id
+        )
     assert row is not None
     return row["billing_ref"], row["billing_key_encrypted"]
 
@@ -163,7 +220,10 @@ async def stored_key(pool: asyncpg.Pool, user_id: UUID) -> tuple[str | None, str
 
 
 async def test_ensure_account_creates_user_with_budget_and_keeps_key_encrypted(
-    billing: LiteLLMBilling, mock: respx.MockRouter, user: UUID, db_pool: asyncpg.Pool,
+    billing: LiteLLMBilling,
+    mock: respx.MockRouter,
+    user: UUID,
+    db_pool: asyncpg.Pool,
     lsettings: Settings,
 ) -> None:
     info = mock.get("/user/info").mock(return_value=httpx.Response(404, json=NOT_FOUND))
@@ -178,8 +238,12 @@ async def test_ensure_account_creates_user_with_budget_and_keeps_key_encrypted(
     assert_master_key(new)
     body = conforms("NewUserRequest", sent_json(new))
     assert body == {
-        "user_id": str(user), "user_email": "a@example.com", "user_role": "internal_user",
-        "max_budget": 10.0, "budget_duration": "1mo", "key_alias": f"user:{user}",
+        "user_id": str(user),
+        "user_email": "a@example.com",
+        "user_role": "internal_user",
+        "max_budget": 10.0,
+        "budget_duration": "1mo",
+        "key_alias": f"user:{user}",
         "auto_create_key": True,
     }
     assert not gen.called  # /user/new made the key
@@ -190,10 +254,16 @@ async def test_ensure_account_creates_user_with_budget_and_keeps_key_encrypted(
 
 
 async def test_ensure_account_twice_creates_nothing_the_second_time(
-    billing: LiteLLMBilling, mock: respx.MockRouter, user: UUID,
+    billing: LiteLLMBilling,
+    mock: respx.MockRouter,
+    user: UUID,
 ) -> None:
-    info = mock.get("/user/info").mock(side_effect=[
-        httpx.Response(404, json=NOT_FOUND), httpx.Response(200, json=user_info_body(user))])
+    info = mock.get("/user/info").mock(
+        side_effect=[
+            httpx.Response(404, json=NOT_FOUND),
+            httpx.Response(200, json=user_info_body(user)),
+        ]
+    )
     new = mock.post("/user/new").mock(return_value=httpx.Response(200, json=new_user_body(user)))
     gen = mock.post("/key/generate")
     first = await billing.ensure_account(user, "a@example.com")
@@ -205,33 +275,48 @@ async def test_ensure_account_twice_creates_nothing_the_second_time(
 
 
 async def test_ensure_account_generates_a_key_when_user_exists_but_we_hold_none(
-    billing: LiteLLMBilling, mock: respx.MockRouter, user: UUID, db_pool: asyncpg.Pool,
+    billing: LiteLLMBilling,
+    mock: respx.MockRouter,
+    user: UUID,
+    db_pool: asyncpg.Pool,
 ) -> None:
     mock.get("/user/info").mock(return_value=httpx.Response(200, json=user_info_body(user)))
     new = mock.post("/user/new")
     gen = mock.post("/key/generate").mock(
-        return_value=httpx.Response(200, json=generate_key_body(user)))
+        return_value=httpx.Response(200, json=generate_key_body(user))
+    )
     account = await billing.ensure_account(user, "a@example.com")
     assert account.key == VIRTUAL_KEY
     assert not new.called
     assert_master_key(gen)
     assert conforms("GenerateKeyRequest", sent_json(gen)) == {
-        "user_id": str(user), "key_alias": f"user:{user}"}
+        "user_id": str(user),
+        "key_alias": f"user:{user}",
+    }
     assert (await stored_key(db_pool, user))[1] is not None
 
 
 async def test_generate_key_alias_taken_replaces_the_orphaned_key(
-    billing: LiteLLMBilling, mock: respx.MockRouter, user: UUID,
+    billing: LiteLLMBilling,
+    mock: respx.MockRouter,
+    user: UUID,
 ) -> None:
     # A key under our alias that we do not hold (its answer was lost): deleted, made again,
     # so the user keeps exactly one live key.
     mock.get("/user/info").mock(return_value=httpx.Response(200, json=user_info_body(user)))
-    gen = mock.post("/key/generate").mock(side_effect=[
-        httpx.Response(400, json=litellm_error(
-            "Unique key aliases across all keys are required. Key alias already exists.",
-            "bad_request_error", 400)),
-        httpx.Response(200, json=generate_key_body(user)),
-    ])
+    gen = mock.post("/key/generate").mock(
+        side_effect=[
+            httpx.Response(
+                400,
+                json=litellm_error(
+                    "Unique key aliases across all keys are required. Key alias already exists.",
+                    "bad_request_error",
+                    400,
+                ),
+            ),
+            httpx.Response(200, json=generate_key_body(user)),
+        ]
+    )
     deleted = mock.post("/key/delete").respond(200, json={"deleted_keys": ["hashed-token-id"]})
     account = await billing.ensure_account(user, "a@example.com")
     assert account.key == VIRTUAL_KEY
@@ -242,11 +327,15 @@ async def test_generate_key_alias_taken_replaces_the_orphaned_key(
 
 
 async def test_old_proxies_empty_200_for_a_missing_user_counts_as_absent(
-    billing: LiteLLMBilling, mock: respx.MockRouter, user: UUID,
+    billing: LiteLLMBilling,
+    mock: respx.MockRouter,
+    user: UUID,
 ) -> None:
     # LiteLLM before 1.80: 200 {"user_info": {"spend": 0}} for an unknown user_id.
-    empty = conforms("UserInfoResponse", {"user_id": str(user), "user_info": {"spend": 0},
-                                          "keys": [], "teams": []})
+    empty = conforms(
+        "UserInfoResponse",
+        {"user_id": str(user), "user_info": {"spend": 0}, "keys": [], "teams": []},
+    )
     mock.get("/user/info").mock(return_value=httpx.Response(200, json=empty))
     new = mock.post("/user/new").mock(return_value=httpx.Response(200, json=new_user_body(user)))
     await billing.ensure_account(user, "a@example.com")
@@ -254,7 +343,9 @@ async def test_old_proxies_empty_200_for_a_missing_user_counts_as_absent(
 
 
 async def test_ensure_account_never_logs_the_key(
-    billing: LiteLLMBilling, mock: respx.MockRouter, user: UUID,
+    billing: LiteLLMBilling,
+    mock: respx.MockRouter,
+    user: UUID,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Attach the capture handler to the loggers themselves: the app's logging setup (run by
@@ -269,7 +360,8 @@ async def test_ensure_account_never_logs_the_key(
     try:
         mock.get("/user/info").mock(return_value=httpx.Response(200, json=user_info_body(user)))
         mock.post("/key/generate").mock(
-            return_value=httpx.Response(200, json=generate_key_body(user)))
+            return_value=httpx.Response(200, json=generate_key_body(user))
+        )
         await billing.ensure_account(user, "a@example.com")
         await billing.llm_route(user)
     finally:
@@ -286,11 +378,16 @@ async def test_ensure_account_never_logs_the_key(
 
 
 async def test_get_budget_reads_litellm(
-    billing: LiteLLMBilling, mock: respx.MockRouter, user: UUID,
+    billing: LiteLLMBilling,
+    mock: respx.MockRouter,
+    user: UUID,
 ) -> None:
-    mock.get("/user/info").mock(return_value=httpx.Response(
-        200, json=user_info_body(user, spend=2.5, max_budget=10.0,
-                                 reset_at="2026-12-01T00:00:00Z")))
+    mock.get("/user/info").mock(
+        return_value=httpx.Response(
+            200,
+            json=user_info_body(user, spend=2.5, max_budget=10.0, reset_at="2026-12-01T00:00:00Z"),
+        )
+    )
     budget = await billing.get_budget(user)
     assert (budget.max_budget, budget.spend, budget.remaining) == (10.0, 2.5, 7.5)
     assert budget.budget_duration == "1mo"
@@ -299,13 +396,17 @@ async def test_get_budget_reads_litellm(
 
 
 async def test_get_budget_creates_a_missing_litellm_user(
-    billing: LiteLLMBilling, mock: respx.MockRouter, user: UUID,
+    billing: LiteLLMBilling,
+    mock: respx.MockRouter,
+    user: UUID,
 ) -> None:
-    mock.get("/user/info").mock(side_effect=[
-        httpx.Response(404, json=NOT_FOUND),  # get_budget
-        httpx.Response(404, json=NOT_FOUND),  # ensure_account
-        httpx.Response(200, json=user_info_body(user)),
-    ])
+    mock.get("/user/info").mock(
+        side_effect=[
+            httpx.Response(404, json=NOT_FOUND),  # get_budget
+            httpx.Response(404, json=NOT_FOUND),  # ensure_account
+            httpx.Response(200, json=user_info_body(user)),
+        ]
+    )
     new = mock.post("/user/new").mock(return_value=httpx.Response(200, json=new_user_body(user)))
     budget = await billing.get_budget(user)
     assert budget.max_budget == 10.0
@@ -313,26 +414,36 @@ async def test_get_budget_creates_a_missing_litellm_user(
 
 
 async def test_set_budget_updates_the_litellm_user(
-    billing: LiteLLMBilling, mock: respx.MockRouter, user: UUID,
+    billing: LiteLLMBilling,
+    mock: respx.MockRouter,
+    user: UUID,
 ) -> None:
-    mock.get("/user/info").mock(side_effect=[
-        httpx.Response(200, json=user_info_body(user, max_budget=10.0)),
-        httpx.Response(200, json=user_info_body(user, max_budget=25.0)),
-    ])
+    mock.get("/user/info").mock(
+        side_effect=[
+            httpx.Response(200, json=user_info_body(user, max_budget=10.0)),
+            httpx.Response(200, json=user_info_body(user, max_budget=25.0)),
+        ]
+    )
     update = mock.post("/user/update").mock(
-        return_value=httpx.Response(200, json={"user_id": str(user), "max_budget": 25.0}))
+        return_value=httpx.Response(200, json={"user_id": str(user), "max_budget": 25.0})
+    )
     budget = await billing.set_budget(user, 25.0)
     assert budget.max_budget == 25.0
     assert_master_key(update)
     assert conforms("UpdateUserRequest", sent_json(update)) == {
-        "user_id": str(user), "max_budget": 25.0}
+        "user_id": str(user),
+        "max_budget": 25.0,
+    }
 
 
 async def test_check_refuses_when_litellm_spend_reached_the_budget(
-    billing: LiteLLMBilling, mock: respx.MockRouter, user: UUID,
+    billing: LiteLLMBilling,
+    mock: respx.MockRouter,
+    user: UUID,
 ) -> None:
-    mock.get("/user/info").mock(return_value=httpx.Response(
-        200, json=user_info_body(user, spend=10.0, max_budget=10.0)))
+    mock.get("/user/info").mock(
+        return_value=httpx.Response(200, json=user_info_body(user, spend=10.0, max_budget=10.0))
+    )
     with pytest.raises(BudgetExceeded) as info:
         await billing.check(user)
     assert info.value.status_code == 402
@@ -340,10 +451,14 @@ async def test_check_refuses_when_litellm_spend_reached_the_budget(
 
 @pytest.mark.parametrize("status", [400, 429])
 async def test_litellm_budget_error_maps_to_budget_exceeded(
-    billing: LiteLLMBilling, mock: respx.MockRouter, user: UUID, status: int,
+    billing: LiteLLMBilling,
+    mock: respx.MockRouter,
+    user: UUID,
+    status: int,
 ) -> None:
-    error = litellm_error(f"ExceededBudget: User={user} over budget. Spend=10.2, Budget=10.0",
-                          "budget_exceeded", 400)
+    error = litellm_error(
+        f"ExceededBudget: User={user} over budget. Spend=10.2, Budget=10.0", "budget_exceeded", 400
+    )
     info = mock.get("/user/info").mock(return_value=httpx.Response(status, json=error))
     with pytest.raises(BudgetExceeded) as raised:
         await billing.check(user)
@@ -358,7 +473,9 @@ async def test_litellm_budget_error_maps_to_budget_exceeded(
 
 
 async def test_read_timeout_is_retried_then_503(
-    billing: LiteLLMBilling, mock: respx.MockRouter, user: UUID,
+    billing: LiteLLMBilling,
+    mock: respx.MockRouter,
+    user: UUID,
 ) -> None:
     info = mock.get("/user/info").mock(side_effect=httpx.ReadTimeout("timed out"))
     with pytest.raises(UpstreamUnavailable) as raised:
@@ -368,7 +485,9 @@ async def test_read_timeout_is_retried_then_503(
 
 
 async def test_write_timeout_is_not_retried(
-    billing: LiteLLMBilling, mock: respx.MockRouter, user: UUID,
+    billing: LiteLLMBilling,
+    mock: respx.MockRouter,
+    user: UUID,
 ) -> None:
     mock.get("/user/info").mock(return_value=httpx.Response(200, json=user_info_body(user)))
     update = mock.post("/user/update").mock(side_effect=httpx.ReadTimeout("timed out"))
@@ -378,7 +497,9 @@ async def test_write_timeout_is_not_retried(
 
 
 async def test_5xx_then_success_is_retried_honouring_retry_after(
-    billing: LiteLLMBilling, mock: respx.MockRouter, user: UUID,
+    billing: LiteLLMBilling,
+    mock: respx.MockRouter,
+    user: UUID,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     delays: list[float] = []
@@ -387,11 +508,13 @@ async def test_5xx_then_success_is_retried_honouring_retry_after(
         delays.append(seconds)
 
     monkeypatch.setattr("app.providers.litellm.client.asyncio.sleep", fake_sleep)
-    info = mock.get("/user/info").mock(side_effect=[
-        httpx.Response(503, headers={"Retry-After": "2"}, json={"error": {"message": "busy"}}),
-        httpx.ConnectError("refused"),
-        httpx.Response(200, json=user_info_body(user, spend=1.0)),
-    ])
+    info = mock.get("/user/info").mock(
+        side_effect=[
+            httpx.Response(503, headers={"Retry-After": "2"}, json={"error": {"message": "busy"}}),
+            httpx.ConnectError("refused"),
+            httpx.Response(200, json=user_info_body(user, spend=1.0)),
+        ]
+    )
     assert (await billing.get_budget(user)).spend == 1.0
     assert info.call_count == 3
     assert delays[0] == 2.0  # Retry-After over the (zero) backoff
@@ -399,11 +522,20 @@ async def test_5xx_then_success_is_retried_honouring_retry_after(
 
 
 async def test_request_error_is_502_and_never_quotes_a_key(
-    billing: LiteLLMBilling, mock: respx.MockRouter, user: UUID,
+    billing: LiteLLMBilling,
+    mock: respx.MockRouter,
+    user: UUID,
 ) -> None:
-    mock.get("/user/info").mock(return_value=httpx.Response(401, json=litellm_error(
-        f"Authentication Error, Invalid proxy server token passed. Received API Key = {MASTER}",
-        "auth_error", 401)))
+    mock.get("/user/info").mock(
+        return_value=httpx.Response(
+            401,
+            json=litellm_error(
+                f"Authentication Error, Invalid proxy server token passed. Received API Key = {MASTER}",
+                "auth_error",
+                401,
+            ),
+        )
+    )
     with pytest.raises(UpstreamError) as raised:
         await billing.get_budget(user)
     assert raised.value.status_code == 502
@@ -412,7 +544,9 @@ async def test_request_error_is_502_and_never_quotes_a_key(
 
 
 async def test_malformed_answer_is_an_upstream_error(
-    billing: LiteLLMBilling, mock: respx.MockRouter, user: UUID,
+    billing: LiteLLMBilling,
+    mock: respx.MockRouter,
+    user: UUID,
 ) -> None:
     mock.get("/user/info").mock(return_value=httpx.Response(200, json={"unexpected": True}))
     with pytest.raises(UpstreamError):
@@ -423,7 +557,9 @@ async def test_malformed_answer_is_an_upstream_error(
 
 
 async def test_llm_route_uses_the_users_virtual_key(
-    billing: LiteLLMBilling, mock: respx.MockRouter, user: UUID,
+    billing: LiteLLMBilling,
+    mock: respx.MockRouter,
+    user: UUID,
 ) -> None:
     mock.get("/user/info").mock(return_value=httpx.Response(404, json=NOT_FOUND))
     mock.post("/user/new").mock(return_value=httpx.Response(200, json=new_user_body(user)))
@@ -436,7 +572,10 @@ async def test_llm_route_uses_the_users_virtual_key(
 
 
 async def test_record_reports_cost_without_charging_locally(
-    billing: LiteLLMBilling, db: Database, user: UUID, db_pool: asyncpg.Pool,
+    billing: LiteLLMBilling,
+    db: Database,
+    user: UUID,
+    db_pool: asyncpg.Pool,
 ) -> None:
     async with db.transaction() as conn:
         reported = await billing.record(conn, user, TokenUsage("gpt-4o", 10, 10, 20, cost=0.02))
@@ -448,28 +587,39 @@ async def test_record_reports_cost_without_charging_locally(
 
 
 async def test_daily_activity_pages_and_maps(
-    billing: LiteLLMBilling, mock: respx.MockRouter, user: UUID,
+    billing: LiteLLMBilling,
+    mock: respx.MockRouter,
+    user: UUID,
 ) -> None:
-    activity = mock.get("/user/daily/activity").mock(side_effect=[
-        httpx.Response(200, json=activity_body(
-            [("2026-11-01", 0.5, 100, 50, 3)], page=1, has_more=True)),
-        httpx.Response(200, json=activity_body(
-            [("2026-11-03", 0.25, 10, 5, 1)], page=2)),
-    ])
+    activity = mock.get("/user/daily/activity").mock(
+        side_effect=[
+            httpx.Response(
+                200, json=activity_body([("2026-11-01", 0.5, 100, 50, 3)], page=1, has_more=True)
+            ),
+            httpx.Response(200, json=activity_body([("2026-11-03", 0.25, 10, 5, 1)], page=2)),
+        ]
+    )
     days = await billing.daily_activity(user, date(2026, 11, 1), date(2026, 11, 3))
     assert days is not None
     assert [(d.day, d.spend, d.prompt_tokens, d.completion_tokens, d.requests) for d in days] == [
-        (date(2026, 11, 1), 0.5, 100, 50, 3), (date(2026, 11, 3), 0.25, 10, 5, 1)]
+        (date(2026, 11, 1), 0.5, 100, 50, 3),
+        (date(2026, 11, 3), 0.25, 10, 5, 1),
+    ]
     assert_master_key(activity)
     params = activity.calls[0].request.url.params
     assert (params["user_id"], params["start_date"], params["end_date"], params["page"]) == (
-        str(user), "2026-11-01", "2026-11-03", "1")
+        str(user),
+        "2026-11-01",
+        "2026-11-03",
+        "1",
+    )
     assert activity.calls[1].request.url.params["page"] == "2"
 
 
 async def test_check_health(billing: LiteLLMBilling, mock: respx.MockRouter) -> None:
     live = mock.get("/health/liveliness").mock(
-        side_effect=[httpx.Response(200, json="I'm alive!")] + [httpx.Response(503)] * 3)
+        side_effect=[httpx.Response(200, json="I'm alive!")] + [httpx.Response(503)] * 3
+    )
     await billing.check_health()
     assert_master_key(live)
     with pytest.raises(UpstreamUnavailable):
@@ -477,7 +627,9 @@ async def test_check_health(billing: LiteLLMBilling, mock: respx.MockRouter) -> 
 
 
 async def test_missing_configuration_is_refused(
-    settings_factory: Callable[..., Settings], db: Database, http: httpx.AsyncClient,
+    settings_factory: Callable[..., Settings],
+    db: Database,
+    http: httpx.AsyncClient,
 ) -> None:
     with pytest.raises(ConfigError, match="LITELLM_BASE_URL"):
         LiteLLMBilling(settings_factory(billing_provider="litellm"), db, http)

@@ -170,8 +170,7 @@ class LiteLLMBilling:
         # A LiteLLM user without a max_budget has no limit there; ours always get one, and
         # we apply the plan's default rather than treat the account as unlimited.
         max_budget = (
-            info.max_budget if info.max_budget is not None
-            else self._settings.user_default_budget
+            info.max_budget if info.max_budget is not None else self._settings.user_default_budget
         )
         resets_at = info.budget_reset_at
         if resets_at is not None and resets_at.tzinfo is None:
@@ -243,8 +242,7 @@ class LiteLLMBilling:
                     day=row.date,
                     spend=m.spend + (seen.spend if seen else 0.0),
                     prompt_tokens=m.prompt_tokens + (seen.prompt_tokens if seen else 0),
-                    completion_tokens=m.completion_tokens
-                    + (seen.completion_tokens if seen else 0),
+                    completion_tokens=m.completion_tokens + (seen.completion_tokens if seen else 0),
                     requests=m.api_requests + (seen.requests if seen else 0),
                 )
             if not answer.metadata.has_more or page >= _MAX_ACTIVITY_PAGES:

@@ -121,8 +121,12 @@ class LiteLLMClient:
         """One request; raises our errors for anything but a 2xx (or 404, left to callers)."""
         try:
             response = await self._http.request(
-                method, f"{self.base_url}{path}", json=json, params=params,
-                headers=self._auth, timeout=self._timeout,
+                method,
+                f"{self.base_url}{path}",
+                json=json,
+                params=params,
+                headers=self._auth,
+                timeout=self._timeout,
             )
         except httpx.TimeoutException as exc:
             logger.warning("litellm %s %s timed out", method, path)
@@ -188,9 +192,7 @@ class LiteLLMClient:
         return self._parse(NewUserResponse, response)
 
     async def generate_key(self, request: GenerateKeyRequest) -> GenerateKeyResponse:
-        response = self._expect_ok(
-            await self._send("POST", "/key/generate", json=request.body())
-        )
+        response = self._expect_ok(await self._send("POST", "/key/generate", json=request.body()))
         return self._parse(GenerateKeyResponse, response)
 
     async def delete_keys(self, request: DeleteKeysRequest) -> bool:

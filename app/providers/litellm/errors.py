@@ -15,8 +15,12 @@ from app.errors import BudgetExceeded, UpstreamError, UpstreamUnavailable
 
 
 class LiteLLMUnavailable(UpstreamUnavailable):
-    def __init__(self, message: str = "the billing service (LiteLLM) is unavailable",
-                 *, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str = "the billing service (LiteLLM) is unavailable",
+        *,
+        retry_after: float | None = None,
+    ) -> None:
         headers = {"Retry-After": str(int(retry_after))} if retry_after else None
         super().__init__(message, headers=headers)
         self.retry_after = retry_after
@@ -31,8 +35,9 @@ class LiteLLMRequestError(UpstreamError):
 
 
 class LiteLLMBudgetExceeded(BudgetExceeded):
-    def __init__(self, message: str = "your LLM budget for this period is used up",
-                 **kw: Any) -> None:
+    def __init__(
+        self, message: str = "your LLM budget for this period is used up", **kw: Any
+    ) -> None:
         super().__init__(message, **kw)
 
 

@@ -8,9 +8,7 @@ from app.db import Conn
 
 
 async def get_key_ciphertext(conn: Conn, user_id: UUID) -> str | None:
-    value = await conn.fetchval(
-        "select billing_key_encrypted from profiles where id = $1", user_id
-    )
+    value = await conn.fetchval("select billing_key_encrypted from profiles where id = $1", user_id)
     return str(value) if value is not None else None
 
 

@@ -99,8 +99,7 @@ class SupabaseIdentity:
                 logger.warning("supabase auth %s unavailable (status %s)", op, status)
                 raise UpstreamUnavailable("identity service unavailable") from exc
             if client_error is EmailTaken and (
-                code in _EMAIL_TAKEN_CODES
-                or (status == 422 and "already" in str(exc).lower())
+                code in _EMAIL_TAKEN_CODES or (status == 422 and "already" in str(exc).lower())
             ):
                 raise EmailTaken() from exc
             if isinstance(exc, AuthWeakPasswordError):

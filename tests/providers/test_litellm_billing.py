@@ -530,7 +530,8 @@ async def test_request_error_is_502_and_never_quotes_a_key(
         return_value=httpx.Response(
             401,
             json=litellm_error(
-                f"Authentication Error, Invalid proxy server token passed. Received API Key = {MASTER}",
+                "Authentication Error, Invalid proxy server token passed. "
+                f"Received API Key = {MASTER}",
                 "auth_error",
                 401,
             ),

@@ -98,7 +98,9 @@ def test_add_months_clamps_to_month_end(start: datetime, months: int, expected: 
             utc(2026, 1, 1, 11, 30),
         ),
         ("24h", utc(2026, 1, 1, 6), utc(2026, 1, 3, 5, 59), utc(2026, 1, 2, 6), utc(2026, 1, 3, 6)),
-        ("30d", utc(2026, 1, 1), utc(2026, 3, 5), utc(2026, 3, 2), utc(2026, 4, 1)),
+        # LiteLLM treats 30d as monthly: it resets on the 1st.
+        ("30d", utc(2026, 1, 1), utc(2026, 3, 5), utc(2026, 3, 1), utc(2026, 4, 1)),
+        ("7d", utc(2026, 4, 27), utc(2026, 5, 6), utc(2026, 5, 4), utc(2026, 5, 11)),
         ("1mo", utc(2026, 1, 15), utc(2026, 3, 14, 23, 59), utc(2026, 2, 15), utc(2026, 3, 15)),
         # Month ends, always counted from the anchor: Jan 31 -> Feb 28 -> Mar 31 -> Apr 30.
         ("1mo", utc(2027, 1, 31), utc(2027, 2, 27), utc(2027, 1, 31), utc(2027, 2, 28)),
@@ -131,10 +133,16 @@ def test_current_period_far_in_the_future_is_consistent() -> None:
         now = end
 
 
-def test_anchor_is_utc_midnight_for_day_and_month_periods() -> None:
-    now = datetime(2026, 5, 3, 23, 30, tzinfo=UTC) + timedelta(microseconds=5)
-    assert period_anchor(now, parse_duration("1mo")) == utc(2026, 5, 3)
-    assert period_anchor(now, parse_duration("30d")) == utc(2026, 5, 3)
+def test_anchor_is_aligned_like_litellm_resets() -> None:
+    """Monthly budgets reset on the 1st, weekly on Monday, daily at midnight (UTC); sub-day
+    ones roll from their creation."""
+    now = datetime(2026, 5, 3, 23, 30, tzinfo=UTC) + timedelta(microseconds=5)  # a Sunday
+    assert period_anchor(now, parse_duration("1mo")) == utc(2026, 5, 1)
+    assert period_anchor(now, parse_duration("30d")) == utc(2026, 5, 1)
+    assert period_anchor(now, parse_duration("7d")) == utc(2026, 4, 27)  # Monday
+    assert period_anchor(now, parse_duration("1d")) == utc(2026, 5, 3)
+    assert period_anchor(now, parse_duration("24h")) == utc(2026, 5, 3)
+    assert period_anchor(now, parse_duration("2d")) == utc(2026, 5, 3)
     assert period_anchor(now, parse_duration("30m")) == utc(2026, 5, 3, 23, 30)
 
 
@@ -249,8 +257,8 @@ async def test_new_budget_has_the_defaults(
     assert budget.spend == 0.0
     assert budget.remaining == 10.0
     assert budget.budget_duration == "1mo"
-    assert budget.period_start == utc(2027, 1, 31)
-    assert budget.resets_at == utc(2027, 2, 28)
+    assert budget.period_start == utc(2027, 1, 1)  # a calendar month, reset on the 1st
+    assert budget.resets_at == utc(2027, 2, 1)
     assert budget.currency == "USD"
 
 
@@ -287,7 +295,7 @@ async def test_check_refuses_at_zero_remaining(
     assert info.value.status_code == 402
     assert info.value.code == "budget_exceeded"
     assert info.value.details is not None
-    assert info.value.details["resets_at"] == utc(2027, 2, 28).isoformat()
+    assert info.value.details["resets_at"] == utc(2027, 2, 1).isoformat()
     await billing.set_budget(user, 1.5)  # raising it admits again
     assert (await billing.check(user)).remaining == pytest.approx(0.5)
 
@@ -312,11 +320,11 @@ async def test_reset_crossing_starts_a_new_period_with_zero_spend(
     with pytest.raises(BudgetExceeded):
         await billing.check(user)
 
-    clock.now = utc(2027, 2, 27, 23, 59, 59)  # one second before the boundary
+    clock.now = utc(2027, 1, 31, 23, 59, 59)  # one second before the boundary
     with pytest.raises(BudgetExceeded):
         await billing.check(user)
 
-    clock.now = utc(2027, 2, 28, 0, 0, 1)  # Jan 31 + 1mo = Feb 28
+    clock.now = utc(2027, 2, 1, 0, 0, 1)  # the 1st of the next month
     # Several requests notice the ended period at once, with a charge among them: the period
     # is reset exactly once, so the charge is kept.
     results = await asyncio.gather(
@@ -328,8 +336,8 @@ async def test_reset_crossing_starts_a_new_period_with_zero_spend(
     assert results[1] == 0.25
     budget = await billing.get_budget(user)
     assert budget.spend == pytest.approx(0.25)
-    assert budget.period_start == utc(2027, 2, 28)
-    assert budget.resets_at == utc(2027, 3, 31)  # from the anchor, not Mar 28
+    assert budget.period_start == utc(2027, 2, 1)
+    assert budget.resets_at == utc(2027, 3, 1)
     assert budget.max_budget == 1.0  # the budget itself carries over
 
 

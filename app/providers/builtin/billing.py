@@ -1,10 +1,13 @@
 """Built-in billing: a budget ledger in Postgres (table `budgets`), priced by a model table.
 
-Budget periods follow LiteLLM's duration strings (`30s`, `30m`, `24h`, `30d`, `1mo`) and are
-computed from a fixed anchor: boundary k is `anchor + k * duration`, months being calendar
-months clamped to the month's last day and always counted from the anchor (Jan 31 -> Feb 28
-or 29 -> Mar 31, never drifting to the 28th). Day and month periods are anchored at UTC
-midnight, so they reset at a UTC day boundary.
+Budget periods follow LiteLLM's duration strings (`30s`, `30m`, `24h`, `30d`, `1mo`) and its
+calendar-aligned resets (docs.litellm.ai proxy/budget_reset_and_tz), in UTC: monthly budgets
+(`1mo`, and `30d`, which LiteLLM treats as monthly) reset on the 1st at 00:00, weekly ones
+(`7d`) on Monday at 00:00, daily ones (`1d`, `24h`) at midnight; sub-day durations roll
+forward from when the budget was created. Periods are computed from a fixed anchor chosen
+at creation: boundary k is `anchor + k * duration`, months being calendar months clamped to
+the month's last day and always counted from the anchor (an anchor on Jan 31 gives Feb 28 or
+29, then Mar 31, never drifting to the 28th).
 
 Admission is check-then-charge, as LiteLLM does it: `check` refuses once nothing remains;
 `record` adds the call's cost atomically (`spend = spend + cost`). Calls admitted before the
@@ -85,11 +88,27 @@ def period_boundary(anchor: datetime, duration: Duration, k: int) -> datetime:
     return anchor + timedelta(seconds=_FIXED_UNITS[duration.unit] * duration.count * k)
 
 
+def calendar_duration(duration: Duration) -> Duration:
+    """The period LiteLLM actually uses: `30d` resets monthly, whole days of hours are days."""
+    if duration.unit == "d" and duration.count == 30:
+        return Duration(1, "mo")
+    if duration.unit == "h" and duration.count % 24 == 0:
+        return Duration(duration.count // 24, "d")
+    return duration
+
+
 def period_anchor(now: datetime, duration: Duration) -> datetime:
-    """Where a new budget's periods start: UTC midnight for day and month periods."""
+    """Where a new budget's periods start, aligned like LiteLLM's resets (UTC): the 1st of the
+    month for monthly budgets, Monday for weekly ones, midnight for other day periods."""
     now = now.astimezone(UTC)
-    if duration.unit in ("d", "mo"):
-        return now.replace(hour=0, minute=0, second=0, microsecond=0)
+    effective = calendar_duration(duration)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if effective.unit == "mo":
+        return midnight.replace(day=1)
+    if effective.unit == "d" and effective.count == 7:
+        return midnight - timedelta(days=midnight.weekday())
+    if effective.unit == "d":
+        return midnight
     return now.replace(microsecond=0)
 
 
@@ -97,6 +116,7 @@ def current_period(
     anchor: datetime, duration: Duration, now: datetime
 ) -> tuple[datetime, datetime]:
     """(start, end) of the period containing `now`: start <= now < end."""
+    duration = calendar_duration(duration)
     if now < anchor:
         return anchor, period_boundary(anchor, duration, 1)
     if duration.is_calendar:

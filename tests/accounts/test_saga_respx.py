@@ -30,7 +30,7 @@ from app.config import Settings
 from app.crypto import SecretBox
 from app.main import create_app
 from tests.chat.conftest import parse_sse
-from tests.providers.letta.conftest import FIXTURES, SSE_HEADERS, Recording
+from tests.providers.letta.conftest import FIXTURES, SSE_HEADERS, Recording, context_window
 from tests.providers.test_litellm_billing import (
     NOT_FOUND,
     conforms,
@@ -256,29 +256,8 @@ class FakeLetta:
         return RECORDING.find("GET", "/v1/agents/{agent}/core-memory/blocks").response()
 
     def context(self, request: httpx.Request) -> httpx.Response:
-        # Not recorded: a ContextWindowOverview per the OpenAPI document, the counters we read.
         self.requests.append(request)
-        return httpx.Response(
-            200,
-            json={
-                "context_window_size_max": 128000,
-                "context_window_size_current": 709,
-                "num_messages": 1,
-                "num_archival_memory": 0,
-                "num_recall_memory": 1,
-                "num_tokens_external_memory_summary": 0,
-                "external_memory_summary": "",
-                "num_tokens_system": 400,
-                "system_prompt": "",
-                "num_tokens_core_memory": 100,
-                "core_memory": "",
-                "num_tokens_summary_memory": 0,
-                "num_tokens_functions_definitions": 0,
-                "functions_definitions": None,
-                "num_tokens_messages": 0,
-                "messages": [],
-            },
-        )
+        return context_window(recall=1, archival=0)
 
     def stream(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)

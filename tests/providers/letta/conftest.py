@@ -193,3 +193,29 @@ def sent_json(route: respx.Route, index: int = -1) -> Any:
 
 def sent_query(route: respx.Route, index: int = -1) -> dict[str, str]:
     return dict(route.calls[index].request.url.params)
+
+
+def context_window(recall: int, archival: int) -> httpx.Response:
+    """GET /v1/agents/{id}/context was not recorded: a ContextWindowOverview per the OpenAPI
+    document, with only the counters we read carrying meaning."""
+    return httpx.Response(
+        200,
+        json={
+            "context_window_size_max": 128000,
+            "context_window_size_current": 709,
+            "num_messages": 3,
+            "num_archival_memory": archival,
+            "num_recall_memory": recall,
+            "num_tokens_external_memory_summary": 0,
+            "external_memory_summary": "",
+            "num_tokens_system": 400,
+            "system_prompt": "",
+            "num_tokens_core_memory": 100,
+            "core_memory": "",
+            "num_tokens_summary_memory": 0,
+            "num_tokens_functions_definitions": 0,
+            "functions_definitions": None,
+            "num_tokens_messages": 0,
+            "messages": [],
+        },
+    )

@@ -9,14 +9,6 @@ import uuid
 import httpx
 import pytest
 import respx
-from conftest import (
-    API_KEY,
-    RECORDED_AGENT,
-    Recording,
-    make_settings,
-    sent_json,
-    sent_query,
-)
 
 from app.errors import UpstreamError, UpstreamUnavailable
 from app.providers.agents import (
@@ -28,36 +20,19 @@ from app.providers.agents import (
     PassageNotFound,
 )
 from app.providers.letta.agents import LettaAgents
+from tests.providers.letta.conftest import (
+    API_KEY,
+    RECORDED_AGENT,
+    Recording,
+    context_window,
+    make_settings,
+    sent_json,
+    sent_query,
+)
 
 AGENT_PATH = f"/v1/agents/{RECORDED_AGENT}"
 PASSAGE_ID = "passage-a22a96bb-3dee-40cb-9bd5-2a26b4196bf9"
 NOT_FOUND = httpx.Response(404, json={"detail": "Not found"})
-
-
-def context_window(recall: int, archival: int) -> httpx.Response:
-    """GET /v1/agents/{id}/context was not recorded: a ContextWindowOverview per the OpenAPI
-    document, with only the counters we read carrying meaning."""
-    return httpx.Response(
-        200,
-        json={
-            "context_window_size_max": 128000,
-            "context_window_size_current": 709,
-            "num_messages": 3,
-            "num_archival_memory": archival,
-            "num_recall_memory": recall,
-            "num_tokens_external_memory_summary": 0,
-            "external_memory_summary": "",
-            "num_tokens_system": 400,
-            "system_prompt": "",
-            "num_tokens_core_memory": 100,
-            "core_memory": "",
-            "num_tokens_summary_memory": 0,
-            "num_tokens_functions_definitions": 0,
-            "functions_definitions": None,
-            "num_tokens_messages": 0,
-            "messages": [],
-        },
-    )
 
 
 # --- agent lifecycle ---

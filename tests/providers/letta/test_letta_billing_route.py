@@ -13,11 +13,17 @@ from typing import Any
 import httpx
 import pytest
 import respx
-from conftest import RECORDED_AGENT, SSE_HEADERS, Recording, sent_json, sent_query
 
 from app.providers.agents import ErrorEvent, UsageEvent
 from app.providers.billing import LLMRoute
 from app.providers.letta.agents import LettaAgents
+from tests.providers.letta.conftest import (
+    RECORDED_AGENT,
+    SSE_HEADERS,
+    Recording,
+    sent_json,
+    sent_query,
+)
 
 AGENT_PATH = f"/v1/agents/{RECORDED_AGENT}"
 PROVIDER_ID = "provider-123e4567-e89b-42d3-8456-426614174000"

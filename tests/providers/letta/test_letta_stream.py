@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 
 import httpx
 import respx
-from conftest import RECORDED_AGENT, SSE_HEADERS, Recording, sent_json
 
 from app.providers.agents import (
     AgentEvent,
@@ -18,6 +17,7 @@ from app.providers.agents import (
     UsageEvent,
 )
 from app.providers.letta.agents import LettaAgents
+from tests.providers.letta.conftest import RECORDED_AGENT, SSE_HEADERS, Recording, sent_json
 
 AGENT_PATH = f"/v1/agents/{RECORDED_AGENT}"
 STREAM_PATH = f"{AGENT_PATH}/messages/stream"

@@ -119,6 +119,13 @@ class Settings(BaseSettings):
     embeddings_timeout_seconds: float = 10.0  # one embeddings call (a passage insert waits on it)
     embeddings_max_distance: float | None = None  # cosine-distance cutoff for similarity hits
 
+    # --- process ---
+    # After startup: freeze the startup heap out of the garbage collector and collect the
+    # young generation less often (app/main.py `_settle_heap`). Off in the tests, which start
+    # hundreds of apps in one process.
+    gc_tuning: bool = True
+    gc_young_threshold: int = Field(20_000, ge=700)
+
     # --- HTTP clients ---
     http_connect_timeout: float = 5.0
     http_read_timeout: float = 60.0

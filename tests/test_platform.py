@@ -286,3 +286,25 @@ def test_deployment_files_agree_with_the_app() -> None:
 
     ignored = set((root / ".dockerignore").read_text().split())
     assert {".env", ".venv", ".data", ".git"} <= ignored
+
+
+async def test_app_startup_tunes_gc(settings_factory: Callable[..., Settings]) -> None:
+    """A served app freezes its startup heap and collects the young generation less often
+    (app/main.py `_settle_heap`); restored afterwards for the rest of the tests."""
+    import gc
+
+    before_threshold = gc.get_threshold()
+    before_frozen = gc.get_freeze_count()
+    application = create_app(settings_factory(gc_tuning=True, gc_young_threshold=12_345))
+    try:
+        async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
+            assert gc.get_threshold()[0] == 12_345
+            assert gc.get_threshold()[1:] == before_threshold[1:]
+            assert gc.get_freeze_count() > before_frozen
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before_threshold)
+    untuned = create_app(settings_factory())
+    async with LifespanManager(untuned, startup_timeout=30, shutdown_timeout=30):
+        assert gc.get_threshold() == before_threshold
+        assert gc.get_freeze_count() == 0

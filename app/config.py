@@ -121,9 +121,9 @@ class Settings(BaseSettings):
 
     # --- process ---
     # After startup: freeze the startup heap out of the garbage collector and collect the
-    # young generation less often (app/main.py `_settle_heap`). Off in the tests, which start
-    # hundreds of apps in one process.
-    gc_tuning: bool = True
+    # young generation less often (app/main.py `_settle_heap`). Unset: on, except with
+    # ENVIRONMENT=test (the tests start hundreds of apps in one process).
+    gc_tuning: bool | None = None
     gc_young_threshold: int = Field(20_000, ge=700)
 
     # --- HTTP clients ---
@@ -142,6 +142,10 @@ class Settings(BaseSettings):
     rate_limit: str = "120/minute"  # per user on POST /chat/message and /llm/chat/completions
     auth_rate_limit: str = "20/minute"  # per IP on register/login/refresh; per email on login
     redis_url: str | None = None  # shared counts for several instances; unset: in memory
+
+    @property
+    def gc_tuning_enabled(self) -> bool:
+        return self.gc_tuning if self.gc_tuning is not None else self.environment != "test"
 
     @property
     def is_production(self) -> bool:

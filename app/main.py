@@ -63,7 +63,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.provisioner = Provisioner(settings, db, providers.billing, providers.agents)
         for hook in app.state.startup_hooks:
             await hook(app)
-        if settings.gc_tuning:
+        if settings.gc_tuning_enabled:
             _settle_heap(settings.gc_young_threshold)
         yield
         for hook in app.state.shutdown_hooks:

@@ -86,7 +86,6 @@ def settings_factory(database_url: str) -> Callable[..., Settings]:
             "environment": "test",
             "database_url": database_url,
             "log_level": "WARNING",
-            "gc_tuning": False,  # each test starts an app; see test_app_startup_tunes_gc
             "llm_base_url": "http://127.0.0.1:9/v1",  # nothing listens: tests set their own
         }
         values.update(overrides)

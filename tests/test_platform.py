@@ -304,7 +304,9 @@ async def test_app_startup_tunes_gc(settings_factory: Callable[..., Settings]) -
     finally:
         gc.unfreeze()
         gc.set_threshold(*before_threshold)
-    untuned = create_app(settings_factory())
+    assert settings_factory(environment="development").gc_tuning_enabled
+    assert not settings_factory(environment="development", gc_tuning=False).gc_tuning_enabled
+    untuned = create_app(settings_factory())  # ENVIRONMENT=test: off unless asked for
     async with LifespanManager(untuned, startup_timeout=30, shutdown_timeout=30):
         assert gc.get_threshold() == before_threshold
         assert gc.get_freeze_count() == 0

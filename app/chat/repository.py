@@ -98,35 +98,15 @@ async def admission_check(conn: Conn, user_id: UUID, lease_seconds: float) -> Ad
 
 
 @dataclass(frozen=True)
-class AdmissionState:
-    """What the fast admission path reads in one round trip (no lock taken)."""
+class FastAdmission:
+    """What the one-statement admission did."""
 
-    ready: bool  # profile provisioning_status = 'ready'
-    agent_id: str | None
-    streaming: bool
-    stale: bool
-
-
-async def admission_state(conn: Conn, user_id: UUID, lease_seconds: float) -> AdmissionState:
-    """The user's profile (ready, agent) and streaming turn (stale or not), one statement."""
-    row = await conn.fetchrow(
-        """
-        select p.provisioning_status = 'ready' as ready, p.agent_id,
-               (select heartbeat_at < now() - make_interval(secs => $2)
-                from turns where user_id = $1 and status = 'streaming') as stale
-        from public.profiles p where p.id = $1
-        """,
-        user_id,
-        lease_seconds,
-    )
-    if row is None:
-        return AdmissionState(False, None, False, False)
-    return AdmissionState(
-        bool(row["ready"]), row["agent_id"], row["stale"] is not None, bool(row["stale"])
-    )
+    agent_id: str | None  # None: not ready, no agent, or a streaming turn: nothing was tried
+    locked: bool  # False (with an agent): another admission held the user's lock
+    inserted: bool  # the turn and its first event were inserted (committed on return)
 
 
-async def lock_and_insert_turn(
+async def admit_ready_turn(
     conn: Conn,
     *,
     turn_id: UUID,
@@ -135,14 +115,20 @@ async def lock_and_insert_turn(
     instance_id: str,
     created_at: datetime,
     first_event: TurnEvent,
-) -> bool:
-    """One statement outside an explicit transaction (its own, committed when it returns):
-    take the user's turn lock and, only if it was free, insert the turn and its first event.
-    False when another admission held the lock. Raises asyncpg.UniqueViolationError when the
-    user already has a streaming turn (the partial unique index)."""
-    locked = await conn.fetchval(
+) -> FastAdmission:
+    """The common admission in one statement outside an explicit transaction (its own,
+    committed when it returns): only when the profile is `ready` with an agent and the user
+    has no streaming turn, take the user's turn lock and, if it was free, insert the turn and
+    its first event. Raises asyncpg.UniqueViolationError when a streaming turn was inserted
+    meanwhile (the partial unique index: the snapshot read here may predate the lock)."""
+    row = await conn.fetchrow(
         """
-        with l as (select pg_try_advisory_xact_lock(hashtextextended($9, 0)) as locked),
+        with p as (
+            select p.agent_id from public.profiles p
+            where p.id = $2 and p.provisioning_status = 'ready' and p.agent_id is not null
+              and not exists (select 1 from turns t where t.user_id = $2 and t.status = 'streaming')
+        ),
+        l as (select pg_try_advisory_xact_lock(hashtextextended($9, 0)) as locked from p),
         turn as (
             insert into turns (id, user_id, user_message, instance_id, created_at, heartbeat_at)
             select $1, $2, $3, $4, $5, now() from l where l.locked
@@ -153,7 +139,9 @@ async def lock_and_insert_turn(
             select id, $6, user_id, $7, $8::text::jsonb from turn
             returning 1
         )
-        select l.locked and (select count(*) from ev) = 1 from l
+        select (select agent_id from p) as agent_id,
+               coalesce((select locked from l), false) as locked,
+               (select count(*) from ev) = 1 as inserted
         """,
         turn_id,
         user_id,
@@ -165,7 +153,8 @@ async def lock_and_insert_turn(
         first_event.json(),
         f"chat-turn:{user_id}",
     )
-    return bool(locked)
+    assert row is not None
+    return FastAdmission(row["agent_id"], bool(row["locked"]), bool(row["inserted"]))
 
 
 async def insert_turn(

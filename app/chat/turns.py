@@ -5,9 +5,9 @@ turn row), reported in that order; the user's advisory lock; a second streaming 
 (409; one orphaned by a crashed process is failed instead); the turn inserted with its `turn`
 event and committed before the agent is called. No pooled connection is held while the agent
 streams. Two paths:
-- fast (budget kept in our database, profile ready, no stale turn): one pooled connection,
-  three statements: profile + streaming turn, budget, then lock + turn + first event in one
-  statement (its own transaction: the lock is held until that insert commits);
+- fast (budget kept in our database and not used up, profile ready, no streaming turn): one
+  pooled connection, two statements: the budget, then profile check + lock + turn + first
+  event in one statement (its own transaction: the lock is held until that insert commits);
 - full (anything else): provisioning resumed if needed and the budget read concurrently, then
   one transaction that takes the lock, fails a stale turn, and inserts the turn.
 The partial unique index (one `streaming` turn per user) backs both across instances. The
@@ -40,7 +40,7 @@ from app.chat import repository as repo
 from app.chat.events import TurnEvent, agent_event_data, error_data, turn_data
 from app.chat.runtime import ChatRuntime, TurnRun
 from app.config import Settings
-from app.errors import Conflict
+from app.errors import BudgetExceeded, Conflict
 from app.providers.agents import (
     AgentProvider,
     DeltaEvent,
@@ -112,24 +112,24 @@ async def _admit_fast(
     created_at: datetime,
     first: TurnEvent,
 ) -> str | None:
-    """The common case on one pooled connection, three statements, no explicit transaction:
-    profile `ready` with an agent and no stale turn (one read), the budget (402), then the
-    lock and the turn with its first event (one statement, committed on return). Only with a
-    billing provider whose budget lives in our database (`check_on`). Returns the agent id, or
-    None when the full path must decide (not provisioned, a stale turn to fail, ...)."""
+    """The common case on one pooled connection, two statements, no explicit transaction:
+    the budget (on the caller's connection), then one statement that checks the profile is
+    `ready` with an agent and no turn is streaming, takes the lock and inserts the turn with
+    its first event (committed on return). Only with a billing provider whose budget lives in
+    our database (`check_on`). Returns the agent id, or None when the full path must decide
+    (over budget, not provisioned, a streaming turn that may be stale, ...): it reports each
+    case in contract order, so an over-budget user without an agent still gets 409 first."""
     check_on = getattr(deps.billing, "check_on", None)
     if check_on is None or deps.settings.billing_provider == "litellm":
         return None
     runtime = deps.runtime
     async with runtime.db.acquire() as conn:
-        state = await repo.admission_state(conn, user_id, runtime.lease_seconds)
-        if not state.ready or not state.agent_id or state.stale:
-            return None
-        if state.streaming:
-            raise TurnInProgress()
-        await check_on(conn, user_id)
         try:
-            locked = await repo.lock_and_insert_turn(
+            await check_on(conn, user_id)
+        except BudgetExceeded:
+            return None
+        try:
+            admitted = await repo.admit_ready_turn(
                 conn,
                 turn_id=turn_id,
                 user_id=user_id,
@@ -140,9 +140,11 @@ async def _admit_fast(
             )
         except asyncpg.UniqueViolationError as exc:  # admitted meanwhile (here or elsewhere)
             raise TurnInProgress() from exc
-    if not locked:
-        raise TurnInProgress()
-    return state.agent_id
+    if admitted.agent_id is None:
+        return None
+    if not admitted.inserted:
+        raise TurnInProgress()  # another admission for this user held the lock
+    return admitted.agent_id
 
 
 async def _admit(

@@ -196,6 +196,47 @@ async def test_no_agent_is_409_and_creates_no_turn(
     assert await _turn_rows(db_pool, user.id) == []
 
 
+async def test_no_agent_and_over_budget_is_409_first(
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    agent: ControlledAgent,
+    make_user: UserFactory,
+    db_pool: asyncpg.Pool,
+) -> None:
+    """The contract's order: no agent (409) is reported before over budget (402), also when
+    the fast admission sees the budget first."""
+    user = await make_user(agent_id=None, status="degraded")
+    await app.state.billing.set_budget(user.id, 0.0)
+    response = await client.post(
+        "/api/v1/chat/message", json={"content": "hi"}, headers=user.headers
+    )
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "agent_not_ready"
+    assert await _turn_rows(db_pool, user.id) == []
+
+
+async def test_admission_refused_while_another_holds_the_users_lock(
+    client: httpx.AsyncClient,
+    agent: ControlledAgent,
+    make_user: UserFactory,
+    db_pool: asyncpg.Pool,
+) -> None:
+    """An admission in flight elsewhere (another instance) holds the user's advisory lock:
+    this one answers 409 without inserting anything or calling the agent."""
+    user = await make_user()
+    async with db_pool.acquire() as other, other.transaction():
+        await other.execute(
+            "select pg_advisory_xact_lock(hashtextextended($1, 0))", f"chat-turn:{user.id}"
+        )
+        response = await client.post(
+            "/api/v1/chat/message", json={"content": "hi"}, headers=user.headers
+        )
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "turn_in_progress"
+    assert await _turn_rows(db_pool, user.id) == []
+    assert agent.turns == []
+
+
 async def test_second_concurrent_turn_is_409(
     client: httpx.AsyncClient,
     app: FastAPI,

@@ -341,6 +341,35 @@ async def test_reset_crossing_starts_a_new_period_with_zero_spend(
     assert budget.max_budget == 1.0  # the budget itself carries over
 
 
+async def test_a_charge_first_to_see_a_new_period_starts_it(
+    billing: BuiltinBilling, db: Database, user: UUID, clock: Clock
+) -> None:
+    """The charge is written before the period is checked (one statement in the common
+    case); when it is the first to cross the boundary it ends up alone in the new period."""
+    await billing.set_budget(user, 1.0)
+    await charge(billing, db, user, 0.75)
+    clock.now = utc(2027, 2, 1, 0, 0, 1)
+    async with db.transaction() as conn:
+        cost, budget = await billing.record_with_budget(conn, user, usage(0.5))
+    assert cost == 0.5
+    assert budget.spend == pytest.approx(0.5)
+    assert budget.period_start == utc(2027, 2, 1)
+    assert budget.remaining == pytest.approx(0.5)
+    again = await billing.get_budget(user)
+    assert (again.spend, again.period_start) == (pytest.approx(0.5), utc(2027, 2, 1))
+    # Within the period, charges add up.
+    await charge(billing, db, user, 0.25)
+    assert (await billing.get_budget(user)).spend == pytest.approx(0.75)
+
+
+async def test_first_charge_creates_the_budget_row(
+    billing: BuiltinBilling, db: Database, user: UUID, db_pool: asyncpg.Pool
+) -> None:
+    assert await db_pool.fetchval("select count(*) from budgets where user_id = $1", user) == 0
+    assert await charge(billing, db, user, 0.1) == 0.1
+    assert (await billing.get_budget(user)).spend == pytest.approx(0.1)
+
+
 async def test_reset_after_several_idle_periods(
     settings_factory: Callable[..., Settings], db: Database, user: UUID, clock: Clock
 ) -> None:

@@ -400,9 +400,23 @@ class BuiltinBilling:
         """`record`, also answering the budget as the charge left it (from the UPDATE's
         RETURNING): a finished chat turn reports its remaining budget without another read."""
         cost = self.cost_of(usage)
-        await self._current_row(conn, user_id)
+        # The charge first (one statement in the common case): it locks the row and answers
+        # it, so the period can be checked after instead of read before.
         row = await _charge(conn, user_id, cost)
-        assert row is not None  # _current_row made sure the row exists
+        if row is not None:
+            start, _ = current_period(
+                row["period_anchor"], parse_duration(row["budget_duration"]), self._clock()
+            )
+            if row["period_start"] >= start:
+                return cost, self._budget(row)
+            # It landed on an ended period: start the current one (spend 0) and charge that.
+            # A racer may have rolled it already; the conditional roll then does nothing and
+            # the second charge adds to what the new period holds, so nothing is lost.
+            await _roll(conn, user_id, start)
+        else:
+            await self._current_row(conn, user_id)  # no row yet: created with the defaults
+        row = await _charge(conn, user_id, cost)
+        assert row is not None  # it exists now
         return cost, self._budget(row)
 
     async def daily_activity(self, user_id: UUID, start: Any, end: Any) -> list[DailySpend] | None:

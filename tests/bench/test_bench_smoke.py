@@ -142,3 +142,28 @@ def test_percentile_interpolates() -> None:
     assert percentile([5.0], 99) == 5.0
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
     assert percentile(list(map(float, range(101))), 99) == pytest.approx(99.0)
+
+
+@pytest.mark.parametrize("relay", ["stack", "fastapi_raw", "raw"])
+async def test_floor_relays_stream_every_fragment(
+    sim: tuple[SimLetta, int], relay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench/floor_apps.py: each bare relay turns the simulated Letta stream into our
+    `delta` events, one per fragment, then `done` (what bench.run_floor_bench measures)."""
+    import importlib
+
+    import bench.floor_apps
+
+    _, port = sim
+    monkeypatch.setenv("SIM_URL", f"http://127.0.0.1:{port}")
+    floor_apps = importlib.reload(bench.floor_apps)
+    app = getattr(floor_apps, relay)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://floor") as client:
+        response = await client.post("/api/v1/chat/message", json={"content": "hi"})
+    assert response.status_code == 200
+    frames = [f for f in response.text.split("\n\n") if f]
+    events = [f.split("\n", 1)[0].removeprefix("event: ") for f in frames]
+    assert events == ["turn"] + ["delta"] * EVENTS + ["done"]
+    texts = [json.loads(f.split("data: ", 1)[1])["text"] for f in frames[1:-1]]
+    assert all(isinstance(t, str) and t for t in texts)

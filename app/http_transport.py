@@ -287,9 +287,17 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         )
         self._target = target
         backend = AsyncioBackend()
+        # One TLS context for every shard: building one loads the CA bundle (tens of ms), so
+        # one per shard made each app start take seconds.
+        options = dict(transport_options)
+        options["verify"] = httpx.create_ssl_context(
+            verify=options.get("verify", True),
+            cert=options.pop("cert", None),
+            trust_env=options.get("trust_env", True),
+        )
         self._shards = []
         for _ in range(max(1, shards)):
-            transport = httpx.AsyncHTTPTransport(limits=per_pool, **transport_options)
+            transport = httpx.AsyncHTTPTransport(limits=per_pool, **options)
             _use_backend(transport, backend)
             self._shards.append(_Shard(transport))
 

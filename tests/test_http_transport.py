@@ -169,3 +169,11 @@ def test_asyncio_backend_on_uvloop() -> None:
     """The app runs on uvloop, whose transports are not asyncio's classes."""
     uvloop = pytest.importorskip("uvloop")
     uvloop.run(test_asyncio_backend_streams_reuses_connections_and_times_out())
+
+
+def test_shards_share_one_tls_context() -> None:
+    """Building a TLS context loads the CA bundle; one per shard made every app start take
+    seconds (128 shards)."""
+    transport = ShardedTransport(limits=httpx.Limits(max_connections=256), shards=8)
+    contexts = {id(shard.transport._pool._ssl_context) for shard in transport._shards}
+    assert len(contexts) == 1

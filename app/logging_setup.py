@@ -101,8 +101,14 @@ def configure_logging(level: str, json_logs: bool) -> None:
     # Replace our own handler (create_app may run more than once); keep others' (pytest's).
     root.handlers[:] = [h for h in root.handlers if not isinstance(h, StdoutHandler)] + [handler]
     root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # app.middleware writes one access line per request (with its request id, without the
+    # query string); uvicorn's own would be a second one. uvicorn logs access lines only when
+    # its logger has a handler somewhere up the chain, so it must not propagate to ours.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers[:] = []
+    access.propagate = False
     # httpx logs full URLs at INFO; keep it quiet.
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -310,3 +310,13 @@ async def test_app_startup_tunes_gc(settings_factory: Callable[..., Settings]) -
     async with LifespanManager(untuned, startup_timeout=30, shutdown_timeout=30):
         assert gc.get_threshold() == before_threshold
         assert gc.get_freeze_count() == 0
+
+
+def test_one_access_line_per_request_ours_not_uvicorns() -> None:
+    """uvicorn writes its access line only when `uvicorn.access` reaches a handler; ours
+    (app.middleware, with the request id) is the only one."""
+    from app.logging_setup import configure_logging
+
+    configure_logging("INFO", json_logs=False)
+    assert not logging.getLogger("uvicorn.access").hasHandlers()
+    assert logging.getLogger("uvicorn.error").hasHandlers()  # startup and errors still logged

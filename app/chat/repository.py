@@ -98,95 +98,78 @@ async def admission_check(conn: Conn, user_id: UUID, lease_seconds: float) -> Ad
 
 
 @dataclass(frozen=True)
+class NewTurn:
+    """A turn to insert with its first event: what both admission paths store."""
+
+    id: UUID
+    user_id: UUID
+    content: str
+    instance_id: str
+    created_at: datetime
+    first_event: TurnEvent
+
+    def params(self) -> tuple[object, ...]:
+        """$1..$8 of the turn + first-event inserts below."""
+        e = self.first_event
+        return (
+            self.id, self.user_id, self.content, self.instance_id, self.created_at,
+            e.seq, e.event, e.json(),
+        )  # fmt: skip
+
+
+# The turn ($1..$5) and its first event ($6..$8), inserted from the rows of `source`.
+_INSERT_TURN = """
+    turn as (
+        insert into turns (id, user_id, user_message, instance_id, created_at, heartbeat_at)
+        select $1, $2, $3, $4, $5, now() from {source}
+        returning id, user_id
+    ),
+    ev as (
+        insert into turn_events (turn_id, seq, user_id, event, data)
+        select id, $6, user_id, $7, $8::text::jsonb from turn
+        returning 1
+    )
+"""
+
+
+@dataclass(frozen=True)
 class FastAdmission:
     """What the one-statement admission did."""
 
     agent_id: str | None  # None: not ready, no agent, or a streaming turn: nothing was tried
-    locked: bool  # False (with an agent): another admission held the user's lock
-    inserted: bool  # the turn and its first event were inserted (committed on return)
+    inserted: bool  # False (with an agent): another admission held the user's lock
 
 
-async def admit_ready_turn(
-    conn: Conn,
-    *,
-    turn_id: UUID,
-    user_id: UUID,
-    content: str,
-    instance_id: str,
-    created_at: datetime,
-    first_event: TurnEvent,
-) -> FastAdmission:
+async def admit_ready_turn(conn: Conn, turn: NewTurn) -> FastAdmission:
     """The common admission in one statement outside an explicit transaction (its own,
     committed when it returns): only when the profile is `ready` with an agent and the user
     has no streaming turn, take the user's turn lock and, if it was free, insert the turn and
     its first event. Raises asyncpg.UniqueViolationError when a streaming turn was inserted
     meanwhile (the partial unique index: the snapshot read here may predate the lock)."""
     row = await conn.fetchrow(
-        """
+        f"""
         with p as (
             select p.agent_id from public.profiles p
             where p.id = $2 and p.provisioning_status = 'ready' and p.agent_id is not null
               and not exists (select 1 from turns t where t.user_id = $2 and t.status = 'streaming')
         ),
         l as (select pg_try_advisory_xact_lock(hashtextextended($9, 0)) as locked from p),
-        turn as (
-            insert into turns (id, user_id, user_message, instance_id, created_at, heartbeat_at)
-            select $1, $2, $3, $4, $5, now() from l where l.locked
-            returning id, user_id
-        ),
-        ev as (
-            insert into turn_events (turn_id, seq, user_id, event, data)
-            select id, $6, user_id, $7, $8::text::jsonb from turn
-            returning 1
-        )
-        select (select agent_id from p) as agent_id,
-               coalesce((select locked from l), false) as locked,
-               (select count(*) from ev) = 1 as inserted
-        """,
-        turn_id,
-        user_id,
-        content,
-        instance_id,
-        created_at,
-        first_event.seq,
-        first_event.event,
-        first_event.json(),
-        f"chat-turn:{user_id}",
+        {_INSERT_TURN.format(source="l where l.locked")}
+        select (select agent_id from p) as agent_id, (select count(*) from ev) = 1 as inserted
+        """,  # noqa: S608 - constant fragments
+        *turn.params(),
+        f"chat-turn:{turn.user_id}",
     )
     assert row is not None
-    return FastAdmission(row["agent_id"], bool(row["locked"]), bool(row["inserted"]))
+    return FastAdmission(row["agent_id"], bool(row["inserted"]))
 
 
-async def insert_turn(
-    conn: Conn,
-    *,
-    turn_id: UUID,
-    user_id: UUID,
-    content: str,
-    instance_id: str,
-    created_at: datetime,
-    first_event: TurnEvent,
-) -> None:
+async def insert_turn(conn: Conn, turn: NewTurn) -> None:
     """The turn and its first event, in one statement. Raises asyncpg.UniqueViolationError
     when the user already has a streaming turn."""
     await conn.execute(
-        """
-        with turn as (
-            insert into turns (id, user_id, user_message, instance_id, created_at, heartbeat_at)
-            values ($1, $2, $3, $4, $5, now())
-            returning id, user_id
-        )
-        insert into turn_events (turn_id, seq, user_id, event, data)
-        select id, $6, user_id, $7, $8::text::jsonb from turn
-        """,
-        turn_id,
-        user_id,
-        content,
-        instance_id,
-        created_at,
-        first_event.seq,
-        first_event.event,
-        first_event.json(),
+        f"with {_INSERT_TURN.format(source='(values (1)) as one_row')} select",  # noqa: S608
+        *turn.params(),
     )
 
 

@@ -91,11 +91,12 @@ async def start_turn(deps: TurnDeps, user_id: UUID, content: str) -> TurnRun:
     turn_id = uuid.uuid4()
     created_at = datetime.now(UTC)
     first = TurnEvent(1, "turn", turn_data(turn_id, created_at.isoformat()))
-    admitted = await _admit_fast(deps, user_id, turn_id, content, created_at, first)
+    turn = repo.NewTurn(turn_id, user_id, content, runtime.instance_id, created_at, first)
+    admitted = await _admit_fast(deps, turn)
     if admitted is not None:
         agent_id, llm = admitted, None
     else:
-        agent_id, llm = await _admit(deps, user_id, turn_id, content, created_at, first)
+        agent_id, llm = await _admit(deps, turn)
 
     run = TurnRun(turn_id, user_id)
     run.publish(first)
@@ -104,14 +105,7 @@ async def start_turn(deps: TurnDeps, user_id: UUID, content: str) -> TurnRun:
     return run
 
 
-async def _admit_fast(
-    deps: TurnDeps,
-    user_id: UUID,
-    turn_id: UUID,
-    content: str,
-    created_at: datetime,
-    first: TurnEvent,
-) -> str | None:
+async def _admit_fast(deps: TurnDeps, turn: repo.NewTurn) -> str | None:
     """The common case on one pooled connection, two statements, no explicit transaction:
     the budget (on the caller's connection), then one statement that checks the profile is
     `ready` with an agent and no turn is streaming, takes the lock and inserts the turn with
@@ -122,22 +116,13 @@ async def _admit_fast(
     check_on = getattr(deps.billing, "check_on", None)
     if check_on is None or deps.settings.billing_provider == "litellm":
         return None
-    runtime = deps.runtime
-    async with runtime.db.acquire() as conn:
+    async with deps.runtime.db.acquire() as conn:
         try:
-            await check_on(conn, user_id)
+            await check_on(conn, turn.user_id)
         except BudgetExceeded:
             return None
         try:
-            admitted = await repo.admit_ready_turn(
-                conn,
-                turn_id=turn_id,
-                user_id=user_id,
-                content=content,
-                instance_id=runtime.instance_id,
-                created_at=created_at,
-                first_event=first,
-            )
+            admitted = await repo.admit_ready_turn(conn, turn)
         except asyncpg.UniqueViolationError as exc:  # admitted meanwhile (here or elsewhere)
             raise TurnInProgress() from exc
     if admitted.agent_id is None:
@@ -147,15 +132,9 @@ async def _admit_fast(
     return admitted.agent_id
 
 
-async def _admit(
-    deps: TurnDeps,
-    user_id: UUID,
-    turn_id: UUID,
-    content: str,
-    created_at: datetime,
-    first: TurnEvent,
-) -> tuple[str, LLMRoute | None]:
+async def _admit(deps: TurnDeps, turn: repo.NewTurn) -> tuple[str, LLMRoute | None]:
     """The full path: provisioning resumed if needed, any billing provider, stale turns."""
+    user_id = turn.user_id
     # Independent reads, run together to keep the time to the first event short; reported
     # in contract order (no agent: 409 before over budget: 402).
     provisioned, budget = await asyncio.gather(
@@ -184,15 +163,7 @@ async def _admit(
                 await repo.fail_stale_turns(
                     conn, lease_seconds=runtime.lease_seconds, user_id=user_id
                 )
-            await repo.insert_turn(
-                conn,
-                turn_id=turn_id,
-                user_id=user_id,
-                content=content,
-                instance_id=runtime.instance_id,
-                created_at=created_at,
-                first_event=first,
-            )
+            await repo.insert_turn(conn, turn)
     except asyncpg.UniqueViolationError as exc:  # another instance admitted one meanwhile
         raise TurnInProgress() from exc
     return provisioned.agent_id, llm

@@ -315,18 +315,24 @@ async def start_backend(
         "5",
     ]
     process = ManagedProcess("backend", args, env, log_dir / "backend.log", cwd=app_root)
-    deadline = time.monotonic() + 60
+    await wait_until_serving(process, f"http://127.0.0.1:{port}/health/live", seconds=60)
+    return Backend(process, port)
+
+
+async def wait_until_serving(process: ManagedProcess, url: str, *, seconds: float) -> None:
+    """Until `url` answers 200; stops the process and raises if it exits or takes too long."""
+    deadline = time.monotonic() + seconds
     async with httpx.AsyncClient(timeout=2) as client:
         while time.monotonic() < deadline:
             if process.proc.poll() is not None:
-                raise RuntimeError(f"backend exited at start:\n{process.log_tail()}")
+                raise RuntimeError(f"{process.name} exited at start:\n{process.log_tail()}")
             with contextlib.suppress(httpx.HTTPError):
-                response = await client.get(f"http://127.0.0.1:{port}/health/live")
+                response = await client.get(url)
                 if response.status_code == 200:
-                    return Backend(process, port)
+                    return
             await asyncio.sleep(0.2)
     process.stop()
-    raise RuntimeError(f"backend not live after 60 s:\n{process.log_tail()}")
+    raise RuntimeError(f"{process.name} not serving after {seconds:g} s:\n{process.log_tail()}")
 
 
 def new_jwt_secret() -> str:

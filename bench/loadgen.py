@@ -53,6 +53,13 @@ class StreamRequest:
         return ("\r\n".join(lines) + "\r\n\r\n").encode() + self.body
 
 
+def letta_stream_request(port: int, agent_id: str, content: str) -> StreamRequest:
+    """The turn request letta-client sends, straight to the (simulated) Letta server."""
+    body = {"messages": [{"role": "user", "content": content}], "stream_tokens": True}
+    path = f"/v1/agents/{agent_id}/messages/stream"
+    return StreamRequest("127.0.0.1", port, path, json.dumps(body).encode(), "direct")
+
+
 @dataclass
 class StreamResult:
     ok: bool = False

@@ -13,11 +13,8 @@ import argparse
 import asyncio
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from bench.environment import (
     ROOT,
@@ -26,8 +23,9 @@ from bench.environment import (
     free_port,
     raise_fd_limit,
     start_simulator,
+    wait_until_serving,
 )
-from bench.loadgen import StreamRequest, run_load, summarize
+from bench.loadgen import StreamRequest, letta_stream_request, run_load, summarize
 from bench.sim_letta import install_fast_loop
 
 RELAYS = {
@@ -46,16 +44,8 @@ async def _start_relay(name: str, sim_port: int, log_dir: Path) -> tuple[Managed
         "warning", "--no-access-log", "--backlog", "4096",
     ]  # fmt: skip
     process = ManagedProcess(f"floor-{name}", args, env, log_dir / f"floor-{name}.log")
-    deadline = time.monotonic() + 30
-    async with httpx.AsyncClient(timeout=2) as client:
-        while time.monotonic() < deadline:
-            try:
-                await client.get(f"http://127.0.0.1:{port}/")
-                return process, port
-            except httpx.HTTPError:
-                await asyncio.sleep(0.2)
-    process.stop()
-    raise RuntimeError(f"relay {name} did not start:\n{process.log_tail()}")
+    await wait_until_serving(process, f"http://127.0.0.1:{port}/openapi.json", seconds=30)
+    return process, port
 
 
 async def floors(args: argparse.Namespace) -> None:
@@ -71,9 +61,7 @@ async def floors(args: argparse.Namespace) -> None:
     )
 
     def direct(i: int, r: int) -> StreamRequest:
-        body = {"messages": [{"role": "user", "content": f"t {r}"}], "stream_tokens": True}
-        path = "/v1/agents/agent-floor/messages/stream"
-        return StreamRequest("127.0.0.1", sim_port, path, json.dumps(body).encode(), "direct")
+        return letta_stream_request(sim_port, "agent-floor", f"t {r}")
 
     async def load(make: Any, c: int, rounds: int) -> Any:
         return await run_load(

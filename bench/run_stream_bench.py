@@ -49,7 +49,14 @@ from bench.environment import (
     start_backend,
     start_simulator,
 )
-from bench.loadgen import LoadResult, StreamRequest, Summary, run_load, summarize
+from bench.loadgen import (
+    LoadResult,
+    StreamRequest,
+    Summary,
+    letta_stream_request,
+    run_load,
+    summarize,
+)
 from bench.sim_letta import install_fast_loop
 
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -298,11 +305,7 @@ async def bench(args: argparse.Namespace) -> int:
 
         def direct(users: list[BenchUser]) -> Any:
             def make(i: int, r: int) -> StreamRequest:
-                body = {"messages": [{"role": "user", "content": f"bench turn {r}"}],
-                        "stream_tokens": True}  # fmt: skip
-                path = f"/v1/agents/{users[i].agent_id}/messages/stream"
-                return StreamRequest("127.0.0.1", sim_port, path, json.dumps(body).encode(),
-                                     "direct")  # fmt: skip
+                return letta_stream_request(sim_port, users[i].agent_id, f"bench turn {r}")
 
             return make
 

@@ -30,7 +30,13 @@ from app.config import Settings
 from app.crypto import SecretBox
 from app.main import create_app
 from tests.chat.conftest import parse_sse
-from tests.providers.letta.conftest import FIXTURES, SSE_HEADERS, Recording, context_window
+from tests.providers.letta.conftest import (
+    FIXTURES,
+    SSE_HEADERS,
+    Recording,
+    byok_provider,
+    context_window,
+)
 from tests.providers.test_litellm_billing import (
     NOT_FOUND,
     conforms,
@@ -275,22 +281,9 @@ class FakeLetta:
     def create_provider(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         body = json.loads(request.content)
-        provider = {
-            "id": f"provider-{uuid.uuid4()}",
-            "name": body["name"],
-            "provider_type": body["provider_type"],
-            "provider_category": "byok",
-            "api_key": None,
-            "base_url": body["base_url"],
-            "access_key": None,
-            "region": None,
-            "api_version": None,
-            "organization_id": "org-00000000-0000-4000-8000-000000000000",
-            "updated_at": "2026-11-21T19:38:32Z",
-            "last_synced": None,
-            "api_key_enc": None,
-            "access_key_enc": None,
-        }
+        provider = byok_provider(
+            f"provider-{uuid.uuid4()}", body["name"], body["base_url"], body["provider_type"]
+        )
         self.providers[provider["id"]] = provider
         self.provider_creates += 1
         return httpx.Response(200, json=provider)

@@ -219,3 +219,26 @@ def context_window(recall: int, archival: int) -> httpx.Response:
             "messages": [],
         },
     )
+
+
+def byok_provider(
+    provider_id: str, name: str, base_url: str, provider_type: str = "openai"
+) -> dict[str, Any]:
+    """A Provider as Letta's /v1/providers answers it (not recorded; per the OpenAPI
+    document): a BYOK provider whose key Letta keeps to itself."""
+    return {
+        "id": provider_id,
+        "name": name,
+        "provider_type": provider_type,
+        "provider_category": "byok",
+        "api_key": None,
+        "base_url": base_url,
+        "access_key": None,
+        "region": None,
+        "api_version": None,
+        "organization_id": "org-00000000-0000-4000-8000-000000000000",
+        "updated_at": "2026-11-21T19:38:32Z",
+        "last_synced": None,
+        "api_key_enc": None,
+        "access_key_enc": None,
+    }

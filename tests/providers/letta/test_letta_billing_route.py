@@ -21,6 +21,7 @@ from tests.providers.letta.conftest import (
     RECORDED_AGENT,
     SSE_HEADERS,
     Recording,
+    byok_provider,
     sent_json,
     sent_query,
 )
@@ -31,22 +32,7 @@ ROUTE = LLMRoute(base_url="http://litellm.test", api_key="sk-user-virtual-1", bi
 
 
 def provider(name: str) -> dict[str, Any]:
-    return {
-        "id": PROVIDER_ID,
-        "name": name,
-        "provider_type": "openai",
-        "provider_category": "byok",
-        "api_key": None,
-        "base_url": "http://litellm.test",
-        "access_key": None,
-        "region": None,
-        "api_version": None,
-        "organization_id": "org-00000000-0000-4000-8000-000000000000",
-        "updated_at": "2026-11-21T19:38:32Z",
-        "last_synced": None,
-        "api_key_enc": None,
-        "access_key_enc": None,
-    }
+    return byok_provider(PROVIDER_ID, name, "http://litellm.test")
 
 
 async def test_new_agent_gets_a_byok_provider_with_the_users_key(

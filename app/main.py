@@ -16,7 +16,7 @@ from app.config import Settings, get_settings
 from app.database_server import resolve_database
 from app.db import Database, apply_migrations
 from app.errors import COMMON_ERROR_RESPONSES, install_error_handlers
-from app.http_transport import ShardedTransport
+from app.http_transport import AppHTTPClient, ShardedTransport
 from app.logging_setup import configure_logging
 from app.middleware import RequestIdMiddleware
 from app.providers.builtin.llm import aclose_clients as aclose_llm_clients
@@ -37,7 +37,7 @@ def _http_client(settings: Settings) -> httpx.AsyncClient:
     # the idle ones kept alive spare the next turns a TCP/TLS handshake. Small pools: see
     # app/http_transport.py (one big httpcore pool costs O(connections) per request).
     limits = httpx.Limits(max_connections=4096)  # keep-alive: per pool, see ShardedTransport
-    return httpx.AsyncClient(timeout=timeout, transport=ShardedTransport(limits=limits))
+    return AppHTTPClient(timeout=timeout, transport=ShardedTransport(limits=limits))
 
 
 @asynccontextmanager

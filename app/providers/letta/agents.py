@@ -29,6 +29,7 @@ from letta_client import AsyncLetta, Omit, omit
 
 from app.config import Settings
 from app.errors import NotFound, UpstreamError, UpstreamUnavailable
+from app.http_transport import release_response
 from app.providers.agents import (
     AgentEvent,
     AgentInfo,
@@ -388,6 +389,7 @@ class LettaAgents:
                 await response.aread()
             finally:
                 await response.aclose()
+                release_response(response)
             raise self._client._make_status_error_from_response(response)  # noqa: SLF001
         return LettaEventStream(response, self._client)
 

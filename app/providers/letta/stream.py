@@ -32,6 +32,7 @@ from typing import Any, Literal
 import httpx
 import letta_client
 
+from app.http_transport import release_response
 from app.providers.agents import (
     AgentEvent,
     DeltaEvent,
@@ -337,6 +338,7 @@ class LettaEventStream:
             pass
         finally:
             await response.aclose()
+            release_response(response)
 
 
 def _as_dict(item: Any) -> Any:

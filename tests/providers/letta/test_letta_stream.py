@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from collections.abc import AsyncIterator
 
 import httpx
@@ -301,3 +303,33 @@ async def test_turn_request_is_what_build_request_would_send() -> None:
     assert sent[0].content == expected.content
     assert sent[0].extensions["timeout"] == expected.extensions["timeout"]
     await shared.aclose()
+
+
+async def test_a_closed_turn_stream_frees_its_response_without_the_collector() -> None:
+    """httpx's response <-> body-stream cycle is broken when the turn stream closes, so a
+    turn leaves nothing for the cyclic garbage collector (whose pauses stall every stream)."""
+    from app.config import Settings
+
+    class Body(httpx.AsyncByteStream):  # arrives in pieces, as from a socket (not pre-read)
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            yield b'data: {"message_type": "assistant_message", "id": "m", "content": "Hi"}\n\n'
+            yield b"data: [DONE]\n\n"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Body(), headers=SSE_HEADERS)
+
+    settings = Settings(letta_base_url="http://letta.test", letta_api_key="k", _env_file=None)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        letta = LettaAgents(settings, http)
+        gc.collect()
+        gc.disable()
+        try:
+            stream = await letta._open_turn_stream("agent-1", "Hi")
+            items = [item async for item in stream]
+            await stream.close()
+            assert [i["content"] for i in items] == ["Hi"]
+            ref = weakref.ref(stream._response)
+            del stream
+            assert ref() is None
+        finally:
+            gc.enable()

@@ -165,6 +165,30 @@ def raise_fd_limit(wanted: int = 65536) -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc); 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+async def database_backend_pids(dsn: str) -> list[int]:
+    """The Postgres server processes serving connections to `dsn`'s database (the backend's
+    pool), to count their CPU. The bench's Postgres is on this host (127.0.0.1)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "select pid from pg_stat_activity where datname = current_database() "
+            "and pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    return [int(r["pid"]) for r in rows]
+
+
 class ManagedProcess:
     """A child process with its output in a log file; stopped politely, then firmly."""
 
@@ -193,12 +217,7 @@ class ManagedProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of the process so far (Linux /proc)."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
+        return process_cpu_seconds(self.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -42,8 +43,10 @@ from bench.environment import (
     BenchUser,
     ManagedProcess,
     create_database,
+    database_backend_pids,
     drop_database,
     new_jwt_secret,
+    process_cpu_seconds,
     raise_fd_limit,
     seed_users,
     start_backend,
@@ -88,6 +91,10 @@ class RunReport:
     backend_cpu_seconds: float
     backend_idle_cpu_ms_per_s: float
     upstream_requests: dict[str, int]
+    # CPU of the other parties during the through-backend run (seconds).
+    postgres_cpu_seconds: float
+    simulator_cpu_seconds: float
+    loadgen_cpu_seconds: float
     turns_by_status: dict[str, int]
     turn_events: int | None
 
@@ -139,6 +146,14 @@ def render_run(r: RunReport) -> str:
             f"{r.backend_idle_cpu_ms_per_s:.0f} ms/s; net {busy_ms / b.streams:.2f} ms per turn "
             f"(incl. its {b.fragments // max(b.streams, 1)} fragments)"
         )
+    if b.streams:
+        per_turn = {
+            "Postgres (the backend's connections)": r.postgres_cpu_seconds,
+            "simulated Letta": r.simulator_cpu_seconds,
+            "load generator": r.loadgen_cpu_seconds,
+        }
+        parts = ", ".join(f"{k} {v * 1000 / b.streams:.2f} ms" for k, v in per_turn.items())
+        out.append(f"  other CPU per turn: {parts} ({os.cpu_count()} cores)")
     if r.upstream_requests:
         calls = ", ".join(f"{k} x{v}" for k, v in sorted(r.upstream_requests.items()))
         out.append(f"  backend -> upstream requests: {calls}")
@@ -348,11 +363,21 @@ async def bench(args: argparse.Namespace) -> int:
             stats_before = await _sim_stats(sim_port)
             before = stats_before["requests"]
             cpu_before = backend.process.cpu_seconds()
+            pg_before = {pid: process_cpu_seconds(pid) for pid in await database_backend_pids(dsn)}
+            sim_before, loadgen_before = sim.cpu_seconds(), time.process_time()
             profiler = None
             if args.profile and c == args.profile_at:
                 profiler = Profiler(backend.process.pid, RESULTS_DIR / f"profile-{stamp}-C{c}.txt")
             backend_load = await load(through(users, backend.port), c, rounds)
             cpu = backend.process.cpu_seconds() - cpu_before
+            sim_cpu, loadgen_cpu = (
+                sim.cpu_seconds() - sim_before,
+                time.process_time() - loadgen_before,
+            )
+            pg_cpu = sum(
+                process_cpu_seconds(pid) - pg_before.get(pid, 0.0)
+                for pid in await database_backend_pids(dsn)
+            )
             if profiler is not None:
                 profile_path = profiler.stop()
                 profile_text = (
@@ -377,6 +402,9 @@ async def bench(args: argparse.Namespace) -> int:
                 backend_cpu_seconds=cpu,
                 backend_idle_cpu_ms_per_s=idle_cpu_ms_per_s,
                 upstream_requests=upstream,
+                postgres_cpu_seconds=pg_cpu,
+                simulator_cpu_seconds=sim_cpu,
+                loadgen_cpu_seconds=loadgen_cpu,
                 turns_by_status=statuses,
                 turn_events=events,
             )

@@ -10,10 +10,13 @@
 3. for each C: C clients stream straight from the simulator, then C clients (one user each)
    stream `POST /api/v1/chat/message` through the backend, each client running its streams back
    to back (one stream per user at C=1000), first starts spread over one stream's duration;
+   each C is measured `--repeat` times (3), each time as such a direct + backend pair;
 4. prints time to first event, per-event latency, errors and through-backend / direct ratios
    (definitions in `bench.loadgen` and in the output), saves them under `bench/results/`, stops
-   both processes and drops the database.
-Every loop is bounded (per-stream timeout, fixed rounds); the default run takes 2-4 minutes.
+   both processes and drops the database. The goals are checked on the median over the
+   repetitions (every repetition is printed): on a shared 2-core machine one run's p99 at
+   C=100 moves by tens of milliseconds with what else the machine is doing.
+Every loop is bounded (per-stream timeout, fixed rounds); the default run takes 3-5 minutes.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -85,6 +89,8 @@ Definitions (client, simulator and backend on one host; all stamps CLOCK_MONOTON
 @dataclass
 class RunReport:
     concurrency: int
+    repetition: int  # 1-based: the same C is measured `--repeat` times, each a direct+backend pair
+    repetitions: int
     streams_per_client: int
     direct: Summary
     backend: Summary
@@ -122,8 +128,9 @@ def render_run(r: RunReport) -> str:
         ("per-event latency p50 (ms)", d.event_p50_ms, b.event_p50_ms),
         ("per-event latency p99 (ms)", d.event_p99_ms, b.event_p99_ms),
     ]
+    rep = f" (repetition {r.repetition} of {r.repetitions})" if r.repetitions > 1 else ""
     out = [
-        f"C = {r.concurrency}: {b.streams} streams each way "
+        f"C = {r.concurrency}{rep}: {b.streams} streams each way "
         f"({r.streams_per_client} per client), {b.fragments} fragments through the backend",
         f"  {'':28}{'direct':>10}{'backend':>10}{'added':>10}{'ratio':>8}",
     ]
@@ -168,30 +175,48 @@ def render_run(r: RunReport) -> str:
 
 
 def render_goals(reports: list[RunReport]) -> str:
-    lines = ["Goals:"]
-    by_c = {r.concurrency: r for r in reports}
+    """The goals, on the median over the repetitions of each C (every repetition listed): on a
+    shared machine one run's p99 moves by tens of milliseconds with what else is running."""
+    lines = ["Goals (median over repetitions; each repetition is a direct + backend pair):"]
+    by_c: dict[int, list[RunReport]] = {}
+    for r in reports:
+        by_c.setdefault(r.concurrency, []).append(r)
     if 100 in by_c:
-        r = by_c[100]
-        p50 = _delta(r.backend.ttfe_p50_ms, r.direct.ttfe_p50_ms)
-        p99 = _delta(r.backend.ttfe_p99_ms, r.direct.ttfe_p99_ms)
-        ok50 = p50 is not None and p50 <= GOAL_TTFE_P50_MS and r.backend.errors == 0
-        ok99 = p99 is not None and p99 <= GOAL_TTFE_P99_MS and r.backend.errors == 0
-        lines.append(
-            f"  C=100 added TTFE p50 {_fmt(p50, ' ms')} <= {GOAL_TTFE_P50_MS} ms: "
-            f"{'PASS' if ok50 else 'FAIL'}"
-        )
-        lines.append(
-            f"  C=100 added TTFE p99 {_fmt(p99, ' ms')} <= {GOAL_TTFE_P99_MS} ms: "
-            f"{'PASS' if ok99 else 'FAIL'}"
-        )
+        reps = by_c[100]
+        p50s = [_delta(r.backend.ttfe_p50_ms, r.direct.ttfe_p50_ms) for r in reps]
+        p99s = [_delta(r.backend.ttfe_p99_ms, r.direct.ttfe_p99_ms) for r in reps]
+        errors = sum(r.backend.errors for r in reps)
+        listed = ", ".join(f"{_signed(a)}/{_signed(b)}" for a, b in zip(p50s, p99s, strict=True))
+        lines.append(f"  C=100 added TTFE p50/p99 (ms) per repetition: {listed}")
+        for label, values, goal in (
+            ("p50", p50s, GOAL_TTFE_P50_MS),
+            ("p99", p99s, GOAL_TTFE_P99_MS),
+        ):
+            med = _median(values)
+            ok = med is not None and med <= goal and errors == 0
+            lines.append(
+                f"  C=100 added TTFE {label} {_fmt(med, ' ms')} <= {goal} ms: "
+                f"{'PASS' if ok else 'FAIL'}"
+            )
     if 1000 in by_c:
-        r = by_c[1000]
-        ok = r.backend.errors == 0 and r.backend.streams > 0
+        reps = by_c[1000]
+        errors = sum(r.backend.errors for r in reps)
+        streams = sum(r.backend.streams for r in reps)
+        ok = errors == 0 and streams > 0
         lines.append(
-            f"  C=1000 through one worker, zero errors ({r.backend.errors} of "
-            f"{r.backend.streams}): {'PASS' if ok else 'FAIL'}"
+            f"  C=1000 through one worker, zero errors ({errors} of {streams}): "
+            f"{'PASS' if ok else 'FAIL'}"
         )
     return "\n".join(lines)
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if len(known) == len(values) and known else None
 
 
 def _delta(a: float | None, b: float | None) -> float | None:
@@ -354,7 +379,9 @@ async def bench(args: argparse.Namespace) -> int:
         await asyncio.sleep(3.0)
         idle_cpu_ms_per_s = (backend.process.cpu_seconds() - idle_start) * 1000 / 3.0
 
-        for c in concurrencies:
+        for c, repetition in (
+            (c, i + 1) for c in concurrencies for i in range(max(1, args.repeat))
+        ):
             # One stream per user at C=1000 (the brief's shape); more at small C for stable
             # percentiles.
             rounds = args.rounds or min(20, max(1, math.ceil(args.min_streams / c)))
@@ -366,7 +393,7 @@ async def bench(args: argparse.Namespace) -> int:
             pg_before = {pid: process_cpu_seconds(pid) for pid in await database_backend_pids(dsn)}
             sim_before, loadgen_before = sim.cpu_seconds(), time.process_time()
             profiler = None
-            if args.profile and c == args.profile_at:
+            if args.profile and c == args.profile_at and repetition == 1:
                 profiler = Profiler(backend.process.pid, RESULTS_DIR / f"profile-{stamp}-C{c}.txt")
             backend_load = await load(through(users, backend.port), c, rounds)
             cpu = backend.process.cpu_seconds() - cpu_before
@@ -396,6 +423,8 @@ async def bench(args: argparse.Namespace) -> int:
             statuses, events = await _turn_counts(dsn)
             report = RunReport(
                 concurrency=c,
+                repetition=repetition,
+                repetitions=max(1, args.repeat),
                 streams_per_client=rounds,
                 direct=summarize(direct_load),
                 backend=summarize(backend_load),
@@ -447,7 +476,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--interval-ms", type=float, default=25.0, help="gap between fragments")
     p.add_argument("--rounds", type=int, default=0, help="streams per client (0: automatic)")
     p.add_argument(
-        "--min-streams", type=int, default=300, help="automatic rounds: ~this many streams per C"
+        "--min-streams", type=int, default=1000, help="automatic rounds: ~this many streams per C"
+    )
+    p.add_argument(
+        "--repeat", type=int, default=3, help="measure each C this many times (goals: median)"
     )
     p.add_argument("--ramp-ms", type=float, default=None, help="spread of first starts")
     p.add_argument("--stream-timeout", type=float, default=120.0)

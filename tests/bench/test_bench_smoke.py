@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from bench.loadgen import StreamRequest, percentile, run_load, stream_once, summarize
+from bench.loadgen import StreamRequest, Summary, percentile, run_load, stream_once, summarize
+from bench.run_stream_bench import RunReport, render_goals
 from bench.sim_letta import SimConfig, SimLetta, agent_id_for_user, serve
 
 EVENTS = 3
@@ -167,3 +168,40 @@ async def test_floor_relays_stream_every_fragment(
     assert events == ["turn"] + ["delta"] * EVENTS + ["done"]
     texts = [json.loads(f.split("data: ", 1)[1])["text"] for f in frames[1:-1]]
     assert all(isinstance(t, str) and t for t in texts)
+
+
+def _report(c: int, repetition: int, direct: tuple[float, float], backend: tuple[float, float],
+            errors: int = 0) -> RunReport:  # fmt: skip
+    def summary(p50: float, p99: float, errors: int) -> Summary:
+        return Summary(streams=100, errors=errors, error_kinds={}, ttfe_p50_ms=p50,
+                       ttfe_p99_ms=p99, ttff_p50_ms=p50, event_p50_ms=0.1, event_p99_ms=0.2,
+                       fragments=2000, wall_seconds=1.0)  # fmt: skip
+
+    return RunReport(concurrency=c, repetition=repetition, repetitions=3, streams_per_client=1,
+                     direct=summary(*direct, 0), backend=summary(*backend, errors),
+                     backend_cpu_seconds=0.3, backend_idle_cpu_ms_per_s=0.0, upstream_requests={},
+                     postgres_cpu_seconds=0.1, simulator_cpu_seconds=0.1,
+                     loadgen_cpu_seconds=0.1, turns_by_status={}, turn_events=None)  # fmt: skip
+
+
+def test_goals_use_the_median_repetition_and_list_every_one() -> None:
+    reports = [
+        _report(100, 1, (0.5, 1.0), (3.5, 61.0)),  # one noisy repetition
+        _report(100, 2, (0.5, 1.0), (2.5, 15.0)),
+        _report(100, 3, (0.5, 1.0), (3.0, 19.0)),
+        _report(1000, 1, (1.0, 2.0), (9.0, 90.0)),
+    ]
+    text = render_goals(reports)
+    assert "per repetition: +3.00/+60.00, +2.00/+14.00, +2.50/+18.00" in text
+    assert "C=100 added TTFE p50 2.50 ms <= 5.0 ms: PASS" in text
+    assert "C=100 added TTFE p99 18.00 ms <= 20.0 ms: PASS" in text
+    assert "C=1000 through one worker, zero errors (0 of 100): PASS" in text
+    # Two noisy repetitions out of three move the median: the goal fails.
+    reports[1] = _report(100, 2, (0.5, 1.0), (2.5, 45.0))
+    assert "C=100 added TTFE p99 44.00 ms <= 20.0 ms: FAIL" in render_goals(reports)
+    # Any error in any repetition fails both C=100 goals and the C=1000 one.
+    reports[2] = _report(100, 3, (0.5, 1.0), (3.0, 19.0), errors=1)
+    reports[3] = _report(1000, 1, (1.0, 2.0), (9.0, 90.0), errors=2)
+    text = render_goals(reports)
+    assert "p50 2.50 ms <= 5.0 ms: FAIL" in text
+    assert "zero errors (2 of 100): FAIL" in text

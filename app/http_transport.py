@@ -99,10 +99,10 @@ _RELEASED_STREAM = httpx.ByteStream(b"")
 
 
 def release_response(response: httpx.Response) -> None:
-    """Let a closed streamed response's objects go now, by reference counting, instead of at
-    the next cyclic garbage collection.
+    """Let a closed response's objects go now, by reference counting, instead of at the next
+    cyclic garbage collection.
 
-    httpx binds a streamed response and its body stream to each other (`response.stream` is a
+    httpx binds every response and its body stream to each other (`response.stream` is a
     `BoundAsyncStream` holding the response), so everything reachable from either (the
     request, the headers, httpcore's pool request, stream wrappers and events: about 40
     objects) is freed only by the collector. One chat turn makes one such graph; under load

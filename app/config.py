@@ -43,8 +43,11 @@ class Settings(BaseSettings):
 
     # --- database ---
     database_url: str | None = None  # postgresql://... ; unset: local server or embedded
-    database_pool_min: int = 1
-    database_pool_max: int = 10
+    # Connections opened at startup and kept. Unset: the whole pool (`database_pool_max`), except
+    # with ENVIRONMENT=test (the tests start hundreds of apps in one process); see
+    # `database_pool_min_size`.
+    database_pool_min: int | None = Field(None, ge=0)
+    database_pool_max: int = Field(10, ge=1)
 
     # --- providers (one per port) ---
     identity_provider: Literal["builtin", "supabase"] = "builtin"
@@ -142,6 +145,16 @@ class Settings(BaseSettings):
     rate_limit: str = "120/minute"  # per user on POST /chat/message and /llm/chat/completions
     auth_rate_limit: str = "20/minute"  # per IP on register/login/refresh; per email on login
     redis_url: str | None = None  # shared counts for several instances; unset: in memory
+
+    @property
+    def database_pool_min_size(self) -> int:
+        """The pool's connections opened at startup. A connection opened during a burst makes
+        the request that waits for it pay for the connect and its setup (several ms, the type
+        introspection included): in the streaming benchmark, growing the pool from 1 to 10
+        under load was what made the first turns of a burst the slowest."""
+        if self.database_pool_min is not None:
+            return min(self.database_pool_min, self.database_pool_max)
+        return 1 if self.environment == "test" else self.database_pool_max
 
     @property
     def gc_tuning_enabled(self) -> bool:

@@ -46,7 +46,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     target = await resolve_database(settings)
     logger.info("database: %s", target.description)
     db = Database(
-        target.dsn, min_size=settings.database_pool_min, max_size=settings.database_pool_max
+        target.dsn, min_size=settings.database_pool_min_size, max_size=settings.database_pool_max
     )
     await db.connect()
     http = _http_client(settings)

@@ -312,6 +312,29 @@ async def test_app_startup_tunes_gc(settings_factory: Callable[..., Settings]) -
         assert gc.get_freeze_count() == 0
 
 
+async def test_the_database_pool_is_opened_whole_at_startup(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """Outside tests the pool opens every connection at startup (none is opened, and waited
+    for, during a burst of requests); DATABASE_POOL_MIN still caps it, and tests keep one."""
+    assert settings_factory(environment="development").database_pool_min_size == 10
+    assert (
+        settings_factory(environment="development", database_pool_max=4).database_pool_min_size == 4
+    )
+    assert (
+        settings_factory(environment="development", database_pool_min=2).database_pool_min_size == 2
+    )
+    assert settings_factory(database_pool_min=20, database_pool_max=5).database_pool_min_size == 5
+    assert settings_factory().database_pool_min_size == 1  # ENVIRONMENT=test
+    warm = create_app(
+        settings_factory(environment="development", database_pool_max=3, gc_tuning=False)
+    )
+    async with LifespanManager(warm, startup_timeout=30, shutdown_timeout=30):
+        pool = warm.state.db.pool
+        assert pool.get_size() == 3
+        assert pool.get_idle_size() == 3
+
+
 def test_one_access_line_per_request_ours_not_uvicorns() -> None:
     """uvicorn writes its access line only when `uvicorn.access` reaches a handler; ours
     (app.middleware, with the request id) is the only one."""

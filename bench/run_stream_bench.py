@@ -16,7 +16,7 @@
    both processes and drops the database. The goals are checked on the median over the
    repetitions (every repetition is printed): on a shared 2-core machine one run's p99 at
    C=100 moves by tens of milliseconds with what else the machine is doing.
-Every loop is bounded (per-stream timeout, fixed rounds); the default run takes 3-5 minutes.
+Every loop is bounded (per-stream timeout, fixed rounds); the default run takes 2-3 minutes.
 """
 
 from __future__ import annotations

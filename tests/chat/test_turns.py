@@ -33,6 +33,15 @@ async def _turn_rows(pool: asyncpg.Pool, user_id: uuid.UUID) -> list[asyncpg.Rec
         return await conn.fetch("select * from turns where user_id = $1", user_id)
 
 
+async def _assert_refused_without_turn(
+    response: httpx.Response, pool: asyncpg.Pool, user_id: uuid.UUID, status: int, code: str
+) -> None:
+    """Refused before admission: the status, the error envelope's code, and no turn stored."""
+    assert response.status_code == status
+    assert response.json()["error"]["code"] == code
+    assert await _turn_rows(pool, user_id) == []
+
+
 async def _stored_events(pool: asyncpg.Pool, turn_id: uuid.UUID) -> list[tuple[int, str, dict]]:
     async with pool.acquire() as conn:
         rows = await conn.fetch(
@@ -139,9 +148,7 @@ async def test_message_length_is_validated(
     response = await client.post(
         "/api/v1/chat/message", json={"content": content}, headers=user.headers
     )
-    assert response.status_code == 422
-    assert response.json()["error"]["code"] == "validation_error"
-    assert await _turn_rows(db_pool, user.id) == []
+    await _assert_refused_without_turn(response, db_pool, user.id, 422, "validation_error")
 
 
 async def test_longest_message_is_accepted(
@@ -174,9 +181,7 @@ async def test_over_budget_is_402_and_creates_no_turn(
     response = await client.post(
         "/api/v1/chat/message", json={"content": "hi"}, headers=user.headers
     )
-    assert response.status_code == 402
-    assert response.json()["error"]["code"] == "budget_exceeded"
-    assert await _turn_rows(db_pool, user.id) == []
+    await _assert_refused_without_turn(response, db_pool, user.id, 402, "budget_exceeded")
     assert agent.turns == []
 
 
@@ -191,9 +196,7 @@ async def test_no_agent_is_409_and_creates_no_turn(
     response = await client.post(
         "/api/v1/chat/message", json={"content": "hi"}, headers=user.headers
     )
-    assert response.status_code == 409
-    assert response.json()["error"]["code"] == "agent_not_ready"
-    assert await _turn_rows(db_pool, user.id) == []
+    await _assert_refused_without_turn(response, db_pool, user.id, 409, "agent_not_ready")
 
 
 async def test_no_agent_and_over_budget_is_409_first(
@@ -210,9 +213,7 @@ async def test_no_agent_and_over_budget_is_409_first(
     response = await client.post(
         "/api/v1/chat/message", json={"content": "hi"}, headers=user.headers
     )
-    assert response.status_code == 409
-    assert response.json()["error"]["code"] == "agent_not_ready"
-    assert await _turn_rows(db_pool, user.id) == []
+    await _assert_refused_without_turn(response, db_pool, user.id, 409, "agent_not_ready")
 
 
 async def test_admission_refused_while_another_holds_the_users_lock(
@@ -231,9 +232,7 @@ async def test_admission_refused_while_another_holds_the_users_lock(
         response = await client.post(
             "/api/v1/chat/message", json={"content": "hi"}, headers=user.headers
         )
-    assert response.status_code == 409
-    assert response.json()["error"]["code"] == "turn_in_progress"
-    assert await _turn_rows(db_pool, user.id) == []
+    await _assert_refused_without_turn(response, db_pool, user.id, 409, "turn_in_progress")
     assert agent.turns == []
 
 

@@ -172,6 +172,20 @@ class SSE:
     data: dict[str, Any]
 
 
+async def turn_rows(pool: asyncpg.Pool, user_id: object) -> list[asyncpg.Record]:
+    async with pool.acquire() as conn:
+        return await conn.fetch("select * from turns where user_id = $1", user_id)
+
+
+async def stored_events(pool: asyncpg.Pool, turn_id: object) -> list[tuple[int, str, Any]]:
+    """A turn's stored events in order. The test pool has no jsonb codec: data is JSON text."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "select seq, event, data from turn_events where turn_id = $1 order by seq", turn_id
+        )
+    return [(r["seq"], r["event"], json.loads(r["data"])) for r in rows]
+
+
 def parse_sse(text: str) -> list[SSE]:
     """Events of a complete SSE body (comment lines ignored)."""
     events = []

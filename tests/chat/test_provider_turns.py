@@ -16,7 +16,7 @@ from asgi_lifespan import LifespanManager
 from app.config import Settings
 from app.main import create_app
 from app.providers.billing import TokenUsage
-from tests.chat.conftest import UserFactory, parse_sse
+from tests.chat.conftest import UserFactory, parse_sse, stored_events, turn_rows
 from tests.providers.letta.conftest import (
     API_KEY,
     BASE_URL,
@@ -29,18 +29,9 @@ from tests.support.scripted_llm import ScriptedLLM, Text
 
 
 async def _one_turn(pool: asyncpg.Pool, user_id: object) -> asyncpg.Record:
-    async with pool.acquire() as conn:
-        rows = await conn.fetch("select * from turns where user_id = $1", user_id)
+    rows = await turn_rows(pool, user_id)
     assert len(rows) == 1
     return rows[0]
-
-
-async def _stored(pool: asyncpg.Pool, turn_id: object) -> list[tuple[int, str, object]]:
-    async with pool.acquire() as conn:
-        rows = await conn.fetch(
-            "select seq, event, data from turn_events where turn_id = $1 order by seq", turn_id
-        )
-    return [(r["seq"], r["event"], json.loads(r["data"])) for r in rows]
 
 
 async def _usage_days(pool: asyncpg.Pool, user_id: object) -> list[asyncpg.Record]:
@@ -107,7 +98,7 @@ async def test_builtin_agent_turn_end_to_end(
     assert turn["status"] == "completed"
     assert turn["assistant_response"] == "Hello there friend"
     assert turn["total_tokens"] == 43
-    assert await _stored(db_pool, turn["id"]) == [(e.id, e.event, e.data) for e in events]
+    assert await stored_events(db_pool, turn["id"]) == [(e.id, e.event, e.data) for e in events]
     (day,) = await _usage_days(db_pool, turn["user_id"])
     assert (day["messages"], day["prompt_tokens"], day["completion_tokens"]) == (1, 40, 3)
     assert float(day["cost"]) == pytest.approx(cost)
@@ -188,7 +179,7 @@ async def test_letta_agent_turn_end_to_end(
     assert turn["status"] == "completed"
     assert turn["assistant_response"] == "Echo: REMEMBER: likes jazz"
     assert turn["agent_run_id"] == "run-b0635e3f-1cab-41ea-a596-ad0b1dea1ea0"
-    assert await _stored(db_pool, turn["id"]) == [(e.id, e.event, e.data) for e in events]
+    assert await stored_events(db_pool, turn["id"]) == [(e.id, e.event, e.data) for e in events]
     (day,) = await _usage_days(db_pool, user.id)
     assert (day["messages"], day["total_tokens"]) == (1, 1391)
     assert float(day["cost"]) == pytest.approx(cost)

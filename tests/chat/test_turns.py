@@ -4,7 +4,6 @@ usage counted once, admission (401/402/409/422), upstream errors, crash recovery
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from datetime import UTC, datetime
 
@@ -17,7 +16,14 @@ from app.chat.runtime import ChatRuntime
 from app.chat.turns import TurnDeps, TurnInProgress, start_turn
 from app.providers.agents import DeltaEvent, ErrorEvent, MessageEvent, ToolEvent, UsageEvent
 from app.providers.billing import TokenUsage
-from tests.chat.conftest import ControlledAgent, UserFactory, parse_sse, wait_for
+from tests.chat.conftest import (
+    ControlledAgent,
+    UserFactory,
+    parse_sse,
+    stored_events,
+    turn_rows,
+    wait_for,
+)
 
 USAGE = UsageEvent(
     model="gpt-4o-mini",
@@ -28,27 +34,13 @@ USAGE = UsageEvent(
 )
 
 
-async def _turn_rows(pool: asyncpg.Pool, user_id: uuid.UUID) -> list[asyncpg.Record]:
-    async with pool.acquire() as conn:
-        return await conn.fetch("select * from turns where user_id = $1", user_id)
-
-
 async def _assert_refused_without_turn(
     response: httpx.Response, pool: asyncpg.Pool, user_id: uuid.UUID, status: int, code: str
 ) -> None:
     """Refused before admission: the status, the error envelope's code, and no turn stored."""
     assert response.status_code == status
     assert response.json()["error"]["code"] == code
-    assert await _turn_rows(pool, user_id) == []
-
-
-async def _stored_events(pool: asyncpg.Pool, turn_id: uuid.UUID) -> list[tuple[int, str, dict]]:
-    async with pool.acquire() as conn:
-        rows = await conn.fetch(
-            "select seq, event, data from turn_events where turn_id = $1 order by seq", turn_id
-        )
-    # The test pool has no jsonb codec: data arrives as JSON text.
-    return [(r["seq"], r["event"], json.loads(r["data"])) for r in rows]
+    assert await turn_rows(pool, user_id) == []
 
 
 async def _usage_row(pool: asyncpg.Pool, user_id: uuid.UUID) -> asyncpg.Record | None:
@@ -110,7 +102,7 @@ async def test_full_turn_streams_the_exact_sequence_and_stores_it_once(
     assert agent.turns[0].agent_id == "agent-test" and agent.turns[0].content == "Hi there"
     assert agent.turns[0].llm is None
 
-    (turn,) = await _turn_rows(db_pool, user.id)
+    (turn,) = await turn_rows(db_pool, user.id)
     assert str(turn["id"]) == turn_id
     assert turn["status"] == "completed" and turn["user_message"] == "Hi there"
     assert turn["assistant_response"] == "Hello"
@@ -123,7 +115,7 @@ async def test_full_turn_streams_the_exact_sequence_and_stores_it_once(
     assert turn["model"] == "gpt-4o-mini" and turn["agent_run_id"] == "run-1"
     assert turn["completed_at"] is not None and turn["error"] is None
 
-    stored = await _stored_events(db_pool, turn["id"])
+    stored = await stored_events(db_pool, turn["id"])
     assert stored == [(e.id, e.event, e.data) for e in events]
 
     day = await _usage_row(db_pool, user.id)
@@ -278,7 +270,7 @@ async def test_second_concurrent_turn_is_409(
         "/api/v1/chat/message", json={"content": "third"}, headers=user.headers
     )
     assert parse_sse(response.text)[-1].event == "done"
-    assert len(await _turn_rows(db_pool, user.id)) == 2
+    assert len(await turn_rows(db_pool, user.id)) == 2
 
 
 async def test_simultaneous_admissions_admit_exactly_one(
@@ -298,7 +290,7 @@ async def test_simultaneous_admissions_admit_exactly_one(
     runs = [r for r in results if not isinstance(r, BaseException)]
     refused = [r for r in results if isinstance(r, TurnInProgress)]
     assert len(runs) == 1 and len(refused) == 3
-    assert len(await _turn_rows(db_pool, user.id)) == 1
+    assert len(await turn_rows(db_pool, user.id)) == 1
     await wait_for(lambda: bool(agent.turns))
     agent.turns[0].push(USAGE).end()
     assert runs[0].task is not None
@@ -334,10 +326,10 @@ async def test_upstream_error_mid_stream_fails_the_turn_keeping_the_partial_text
         "retryable": True,
     }
 
-    (turn,) = await _turn_rows(db_pool, user.id)
+    (turn,) = await turn_rows(db_pool, user.id)
     assert turn["status"] == "failed" and turn["error"] == "llm_unavailable"
     assert turn["assistant_response"] == "Partial"
-    assert await _stored_events(db_pool, turn["id"]) == [(e.id, e.event, e.data) for e in events]
+    assert await stored_events(db_pool, turn["id"]) == [(e.id, e.event, e.data) for e in events]
     # No usage event came: the partial reply is counted once, as an estimate.
     assert turn["usage_estimated"] is True
     day = await _usage_row(db_pool, user.id)
@@ -362,7 +354,7 @@ async def test_usage_reported_before_an_error_is_counted_once(
         "/api/v1/chat/message", json={"content": "x"}, headers=user.headers
     )
     assert [e.event for e in parse_sse(response.text)] == ["turn", "delta", "error"]
-    (turn,) = await _turn_rows(db_pool, user.id)
+    (turn,) = await turn_rows(db_pool, user.id)
     assert turn["status"] == "failed" and turn["total_tokens"] == 1500
     assert turn["usage_estimated"] is False
     day = await _usage_row(db_pool, user.id)
@@ -384,7 +376,7 @@ async def test_error_before_any_output_counts_nothing(
         "/api/v1/chat/message", json={"content": "x"}, headers=user.headers
     )
     assert [e.event for e in parse_sse(response.text)] == ["turn", "error"]
-    (turn,) = await _turn_rows(db_pool, user.id)
+    (turn,) = await turn_rows(db_pool, user.id)
     assert turn["status"] == "failed" and turn["assistant_response"] == ""
     assert await _usage_row(db_pool, user.id) is None
     assert (await app.state.billing.get_budget(user.id)).spend == 0
@@ -405,7 +397,7 @@ async def test_a_provider_that_raises_still_ends_the_turn(
     assert [e.event for e in events] == ["turn", "delta", "error"]
     assert events[-1].data["code"] == "agent_error"
     assert "bug" not in response.text
-    (turn,) = await _turn_rows(db_pool, user.id)
+    (turn,) = await turn_rows(db_pool, user.id)
     assert turn["status"] == "failed"
 
 
@@ -424,7 +416,7 @@ async def test_turn_without_a_usage_event_is_estimated(
     assert [e.event for e in events][-2:] == ["usage", "done"]
     assert events[-2].data["estimated"] is True
     assert events[-2].data["completion_tokens"] == 3  # 11 characters, about 4 per token
-    (turn,) = await _turn_rows(db_pool, user.id)
+    (turn,) = await turn_rows(db_pool, user.id)
     assert turn["status"] == "completed" and turn["usage_estimated"] is True
 
 
@@ -475,10 +467,10 @@ async def test_startup_fails_turns_orphaned_by_a_crash_but_not_live_ones(
     assert rows[orphan]["status"] == "failed" and rows[orphan]["error"] == "interrupted"
     assert rows[orphan]["assistant_response"] == "half an answ"
     assert rows[live]["status"] == "streaming"
-    events = await _stored_events(db_pool, orphan)
+    events = await stored_events(db_pool, orphan)
     assert [(s, e) for s, e, _ in events] == [(1, "turn"), (2, "delta"), (3, "error")]
     assert events[-1][2]["code"] == "interrupted"
-    assert await _stored_events(db_pool, live) == [(1, "turn", {}), (2, "delta", {"text": "half"})]
+    assert await stored_events(db_pool, live) == [(1, "turn", {}), (2, "delta", {"text": "half"})]
 
 
 async def test_a_user_is_not_locked_out_by_an_orphaned_turn(
@@ -543,7 +535,7 @@ async def test_live_turns_renew_their_lease(
         turn.push(MessageEvent("ok"), USAGE).end()
         assert run.task is not None
         await run.task
-        (row,) = await _turn_rows(db_pool, user.id)
+        (row,) = await turn_rows(db_pool, user.id)
         assert row["status"] == "completed"
 
 

@@ -1,6 +1,6 @@
 """The registration saga end to end with the real providers: BILLING_PROVIDER=litellm and
 AGENT_PROVIDER=letta, both services faked by stateful respx routes whose answers follow
-/work/shared/fixtures (LiteLLM 1.106.2 openapi.json schemas; Letta 0.16.8 recorded exchanges).
+tests/fixtures/ (LiteLLM 1.106.2 openapi.json schemas; Letta 0.16.8 recorded exchanges).
 
 The fakes keep state the way the real services do: a user made by `/user/new` is then found by
 `/user/info` (with its keys), an agent made by `POST /v1/agents/` is then listed by

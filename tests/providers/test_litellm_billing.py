@@ -1,5 +1,5 @@
 """LiteLLM billing against respx routes whose bodies follow the proxy's own OpenAPI schemas
-(../shared/fixtures/litellm-1.106.2/openapi.json); every test asserts what we sent."""
+(tests/fixtures/litellm-1.106.2/openapi.json); every test asserts what we sent."""
 
 from __future__ import annotations
 

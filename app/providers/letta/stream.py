@@ -1,7 +1,7 @@
 """Letta's streamed turn (`POST /v1/agents/{id}/messages/stream`, `stream_tokens: true`) mapped
 into the port's provider-neutral events.
 
-What Letta sends (see the recordings in ../shared/fixtures/letta-0.16.8/):
+What Letta sends (see the recordings in tests/fixtures/letta-0.16.8/):
 - `ping`: keep-alive, ignored;
 - `assistant_message` fragments sharing one `id`: one DeltaEvent per fragment, then one
   MessageEvent with the joined text when the message ends (another id or type arrives);

@@ -9,7 +9,6 @@ bytes, only shorter."""
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from app.config import Settings
 from app.providers.letta.agents import LettaAgents
 from tests.support.shared import fixtures_dir
 
-FIXTURES = Path(os.environ.get("LETTA_FIXTURES_DIR") or fixtures_dir() / "letta-0.16.8")
+FIXTURES = fixtures_dir() / "letta-0.16.8"
 BASE_URL = "http://letta.test"
 API_KEY = "letta-test-key"
 RECORDED_AGENT = "agent-7120c71f-af61-4151-a9bf-2affd006cbff"

@@ -186,7 +186,14 @@ class Settings(BaseSettings):
 
     def validate_for_production(self) -> None:
         """Raise ConfigError naming the first variable that is missing or a placeholder."""
-        required: list[tuple[str, object]] = [("DATABASE_URL", self.database_url)]
+        required: list[tuple[str, object]] = [
+            ("DATABASE_URL", self.database_url),
+            # The localhost defaults suit development only: production must name its origins.
+            (
+                "CORS_ORIGINS",
+                self.cors_origins if "cors_origins" in self.model_fields_set else None,
+            ),
+        ]
         secrets: list[tuple[str, SecretStr | None]] = [
             ("JWT_SECRET", self.jwt_secret),
             ("ENCRYPTION_KEY", self.encryption_key),

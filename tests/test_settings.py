@@ -90,10 +90,25 @@ def test_production_refuses_missing_or_placeholder_values(
     assert variable in str(info.value)
 
 
+def test_production_refuses_the_default_cors_origins(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {"environment": "production", "database_url": "postgresql://app@db/app"}
+    values |= {"jwt_secret": REAL + "jwt", "encryption_key": REAL + "enc"}
+    with pytest.raises(ConfigError, match="CORS_ORIGINS is required in production"):
+        Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    monkeypatch.setenv("CORS_ORIGINS", "")
+    with pytest.raises(ConfigError, match="CORS_ORIGINS is required in production"):
+        Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    # Set in the environment counts as explicit, even to the development values.
+    monkeypatch.setenv("CORS_ORIGINS", "http://localhost:5173")
+    settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    assert settings.cors_origins == ["http://localhost:5173"]
+
+
 def test_development_accepts_the_defaults() -> None:
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert settings.environment == "development"
     assert not settings.json_logs
+    assert settings.cors_origins == ["http://localhost:3000", "http://localhost:5173"]
 
 
 def test_cors_origins_read_comma_separated_or_json(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,4 +174,29 @@ def test_the_server_refuses_to_start_in_production_naming_the_variable(tmp_path:
     )
     assert result.returncode != 0
     assert "DATABASE_URL is required in production" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_server_refuses_to_start_in_production_without_cors_origins(tmp_path: Path) -> None:
+    # None of the developer's settings (a CORS_ORIGINS among them) may reach the server.
+    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    env.update(
+        {
+            "ENVIRONMENT": "production",
+            "PORT": "9",
+            "DATABASE_URL": "postgresql://app@127.0.0.1:9/app",
+            "JWT_SECRET": REAL + "jwt",
+            "ENCRYPTION_KEY": REAL + "enc",
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "app"],
+        cwd=tmp_path,  # no .env here
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "CORS_ORIGINS is required in production" in result.stderr
     assert "Traceback" not in result.stderr

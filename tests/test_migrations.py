@@ -227,3 +227,45 @@ async def test_api_roles_cannot_write_backend_tables(db_pool: asyncpg.Pool) -> N
             "select has_column_privilege('authenticated', 'public.profiles', "
             "'billing_key_encrypted', 'UPDATE')"
         )
+
+
+async def _ledgers(conn: asyncpg.Connection) -> tuple[list[str], list[str]]:
+    ours = await conn.fetch("select version from public.schema_migrations order by 1")
+    cli = await conn.fetch("select version from supabase_migrations.schema_migrations order by 1")
+    return [r["version"] for r in ours], [r["version"] for r in cli]
+
+
+async def test_every_applied_file_is_recorded_in_the_supabase_cli_ledger_too(
+    empty_db: asyncpg.Connection,
+) -> None:
+    await apply_migrations(empty_db)
+    rows = await empty_db.fetch(
+        "select version, name, statements from supabase_migrations.schema_migrations order by 1"
+    )
+    assert [(r["version"], r["name"], r["statements"]) for r in rows] == [
+        (m.version, m.name, [m.path.read_text(encoding="utf-8")]) for m in discover_migrations()
+    ]
+
+
+async def test_a_version_in_either_ledger_is_not_run_again_but_recorded_in_the_other(
+    empty_db: asyncpg.Connection, tmp_path: pytest.TempPathFactory
+) -> None:
+    folder = tmp_path  # type: ignore[assignment]
+    # Each would fail if run twice.
+    for version, table in (("20990101000000", "one"), ("20990101000100", "two")):
+        (folder / f"{version}_{table}.sql").write_text(f"create table {table} (x int);")
+    assert await apply_migrations(empty_db, folder) == ["20990101000000", "20990101000100"]  # type: ignore[arg-type]
+    both = ["20990101000000", "20990101000100"]
+    assert await _ledgers(empty_db) == (both, both)
+
+    await empty_db.execute("delete from public.schema_migrations where version = '20990101000000'")
+    await empty_db.execute(
+        "delete from supabase_migrations.schema_migrations where version = '20990101000100'"
+    )
+    assert await apply_migrations(empty_db, folder) == []  # type: ignore[arg-type]
+    assert await _ledgers(empty_db) == (both, both)
+
+    # A database the app migrated before it kept the CLI's ledger.
+    await empty_db.execute("drop schema supabase_migrations cascade")
+    assert await apply_migrations(empty_db, folder) == []  # type: ignore[arg-type]
+    assert await _ledgers(empty_db) == (both, both)

@@ -155,6 +155,9 @@ class ScriptedLLM:
         self.default: Script | None = None
         self.responder: Callable[[dict[str, Any]], Script | None] | None = None
         self.embeddings: dict[str, list[float] | Error] = {}
+        # Vectors for texts not in `embeddings` (a live Letta embeds whatever it stores);
+        # None: such a text gets a 500, so unexpected embeddings calls fail loudly.
+        self.embed_any: Callable[[str], list[float]] | None = None
         self.model = "scripted-model"
         self.base_url = ""  # http://127.0.0.1:<port>/v1 once started
         self._server: uvicorn.Server | None = None
@@ -184,6 +187,7 @@ class ScriptedLLM:
             self.default = None
             self.responder = None
             self.embeddings.clear()
+            self.embed_any = None
 
     def _next(self, body: dict[str, Any]) -> Script | None:
         with self._lock:
@@ -309,6 +313,8 @@ class ScriptedLLM:
         data = []
         for index, text in enumerate(texts):
             vector = scripted.get(text)
+            if vector is None and self.embed_any is not None:
+                vector = self.embed_any(text)
             if vector is None or isinstance(vector, Error):
                 error = vector or Error(500, f"scripted_llm: no embedding for {text!r}")
                 return JSONResponse(
@@ -347,10 +353,12 @@ class ScriptedLLM:
 
     # --- lifecycle ---
 
-    def start(self) -> None:
+    def start(self, port: int = 0) -> None:
+        """Serve on 127.0.0.1:`port` (0: any free port; a live Letta server is configured
+        with a fixed one)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", port))
         port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.asgi(),

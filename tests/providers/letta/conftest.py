@@ -8,6 +8,7 @@ bytes, only shorter."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import AsyncIterator
@@ -144,6 +145,62 @@ def recording() -> Recording:
     if not FIXTURES.is_dir():
         pytest.fail(f"Letta recordings not found at {FIXTURES}")
     return Recording(FIXTURES)
+
+
+# --- live-exchanges.jsonl: recorded from a live Letta 0.16.8
+# (by tests/live/record_letta_exchanges.py)
+
+LIVE_EXCHANGES = FIXTURES / "live-exchanges.jsonl"
+# The recording's first user, and the run suffix its tags and provider names carry.
+LIVE_USER = "00000000-0000-4000-8000-000000000001"
+LIVE_RUN = "18e60b43"
+LIVE_AGENT = "agent-27a0d27c-e236-4c84-865b-8dfbf7517d77"  # create_agent_0, reset below
+LIVE_NEW_AGENT = "agent-95838c12-9d5b-4208-b72f-f23911253137"  # create_agent_taking_over_blocks
+LIVE_ARCHIVE = "archive-5477b702-11cf-4da2-b7e3-9b8be8250ad4"
+LIVE_BLOCKS = [
+    "block-41f92eab-5dad-4837-a56a-84a68112c08d",
+    "block-194888ed-d9e3-4331-b5cb-e55012873709",
+]
+
+
+@functools.cache
+def _live_records() -> dict[str, list[dict[str, Any]]]:
+    records: dict[str, list[dict[str, Any]]] = {}
+    for line in LIVE_EXCHANGES.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            records.setdefault(record["name"], []).append(record)
+    return records
+
+
+def live(name: str, nth: int = 0) -> dict[str, Any]:
+    """The nth recorded exchange called `name` (a fresh copy: callers may change it)."""
+    found = _live_records().get(name)
+    if not found:
+        raise KeyError(f"no live exchange named {name!r}")
+    copy: dict[str, Any] = json.loads(json.dumps(found[nth]))
+    return copy
+
+
+def live_body(name: str, nth: int = 0, *, user_id: str | None = None) -> Any:
+    """The recorded answer; `user_id` replaces the recording's first user (in its tag
+    `user:<id>-<run>`, provider name `agentmem-user-<id>-<run>` and metadata)."""
+    body = live(name, nth)["response"]
+    if user_id is None:
+        return body
+    text = json.dumps(body)
+    text = text.replace(f"{LIVE_USER}-{LIVE_RUN}", user_id).replace(LIVE_USER, user_id)
+    return json.loads(text)
+
+
+def live_response(name: str, nth: int = 0, *, user_id: str | None = None) -> httpx.Response:
+    """The recorded answer as respx returns it: status, content type and body."""
+    record = live(name, nth)
+    body = live_body(name, nth, user_id=user_id)
+    headers = {"content-type": record["content_type"]}
+    if isinstance(body, str):
+        return httpx.Response(record["status"], headers=headers, content=body.encode())
+    return httpx.Response(record["status"], headers=headers, content=json.dumps(body).encode())
 
 
 def make_settings(**overrides: Any) -> Settings:

@@ -1,0 +1,307 @@
+"""Record the Letta 0.16.8 behaviours the Letta provider relies on, from a live server, into
+tests/fixtures/letta-0.16.8/live-exchanges.jsonl (one JSON object per exchange: name, method,
+path, query, request body, status, response body; SSE bodies as text).
+
+Not a test: run by hand against a real server (docs/letta-live.md says how to start one):
+
+    python -m tests.live.record_letta_exchanges --letta http://127.0.0.1:8283 --upstream-port 18101
+
+The Letta server must use http://127.0.0.1:<upstream-port>/v1 as its OPENAI_API_BASE; this
+script serves that upstream itself (the scripted OpenAI-compatible server of tests/support),
+and records which key each LLM call arrived with. The respx tests replay these bodies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support.scripted_llm import Abort, ScriptedLLM, Text, ToolCall
+
+OUT = Path(__file__).resolve().parents[1] / "fixtures" / "letta-0.16.8" / "live-exchanges.jsonl"
+
+
+def fake_vector(text: str) -> list[float]:
+    digest = hashlib.sha256(text.encode()).digest()
+    return [(digest[i % 32] / 255.0) - 0.5 for i in range(1536)]
+
+
+class Recorder:
+    def __init__(self, base: str) -> None:
+        self.base = base.rstrip("/")
+        self.client = httpx.AsyncClient(timeout=60)
+        self.records: list[dict[str, Any]] = []
+
+    async def call(
+        self, name: str, method: str, path: str, *, json_body: Any = None, params: Any = None
+    ) -> httpx.Response:
+        response = await self.client.request(
+            method, self.base + path, json=json_body, params=params
+        )
+        self._keep(name, method, path, params, json_body, response, response.text)
+        return response
+
+    async def stream(self, name: str, path: str, body: Any) -> str:
+        async with self.client.stream("POST", self.base + path, json=body) as response:
+            text = (await response.aread()).decode()
+        self._keep(name, "POST", path, None, body, response, text)
+        return text
+
+    def _keep(
+        self,
+        name: str,
+        method: str,
+        path: str,
+        params: Any,
+        body: Any,
+        response: httpx.Response,
+        text: str,
+    ) -> None:
+        try:
+            answer: Any = json.loads(text) if text else None
+        except ValueError:
+            answer = text
+        self.records.append(
+            {
+                "name": name,
+                "method": method,
+                "path": path,
+                "query": params or {},
+                "request": body,
+                "status": response.status_code,
+                "content_type": response.headers.get("content-type", ""),
+                "response": shorten_vectors(answer),
+            }
+        )
+
+
+def shorten_vectors(value: Any) -> Any:
+    """Embedding vectors (1536 floats per passage) cut to their first 4 numbers: the file
+    stays small and nothing we read is lost (the provider never passes vectors on)."""
+    if isinstance(value, list):
+        if len(value) > 16 and all(isinstance(v, float) for v in value):
+            return value[:4]
+        return [shorten_vectors(v) for v in value]
+    if isinstance(value, dict):
+        return {k: shorten_vectors(v) for k, v in value.items()}
+    return value
+
+
+def _ok(response: httpx.Response) -> Any:
+    if response.status_code >= 300:
+        raise RuntimeError(f"{response.request.url}: {response.status_code} {response.text[:300]}")
+    return response.json()
+
+
+async def record(letta: str, upstream_port: int) -> list[dict[str, Any]]:
+    llm = ScriptedLLM()
+    llm.model = "fake-model"
+    llm.embed_any = fake_vector
+    llm.default = Text("Hello from the scripted model.", usage=(20, 6))
+    llm.start(upstream_port)
+    rec = Recorder(letta)
+    upstream = f"http://127.0.0.1:{upstream_port}/v1"
+    run = uuid.uuid4().hex[:8]
+    try:
+        users = [f"00000000-0000-4000-8000-00000000000{i}" for i in (1, 2, 3)]
+        agents: list[str] = []
+        for i, user in enumerate(users):
+            name = f"agentmem-user-{user}-{run}"
+            _ok(
+                await rec.call(
+                    f"create_provider_{i}",
+                    "POST",
+                    "/v1/providers/",
+                    json_body={
+                        "name": name,
+                        "provider_type": "openai",
+                        "api_key": f"sk-live-user-{i}",
+                        "base_url": upstream,
+                    },
+                )
+            )
+            await rec.call(f"find_provider_{i}", "GET", "/v1/providers/", params={"name": name})
+            config = {
+                "model": "fake-model",
+                "model_endpoint_type": "openai",
+                "model_endpoint": upstream,
+                "context_window": 32000,
+                "handle": f"{name}/fake-model",
+                "provider_name": name,
+                "provider_category": "byok",
+            }
+            agent = _ok(
+                await rec.call(
+                    f"create_agent_{i}",
+                    "POST",
+                    "/v1/agents/",
+                    json_body={
+                        "agent_type": "letta_v1_agent",
+                        "metadata": {"user_id": user},
+                        "name": f"user-{user}",
+                        "tags": [f"user:{user}-{run}"],
+                        "llm_config": config,
+                        "embedding": "openai/text-embedding-3-small",
+                        "memory_blocks": [
+                            {"label": "persona", "value": "I am helpful.", "limit": 5000},
+                            {"label": "human", "value": "Nothing yet.", "limit": 5000},
+                        ],
+                    },
+                )
+            )
+            agents.append(agent["id"])
+        await rec.call("models_after_byok_providers", "GET", "/v1/models/")
+        keys_seen = []
+        for i, agent_id in enumerate(agents):
+            before = len(llm.requests)
+            await rec.stream(
+                f"turn_{i}",
+                f"/v1/agents/{agent_id}/messages/stream",
+                {
+                    "messages": [{"role": "user", "content": f"Hi, I am user {i}"}],
+                    "stream_tokens": True,
+                },
+            )
+            keys_seen.append(
+                [r.headers.get("authorization") for r in llm.requests[before:] if "chat" in r.path]
+            )
+        rec.records.append({"name": "upstream_keys_per_turn", "keys": keys_seen})
+
+        a = agents[0]
+        llm.push(ToolCall("memory_insert", {"label": "human", "new_string": "Likes green tea."}))
+        llm.push(Text("Noted: you like green tea.", usage=(30, 8)))
+        await rec.stream(
+            "turn_with_tool_call",
+            f"/v1/agents/{a}/messages/stream",
+            {"messages": [{"role": "user", "content": "I like green tea"}], "stream_tokens": True},
+        )
+        for n in range(5):
+            _ok(
+                await rec.call(
+                    f"insert_passage_{n}",
+                    "POST",
+                    f"/v1/agents/{a}/archival-memory",
+                    json_body={"text": f"passage number {n}", "tags": ["live"]},
+                )
+            )
+        page1 = _ok(
+            await rec.call(
+                "passages_newest_first",
+                "GET",
+                f"/v1/agents/{a}/archival-memory",
+                params={"limit": 3, "ascending": "false"},
+            )
+        )
+        last = page1[-1]["id"]
+        await rec.call(
+            "passages_newest_first_before_cursor",
+            "GET",
+            f"/v1/agents/{a}/archival-memory",
+            params={"limit": 3, "ascending": "false", "before": last},
+        )
+        await rec.call(
+            "passages_newest_first_after_cursor",
+            "GET",
+            f"/v1/agents/{a}/archival-memory",
+            params={"limit": 3, "ascending": "false", "after": last},
+        )
+        await rec.call(
+            "reset_messages_keeps_messages_listed",
+            "PATCH",
+            f"/v1/agents/{a}/reset-messages",
+            json_body={"add_default_initial_messages": False},
+        )
+        await rec.call("messages_after_reset_messages", "GET", f"/v1/agents/{a}/messages")
+        old = _ok(await rec.call("get_agent", "GET", f"/v1/agents/{a}"))
+        blocks = _ok(await rec.call("list_blocks", "GET", f"/v1/agents/{a}/core-memory/blocks"))
+        archives = _ok(
+            await rec.call("list_archives_of_agent", "GET", "/v1/archives/", params={"agent_id": a})
+        )
+        await rec.call("context", "GET", f"/v1/agents/{a}/context")
+        # A conversation reset: a new agent takes over the blocks and archives.
+        new = _ok(
+            await rec.call(
+                "create_agent_taking_over_blocks",
+                "POST",
+                "/v1/agents/",
+                json_body={
+                    "agent_type": "letta_v1_agent",
+                    "metadata": old["metadata"],
+                    "name": old["name"],
+                    "tags": old["tags"],
+                    "llm_config": old["llm_config"],
+                    "embedding_config": old["embedding_config"],
+                    "memory_blocks": [],
+                    "block_ids": [b["id"] for b in blocks],
+                },
+            )
+        )
+        for archive in archives:
+            await rec.call(
+                "attach_archive",
+                "PATCH",
+                f"/v1/agents/{new['id']}/archives/attach/{archive['id']}",
+            )
+        await rec.call("delete_old_agent", "DELETE", f"/v1/agents/{a}")
+        await rec.call("messages_of_deleted_agent", "GET", f"/v1/agents/{a}/messages")
+        await rec.stream(
+            "turn_on_deleted_agent",
+            f"/v1/agents/{a}/messages/stream",
+            {"messages": [{"role": "user", "content": "still there?"}], "stream_tokens": True},
+        )
+        await rec.call("new_agent_blocks", "GET", f"/v1/agents/{new['id']}/core-memory/blocks")
+        await rec.call(
+            "new_agent_passages",
+            "GET",
+            f"/v1/agents/{new['id']}/archival-memory",
+            params={"limit": 10, "ascending": "false"},
+        )
+        await rec.call("new_agent_context", "GET", f"/v1/agents/{new['id']}/context")
+        # The LLM stream behind Letta breaks after two chunks.
+        llm.push(Abort(["Hel", "lo wor"]))
+        await rec.stream(
+            "turn_llm_stream_broken",
+            f"/v1/agents/{new['id']}/messages/stream",
+            {"messages": [{"role": "user", "content": "say hello"}], "stream_tokens": True},
+        )
+        # A full reset's clean-up: blocks and archives outlive the agent unless deleted.
+        await rec.call("delete_new_agent", "DELETE", f"/v1/agents/{new['id']}")
+        for block in blocks:
+            await rec.call("block_outlives_agent", "GET", f"/v1/blocks/{block['id']}")
+            await rec.call("delete_block", "DELETE", f"/v1/blocks/{block['id']}")
+        for archive in archives:
+            await rec.call("delete_archive", "DELETE", f"/v1/archives/{archive['id']}")
+        for i, agent_id in enumerate(agents[1:], start=1):
+            await rec.call(f"delete_agent_{i}", "DELETE", f"/v1/agents/{agent_id}")
+        providers = _ok(await rec.call("list_providers", "GET", "/v1/providers/"))
+        for provider in providers:
+            if provider["name"].endswith(run):
+                await rec.call("delete_provider", "DELETE", f"/v1/providers/{provider['id']}")
+    finally:
+        await rec.client.aclose()
+        llm.stop()
+    return rec.records
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--letta", default="http://127.0.0.1:8283")
+    parser.add_argument("--upstream-port", type=int, default=18101)
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    started = time.monotonic()
+    records = asyncio.run(record(args.letta, args.upstream_port))
+    args.out.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    print(f"{len(records)} exchanges in {time.monotonic() - started:.1f} s -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -102,6 +102,12 @@ class Settings(BaseSettings):
     # Model id LiteLLM knows, used under the per-user Letta provider when billing is LiteLLM;
     # unset: the part of LETTA_MODEL after its provider prefix.
     letta_litellm_model: str | None = None
+    # LiteLLM's URL as the Letta server reaches it (another network, another name); unset:
+    # LITELLM_BASE_URL. Only with BILLING_PROVIDER=litellm.
+    letta_litellm_base_url: str | None = None
+    # The context window of the per-user model config (with LiteLLM billing the agent is
+    # created with an explicit LLM config, so Letta cannot look the model's window up).
+    letta_context_window: int = Field(default=32000, ge=1024)
 
     # --- model behind the built-in agent and the LLM route ---
     llm_base_url: str | None = None  # any OpenAI-compatible endpoint; unset: built-in model
@@ -132,6 +138,11 @@ class Settings(BaseSettings):
     # --- HTTP clients ---
     http_connect_timeout: float = 5.0
     http_read_timeout: float = 60.0
+    # Total time one call to an outside service may take, retries and backoff included (a hung
+    # service answers 503 within this, instead of timeout x attempts). Streams are bounded by
+    # their read timeouts instead.
+    upstream_read_deadline_seconds: float = Field(default=10.0, gt=0, le=120)
+    upstream_write_deadline_seconds: float = Field(default=30.0, gt=0, le=300)
 
     # --- chat ---
     sse_ping_seconds: float = 15.0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
@@ -45,6 +46,8 @@ class Provisioned:
     agent_id: str | None
     billing_ref: str | None
     error: str | None
+    agent_replaced_at: datetime | None = None
+    agent_replaced_reason: str | None = None
 
 
 def _error_code(step: str, exc: BaseException) -> str:
@@ -61,6 +64,8 @@ def _provisioned(row: ProfileRow) -> Provisioned:
         agent_id=row.agent_id,
         billing_ref=row.billing_ref,
         error=row.provisioning_error,
+        agent_replaced_at=row.agent_replaced_at,
+        agent_replaced_reason=row.agent_replaced_reason,
     )
 
 
@@ -117,6 +122,47 @@ class Provisioner:
             logger.warning("provisioning of %s degraded: %s", user_id, ",".join(errors))
         return _provisioned(saved)
 
+    async def rebind(self, user_id: UUID, old_agent_id: str, new_agent_id: str) -> None:
+        """The agent was replaced on purpose (a reset): the profile follows it."""
+        async with self._db.transaction() as conn:
+            await repository.rebind_agent(conn, user_id, old_agent_id, new_agent_id, lost=None)
+
+    async def replace_lost_agent(self, user_id: UUID, lost_agent_id: str) -> Provisioned:
+        """The agent `lost_agent_id` answered 404: make sure it is really gone, then give the
+        user a new one (recorded, so /agent/status can say what was lost). Idempotent and
+        serialized with provisioning: concurrent callers get the one replacement."""
+        async with self._db.transaction() as conn:
+            await repository.lock_provisioning(conn, user_id)
+            row = await repository.get_profile(conn, user_id)
+            if row is None:
+                raise ProfileNotFound("no profile for this account")
+            if row.agent_id != lost_agent_id:
+                return _provisioned(row)  # replaced meanwhile
+            found = await self._agents.find_agent(user_id)
+            if found is not None and found.id == lost_agent_id:
+                # Still there: the 404 was about something else. Nothing to replace.
+                return _provisioned(row)
+            lost: str | None = None
+            if found is None:
+                found = await self._agents.ensure_agent(
+                    user_id,
+                    persona=self._settings.default_persona,
+                    human=self._settings.default_human,
+                    llm=await self._agent_route(user_id),
+                )
+                lost = "agent_missing"
+            # (found, not None above: another agent under the user's tag, e.g. made by a reset
+            # whose rebinding did not happen; nothing was lost.)
+            saved = await repository.rebind_agent(conn, user_id, lost_agent_id, found.id, lost=lost)
+        assert saved is not None
+        logger.warning("agent of %s was gone upstream; replaced (%s)", user_id, lost or "found")
+        return _provisioned(saved)
+
+    async def _agent_route(self, user_id: UUID) -> LLMRoute | None:
+        if self._settings.billing_provider != "litellm":
+            return None
+        return await self._billing.llm_route(user_id)
+
     async def _steps(
         self, user_id: UUID, email: str
     ) -> tuple[BillingAccount | None, AgentInfo | None, list[str]]:
@@ -137,7 +183,7 @@ class Provisioner:
             llm: LLMRoute | None = None
             try:
                 if route_needed and await billing_task is not None:
-                    llm = await self._billing.llm_route(user_id)
+                    llm = await self._agent_route(user_id)
                 return await self._agents.ensure_agent(
                     user_id,
                     persona=self._settings.default_persona,

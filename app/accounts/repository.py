@@ -24,6 +24,15 @@ class ProfileRow:
     provisioning_error: str | None
     created_at: datetime
     updated_at: datetime
+    # Set when the agent was found gone upstream and a new one made in its place.
+    agent_replaced_at: datetime | None = None
+    agent_replaced_reason: str | None = None
+
+
+# Every column of ProfileRow, for each statement that returns a profile.
+_COLUMNS = """id, email, display_name, agent_id, agent_provider, billing_provider, billing_ref,
+    provisioning_status, provisioning_error, created_at, updated_at, agent_replaced_at,
+    agent_replaced_reason"""
 
 
 def _row(record: asyncpg.Record | None) -> ProfileRow | None:
@@ -48,12 +57,11 @@ async def insert_profile(
     conn: Conn, user_id: UUID, email: str, display_name: str | None
 ) -> ProfileRow:
     record = await conn.fetchrow(
-        """
+        f"""
         insert into public.profiles (id, email, display_name)
         values ($1, $2, $3)
-        returning id, email, display_name, agent_id, agent_provider, billing_provider,
-            billing_ref, provisioning_status, provisioning_error, created_at, updated_at
-        """,
+        returning {_COLUMNS}
+        """,  # noqa: S608 - constant columns
         user_id,
         email,
         display_name,
@@ -92,11 +100,10 @@ async def delete_auth_user(conn: Conn, user_id: UUID) -> None:
 async def get_profile(conn: Conn, user_id: UUID) -> ProfileRow | None:
     return _row(
         await conn.fetchrow(
-            """
-            select id, email, display_name, agent_id, agent_provider, billing_provider,
-                   billing_ref, provisioning_status, provisioning_error, created_at, updated_at
+            f"""
+            select {_COLUMNS}
             from public.profiles where id = $1
-            """,
+            """,  # noqa: S608 - constant columns
             user_id,
         )
     )
@@ -107,12 +114,11 @@ async def update_display_name(
 ) -> ProfileRow | None:
     return _row(
         await conn.fetchrow(
-            """
+            f"""
             update public.profiles set display_name = $2, updated_at = now()
             where id = $1
-            returning id, email, display_name, agent_id, agent_provider, billing_provider,
-            billing_ref, provisioning_status, provisioning_error, created_at, updated_at
-            """,
+            returning {_COLUMNS}
+            """,  # noqa: S608 - constant columns
             user_id,
             display_name,
         )
@@ -133,7 +139,7 @@ async def save_provisioning(
     """Record the outcome; a step that failed this time keeps what an earlier run stored."""
     return _row(
         await conn.fetchrow(
-            """
+            f"""
             update public.profiles set
                 provisioning_status = $2,
                 provisioning_error = $3,
@@ -143,9 +149,8 @@ async def save_provisioning(
                 billing_ref = coalesce($7, billing_ref),
                 updated_at = now()
             where id = $1
-            returning id, email, display_name, agent_id, agent_provider, billing_provider,
-            billing_ref, provisioning_status, provisioning_error, created_at, updated_at
-            """,
+            returning {_COLUMNS}
+            """,  # noqa: S608 - constant columns
             user_id,
             status,
             error,
@@ -169,3 +174,29 @@ async def lock_provisioning(conn: Conn, user_id: UUID) -> None:
 
 
 _PROVISIONING_LOCK_CLASS = 0x5052_4F56 & 0x7FFF_FFFF  # "PROV"
+
+
+async def rebind_agent(
+    conn: Conn, user_id: UUID, old_agent_id: str, new_agent_id: str, *, lost: str | None
+) -> ProfileRow | None:
+    """Point the profile at the agent that replaced `old_agent_id` (a reset, or a lost agent
+    made anew: then `lost` says why, and the profile remembers when). None when the profile
+    no longer points at `old_agent_id` (someone else rebound it first)."""
+    return _row(
+        await conn.fetchrow(
+            f"""
+            update public.profiles set
+                agent_id = $3,
+                agent_replaced_at = case when $4::text is null then agent_replaced_at
+                                         else now() end,
+                agent_replaced_reason = coalesce($4::text, agent_replaced_reason),
+                updated_at = now()
+            where id = $1 and agent_id = $2
+            returning {_COLUMNS}
+            """,  # noqa: S608 - constant columns
+            user_id,
+            old_agent_id,
+            new_agent_id,
+            lost,
+        )
+    )

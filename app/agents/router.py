@@ -43,8 +43,10 @@ async def agent_status(
     responses=error_responses(404, 409, 502, 503),
     summary="Core memory blocks and the number of archival passages",
 )
-async def get_memory(user: CurrentUser, db: DbDep, agents: AgentsDep) -> MemoryOut:
-    return await service.memory(user.sub, db, agents)
+async def get_memory(
+    user: CurrentUser, db: DbDep, agents: AgentsDep, provisioner: ProvisionerDep
+) -> MemoryOut:
+    return await service.memory(user.sub, db, provisioner, agents)
 
 
 @router.post(
@@ -54,9 +56,13 @@ async def get_memory(user: CurrentUser, db: DbDep, agents: AgentsDep) -> MemoryO
     summary="Replace a core memory block's value (422 over its limit, 404 unknown label)",
 )
 async def update_memory(
-    body: BlockUpdate, user: CurrentUser, db: DbDep, agents: AgentsDep
+    body: BlockUpdate,
+    user: CurrentUser,
+    db: DbDep,
+    agents: AgentsDep,
+    provisioner: ProvisionerDep,
 ) -> BlockOut:
-    return await service.update_block(user.sub, db, agents, body.label, body.value)
+    return await service.update_block(user.sub, db, provisioner, agents, body.label, body.value)
 
 
 @router.get(
@@ -69,12 +75,19 @@ async def list_archival(
     user: CurrentUser,
     db: DbDep,
     agents: AgentsDep,
+    provisioner: ProvisionerDep,
     q: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> PassagePageOut:
     return await service.archival(
-        user.sub, db, agents, query=q.strip() if q else None, limit=limit, cursor=cursor
+        user.sub,
+        db,
+        provisioner,
+        agents,
+        query=q.strip() if q else None,
+        limit=limit,
+        cursor=cursor,
     )
 
 
@@ -86,9 +99,13 @@ async def list_archival(
     summary="Store a passage in archival memory",
 )
 async def create_archival(
-    body: PassageCreate, user: CurrentUser, db: DbDep, agents: AgentsDep
+    body: PassageCreate,
+    user: CurrentUser,
+    db: DbDep,
+    agents: AgentsDep,
+    provisioner: ProvisionerDep,
 ) -> PassageOut:
-    return await service.insert_passage(user.sub, db, agents, body.text, body.tags)
+    return await service.insert_passage(user.sub, db, provisioner, agents, body.text, body.tags)
 
 
 @router.delete(
@@ -99,9 +116,13 @@ async def create_archival(
     summary="Delete one of your archival passages",
 )
 async def delete_archival(
-    passage_id: str, user: CurrentUser, db: DbDep, agents: AgentsDep
+    passage_id: str,
+    user: CurrentUser,
+    db: DbDep,
+    agents: AgentsDep,
+    provisioner: ProvisionerDep,
 ) -> Response:
-    await service.delete_passage(user.sub, db, agents, passage_id)
+    await service.delete_passage(user.sub, db, provisioner, agents, passage_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

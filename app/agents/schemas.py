@@ -68,6 +68,17 @@ class ResetRequest(BaseModel):
     mode: Literal["conversation", "full"]
 
 
+class AgentReplacedOut(BaseModel):
+    """The user's agent was found gone on the agent server and a new one was made."""
+
+    at: datetime
+    reason: str  # "agent_missing"
+    # What the old agent held and the new one does not have. Chat history (/chat/history)
+    # is ours and is kept.
+    lost: list[Literal["messages", "memory_blocks", "archival_memory"]]
+    message: str
+
+
 class AgentStatusOut(BaseModel):
     provider: str
     agent_id: str
@@ -75,9 +86,16 @@ class AgentStatusOut(BaseModel):
     model: str | None
     message_count: int
     memory: MemoryOut
+    replaced: AgentReplacedOut | None = None
 
     @classmethod
-    def of(cls, provider: str, status: str, state: AgentState) -> AgentStatusOut:
+    def of(
+        cls,
+        provider: str,
+        status: str,
+        state: AgentState,
+        replaced: AgentReplacedOut | None = None,
+    ) -> AgentStatusOut:
         return cls(
             provider=provider,
             agent_id=state.agent_id,
@@ -88,4 +106,5 @@ class AgentStatusOut(BaseModel):
                 blocks=[BlockOut.of(b) for b in state.blocks],
                 archival_passages=state.archival_passages,
             ),
+            replaced=replaced,
         )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 from uuid import UUID
 
-from app.accounts.provisioning import Provisioner
+from app.accounts.provisioning import Provisioned, Provisioner
 from app.agents import repository
 from app.agents.schemas import (
+    AgentReplacedOut,
     AgentStatusOut,
     BlockOut,
     MemoryOut,
@@ -16,7 +19,9 @@ from app.agents.schemas import (
 from app.config import Settings
 from app.db import Database
 from app.errors import Conflict
-from app.providers.agents import AgentProvider, PassagePage, ResetMode
+from app.providers.agents import AgentNotFound, AgentProvider, PassagePage, ResetMode
+
+T = TypeVar("T")
 
 
 class AgentNotProvisioned(Conflict):
@@ -43,57 +48,114 @@ async def agent_id_of(db: Database, user_id: UUID) -> str:
     return binding.agent_id
 
 
+async def _on_agent(
+    user_id: UUID, db: Database, provisioner: Provisioner, use: Callable[[str], Awaitable[T]]
+) -> T:
+    """Run `use` on the user's agent. An agent gone upstream (404) is noticed here, on first
+    use: the user gets a new one (recorded for /agent/status) and `use` runs once more."""
+    agent_id = await agent_id_of(db, user_id)
+    try:
+        return await use(agent_id)
+    except AgentNotFound:
+        healed = await provisioner.replace_lost_agent(user_id, agent_id)
+        if not healed.agent_id or healed.agent_id == agent_id:
+            raise
+        return await use(healed.agent_id)
+
+
+def _replaced(provisioned: Provisioned) -> AgentReplacedOut | None:
+    if provisioned.agent_replaced_at is None:
+        return None
+    return AgentReplacedOut(
+        at=provisioned.agent_replaced_at,
+        reason=provisioned.agent_replaced_reason or "agent_missing",
+        lost=["messages", "memory_blocks", "archival_memory"],
+        message=(
+            "Your agent could not be found on the agent server and a new one was created. "
+            "It does not know your earlier conversations, its memory blocks are back to "
+            "their defaults and its archival memory is empty. Your chat history is kept."
+        ),
+    )
+
+
 async def status(user_id: UUID, provisioner: Provisioner, agents: AgentProvider) -> AgentStatusOut:
     # `ensure` resumes provisioning that failed or never finished, so polling this endpoint
     # is also how a degraded account heals.
     provisioned = await provisioner.ensure(user_id)
     if not provisioned.agent_id:
         raise _not_provisioned(provisioned.status, provisioned.error)
-    state = await agents.state(provisioned.agent_id)
-    return AgentStatusOut.of(agents.name, provisioned.status, state)
+    try:
+        state = await agents.state(provisioned.agent_id)
+    except AgentNotFound:
+        provisioned = await provisioner.replace_lost_agent(user_id, provisioned.agent_id)
+        if not provisioned.agent_id:
+            raise
+        state = await agents.state(provisioned.agent_id)
+    return AgentStatusOut.of(agents.name, provisioned.status, state, _replaced(provisioned))
 
 
-async def memory(user_id: UUID, db: Database, agents: AgentProvider) -> MemoryOut:
-    state = await agents.state(await agent_id_of(db, user_id))
+async def memory(
+    user_id: UUID, db: Database, provisioner: Provisioner, agents: AgentProvider
+) -> MemoryOut:
+    state = await _on_agent(user_id, db, provisioner, agents.state)
     return MemoryOut(
         blocks=[BlockOut.of(b) for b in state.blocks], archival_passages=state.archival_passages
     )
 
 
 async def update_block(
-    user_id: UUID, db: Database, agents: AgentProvider, label: str, value: str
+    user_id: UUID,
+    db: Database,
+    provisioner: Provisioner,
+    agents: AgentProvider,
+    label: str,
+    value: str,
 ) -> BlockOut:
-    agent_id = await agent_id_of(db, user_id)
-    return BlockOut.of(await agents.update_block(agent_id, label, value))
+    block = await _on_agent(
+        user_id, db, provisioner, lambda agent_id: agents.update_block(agent_id, label, value)
+    )
+    return BlockOut.of(block)
 
 
 async def archival(
     user_id: UUID,
     db: Database,
+    provisioner: Provisioner,
     agents: AgentProvider,
     *,
     query: str | None,
     limit: int,
     cursor: str | None,
 ) -> PassagePageOut:
-    agent_id = await agent_id_of(db, user_id)
-    if query:
-        found = await agents.search_passages(agent_id, query, limit=limit)
-        return PassagePageOut.of(PassagePage(items=found, next_cursor=None))
-    return PassagePageOut.of(await agents.list_passages(agent_id, limit=limit, cursor=cursor))
+    async def read(agent_id: str) -> PassagePage:
+        if query:
+            found = await agents.search_passages(agent_id, query, limit=limit)
+            return PassagePage(items=found, next_cursor=None)
+        return await agents.list_passages(agent_id, limit=limit, cursor=cursor)
+
+    return PassagePageOut.of(await _on_agent(user_id, db, provisioner, read))
 
 
 async def insert_passage(
-    user_id: UUID, db: Database, agents: AgentProvider, text: str, tags: list[str]
+    user_id: UUID,
+    db: Database,
+    provisioner: Provisioner,
+    agents: AgentProvider,
+    text: str,
+    tags: list[str],
 ) -> PassageOut:
-    agent_id = await agent_id_of(db, user_id)
-    return PassageOut.of(await agents.insert_passage(agent_id, text, tags))
+    passage = await _on_agent(
+        user_id, db, provisioner, lambda agent_id: agents.insert_passage(agent_id, text, tags)
+    )
+    return PassageOut.of(passage)
 
 
 async def delete_passage(
-    user_id: UUID, db: Database, agents: AgentProvider, passage_id: str
+    user_id: UUID, db: Database, provisioner: Provisioner, agents: AgentProvider, passage_id: str
 ) -> None:
-    await agents.delete_passage(await agent_id_of(db, user_id), passage_id)
+    await _on_agent(
+        user_id, db, provisioner, lambda agent_id: agents.delete_passage(agent_id, passage_id)
+    )
 
 
 async def reset(
@@ -105,7 +167,9 @@ async def reset(
     mode: ResetMode,
 ) -> AgentStatusOut:
     agent_id = await agent_id_of(db, user_id)
-    await agents.reset(
+    new = await agents.reset(
         agent_id, mode, persona=settings.default_persona, human=settings.default_human
     )
+    if new.id != agent_id:
+        await provisioner.rebind(user_id, agent_id, new.id)
     return await status(user_id, provisioner, agents)

@@ -42,6 +42,7 @@ from app.chat.runtime import ChatRuntime, TurnRun
 from app.config import Settings
 from app.errors import BudgetExceeded, Conflict
 from app.providers.agents import (
+    AgentNotFound,
     AgentProvider,
     DeltaEvent,
     ErrorEvent,
@@ -189,22 +190,19 @@ async def _run_turn(
     runtime = deps.runtime
     cancelled = False
     try:
-        async for event in deps.agents.stream_turn(agent_id, content, llm=llm):
-            if isinstance(event, UsageEvent):
-                outcome.usage = event
-                continue
-            if isinstance(event, ErrorEvent):
-                outcome.error = event
-                break
-            if isinstance(event, DeltaEvent):
-                outcome.deltas.append(event.text)
-            elif isinstance(event, MessageEvent):
-                outcome.messages.append(event.text)
-            mapped = agent_event_data(event)
-            if mapped is not None:
-                sse = run.make(*mapped)
-                run.publish(sse)
-                runtime.writer.add(run.turn_id, run.user_id, sse)
+        await _stream_into(deps, run, agent_id, content, llm, outcome)
+        if _agent_was_lost(outcome):
+            # The agent is gone upstream: noticed on first use, the user gets a new agent
+            # (recorded for /agent/status) and this message goes to it.
+            new_agent_id: str | None = None
+            try:
+                healed = await deps.provisioner.replace_lost_agent(run.user_id, agent_id)
+                new_agent_id = healed.agent_id
+            except Exception:  # noqa: BLE001 - the turn reports agent_not_found as it is
+                logger.warning("replacing the lost agent of %s failed", run.user_id)
+            if new_agent_id and new_agent_id != agent_id:
+                outcome.error = None
+                await _stream_into(deps, run, new_agent_id, content, llm, outcome)
     except asyncio.CancelledError:
         cancelled = True
         outcome.error = ErrorEvent("interrupted", "the server is shutting down", True)
@@ -220,7 +218,45 @@ async def _run_turn(
         raise asyncio.CancelledError()
 
 
-def _usage_to_count(settings: Settings, content: str, outcome: _Outcome) -> TokenUsage | None:
+def _agent_was_lost(outcome: _Outcome) -> bool:
+    return (
+        outcome.error is not None
+        and outcome.error.code == AgentNotFound.code
+        and not outcome.deltas
+        and not outcome.messages
+    )
+
+
+async def _stream_into(
+    deps: TurnDeps,
+    run: TurnRun,
+    agent_id: str,
+    content: str,
+    llm: LLMRoute | None,
+    outcome: _Outcome,
+) -> None:
+    """Relay one agent stream to the turn's subscribers, noting what it produced in
+    `outcome` as it goes (so an interruption keeps the partial reply)."""
+    runtime = deps.runtime
+    async for event in deps.agents.stream_turn(agent_id, content, llm=llm):
+        if isinstance(event, UsageEvent):
+            outcome.usage = event
+            continue
+        if isinstance(event, ErrorEvent):
+            outcome.error = event
+            break
+        if isinstance(event, DeltaEvent):
+            outcome.deltas.append(event.text)
+        elif isinstance(event, MessageEvent):
+            outcome.messages.append(event.text)
+        mapped = agent_event_data(event)
+        if mapped is not None:
+            sse = run.make(*mapped)
+            run.publish(sse)
+            runtime.writer.add(run.turn_id, run.user_id, sse)
+
+
+def _usage_to_count(model: str, content: str, outcome: _Outcome) -> TokenUsage | None:
     if outcome.usage is not None:
         u = outcome.usage
         return TokenUsage(
@@ -234,7 +270,6 @@ def _usage_to_count(settings: Settings, content: str, outcome: _Outcome) -> Toke
     text = outcome.text
     if outcome.error is not None and not text:
         return None
-    model = settings.letta_model if settings.agent_provider == "letta" else settings.llm_model
     prompt, completion = estimate_tokens(content), estimate_tokens(text)
     return TokenUsage(model, prompt, completion, prompt + completion, estimated=True)
 
@@ -245,7 +280,7 @@ def _reported_cost(extra: dict[str, Any]) -> float | None:
 
 
 async def _finish(deps: TurnDeps, run: TurnRun, content: str, outcome: _Outcome) -> None:
-    usage = _usage_to_count(deps.settings, content, outcome)
+    usage = _usage_to_count(deps.agents.model_name, content, outcome)
     budget: Budget | None = None
     # A provider that answers the budget from its charge needs no read before the final tx.
     if outcome.error is None and not hasattr(deps.billing, "record_with_budget"):

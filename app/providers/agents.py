@@ -118,6 +118,12 @@ ResetMode = Literal["conversation", "full"]
 class AgentProvider(Protocol):
     name: str
 
+    @property
+    def model_name(self) -> str:
+        """The model id usage is recorded under when a turn brings no usage of its own
+        (the same name its usage events carry, so one model has one name in usage)."""
+        ...
+
     async def ensure_agent(
         self, user_id: UUID, *, persona: str, human: str, llm: LLMRoute | None = None
     ) -> AgentInfo:
@@ -152,7 +158,12 @@ class AgentProvider(Protocol):
         """Raises PassageNotFound when the passage is not this agent's."""
         ...
 
-    async def reset(self, agent_id: str, mode: ResetMode, *, persona: str, human: str) -> None: ...
+    async def reset(self, agent_id: str, mode: ResetMode, *, persona: str, human: str) -> AgentInfo:
+        """full: nothing said before can be found through the agent (messages, conversation
+        search, archival) and the blocks hold the defaults; conversation: the messages are
+        gone, blocks and archival stay. Returns the agent, whose id may have changed (the
+        caller stores it)."""
+        ...
 
     async def delete(self, agent_id: str) -> None: ...
 

@@ -61,6 +61,7 @@ class FakeBilling:
 @dataclass
 class FakeAgents:
     name: str = "fakeagents"
+    model_name: str = "fake-model"
     agents: dict[UUID, AgentInfo] = field(default_factory=dict)
     calls: int = 0
     creations: int = 0

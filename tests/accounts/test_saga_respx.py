@@ -36,6 +36,9 @@ from tests.providers.letta.conftest import (
     Recording,
     byok_provider,
     context_window,
+    live,
+    live_body,
+    live_response,
 )
 from tests.providers.test_litellm_billing import (
     NOT_FOUND,
@@ -204,9 +207,11 @@ class FakeLetta:
     agents: dict[str, dict[str, Any]] = field(default_factory=dict)
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)
     create_ok: int = 0
+    created_ids: list[str] = field(default_factory=list)  # in order of creation
     provider_creates: int = 0
     fail: dict[str, list[Failure]] = field(default_factory=dict)
     requests: list[httpx.Request] = field(default_factory=list)
+    hang: float = 0.0  # seconds each read of an agent takes (a hung server)
 
     def _agent_of(self, request: httpx.Request) -> dict[str, Any] | None:
         agent_id = request.url.path.split("/")[3]
@@ -227,23 +232,41 @@ class FakeLetta:
                 raise failure
             return failure
         body = json.loads(request.content)
-        recorded = RECORDING.find("POST", "/v1/agents/")
-        assert set(body) == set(recorded.request_json)  # the fields the real server accepted
-        agent = recorded.json(user_id=body["metadata"]["user_id"])
+        user_id = body["metadata"]["user_id"]
+        if "llm_config" in body:
+            # Bound to a provider by an explicit config: the fields of a body the live server
+            # accepted (a new agent, or one replacing an agent on a reset), and its answer,
+            # which echoes the config and names the model by the config's handle.
+            accepted = [
+                set(live("create_agent_0")["request"]),
+                set(live("create_agent_taking_over_blocks")["request"]),
+                set(live("create_agent_taking_over_blocks")["request"]) - {"block_ids"},
+            ]
+            assert set(body) in accepted, sorted(body)
+            agent = live_body("create_agent_0", user_id=user_id)
+            agent["llm_config"].update(body["llm_config"])
+            agent["model"] = agent["llm_config"]["handle"]
+        else:
+            recorded = RECORDING.find("POST", "/v1/agents/")
+            assert set(body) == set(recorded.request_json)  # the fields the server accepted
+            agent = recorded.json(user_id=user_id)
+            agent["model"] = body["model"]
+            agent["llm_config"]["handle"] = body["model"]
         agent.update(
             id=f"agent-{uuid.uuid4()}",
             name=body["name"],
             tags=body["tags"],
             metadata=body["metadata"],
-            model=body["model"],
+            created_at=f"2026-11-30T15:19:{len(self.created_ids):02d}.000000Z",
         )
-        agent["llm_config"]["handle"] = body["model"]
         self.agents[agent["id"]] = agent
+        self.created_ids.append(agent["id"])
         self.create_ok += 1
         return httpx.Response(200, json=agent)
 
-    def get_agent(self, request: httpx.Request) -> httpx.Response:
+    async def get_agent(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
+        await asyncio.sleep(self.hang)
         agent = self._agent_of(request)
         if agent is None:
             return httpx.Response(404, json={"detail": "Not found"})
@@ -254,20 +277,60 @@ class FakeLetta:
         agent = self._agent_of(request)
         if agent is None:
             return httpx.Response(404, json={"detail": "Not found"})
-        agent.update(json.loads(request.content))
+        body = json.loads(request.content)
+        assert set(body) == {"llm_config"}, body  # the only update we make: the binding
+        agent["llm_config"].update(body["llm_config"])
+        agent["model"] = agent["llm_config"]["handle"]
         return httpx.Response(200, json=agent)
 
-    def blocks(self, request: httpx.Request) -> httpx.Response:
+    async def blocks(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
+        await asyncio.sleep(self.hang)
+        if self._agent_of(request) is None:
+            return httpx.Response(404, json={"detail": "Agent not found"})
         return RECORDING.find("GET", "/v1/agents/{agent}/core-memory/blocks").response()
 
-    def context(self, request: httpx.Request) -> httpx.Response:
+    async def context(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
+        await asyncio.sleep(self.hang)
+        if self._agent_of(request) is None:
+            return httpx.Response(404, json={"detail": "Agent not found"})
         return context_window(recall=1, archival=0)
 
     def stream(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
+        if self._agent_of(request) is None:
+            # Recorded live: a turn sent to an agent deleted on the server.
+            return live_response("turn_on_deleted_agent")
         return httpx.Response(200, headers=SSE_HEADERS, content=RECORDING.sse("stream-steps.sse"))
+
+    def delete_agent(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.agents.pop(request.url.path.split("/")[3], None) is None:
+            return httpx.Response(404, json={"detail": "Agent not found"})
+        return live_response("delete_old_agent")
+
+    # What a reset reads and deletes besides the agent (recorded live).
+
+    def archives(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return live_response("list_archives_of_agent")
+
+    def passages(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return httpx.Response(200, json=[])  # this fake's agents hold no passages
+
+    def attach_archive(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return live_response("attach_archive")
+
+    def delete_block(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return live_response("delete_block")
+
+    def delete_archive(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return live_response("delete_archive")
 
     # BYOK providers: not recorded; shaped like the OpenAPI `Provider` schema.
 
@@ -304,9 +367,22 @@ class FakeLetta:
         router.post(url__regex=rf"^{agent}/messages/stream$").mock(side_effect=self.stream)
         router.get(url__regex=rf"^{agent}(\?.*)?$").mock(side_effect=self.get_agent)
         router.patch(url__regex=rf"^{agent}$").mock(side_effect=self.update_agent)
+        router.delete(url__regex=rf"^{agent}$").mock(side_effect=self.delete_agent)
+        router.get(url__regex=rf"^{agent}/archival-memory(\?.*)?$").mock(side_effect=self.passages)
+        router.patch(url__regex=rf"^{agent}/archives/attach/archive-[0-9a-f-]+$").mock(
+            side_effect=self.attach_archive
+        )
+        router.get(f"{LETTA}/v1/archives/").mock(side_effect=self.archives)
+        router.delete(url__regex=rf"^{LETTA}/v1/archives/archive-[0-9a-f-]+$").mock(
+            side_effect=self.delete_archive
+        )
+        router.delete(url__regex=rf"^{LETTA}/v1/blocks/block-[0-9a-f-]+$").mock(
+            side_effect=self.delete_block
+        )
         router.get(f"{LETTA}/v1/providers/").mock(side_effect=self.list_providers)
         router.post(f"{LETTA}/v1/providers/").mock(side_effect=self.create_provider)
-        router.patch(url__regex=rf"^{LETTA}/v1/providers/provider-[0-9a-f-]+(/refresh)?$").mock(
+        # Only the key update: no `/refresh` (an agent bound by llm_config resolves no handle).
+        router.patch(url__regex=rf"^{LETTA}/v1/providers/provider-[0-9a-f-]+$").mock(
             side_effect=self.patch_provider
         )
 
@@ -412,6 +488,19 @@ async def _retry(api: httpx.AsyncClient, via: str, email: str, token: str) -> No
         assert events[-1].event == "done", events
 
 
+def _llm_config(user_id: str) -> dict[str, Any]:
+    name = f"agentmem-user-{user_id}"
+    return {
+        "model": "gpt-4o-mini",
+        "model_endpoint_type": "openai",
+        "model_endpoint": LITELLM,
+        "context_window": 32000,
+        "handle": f"{name}/gpt-4o-mini",
+        "provider_name": name,
+        "provider_category": "byok",
+    }
+
+
 def _sent(up: Upstream, method: str, path: str) -> list[httpx.Request]:
     return [
         call.request
@@ -467,7 +556,16 @@ async def _assert_one_of_each(
     assert letta.provider_creates == 1
     (provider,) = letta.providers.values()
     assert provider["name"] == provider_name
-    assert agent["model"] == f"{provider_name}/gpt-4o-mini"
+    # The agent is bound to that provider by its llm_config (no handle is resolved).
+    bound = agent["llm_config"]
+    assert bound["provider_name"] == provider_name
+    assert bound["provider_category"] == "byok"
+    assert bound["handle"] == f"{provider_name}/gpt-4o-mini"
+    assert (bound["model"], bound["model_endpoint"]) == ("gpt-4o-mini", LITELLM)
+    assert bound["model_endpoint_type"] == "openai"
+    for request in _sent(up, "PATCH", f"/v1/agents/{agent['id']}"):  # a re-bound agent
+        assert json.loads(request.content) == {"llm_config": _llm_config(user_id)}
+    assert not [c for c in up.router.calls if c.request.url.path.endswith("/refresh")]
     (created,) = _sent(up, "POST", "/v1/providers/")
     assert json.loads(created.content) == {
         "name": provider_name,
@@ -483,6 +581,13 @@ async def _assert_one_of_each(
         assert [b["label"] for b in body["memory_blocks"]] == ["persona", "human"]
         assert body["memory_blocks"][0]["value"] == settings.default_persona
         assert body["memory_blocks"][1]["value"] == settings.default_human
+        # With the user's key: bound to their provider; without it (billing failed): the
+        # server's model, re-bound once the key is there (the PATCH above).
+        if "llm_config" in body:
+            assert "model" not in body
+            assert body["llm_config"] == _llm_config(user_id)
+        else:
+            assert body["model"] == LETTA_MODEL
     for call in up.router.calls:
         if call.request.url.host == "letta.test":
             assert call.request.headers["authorization"] == f"Bearer {LETTA_KEY}"
@@ -544,6 +649,10 @@ async def test_billing_fails_once_then_ready_with_one_of_each(
     await _retry(api, via, email, body["access_token"])
 
     await _assert_one_of_each(upstream, db_pool, saga_settings, user_id, email)
+    # The agent made on the server's model was re-bound to the user's provider, once.
+    (agent_id,) = upstream.letta.agents
+    (rebound,) = _sent(upstream, "PATCH", f"/v1/agents/{agent_id}")
+    assert json.loads(rebound.content) == {"llm_config": _llm_config(user_id)}
     # Not one /user/new more than needed: the failed one and, unless that one happened
     # upstream, the retry (no second writer raced the provisioner, e.g. the chat's budget check).
     sent = len(_sent(upstream, "POST", "/user/new"))
@@ -816,3 +925,152 @@ async def test_chat_budget_check_does_not_race_the_provisioner_for_the_billing_u
 
     await _assert_one_of_each(upstream, db_pool, saga_settings, body["user"]["id"], email)
     assert len(_sent(upstream, "POST", "/user/new")) == 2  # the failed one and one retry
+
+
+# --- 6. an agent lost upstream is replaced on first use -----------------------------------------
+
+
+async def _ready_user(api: httpx.AsyncClient, up: Upstream, email: str) -> tuple[str, str, str]:
+    body = (await _register(api, email)).json()
+    assert body["provisioning_status"] == "ready"
+    (agent_id,) = up.letta.agents
+    return body["user"]["id"], body["access_token"], agent_id
+
+
+async def _assert_replaced(
+    up: Upstream, pool: asyncpg.Pool, user_id: str, lost_id: str
+) -> tuple[str, asyncpg.Record]:
+    """One new agent exists, bound to the user's provider, and the profile records the loss."""
+    (new_id,) = up.letta.agents
+    assert new_id != lost_id
+    assert up.letta.created_ids[-1] == new_id
+    assert up.letta.agents[new_id]["llm_config"]["provider_name"] == f"agentmem-user-{user_id}"
+    row = await _profile(pool, user_id)
+    assert row["agent_id"] == new_id
+    assert row["agent_replaced_reason"] == "agent_missing"
+    assert row["agent_replaced_at"] is not None
+    assert row["provisioning_status"] == "ready"
+    return new_id, row
+
+
+async def test_chat_on_a_lost_agent_runs_on_a_new_agent_and_status_says_so(
+    api: httpx.AsyncClient, upstream: Upstream, db_pool: asyncpg.Pool
+) -> None:
+    user_id, token, lost_id = await _ready_user(api, upstream, "lost-chat@example.com")
+    upstream.letta.agents.pop(lost_id)  # deleted on the Letta server
+
+    response = await api.post(
+        "/api/v1/chat/message", json={"content": "Hi!"}, headers=_bearer(token)
+    )
+
+    assert response.status_code == 200, response.text
+    events = parse_sse(response.text)
+    # The 404 is not shown: the turn ran again, once, on the new agent.
+    assert [e.event for e in events] == ["turn", "delta", "message", "usage", "done"]
+    assert events[2].data["text"] == "Echo: Hi!"
+    new_id, row = await _assert_replaced(upstream, db_pool, user_id, lost_id)
+    sent = [
+        c.request for c in upstream.router.calls if c.request.url.path.endswith("/messages/stream")
+    ]
+    assert [r.url.path for r in sent] == [
+        f"/v1/agents/{lost_id}/messages/stream",
+        f"/v1/agents/{new_id}/messages/stream",
+    ]
+    assert [json.loads(r.content)["messages"] for r in sent] == [
+        [{"role": "user", "content": "Hi!"}]
+    ] * 2
+    # Confirmed gone by its tag before a new one was made.
+    assert _sent(upstream, "GET", "/v1/agents/")
+    async with db_pool.acquire() as conn:
+        turn = await conn.fetchrow("select * from turns where user_id = $1::uuid", user_id)
+    assert turn["status"] == "completed"
+    assert turn["assistant_response"] == "Echo: Hi!"
+
+    status = await api.get("/api/v1/agent/status", headers=_bearer(token))
+    assert status.status_code == 200, status.text
+    out = status.json()
+    assert out["agent_id"] == new_id
+    replaced = out["replaced"]
+    assert replaced["reason"] == "agent_missing"
+    assert replaced["lost"] == ["messages", "memory_blocks", "archival_memory"]
+    assert replaced["message"]
+    assert replaced["at"].startswith(row["agent_replaced_at"].date().isoformat())
+
+
+async def test_memory_of_a_lost_agent_heals_to_a_new_agent(
+    api: httpx.AsyncClient, upstream: Upstream, db_pool: asyncpg.Pool
+) -> None:
+    user_id, token, lost_id = await _ready_user(api, upstream, "lost-memory@example.com")
+    upstream.letta.agents.pop(lost_id)
+
+    response = await api.get("/api/v1/agent/memory", headers=_bearer(token))
+
+    assert response.status_code == 200, response.text
+    assert [b["label"] for b in response.json()["blocks"]] == ["persona", "human"]
+    new_id, _ = await _assert_replaced(upstream, db_pool, user_id, lost_id)
+    assert upstream.letta.create_ok == 2  # the first agent, and the one replacing it
+    # The memory was read from the new agent.
+    assert _sent(upstream, "GET", f"/v1/agents/{new_id}/core-memory/blocks")
+
+
+@pytest.mark.parametrize("mode", ["conversation", "full"])
+async def test_reset_stores_the_new_agent_in_the_profile(
+    mode: str, api: httpx.AsyncClient, upstream: Upstream, db_pool: asyncpg.Pool
+) -> None:
+    user_id, token, old_id = await _ready_user(api, upstream, f"reset-{mode}@example.com")
+
+    response = await api.post("/api/v1/agent/reset", json={"mode": mode}, headers=_bearer(token))
+
+    assert response.status_code == 200, response.text
+    (new_id,) = upstream.letta.agents  # the old agent was deleted
+    assert new_id != old_id
+    assert response.json()["agent_id"] == new_id
+    assert response.json()["replaced"] is None  # a reset is no loss
+    row = await _profile(db_pool, user_id)
+    assert row["agent_id"] == new_id
+    assert row["agent_replaced_reason"] is None
+    (created,) = _sent(upstream, "POST", "/v1/agents/")[1:]
+    body = json.loads(created.content)
+    # The old agent's binding to the user's provider goes over as it was.
+    assert body["llm_config"]["provider_name"] == f"agentmem-user-{user_id}"
+    assert body["tags"] == [f"user:{user_id}"]
+    assert len(_sent(upstream, "DELETE", f"/v1/agents/{old_id}")) == 1
+    if mode == "conversation":
+        assert body["memory_blocks"] == []
+        assert len(body["block_ids"]) == 2
+        assert (
+            len([c for c in upstream.router.calls if "/archives/attach/" in c.request.url.path])
+            == 1
+        )
+    else:
+        assert [b["label"] for b in body["memory_blocks"]] == ["persona", "human"]
+        assert "block_ids" not in body
+        assert len([c for c in upstream.router.calls if "/v1/blocks/" in c.request.url.path]) == 2
+
+
+# --- 7. a hung Letta answers 503 within the read deadline ---------------------------------------
+
+
+async def test_memory_answers_503_within_the_read_deadline_when_letta_hangs(
+    settings_factory: Callable[..., Settings], upstream: Upstream
+) -> None:
+    settings = _settings(
+        settings_factory,
+        upstream_read_deadline_seconds=0.3,
+        letta_timeout_seconds=10.0,
+        letta_max_retries=2,
+    )
+    application = create_app(settings)
+    async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as api:
+            _, token, _ = await _ready_user(api, upstream, "hung@example.com")
+            upstream.letta.hang = 5.0
+
+            started = asyncio.get_running_loop().time()
+            response = await api.get("/api/v1/agent/memory", headers=_bearer(token))
+            elapsed = asyncio.get_running_loop().time() - started
+
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "agent_upstream_timeout"
+    assert elapsed < 0.3 + 0.5

@@ -102,6 +102,7 @@ class ControlledAgent:
     """An AgentProvider whose turns the test drives event by event (only what chat uses)."""
 
     name = "controlled"
+    model_name = "controlled-model"
 
     def __init__(self) -> None:
         self._scripted: deque[AgentTurn] = deque()

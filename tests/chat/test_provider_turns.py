@@ -24,6 +24,8 @@ from tests.providers.letta.conftest import (
     RECORDED_AGENT,
     SSE_HEADERS,
     Recording,
+    live,
+    live_response,
 )
 from tests.support.scripted_llm import ScriptedLLM, Text
 
@@ -186,3 +188,82 @@ async def test_letta_agent_turn_end_to_end(
     async with db_pool.acquire() as conn:
         spend = await conn.fetchval("select spend from budgets where user_id = $1", user.id)
     assert float(spend) == pytest.approx(cost)
+
+
+async def test_letta_broken_llm_stream_fails_the_turn_under_the_same_model_name(
+    settings_factory: Callable[..., Settings], make_user: UserFactory, db_pool: asyncpg.Pool
+) -> None:
+    """Two turns on one Letta agent: one that Letta ends with its usage, then the one recorded
+    live whose LLM stream broke (deltas, error stop reasons, an `event: error` frame, no
+    usage). The broken one fails with its partial text and no finished message, and its
+    estimated usage is counted under the model name the reported usage carries."""
+    recording = Recording(FIXTURES)
+    settings = settings_factory(
+        agent_provider="letta",
+        letta_base_url=BASE_URL,
+        letta_api_key=API_KEY,
+        letta_model="openai-proxy/gpt-4o-mini",
+        letta_max_retries=0,
+        letta_stream_read_timeout=2.0,
+        chat_event_flush_seconds=0.02,
+    )
+    application = create_app(settings)
+    user = await make_user(agent_id=RECORDED_AGENT)
+    with respx.mock(base_url=BASE_URL, assert_all_called=True) as letta:
+        letta.get(f"/v1/agents/{RECORDED_AGENT}").mock(
+            return_value=recording.find("GET", "/v1/agents/{agent}").response()
+        )
+        stream = letta.post(f"/v1/agents/{RECORDED_AGENT}/messages/stream").mock(
+            side_effect=[
+                httpx.Response(
+                    200,
+                    headers=SSE_HEADERS,
+                    content=recording.sse("stream-tokens-with-tool-call.sse"),
+                ),
+                live_response("turn_llm_stream_broken"),
+            ]
+        )
+        async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
+            transport = httpx.ASGITransport(app=application)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                first = await client.post(
+                    "/api/v1/chat/message", json={"content": "Remember"}, headers=user.headers
+                )
+                second = await client.post(
+                    "/api/v1/chat/message", json={"content": "say hello"}, headers=user.headers
+                )
+    assert first.status_code == second.status_code == 200
+    assert json.loads(stream.calls[-1].request.content) == live("turn_llm_stream_broken")["request"]
+
+    events = parse_sse(second.text)
+    assert [(e.id, e.event) for e in events] == [
+        (1, "turn"),
+        (2, "delta"),
+        (3, "delta"),
+        (4, "error"),
+    ]
+    assert [e.data["text"] for e in events[1:3]] == ["Hel", "lo wor"]
+    assert events[3].data == {
+        "code": "agent_internal_error",
+        "message": "An error occurred during agent execution.",
+        "retryable": True,
+    }
+
+    reported, broken = sorted(await turn_rows(db_pool, user.id), key=lambda t: t["created_at"])
+    assert reported["status"] == "completed" and reported["usage_estimated"] is False
+    assert broken["status"] == "failed" and broken["error"] == "agent_internal_error"
+    assert broken["assistant_response"] == "Hello wor"
+    assert await stored_events(db_pool, broken["id"]) == [(e.id, e.event, e.data) for e in events]
+    # One model, one name: the estimate is counted (and priced) as the reported usage is.
+    assert broken["usage_estimated"] is True
+    assert broken["model"] == reported["model"] == "gpt-4o-mini"
+    estimate = TokenUsage(
+        "gpt-4o-mini",
+        broken["prompt_tokens"],
+        broken["completion_tokens"],
+        broken["total_tokens"],
+        estimated=True,
+    )
+    cost = application.state.billing.cost_of(estimate)
+    assert cost > 0
+    assert float(broken["cost"]) == pytest.approx(cost)

@@ -122,6 +122,10 @@ class _Context:
 class BuiltinAgents:
     name = "builtin"
 
+    @property
+    def model_name(self) -> str:
+        return self._settings.llm_model
+
     def __init__(self, settings: Settings, db: Database) -> None:
         self._settings = settings
         self._db = db
@@ -237,7 +241,9 @@ class BuiltinAgents:
         if not deleted:
             raise PassageNotFound("no such passage")
 
-    async def reset(self, agent_id: str, mode: ResetMode, *, persona: str, human: str) -> None:
+    async def reset(self, agent_id: str, mode: ResetMode, *, persona: str, human: str) -> AgentInfo:
+        # The same agent, emptied in place: its messages (window and recall) are deleted, so
+        # neither the window nor conversation_search can bring them back.
         agent = await self._agent(agent_id)
         limit = self._settings.core_memory_block_limit
         async with self._db.transaction() as conn:
@@ -251,6 +257,7 @@ class BuiltinAgents:
                     await repository.set_block_value(
                         conn, agent.id, label, self._limit_value(value)
                     )
+        return self._info(agent)
 
     async def delete(self, agent_id: str) -> None:
         key = _uuid(agent_id)

@@ -3,10 +3,17 @@
 - One agent per user, tagged `user:<user id>` (and `metadata.user_id`), created with the
   `persona` and `human` memory blocks; `ensure_agent` looks the tag up first, so it is
   idempotent. Model/embedding handles and the agent type come from settings; with LiteLLM
-  billing the agent's model is the user's own BYOK provider (see `llm_route.py`).
+  billing the agent is bound for good to the user's own BYOK provider (see `llm_route.py`),
+  so a turn never writes to Letta.
+- Resets replace the agent: Letta 0.16.8 has no route that deletes messages
+  (`reset-messages` only empties the context window; every message stays listed and
+  findable by `conversation_search`). A new agent takes over the user's tag and, for a
+  conversation reset, the old agent's blocks and archives; the old agent goes with its
+  messages. The caller stores the new id.
 - Turns use `POST /v1/agents/{id}/messages/stream` with `stream_tokens: true` (see `stream.py`).
-- Reads are retried a bounded number of times on operational failures; sends and writes are
-  made once (a retried message send would run the turn twice).
+- Reads are retried a bounded number of times on operational failures, all within
+  `UPSTREAM_READ_DEADLINE_SECONDS`; sends and writes are made once (a retried message send
+  would run the turn twice), within `UPSTREAM_WRITE_DEADLINE_SECONDS`.
 - Passages are converted to our `Passage` (id, text, tags, created_at): Letta returns each
   passage with its embedding vector (about 40 KB), which never leaves this module.
 """
@@ -37,7 +44,6 @@ from app.providers.agents import (
     AgentState,
     BlockLimitExceeded,
     BlockNotFound,
-    ErrorEvent,
     MemoryBlock,
     Passage,
     PassageNotFound,
@@ -46,7 +52,7 @@ from app.providers.agents import (
     UsageEvent,
 )
 from app.providers.billing import LLMRoute
-from app.providers.letta.errors import map_error, once, with_retries
+from app.providers.letta.errors import Deadlines, map_error, once, with_retries
 from app.providers.letta.llm_route import UserProviders, routes_to_user_key
 from app.providers.letta.stream import LettaEventStream, TurnMapper, map_turn
 
@@ -170,7 +176,13 @@ class LettaAgents:
             timeout=self._timeout,
             max_retries=0,  # we retry reads ourselves and never retry writes or sends
         )
-        self._providers = UserProviders(self._client, settings)
+        self._deadlines = Deadlines(
+            read=settings.upstream_read_deadline_seconds,
+            write=settings.upstream_write_deadline_seconds,
+        )
+        self._providers = UserProviders(self._client, settings, self._deadlines)
+        # The model id price tables know, for usage counted without Letta's figures.
+        self.model_name = self._providers.model_id()
         self._meta: dict[str, _AgentMeta] = {}
         self._http = http
         # The turn stream is sent by us over the shared client (see LettaEventStream), with
@@ -197,12 +209,17 @@ class LettaAgents:
             call,
             attempts=self._settings.letta_max_retries,
             backoff=self._settings.letta_retry_backoff_seconds,
+            deadline=self._deadlines.read,
             not_found=not_found,
         )
 
+    async def _write(self, call: Awaitable[T], not_found: type[NotFound] = AgentNotFound) -> T:
+        return await once(call, deadline=self._deadlines.write, not_found=not_found)
+
     def _info(self, agent: Any) -> AgentInfo:
-        self._meta[str(agent.id)] = _meta_of(agent, self._settings.letta_model)
-        return AgentInfo(id=str(agent.id), provider=self.name, model=_handle_of(agent))
+        agent_id = str(_field(agent, "id"))
+        self._meta[agent_id] = _meta_of(agent, self._settings.letta_model)
+        return AgentInfo(id=agent_id, provider=self.name, model=_handle_of(agent))
 
     async def _agent_meta(self, agent_id: str) -> _AgentMeta:
         meta = self._meta.get(agent_id)
@@ -214,61 +231,72 @@ class LettaAgents:
             self._meta[agent_id] = meta
         return meta
 
-    async def _route_model(
-        self, agent_id: str, user_id: UUID, llm: LLMRoute, current: str | None
-    ) -> None:
-        """Point the agent at the user's own provider (holding their current key)."""
-        handle = await self._providers.ensure(user_id, llm)
-        if current != handle:
-            agent = await once(self._client.agents.update(agent_id, model=handle))
-            self._info(agent)
-
     # --- agent lifecycle ---
 
-    async def find_agent(self, user_id: UUID) -> AgentInfo | None:
+    async def _tagged(self, user_id: UUID) -> list[Any]:
         page = await self._read(lambda: self._client.agents.list(tags=[user_tag(user_id)]))
-        agents = list(page.items)
+        return list(page.items)
+
+    async def find_agent(self, user_id: UUID) -> AgentInfo | None:
+        agents = await self._tagged(user_id)
         if not agents:
             return None
         if len(agents) > 1:
-            logger.warning("user has %d letta agents; using the oldest", len(agents))
-        oldest = min(agents, key=lambda a: str(getattr(a, "created_at", "") or ""))
-        return self._info(oldest)
+            # Only while a reset is replacing the agent (or after one failed half-way): the
+            # newest is the one the reset made.
+            logger.warning("user has %d letta agents; using the newest", len(agents))
+        newest = max(agents, key=lambda a: str(getattr(a, "created_at", "") or ""))
+        return self._info(newest)
 
     async def ensure_agent(
         self, user_id: UUID, *, persona: str, human: str, llm: LLMRoute | None = None
     ) -> AgentInfo:
+        routed = llm is not None and routes_to_user_key(llm)
         existing = await self.find_agent(user_id)
         if existing is not None:
-            if llm is not None and routes_to_user_key(llm):
-                await self._route_model(existing.id, user_id, llm, existing.model)
-                meta = self._meta.get(existing.id)
-                return AgentInfo(
-                    id=existing.id,
-                    provider=self.name,
-                    model=meta.handle if meta else existing.model,
-                )
+            if llm is not None and routed:
+                await self._bind_to_user_key(existing.id, user_id, llm)
             return existing
-        model = self._settings.letta_model
-        if llm is not None and routes_to_user_key(llm):
-            model = await self._providers.ensure(user_id, llm)
         limit = self._settings.core_memory_block_limit
+        model: dict[str, Any] = {"model": self._settings.letta_model}
+        if llm is not None and routed:
+            await self._providers.ensure(user_id, llm)
+            model = {"llm_config": self._providers.llm_config(user_id, llm)}
+        body = {
+            **self._identity(user_id),
+            **model,
+            "embedding": self._settings.letta_embedding,
+            "memory_blocks": [
+                {"label": "persona", "value": persona, "limit": limit},
+                {"label": "human", "value": human, "limit": limit},
+            ],
+        }
         # Created once, never retried: after a timeout the next ensure finds it by its tag.
-        agent = await once(
-            self._client.agents.create(
-                agent_type=self._settings.letta_agent_type,  # type: ignore[arg-type]
-                embedding=self._settings.letta_embedding,
-                memory_blocks=[
-                    {"label": "persona", "value": persona, "limit": limit},
-                    {"label": "human", "value": human, "limit": limit},
-                ],
-                metadata={"user_id": str(user_id)},
-                model=model,
-                name=f"user-{user_id}",
-                tags=[user_tag(user_id)],
+        return self._info(await self._write(self._post_json("/v1/agents/", body)))
+
+    def _identity(self, user_id: UUID) -> dict[str, Any]:
+        return {
+            "agent_type": self._settings.letta_agent_type,
+            "metadata": {"user_id": str(user_id)},
+            "name": f"user-{user_id}",
+            "tags": [user_tag(user_id)],
+        }
+
+    async def _bind_to_user_key(self, agent_id: str, user_id: UUID, llm: LLMRoute) -> None:
+        """Provisioning only: the user's provider holds their current key, and the agent
+        (made before LiteLLM billing, or by an older version) sends its calls through it."""
+        await self._providers.ensure(user_id, llm)
+        agent = await self._read(lambda: self._get_json(f"/v1/agents/{agent_id}"))
+        if not self._providers.is_bound(_field(agent, "llm_config"), user_id, llm):
+            config = self._providers.llm_config(user_id, llm)
+            updated = await self._write(
+                self._client.patch(
+                    f"/v1/agents/{agent_id}", cast_to=object, body={"llm_config": config}
+                )
             )
-        )
-        return self._info(agent)
+            self._info(updated)
+        else:
+            self._info(agent)
 
     async def delete(self, agent_id: str) -> None:
         try:
@@ -276,7 +304,7 @@ class LettaAgents:
         except AgentNotFound:
             return  # already gone
         with contextlib.suppress(AgentNotFound):
-            await once(self._client.agents.delete(agent_id))
+            await self._write(self._client.agents.delete(agent_id))
         self._meta.pop(agent_id, None)
         if meta.user_id is not None:
             # The user's BYOK provider holds their key: it goes with their agent.
@@ -284,7 +312,12 @@ class LettaAgents:
 
     async def check_health(self) -> None:
         try:
-            await self._client.get("/v1/health/", cast_to=object)
+            async with asyncio.timeout(self._deadlines.read):
+                await self._client.get("/v1/health/", cast_to=object)
+        except TimeoutError as exc:
+            raise UpstreamUnavailable(
+                "agent service not healthy: no answer in time", code="agent_upstream_timeout"
+            ) from exc
         except Exception as exc:
             err = map_error(exc)
             raise UpstreamUnavailable(
@@ -294,56 +327,31 @@ class LettaAgents:
     # --- turns ---
 
     def _fallback_meta(self) -> _AgentMeta:
-        return _AgentMeta(self._settings.letta_model.split("/", 1)[-1], None, None)
+        return _AgentMeta(self.model_name, None, None)
 
     async def stream_turn(
         self, agent_id: str, content: str, *, llm: LLMRoute | None = None
     ) -> AsyncIterator[AgentEvent]:
-        routed = llm is not None and routes_to_user_key(llm)
+        # `llm` is not needed: with LiteLLM billing the agent was bound to the user's key
+        # when it was provisioned, so a turn is the stream request and nothing else.
         meta = self._meta.get(agent_id)
-        if meta is None and not routed:
-            # Only the usage event needs the agent's model: look it up alongside the turn
-            # instead of before it (the first turn of an agent in this process).
-            lookup = asyncio.ensure_future(self._agent_meta(agent_id))
-            try:
-                async for event in self._stream(agent_id, content, self._fallback_meta()):
-                    if isinstance(event, UsageEvent):
-                        event = _with_meta(event, await self._settled(lookup))
-                    yield event
-            finally:
-                if not lookup.done():
-                    lookup.cancel()
-                with contextlib.suppress(BaseException):
-                    await lookup
+        if meta is not None:
+            async for event in self._stream(agent_id, content, meta):
+                yield event
             return
-        if meta is None:
-            try:
-                meta = await self._agent_meta(agent_id)
-            except Exception:
-                # Not fatal: the stream call itself reports a missing agent or an outage.
-                meta = self._fallback_meta()
-        if llm is not None and routed:
-            if meta.user_id is None:
-                yield ErrorEvent(
-                    code="agent_billing_route_unknown",
-                    message="the agent is not linked to a user; cannot bill its LLM calls",
-                    retryable=False,
-                )
-                return
-            try:
-                await self._route_model(agent_id, meta.user_id, llm, meta.handle)
-            except Exception as exc:
-                err = map_error(exc)
-                yield ErrorEvent(
-                    code=err.code,
-                    message=err.message,
-                    retryable=isinstance(err, UpstreamUnavailable),
-                )
-                return
-            meta = self._meta.get(agent_id, meta)
-
-        async for event in self._stream(agent_id, content, meta):
-            yield event
+        # Only the usage event needs the agent's model: look it up alongside the turn
+        # instead of before it (the first turn of an agent in this process).
+        lookup = asyncio.ensure_future(self._agent_meta(agent_id))
+        try:
+            async for event in self._stream(agent_id, content, self._fallback_meta()):
+                if isinstance(event, UsageEvent):
+                    event = _with_meta(event, await self._settled(lookup))
+                yield event
+        finally:
+            if not lookup.done():
+                lookup.cancel()
+            with contextlib.suppress(BaseException):
+                await lookup
 
     async def _settled(self, lookup: asyncio.Future[_AgentMeta]) -> _AgentMeta:
         try:
@@ -356,6 +364,10 @@ class LettaAgents:
             return await self._open_turn_stream(agent_id, content)
 
         return map_turn(open_stream, TurnMapper(model=meta.model, model_handle=meta.handle))
+
+    async def _post_json(self, path: str, body: dict[str, Any]) -> Any:
+        """A POST answered with JSON (the agent as Letta returns it, whatever its shape)."""
+        return await self._client.post(path, cast_to=object, body=body)
 
     async def _get_json(self, path: str) -> Any:
         """A GET answered with JSON; a non-2xx answer raises letta-client's status error."""
@@ -433,16 +445,19 @@ class LettaAgents:
                 f"the {label} block holds at most {current.limit} characters",
                 details={"label": label, "limit": current.limit, "length": len(value)},
             )
-        raw = await once(
+        raw = await self._write(
             self._client.agents.blocks.update(label, agent_id=agent_id, value=value),
-            not_found=BlockNotFound,
+            BlockNotFound,
         )
         return _block(raw)
 
     async def list_passages(self, agent_id: str, *, limit: int, cursor: str | None) -> PassagePage:
+        # Newest first, as the contract says (Letta's default is oldest first). In that order
+        # Letta's next page is `before` the last id seen (checked live: `after` answered the
+        # newest passages again), so our cursor, the last id of a page, goes there.
         rows = await self._read(
             lambda: self._client.agents.passages.list(
-                agent_id, limit=limit + 1, after=cursor if cursor else omit
+                agent_id, limit=limit + 1, ascending=False, before=cursor if cursor else omit
             )
         )
         items = [_passage(p) for p in rows]
@@ -465,7 +480,7 @@ class LettaAgents:
         ]
 
     async def insert_passage(self, agent_id: str, text: str, tags: list[str]) -> Passage:
-        created = await once(
+        created = await self._write(
             self._client.agents.passages.create(agent_id, text=text, tags=tags if tags else omit)
         )
         passages = [_passage(p) for p in created]
@@ -498,21 +513,72 @@ class LettaAgents:
                 break
         if not owned:
             raise PassageNotFound()
-        await once(
-            self._client.agents.passages.delete(passage_id, agent_id=agent_id),
-            not_found=PassageNotFound,
+        await self._write(
+            self._client.agents.passages.delete(passage_id, agent_id=agent_id), PassageNotFound
         )
 
-    async def reset(self, agent_id: str, mode: ResetMode, *, persona: str, human: str) -> None:
-        await once(self._client.agents.messages.reset(agent_id, add_default_initial_messages=False))
-        if mode != "full":
-            return
-        for label, value in (("persona", persona), ("human", human)):
-            await once(
-                self._client.agents.blocks.update(label, agent_id=agent_id, value=value),
-                not_found=BlockNotFound,
+    async def reset(self, agent_id: str, mode: ResetMode, *, persona: str, human: str) -> AgentInfo:
+        """Replace the agent by a new one under the same user tag and model configuration.
+
+        full: the new agent starts with the default blocks and an empty archive; the old
+        agent's passages, blocks and archives are deleted with it. conversation: the new
+        agent takes over the old one's blocks and archives (attached, not copied: nothing is
+        re-embedded), so only the messages go."""
+        old = await self._read(lambda: self._get_json(f"/v1/agents/{agent_id}"))
+        user_id = _user_of(old)
+        if user_id is None:
+            raise UpstreamError("the agent is not linked to a user", code="agent_upstream_error")
+        blocks = (await self._read(lambda: self._client.agents.blocks.list(agent_id))).items
+        archives = await self._archive_ids(agent_id)
+        limit = self._settings.core_memory_block_limit
+        body: dict[str, Any] = {
+            **self._identity(user_id),
+            # The old agent's model and embedding configuration, verbatim: with LiteLLM
+            # billing this keeps the binding to the user's provider (no key needed here).
+            "llm_config": _field(old, "llm_config"),
+            "embedding_config": _field(old, "embedding_config"),
+        }
+        if mode == "full":
+            await self._purge_passages(agent_id)
+            body["memory_blocks"] = [
+                {"label": "persona", "value": persona, "limit": limit},
+                {"label": "human", "value": human, "limit": limit},
+            ]
+        else:
+            body["memory_blocks"] = []
+            body["block_ids"] = [str(b.id) for b in blocks]
+        new = self._info(await self._write(self._post_json("/v1/agents/", body)))
+        if mode == "conversation":
+            for archive_id in archives:
+                await self._write(self._client.agents.archives.attach(archive_id, agent_id=new.id))
+        # Every other agent under the tag goes: the one reset, and any left by an earlier
+        # reset that failed half-way (their messages are what a reset promises to forget).
+        for stale in await self._tagged(user_id):
+            stale_id = str(stale.id)
+            if stale_id != new.id:
+                await self._delete_agent(stale_id)
+        if mode == "full":
+            for block in blocks:
+                with contextlib.suppress(NotFound):
+                    await self._write(self._client.blocks.delete(str(block.id)), NotFound)
+            for archive_id in archives:
+                with contextlib.suppress(NotFound):
+                    await self._write(self._client.archives.delete(archive_id), NotFound)
+        return new
+
+    async def _archive_ids(self, agent_id: str) -> list[str]:
+        found = await self._read(
+            lambda: self._client.get(
+                "/v1/archives/", cast_to=object, options={"params": {"agent_id": agent_id}}
             )
-        await self._purge_passages(agent_id)
+        )
+        items = found if isinstance(found, list) else []
+        return [str(a["id"]) for a in items if isinstance(a, dict) and a.get("id")]
+
+    async def _delete_agent(self, agent_id: str) -> None:
+        with contextlib.suppress(AgentNotFound):
+            await self._write(self._client.agents.delete(agent_id))
+        self._meta.pop(agent_id, None)
 
     async def _purge_passages(self, agent_id: str) -> None:
         seen: set[str] = set()
@@ -524,8 +590,8 @@ class LettaAgents:
             for passage_id in ids:
                 seen.add(passage_id)
                 with contextlib.suppress(PassageNotFound):  # deleted concurrently: fine
-                    await once(
+                    await self._write(
                         self._client.agents.passages.delete(passage_id, agent_id=agent_id),
-                        not_found=PassageNotFound,
+                        PassageNotFound,
                     )
         raise UpstreamError("archival memory did not empty")

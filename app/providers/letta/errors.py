@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import httpx
@@ -23,6 +24,23 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_RETRY_AFTER_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """Total seconds one call to Letta may take, retries and backoff included: a hung server
+    must not hold a request for (timeout x attempts). Reads answer within `read`."""
+
+    read: float
+    write: float
+
+
+def _deadline_passed(seconds: float) -> UpstreamUnavailable:
+    return UpstreamUnavailable(
+        f"the agent service did not answer within {seconds:g} s",
+        code="agent_upstream_timeout",
+        details={"deadline_seconds": seconds},
+    )
 
 
 def is_operational(exc: BaseException) -> bool:
@@ -77,27 +95,40 @@ async def with_retries(
     *,
     attempts: int,
     backoff: float,
+    deadline: float,
     not_found: type[NotFound] = AgentNotFound,
 ) -> T:
     """Run an idempotent read, retrying operational failures `attempts` more times with
-    exponential backoff (or the server's Retry-After). Never use for sends or writes."""
+    exponential backoff (or the server's Retry-After), all within `deadline` seconds. Never
+    use for sends or writes."""
     retries_left = max(0, attempts)
     delay = backoff
-    while True:
-        try:
-            return await call()
-        except Exception as exc:
-            if retries_left <= 0 or not is_operational(exc):
-                raise map_error(exc, not_found) from exc
-            retries_left -= 1
-            wait = _retry_after(exc)
-            await asyncio.sleep(delay if wait is None else wait)
-            delay *= 2
-
-
-async def once(call: Awaitable[T], *, not_found: type[NotFound] = AgentNotFound) -> T:
-    """Run a non-idempotent call exactly once, mapping its failure."""
     try:
-        return await call
+        async with asyncio.timeout(deadline):
+            while True:
+                try:
+                    return await call()
+                except Exception as exc:
+                    if retries_left <= 0 or not is_operational(exc):
+                        raise map_error(exc, not_found) from exc
+                    retries_left -= 1
+                    wait = _retry_after(exc)
+                    await asyncio.sleep(delay if wait is None else wait)
+                    delay *= 2
+    except TimeoutError as exc:  # our deadline; httpx's own timeouts are not TimeoutError
+        raise _deadline_passed(deadline) from exc
+
+
+async def once(
+    call: Awaitable[T], *, deadline: float, not_found: type[NotFound] = AgentNotFound
+) -> T:
+    """Run a non-idempotent call exactly once within `deadline` seconds, mapping its failure.
+    A write cut off by the deadline may still have happened: callers look up before they
+    create again."""
+    try:
+        async with asyncio.timeout(deadline):
+            return await call
+    except TimeoutError as exc:
+        raise _deadline_passed(deadline) from exc
     except Exception as exc:
         raise map_error(exc, not_found) from exc

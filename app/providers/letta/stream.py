@@ -4,7 +4,10 @@ into the port's provider-neutral events.
 What Letta sends (see the recordings in tests/fixtures/letta-0.16.8/):
 - `ping`: keep-alive, ignored;
 - `assistant_message` fragments sharing one `id`: one DeltaEvent per fragment, then one
-  MessageEvent with the joined text when the message ends (another id or type arrives);
+  MessageEvent with the joined text once the message is known to be complete: another
+  message follows it, or the run ends well. The last message of a run is held until its end:
+  a broken LLM stream behind Letta still ends with `stop_reason` (then `event: error`), and
+  the partial text must not be reported as a finished message;
 - `tool_call_message` fragments sharing one `id` (the first carries the tool name, the rest
   carry pieces of the JSON arguments): one ToolEvent `started` once the call is complete;
 - `tool_return_message`: ToolEvent `success` or `error` with the (shortened) result;
@@ -58,6 +61,8 @@ ERROR_STOP_REASONS = {
     "context_window_overflow_in_system_prompt",
 }
 RETRYABLE_STOP_REASONS = {"error", "llm_api_error"}
+# Items that end a run rather than start another message (the last message is held past them).
+_RUN_END_TYPES = {"stop_reason", "usage_statistics", "error_message"}
 _RETRYABLE_ERROR_HINTS = ("timeout", "rate_limit", "unavailable", "overloaded", "connection")
 _SAFE_CODE = re.compile(r"^[a-z0-9_]{1,48}$")
 MAX_TOOL_RESULT_CHARS = 2000
@@ -157,7 +162,10 @@ class TurnMapper:
             if isinstance(args, str):
                 pending.parts.append(args)
             return out
-        out += self.flush()
+        holding = self.pending is not None and self.pending.kind == "assistant"
+        if not (holding and mtype in _RUN_END_TYPES):
+            # (A last assistant message is held until finish(): the run may still fail.)
+            out += self.flush()
         if mtype == "tool_return_message":
             call_id = _get(item, "tool_call_id")
             name = _get(item, "name") or self.tool_names.get(str(call_id), "tool")
@@ -201,6 +209,9 @@ class TurnMapper:
 
     def finish(self) -> list[AgentEvent]:
         """The stream ended normally (`[DONE]` or end of body)."""
+        failed = self.stop_reason in ERROR_STOP_REASONS or self.usage is None
+        if failed and self.pending is not None and self.pending.kind == "assistant":
+            self.pending = None  # cut off: its deltas were sent, but it is no finished message
         out = self.flush()
         if self.stop_reason in ERROR_STOP_REASONS:
             out.append(

@@ -3,8 +3,11 @@ the answers."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -22,9 +25,17 @@ from app.providers.agents import (
 from app.providers.letta.agents import LettaAgents
 from tests.providers.letta.conftest import (
     API_KEY,
+    FIXTURES,
+    LIVE_AGENT,
+    LIVE_ARCHIVE,
+    LIVE_BLOCKS,
+    LIVE_NEW_AGENT,
     RECORDED_AGENT,
     Recording,
     context_window,
+    live,
+    live_body,
+    live_response,
     make_settings,
     sent_json,
     sent_query,
@@ -33,6 +44,7 @@ from tests.providers.letta.conftest import (
 AGENT_PATH = f"/v1/agents/{RECORDED_AGENT}"
 PASSAGE_ID = "passage-a22a96bb-3dee-40cb-9bd5-2a26b4196bf9"
 NOT_FOUND = httpx.Response(404, json={"detail": "Not found"})
+RECORDING = Recording(FIXTURES)
 
 
 # --- agent lifecycle ---
@@ -273,29 +285,64 @@ async def test_insert_passage_sends_text_and_tags_without_embeddings_back(
     assert untagged.tags == []
 
 
-async def test_list_passages_paginates_with_after_cursor(
-    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+class LivePassages:
+    """Letta's archival list over the passages recorded live (`new_agent_passages`: all five,
+    newest first), answering `limit`, `ascending`, `before` and `after` as the live server
+    did; checked against the pages recorded live below."""
+
+    def __init__(self) -> None:
+        self.newest_first: list[dict[str, Any]] = live_body("new_agent_passages")
+
+    def answer(self, request: httpx.Request) -> httpx.Response:
+        params = request.url.params
+        rows = list(self.newest_first)
+        if params.get("ascending", "true") != "false":
+            rows.reverse()
+        ids = [r["id"] for r in rows]
+        if "before" in params:  # in this order, the rows after the cursor
+            rows = rows[ids.index(params["before"]) + 1 :]
+        if "after" in params:  # in this order, the rows before the cursor (live: the newer)
+            rows = rows[: ids.index(params["after"])]
+        return httpx.Response(200, json=rows[: int(params.get("limit", "1000"))])
+
+
+def test_live_passages_fake_answers_as_the_live_server_did() -> None:
+    fake = LivePassages()
+    for name in (
+        "passages_newest_first",
+        "passages_newest_first_before_cursor",
+        "passages_newest_first_after_cursor",
+    ):
+        record = live(name)
+        url = httpx.URL("http://letta.test" + record["path"], params=record["query"])
+        answer = fake.answer(httpx.Request("GET", url))
+        assert answer.json() == record["response"], name
+
+
+async def test_list_passages_is_newest_first_and_pages_with_before(
+    letta: LettaAgents, letta_api: respx.MockRouter
 ) -> None:
-    route = letta_api.get(f"{AGENT_PATH}/archival-memory").mock(
-        return_value=recording.find("GET", "/v1/agents/{agent}/archival-memory").response()
-    )
+    fake = LivePassages()
+    route = letta_api.get(f"/v1/agents/{LIVE_AGENT}/archival-memory").mock(side_effect=fake.answer)
 
-    page = await letta.list_passages(RECORDED_AGENT, limit=10, cursor=None)
-    assert sent_query(route) == {"limit": "11"}
-    assert [p.id for p in page.items] == [PASSAGE_ID]
-    assert page.next_cursor is None
-    assert all(isinstance(p, Passage) for p in page.items)
-    assert "embedding" not in repr(page)
+    first = await letta.list_passages(LIVE_AGENT, limit=2, cursor=None)
+    # One more than asked (to know whether there is more), newest first, no cursor.
+    assert sent_query(route) == {"limit": "3", "ascending": "false"}
+    assert [p.text for p in first.items] == ["passage number 4", "passage number 3"]
+    assert first.next_cursor == first.items[-1].id
+    assert all(isinstance(p, Passage) for p in first.items)
+    assert "embedding" not in repr(first)
 
-    # One more than asked means there is more: the cursor is the last id we return.
-    two = [
-        recording.find("POST", "/v1/agents/{agent}/archival-memory", n).json()[0] for n in (0, 1)
-    ]
-    route.mock(return_value=httpx.Response(200, json=two))
-    page = await letta.list_passages(RECORDED_AGENT, limit=1, cursor="passage-earlier")
-    assert sent_query(route) == {"limit": "2", "after": "passage-earlier"}
-    assert [p.id for p in page.items] == [PASSAGE_ID]
-    assert page.next_cursor == PASSAGE_ID
+    second = await letta.list_passages(LIVE_AGENT, limit=2, cursor=first.next_cursor)
+    # The next page is `before` the last id seen (live, `after` gave the newer passages again).
+    assert sent_query(route) == {"limit": "3", "ascending": "false", "before": first.items[-1].id}
+    assert [p.text for p in second.items] == ["passage number 2", "passage number 1"]
+
+    last = await letta.list_passages(LIVE_AGENT, limit=2, cursor=second.next_cursor)
+    assert sent_query(route)["before"] == second.items[-1].id
+    assert [p.text for p in last.items] == ["passage number 0"]
+    assert last.next_cursor is None
+    assert route.call_count == 3
 
 
 async def test_search_passages(
@@ -348,54 +395,209 @@ async def test_delete_passage_gone_upstream_is_not_found(
         await letta.delete_passage(RECORDED_AGENT, PASSAGE_ID)
 
 
-# --- reset ---
+# --- reset: the agent is replaced (Letta 0.16.8 deletes no messages) ---
 
 
-async def test_reset_conversation_only_resets_messages(
-    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
-) -> None:
-    reset = letta_api.patch(f"{AGENT_PATH}/reset-messages").mock(
-        return_value=recording.find("GET", "/v1/agents/{agent}").response()  # an AgentState
-    )
-    blocks = letta_api.patch(url__regex=r".*/core-memory/blocks/.*").respond(500)
+class LiveReset:
+    """The routes a reset of the live-recorded agent uses, answered with the recorded bodies
+    (user ids replaced by `user`). Letta lists both agents under the user's tag while the new
+    one exists, as it would."""
 
-    await letta.reset(RECORDED_AGENT, "conversation", persona="p", human="h")
-
-    assert sent_json(reset) == {"add_default_initial_messages": False}
-    assert not blocks.called
-
-
-async def test_reset_full_restores_blocks_and_deletes_passages(
-    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
-) -> None:
-    letta_api.patch(f"{AGENT_PATH}/reset-messages").mock(
-        return_value=recording.find("GET", "/v1/agents/{agent}").response()
-    )
-    recorded_block = recording.find("PATCH", "/v1/agents/{agent}/core-memory/blocks/human")
-    persona = letta_api.patch(f"{AGENT_PATH}/core-memory/blocks/persona").mock(
-        return_value=recorded_block.response()
-    )
-    human = letta_api.patch(f"{AGENT_PATH}/core-memory/blocks/human").mock(
-        return_value=recorded_block.response()
-    )
-    listed = letta_api.get(f"{AGENT_PATH}/archival-memory").mock(
-        side_effect=[
-            recording.find("GET", "/v1/agents/{agent}/archival-memory").response(),
-            httpx.Response(200, json=[]),
+    def __init__(self, api: respx.MockRouter, user: uuid.UUID) -> None:
+        u = str(user)
+        self.user = user
+        self.old = live_body("get_agent", user_id=u)
+        self.new = live_body("create_agent_taking_over_blocks", user_id=u)
+        self.passages = LivePassages()
+        self.get_old = api.get(f"/v1/agents/{LIVE_AGENT}").mock(
+            return_value=live_response("get_agent", user_id=u)
+        )
+        self.blocks = api.get(f"/v1/agents/{LIVE_AGENT}/core-memory/blocks").mock(
+            return_value=live_response("list_blocks", user_id=u)
+        )
+        self.archives = api.get("/v1/archives/").mock(
+            return_value=live_response("list_archives_of_agent", user_id=u)
+        )
+        self.list_passages = api.get(f"/v1/agents/{LIVE_AGENT}/archival-memory").mock(
+            side_effect=self.passages.answer
+        )
+        self.delete_passage = api.delete(
+            url__regex=rf"/v1/agents/{LIVE_AGENT}/archival-memory/passage-[0-9a-f-]+$"
+        ).mock(side_effect=self._delete_passage)
+        self.create = api.post("/v1/agents/").mock(
+            return_value=live_response("create_agent_taking_over_blocks", user_id=u)
+        )
+        self.attach = api.patch(f"/v1/agents/{LIVE_NEW_AGENT}/archives/attach/{LIVE_ARCHIVE}").mock(
+            return_value=live_response("attach_archive")
+        )
+        self.tagged = api.get("/v1/agents/").respond(200, json=[self.old, self.new])
+        self.delete_old = api.delete(f"/v1/agents/{LIVE_AGENT}").mock(
+            return_value=live_response("delete_old_agent", user_id=u)
+        )
+        self.delete_new = api.delete(f"/v1/agents/{LIVE_NEW_AGENT}").respond(500)
+        self.delete_blocks = [
+            api.delete(f"/v1/blocks/{block}").mock(return_value=live_response("delete_block", n))
+            for n, block in enumerate(LIVE_BLOCKS)
         ]
-    )
-    deleted = letta_api.delete(f"{AGENT_PATH}/archival-memory/{PASSAGE_ID}").mock(
-        return_value=recording.find(
+        self.delete_archive = api.delete(f"/v1/archives/{LIVE_ARCHIVE}").mock(
+            return_value=live_response("delete_archive")
+        )
+
+    def _delete_passage(self, request: httpx.Request) -> httpx.Response:
+        passage_id = request.url.path.rsplit("/", 1)[-1]
+        kept = [p for p in self.passages.newest_first if p["id"] != passage_id]
+        self.passages.newest_first = kept
+        # The old log's answer to DELETE .../archival-memory/{id} (not in the live file).
+        return RECORDING.find(
             "DELETE", "/v1/agents/{agent}/archival-memory/passage-[0-9a-f-]+"
         ).response()
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "agent_type": "letta_v1_agent",
+            "metadata": {"user_id": str(self.user)},
+            "name": f"user-{self.user}",
+            "tags": [f"user:{self.user}"],
+        }
+
+
+def _sequence(api: respx.MockRouter) -> list[tuple[str, str]]:
+    return [(c.request.method, c.request.url.path) for c in api.calls]
+
+
+async def test_reset_conversation_moves_blocks_and_archive_to_a_new_agent(
+    letta: LettaAgents, letta_api: respx.MockRouter
+) -> None:
+    user = uuid.uuid4()
+    up = LiveReset(letta_api, user)
+
+    new = await letta.reset(LIVE_AGENT, "conversation", persona="p", human="h")
+
+    assert new.id == LIVE_NEW_AGENT
+    assert _sequence(letta_api) == [
+        ("GET", f"/v1/agents/{LIVE_AGENT}"),
+        ("GET", f"/v1/agents/{LIVE_AGENT}/core-memory/blocks"),
+        ("GET", "/v1/archives/"),
+        ("POST", "/v1/agents/"),
+        ("PATCH", f"/v1/agents/{LIVE_NEW_AGENT}/archives/attach/{LIVE_ARCHIVE}"),
+        ("GET", "/v1/agents/"),
+        ("DELETE", f"/v1/agents/{LIVE_AGENT}"),
+    ]
+    assert sent_query(up.archives) == {"agent_id": LIVE_AGENT}
+    assert sent_query(up.tagged) == {"tags": f"user:{user}"}
+    # The body the live server accepted for this (create_agent_taking_over_blocks): the old
+    # agent's model and embedding configuration verbatim, no new blocks, the old blocks by id.
+    assert sent_json(up.create) == {
+        **up.identity(),
+        "llm_config": up.old["llm_config"],
+        "embedding_config": up.old["embedding_config"],
+        "memory_blocks": [],
+        "block_ids": LIVE_BLOCKS,
+    }
+    assert set(sent_json(up.create)) == set(live("create_agent_taking_over_blocks")["request"])
+    # Nothing of the memory is deleted: only the old agent (and its messages) goes.
+    assert not up.list_passages.called and not up.delete_passage.called
+    assert not any(r.called for r in up.delete_blocks) and not up.delete_archive.called
+    assert not up.delete_new.called
+
+
+async def test_reset_full_starts_a_new_agent_and_deletes_the_old_memory(
+    letta: LettaAgents, letta_api: respx.MockRouter
+) -> None:
+    user = uuid.uuid4()
+    up = LiveReset(letta_api, user)
+
+    new = await letta.reset(LIVE_AGENT, "full", persona="Default persona", human="Default human")
+
+    assert new.id == LIVE_NEW_AGENT
+    deletes = [
+        ("DELETE", f"/v1/agents/{LIVE_AGENT}/archival-memory/{p['id']}")
+        for p in live_body("new_agent_passages")
+    ]
+    assert _sequence(letta_api) == [
+        ("GET", f"/v1/agents/{LIVE_AGENT}"),
+        ("GET", f"/v1/agents/{LIVE_AGENT}/core-memory/blocks"),
+        ("GET", "/v1/archives/"),
+        ("GET", f"/v1/agents/{LIVE_AGENT}/archival-memory"),
+        *deletes,
+        ("GET", f"/v1/agents/{LIVE_AGENT}/archival-memory"),
+        ("POST", "/v1/agents/"),
+        ("GET", "/v1/agents/"),
+        ("DELETE", f"/v1/agents/{LIVE_AGENT}"),
+        *[("DELETE", f"/v1/blocks/{block}") for block in LIVE_BLOCKS],
+        ("DELETE", f"/v1/archives/{LIVE_ARCHIVE}"),
+    ]
+    assert up.passages.newest_first == []
+    assert sent_json(up.create) == {
+        **up.identity(),
+        "llm_config": up.old["llm_config"],
+        "embedding_config": up.old["embedding_config"],
+        "memory_blocks": [
+            {"label": "persona", "value": "Default persona", "limit": 5000},
+            {"label": "human", "value": "Default human", "limit": 5000},
+        ],
+    }
+    assert not up.attach.called
+    assert not up.delete_new.called
+
+
+# --- deadlines ---
+
+
+class Hung:
+    """A server that takes the request and answers after `seconds` (respx records a call
+    only once it is answered, so the requests are counted here)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.requests = 0
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        await asyncio.sleep(self.seconds)
+        return httpx.Response(200, json=[])
+
+
+async def test_a_hung_read_ends_at_the_read_deadline_despite_retries(
+    http: httpx.AsyncClient, letta_api: respx.MockRouter
+) -> None:
+    letta = LettaAgents(
+        make_settings(
+            upstream_read_deadline_seconds=0.3, letta_timeout_seconds=10.0, letta_max_retries=3
+        ),
+        http,
     )
+    hung = Hung(5.0)
+    letta_api.get(f"{AGENT_PATH}/core-memory/blocks").mock(side_effect=hung)
 
-    await letta.reset(RECORDED_AGENT, "full", persona="Default persona", human="Default human")
+    started = time.monotonic()
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await letta.list_blocks(RECORDED_AGENT)
+    elapsed = time.monotonic() - started
 
-    assert sent_json(persona) == {"value": "Default persona"}
-    assert sent_json(human) == {"value": "Default human"}
-    assert listed.call_count == 2
-    assert deleted.call_count == 1
+    assert caught.value.code == "agent_upstream_timeout"
+    assert caught.value.status_code == 503
+    assert 0.3 <= elapsed < 0.8
+    assert hung.requests == 1  # the deadline covers the retries too: none was started
+
+
+async def test_a_hung_write_ends_at_the_write_deadline(
+    http: httpx.AsyncClient, letta_api: respx.MockRouter
+) -> None:
+    letta = LettaAgents(
+        make_settings(upstream_write_deadline_seconds=0.3, letta_timeout_seconds=10.0), http
+    )
+    hung = Hung(5.0)
+    letta_api.post(f"{AGENT_PATH}/archival-memory").mock(side_effect=hung)
+
+    started = time.monotonic()
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await letta.insert_passage(RECORDED_AGENT, "text", [])
+    elapsed = time.monotonic() - started
+
+    assert caught.value.code == "agent_upstream_timeout"
+    assert 0.3 <= elapsed < 0.8
+    assert hung.requests == 1
 
 
 # --- errors, retries, health, auth ---

@@ -19,7 +19,14 @@ from app.providers.agents import (
     UsageEvent,
 )
 from app.providers.letta.agents import LettaAgents
-from tests.providers.letta.conftest import RECORDED_AGENT, SSE_HEADERS, Recording, sent_json
+from tests.providers.letta.conftest import (
+    RECORDED_AGENT,
+    SSE_HEADERS,
+    Recording,
+    live,
+    live_response,
+    sent_json,
+)
 
 AGENT_PATH = f"/v1/agents/{RECORDED_AGENT}"
 STREAM_PATH = f"{AGENT_PATH}/messages/stream"
@@ -127,13 +134,38 @@ async def test_error_frame_mid_stream_ends_with_error_event(
 
     events = await collect(letta.stream_turn(RECORDED_AGENT, "Hi!"))
 
+    # The message was held past stop_reason and the run did not end well: its delta was
+    # shown, but it is not reported as a finished message.
     assert events == [
         DeltaEvent("Echo: Hi!"),
-        MessageEvent("Echo: Hi!", message_id="message-c6f2ad76-8d52-436b-9e6d-38dea136c6da"),
         ErrorEvent(
             code="agent_llm_error",
             message="An error occurred with the LLM request.",
             retryable=False,
+        ),
+    ]
+
+
+async def test_recorded_broken_llm_stream_gives_deltas_and_one_error_no_message(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    """Recorded live: the LLM stream behind Letta broke after two chunks. Letta still sent
+    `stop_reason: error`, `stop_reason: llm_api_error`, then an `event: error` frame, and no
+    usage. The partial text is deltas only, never a finished message."""
+    recorded = live("turn_llm_stream_broken")
+    agent_route(letta_api, recording)
+    stream = letta_api.post(STREAM_PATH).mock(return_value=live_response("turn_llm_stream_broken"))
+
+    events = await collect(letta.stream_turn(RECORDED_AGENT, "say hello"))
+
+    assert sent_json(stream) == recorded["request"]
+    assert events == [
+        DeltaEvent("Hel"),
+        DeltaEvent("lo wor"),
+        ErrorEvent(
+            code="agent_internal_error",
+            message="An error occurred during agent execution.",
+            retryable=True,
         ),
     ]
 

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime
 from typing import Any
@@ -21,7 +23,7 @@ from app.db import Database
 from app.errors import BudgetExceeded, UpstreamError, UpstreamUnavailable
 from app.providers.billing import TokenUsage
 from app.providers.litellm.billing import LiteLLMBilling
-from app.providers.litellm.errors import is_budget_exceeded
+from app.providers.litellm.errors import LiteLLMUnavailable, is_budget_exceeded
 from tests.support.shared import fixtures_dir
 from tests.usage.conftest import insert_user
 
@@ -494,6 +496,81 @@ async def test_write_timeout_is_not_retried(
     with pytest.raises(UpstreamUnavailable):
         await billing.set_budget(user, 5.0)
     assert update.call_count == 1
+
+
+class Hung:
+    """A proxy that takes the request and answers (well) only after `seconds`; respx records a
+    call once it is answered, so the requests are counted here."""
+
+    def __init__(self, seconds: float, answer: httpx.Response) -> None:
+        self.seconds = seconds
+        self.answer = answer
+        self.requests = 0
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        await asyncio.sleep(self.seconds)
+        return self.answer
+
+
+def _deadline_billing(
+    settings_factory: Callable[..., Settings],
+    db: Database,
+    http: httpx.AsyncClient,
+    **deadline: float,
+) -> LiteLLMBilling:
+    settings = settings_factory(
+        billing_provider="litellm",
+        litellm_base_url=BASE,
+        litellm_master_key=MASTER,
+        http_read_timeout=10.0,
+        **deadline,
+    )
+    return LiteLLMBilling(settings, db, http)
+
+
+async def test_a_hung_read_answers_503_within_the_read_deadline_despite_retries(
+    settings_factory: Callable[..., Settings],
+    db: Database,
+    http: httpx.AsyncClient,
+    mock: respx.MockRouter,
+    user: UUID,
+) -> None:
+    billing = _deadline_billing(settings_factory, db, http, upstream_read_deadline_seconds=0.3)
+    assert billing.client.max_retries == 2
+    hung = Hung(5.0, httpx.Response(200, json=user_info_body(user)))
+    info = mock.get("/user/info").mock(side_effect=hung)
+
+    started = time.monotonic()
+    with pytest.raises(LiteLLMUnavailable) as raised:
+        await billing.get_budget(user)
+    elapsed = time.monotonic() - started
+
+    assert raised.value.status_code == 503
+    assert 0.3 <= elapsed < 0.3 + 0.5
+    assert hung.requests == 1  # the deadline covers retries and backoff: none was started
+    assert not info.calls  # (never answered)
+
+
+async def test_a_hung_write_answers_503_within_the_write_deadline(
+    settings_factory: Callable[..., Settings],
+    db: Database,
+    http: httpx.AsyncClient,
+    mock: respx.MockRouter,
+    user: UUID,
+) -> None:
+    billing = _deadline_billing(settings_factory, db, http, upstream_write_deadline_seconds=0.3)
+    mock.get("/user/info").mock(return_value=httpx.Response(200, json=user_info_body(user)))
+    hung = Hung(5.0, httpx.Response(200, json={}))
+    mock.post("/user/update").mock(side_effect=hung)
+
+    started = time.monotonic()
+    with pytest.raises(LiteLLMUnavailable):
+        await billing.set_budget(user, 5.0)
+    elapsed = time.monotonic() - started
+
+    assert 0.3 <= elapsed < 0.3 + 0.5
+    assert hung.requests == 1
 
 
 async def test_5xx_then_success_is_retried_honouring_retry_after(

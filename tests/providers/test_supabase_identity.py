@@ -4,7 +4,9 @@ its answers and failures onto our port's errors."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -260,3 +262,29 @@ async def test_health_probe(identity: SupabaseIdentity, gotrue: respx.MockRouter
     gotrue.get(f"{AUTH}/health").respond(503)
     with pytest.raises(httpx.HTTPStatusError):
         await identity.check()
+
+
+async def test_a_hung_auth_service_answers_503_within_the_deadline(
+    settings_factory: Callable[..., Settings], gotrue: respx.MockRouter
+) -> None:
+    """Supabase Auth accepts the request and never answers: sign-in gives up at
+    UPSTREAM_READ_DEADLINE_SECONDS, not at the HTTP client's (much longer) read timeout."""
+    settings = settings_factory(
+        identity_provider="supabase",
+        supabase_url=URL,
+        supabase_anon_key=ANON,
+        supabase_service_role_key=SERVICE,
+        upstream_read_deadline_seconds=0.3,
+    )
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(5)
+        return httpx.Response(200, json=gotrue_session())
+
+    gotrue.post(f"{AUTH}/token", params={"grant_type": "password"}).mock(side_effect=hang)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10.0)) as http:
+        identity = SupabaseIdentity(settings, http)
+        started = time.monotonic()
+        with pytest.raises(UpstreamUnavailable):
+            await identity.sign_in("ada@example.com", "s3cret pass")
+    assert time.monotonic() - started < 1.0

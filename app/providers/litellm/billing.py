@@ -68,6 +68,8 @@ class LiteLLMBilling:
             master.get_secret_value(),
             http,
             connect_timeout=settings.http_connect_timeout,
+            read_deadline=settings.upstream_read_deadline_seconds,
+            write_deadline=settings.upstream_write_deadline_seconds,
         )
         self._box = SecretBox(settings.encryption_key)
         self.prices = price_table(settings)

@@ -3,8 +3,10 @@
 Every call authenticates with the master key (`Authorization: Bearer <master key>`). Responses
 are validated into the models in `schemas.py` here, at the boundary. Only idempotent reads
 (GET) are retried, on operational failures only, a bounded number of times with exponential
-backoff, honouring `Retry-After`. Writes (/user/new, /key/generate, /user/update) are sent once:
-a timed-out write may have happened, and the caller's idempotent flow (look up first) decides.
+backoff, honouring `Retry-After`, all within a total read deadline (a hung proxy answers 503 in
+`UPSTREAM_READ_DEADLINE_SECONDS`, not timeout x attempts). Writes (/user/new, /key/generate,
+/user/update) are sent once, within the write deadline: a timed-out write may have happened,
+and the caller's idempotent flow (look up first) decides.
 
 Nothing here logs a request or response body: /user/new and /key/generate answers hold keys.
 """
@@ -99,6 +101,8 @@ class LiteLLMClient:
         connect_timeout: float = 5.0,
         max_retries: int = 2,
         backoff: float = 0.25,
+        read_deadline: float = 10.0,
+        write_deadline: float = 30.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._auth = {"Authorization": f"Bearer {master_key}"}
@@ -106,6 +110,8 @@ class LiteLLMClient:
         self._timeout = httpx.Timeout(timeout, connect=connect_timeout)
         self.max_retries = max_retries
         self.backoff = backoff
+        self.read_deadline = read_deadline
+        self.write_deadline = write_deadline
 
     def __repr__(self) -> str:
         return f"LiteLLMClient({self.base_url!r})"  # never the master key
@@ -120,15 +126,16 @@ class LiteLLMClient:
     ) -> httpx.Response:
         """One request; raises our errors for anything but a 2xx (or 404, left to callers)."""
         try:
-            response = await self._http.request(
-                method,
-                f"{self.base_url}{path}",
-                json=json,
-                params=params,
-                headers=self._auth,
-                timeout=self._timeout,
-            )
-        except httpx.TimeoutException as exc:
+            async with asyncio.timeout(self.write_deadline if method != "GET" else None):
+                response = await self._http.request(
+                    method,
+                    f"{self.base_url}{path}",
+                    json=json,
+                    params=params,
+                    headers=self._auth,
+                    timeout=self._timeout,
+                )
+        except (httpx.TimeoutException, TimeoutError) as exc:
             logger.warning("litellm %s %s timed out", method, path)
             raise LiteLLMUnavailable("the billing service (LiteLLM) timed out") from exc
         except httpx.TransportError as exc:
@@ -148,6 +155,16 @@ class LiteLLMClient:
         raise LiteLLMRequestError(message, status=status, error_type=error_type)
 
     async def _get(self, path: str, params: dict[str, Any]) -> httpx.Response:
+        try:
+            async with asyncio.timeout(self.read_deadline):
+                return await self._get_with_retries(path, params)
+        except TimeoutError as exc:
+            logger.warning("litellm GET %s: no answer within the deadline", path)
+            raise LiteLLMUnavailable(
+                f"the billing service (LiteLLM) did not answer within {self.read_deadline:g} s"
+            ) from exc
+
+    async def _get_with_retries(self, path: str, params: dict[str, Any]) -> httpx.Response:
         attempt = 0
         while True:
             try:

@@ -8,6 +8,7 @@ the HTTP connection pool and never persists or auto-refreshes anything.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -67,6 +68,9 @@ class SupabaseIdentity:
         self._base = settings.supabase_url.rstrip("/")
         self._auth_url = f"{self._base}/auth/v1"
         self._http = http
+        # One deadline for every auth call (each is one request: sign-in and refresh are on
+        # the user's path, so they get the short one): a hung service answers 503 in time.
+        self._deadline = settings.upstream_read_deadline_seconds
         anon = settings.supabase_anon_key.get_secret_value() if settings.supabase_anon_key else ""
         service = (
             settings.supabase_service_role_key.get_secret_value()
@@ -91,7 +95,11 @@ class SupabaseIdentity:
 
     async def _call(self, op: str, call: Awaitable[T], client_error: type[AppError]) -> T:
         try:
-            return await call
+            async with asyncio.timeout(self._deadline):
+                return await call
+        except TimeoutError as exc:
+            logger.warning("supabase auth %s: no answer within %s s", op, self._deadline)
+            raise UpstreamUnavailable("identity service did not answer in time") from exc
         except AuthError as exc:
             status = _status(exc)
             code = getattr(exc, "code", None)

@@ -17,13 +17,18 @@ export TEST_DATABASE_URL
 SUPABASE_CLI_DIR := tools/supabase-cli
 SUPABASE_CLI := $(SUPABASE_CLI_DIR)/node_modules/.package-lock.json
 
-.PHONY: run test bench check lint format install install-dev model supabase-cli clean
+.PHONY: run test test-letta-live bench check lint format install install-dev model supabase-cli clean
 
 run: install model
 	$(UV) run --no-sync python -m app
 
 test: install-dev supabase-cli
 	$(UV) run --no-sync pytest -q
+
+# The product against a real Letta 0.16.8 server (docs/letta-live.md); skipped by `make test`.
+LETTA_LIVE_URL ?= http://127.0.0.1:8283
+test-letta-live: install-dev
+	LETTA_LIVE_URL=$(LETTA_LIVE_URL) $(UV) run --no-sync pytest -q -s tests/live
 
 bench: install-dev
 	$(UV) run --no-sync python -m bench.run_stream_bench

@@ -1,79 +1,34 @@
-"""create_app(): middleware, routers, and the lifespan that owns pools, clients and providers."""
+"""create_app(): middleware, routers, and the lifespan that holds the composition root."""
 
 from __future__ import annotations
 
 import gc
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
-import httpx
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from app.accounts.provisioning import Provisioner
+from app.composition import Overrides, build_state
 from app.config import Settings, get_settings
-from app.database_server import resolve_database
-from app.db import Database, apply_migrations
 from app.errors import COMMON_ERROR_RESPONSES, install_error_handlers
-from app.http_transport import AppHTTPClient, ShardedTransport
 from app.logging_setup import configure_logging
 from app.middleware import RequestIdMiddleware
-from app.providers.builtin.llm import aclose_clients as aclose_llm_clients
-from app.providers.factory import build_providers
 
 logger = logging.getLogger(__name__)
 
 
-def _http_client(settings: Settings) -> httpx.AsyncClient:
-    timeout = httpx.Timeout(
-        connect=settings.http_connect_timeout,
-        read=settings.http_read_timeout,
-        write=30.0,
-        pool=10.0,
-    )
-    # Every streaming chat turn holds one connection to the agent upstream for its length, so
-    # the bound is on concurrent turns per process (the benchmark runs 1000), not on requests;
-    # the idle ones kept alive spare the next turns a TCP/TLS handshake. Small pools: see
-    # app/http_transport.py (one big httpcore pool costs O(connections) per request).
-    limits = httpx.Limits(max_connections=4096)  # keep-alive: per pool, see ShardedTransport
-    return AppHTTPClient(timeout=timeout, transport=ShardedTransport(limits=limits))
-
-
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Builds the composition root (app/composition.py) and closes all of it on the way out,
+    in reverse order, whether startup, serving or shutdown failed."""
     settings: Settings = app.state.settings
-    target = await resolve_database(settings)
-    logger.info("database: %s", target.description)
-    db = Database(
-        target.dsn, min_size=settings.database_pool_min_size, max_size=settings.database_pool_max
-    )
-    await db.connect()
-    http = _http_client(settings)
-    try:
-        async with db.acquire() as conn:
-            await apply_migrations(conn)
-        providers = build_providers(settings, db, http)
-        app.state.db = db
-        app.state.http = http
-        app.state.identity = providers.identity
-        app.state.billing = providers.billing
-        app.state.agents = providers.agents
-        app.state.verifier = providers.verifier
-        app.state.provisioner = Provisioner(settings, db, providers.billing, providers.agents)
-        for hook in app.state.startup_hooks:
-            await hook(app)
+    async with AsyncExitStack() as stack:
+        app.state.services = await build_state(settings, app.state.overrides, stack)
         if settings.gc_tuning_enabled:
             _settle_heap(settings.gc_young_threshold)
         yield
-        for hook in app.state.shutdown_hooks:
-            await hook(app)
-    finally:
-        await aclose_llm_clients()
-        await http.aclose()
-        await db.close()
-        if target.stop is not None:
-            await target.stop()
 
 
 def _settle_heap(young_threshold: int) -> None:
@@ -93,7 +48,9 @@ def _settle_heap(young_threshold: int) -> None:
     gc.set_threshold(young_threshold, gen1, gen2)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, overrides: Overrides | None = None) -> FastAPI:
+    """The app for `settings` (default: the environment). `overrides` replaces providers the
+    settings would pick (tests inject fakes this way)."""
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.json_logs)
     app = FastAPI(
@@ -104,16 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses=COMMON_ERROR_RESPONSES,
     )
     app.state.settings = settings
-    app.state.startup_hooks = []
-    from app.chat.runtime import start_chat_runtime
-
-    # Fails turns orphaned by a crashed process, then runs turns, event writer and leases.
-    app.state.startup_hooks.append(start_chat_runtime)
-    app.state.shutdown_hooks = []
-    from app.ratelimit import start_rate_limiter, stop_rate_limiter
-
-    app.state.startup_hooks.insert(0, start_rate_limiter)
-    app.state.shutdown_hooks.append(stop_rate_limiter)
+    app.state.overrides = overrides or Overrides()
 
     app.add_middleware(RequestIdMiddleware)
     # Added last = outermost: CORS headers also go on the 500s RequestIdMiddleware renders.

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.params import Depends as DependsParam
 from fastapi.routing import APIRoute
 from limits import RateLimitItem, parse
@@ -199,21 +199,8 @@ async def _close_memory(storage: MemoryStorage) -> None:
         storage.timer.cancel()
 
 
-async def start_rate_limiter(app: FastAPI) -> None:
-    """Startup hook: the limiter on `app.state.rate_limiter`."""
-    limiter = build_limiter(app.state.settings)
-    app.state.rate_limiter = limiter
-    logger.info("rate limits: %s storage", limiter.backend)
-
-
-async def stop_rate_limiter(app: FastAPI) -> None:
-    limiter: Limiter | None = getattr(app.state, "rate_limiter", None)
-    if limiter is not None:
-        await limiter.aclose()
-
-
 def _limiter(request: Request) -> Limiter:
-    return request.app.state.rate_limiter  # type: ignore[no-any-return]
+    return request.app.state.services.limiter  # type: ignore[no-any-return]
 
 
 def client_ip(request: Request) -> str:

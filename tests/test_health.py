@@ -161,16 +161,16 @@ async def test_a_billing_service_on_a_closed_port_is_down(
 
 
 async def test_a_closed_database_pool_is_down(app: FastAPI, client: httpx.AsyncClient) -> None:
-    real_db = app.state.db
+    real_db = app.state.services.db
     # A pool of its own, closed: the providers keep the real one, so teardown stays clean.
     broken = Database(real_db.dsn, min_size=1, max_size=1)
     await broken.connect()
     await broken.close()
-    app.state.db = broken
+    app.state.services.db = broken
     try:
         response = await client.get("/health/ready")
     finally:
-        app.state.db = real_db
+        app.state.services.db = real_db
     body = response.json()
     assert response.status_code == 503, body
     assert body["dependencies"]["database"]["status"] == "down"

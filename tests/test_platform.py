@@ -330,7 +330,7 @@ async def test_the_database_pool_is_opened_whole_at_startup(
         settings_factory(environment="development", database_pool_max=3, gc_tuning=False)
     )
     async with LifespanManager(warm, startup_timeout=30, shutdown_timeout=30):
-        pool = warm.state.db.pool
+        pool = warm.state.services.db.pool
         assert pool.get_size() == 3
         assert pool.get_idle_size() == 3
 

@@ -26,8 +26,8 @@ from limits.aio.storage import memory as limits_memory
 import app.ratelimit as ratelimit
 from app.config import ConfigError, Settings
 from app.main import create_app
-from app.providers import factory
 from app.providers.agents import MessageEvent, UsageEvent
+from app.providers.factory import Overrides
 from app.ratelimit import Limiter, build_limiter
 from tests.chat import conftest as chat_fixtures
 from tests.chat.conftest import ControlledAgent, mint_token, parse_sse
@@ -97,11 +97,10 @@ def running_app(
 ) -> AppFactory:
     """`async with running_app(**settings) as app`: an app with its lifespan running and the
     controlled agent (the chat turn needs no model)."""
-    monkeypatch.setattr(factory, "build_agents", lambda *_: agent)
 
     @asynccontextmanager
     async def run(**overrides: Any) -> AsyncIterator[FastAPI]:
-        application = create_app(limited_settings(**overrides))
+        application = create_app(limited_settings(**overrides), Overrides(agents=agent))
         async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
             yield application
 
@@ -327,7 +326,7 @@ async def test_redis_storage_is_shared_by_instances(
         running_app(redis_url=redis_url, app_name=redis_prefix) as first,
         running_app(redis_url=redis_url, app_name=redis_prefix) as second,
     ):
-        assert first.state.rate_limiter.backend == "redis"
+        assert first.state.services.limiter.backend == "redis"
         async with http(first, "198.51.100.40") as client:
             for i in range(2):
                 assert (await login(client, f"r{i}@example.com")).status_code == 401

@@ -201,7 +201,7 @@ class Provisioner:
 
 async def _provisioner(request: Request) -> Provisioner:
     # async: a sync dependency would go through the threadpool on every request
-    return request.app.state.provisioner  # type: ignore[no-any-return]
+    return request.app.state.services.provisioner  # type: ignore[no-any-return]
 
 
 ProvisionerDep = Annotated[Provisioner, Depends(_provisioner)]

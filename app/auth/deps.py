@@ -19,7 +19,7 @@ async def current_claims(
 ) -> TokenClaims:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("missing bearer token")
-    verifier: TokenVerifier = request.app.state.verifier
+    verifier: TokenVerifier = request.app.state.services.verifier
     claims = await verifier.verify(credentials.credentials)
     request.state.access_token = credentials.credentials
     return claims

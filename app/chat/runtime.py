@@ -226,16 +226,5 @@ class ChatRuntime:
 
 
 def get_runtime(app: FastAPI) -> ChatRuntime:
-    runtime: ChatRuntime = app.state.chat
+    runtime: ChatRuntime = app.state.services.chat
     return runtime
-
-
-async def start_chat_runtime(app: FastAPI) -> None:
-    runtime = ChatRuntime(app.state.settings, app.state.db)
-    app.state.chat = runtime
-    await runtime.start()
-    app.state.shutdown_hooks.append(_stop_chat_runtime)
-
-
-async def _stop_chat_runtime(app: FastAPI) -> None:
-    await get_runtime(app).stop()

@@ -47,7 +47,7 @@ async def live() -> dict[str, str]:
 
 @router.get("/health/ready", response_model=Readiness, responses={503: {"model": Readiness}})
 async def ready(request: Request) -> JSONResponse:
-    state = request.app.state
+    state = request.app.state.services
     checks: dict[str, tuple[str | None, Callable[[], Awaitable[Any]]]] = {
         "database": (None, state.db.ping),
         "identity": (state.identity.name, state.identity.check),

@@ -8,10 +8,9 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.auth.deps import CurrentUser
-from app.deps import BillingDep, DbDep, SettingsDep
+from app.deps import LLMProxyDep
 from app.errors import error_responses
 from app.llm_proxy.schemas import ChatCompletionRequest
-from app.llm_proxy.service import LLMProxy
 from app.ratelimit import RATE_LIMITED_RESPONSE, user_rate_limit
 
 router = APIRouter(prefix="/llm", tags=["llm"])
@@ -37,17 +36,14 @@ _ANSWERS: dict[int | str, dict[str, Any]] = {
 async def chat_completions(
     request_body: ChatCompletionRequest,
     user: CurrentUser,
-    settings: SettingsDep,
-    db: DbDep,
-    billing: BillingDep,
+    proxy: LLMProxyDep,
 ) -> JSONResponse | StreamingResponse:
-    proxy = LLMProxy(settings, db, billing, user.sub)
     body = request_body.upstream_body()
     if request_body.stream:
-        stream = await proxy.open_stream(body)
+        stream = await proxy.open_stream(user.sub, body)
         return StreamingResponse(
             stream,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
-    return JSONResponse(await proxy.complete(body))
+    return JSONResponse(await proxy.complete(user.sub, body))

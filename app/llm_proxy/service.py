@@ -18,17 +18,16 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from app.config import Settings
 from app.db import Database
 from app.errors import AppError
 from app.providers.billing import BillingProvider, TokenUsage
 from app.providers.builtin.llm import (
-    chat_client_for,
+    LLMClients,
     estimate_prompt_tokens,
     estimate_tokens,
 )
@@ -36,45 +35,51 @@ from app.usage.repository import add_usage
 
 logger = logging.getLogger(__name__)
 
-# Recordings started after a client went away (the response task is being cancelled, so they
-# run detached); kept referenced until they finish.
-_detached: set[asyncio.Task[None]] = set()
-
 
 class LLMProxy:
+    """The LLM route's use case, built once by the composition root. Usage recordings and
+    upstream closes that must outlive a request whose client went away run as the app's
+    background tasks (awaited at shutdown)."""
+
     def __init__(
-        self, settings: Settings, db: Database, billing: BillingProvider, user_id: UUID
+        self,
+        db: Database,
+        billing: BillingProvider,
+        llm: LLMClients,
+        spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
     ) -> None:
-        self._settings = settings
         self._db = db
         self._billing = billing
-        self._user_id = user_id
+        self._llm = llm
+        self._spawn = spawn
 
-    async def _prepare(self, body: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        await self._billing.check(self._user_id)
-        route = await self._billing.llm_route(self._user_id)
-        client = chat_client_for(self._settings, route)
+    async def _prepare(self, user_id: UUID, body: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        await self._billing.check(user_id)
+        route = await self._billing.llm_route(user_id)
+        client = self._llm.for_route(route)
         if not route.billed_upstream:
             body = {**body, "model": client.model}
         return client, body
 
-    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        client, body = await self._prepare(body)
+    async def complete(self, user_id: UUID, body: dict[str, Any]) -> dict[str, Any]:
+        client, body = await self._prepare(user_id, body)
         answer: dict[str, Any] = await client.complete(body)
-        await self._record(_usage_from(answer.get("usage"), answer.get("model") or body["model"]))
+        usage = _usage_from(answer.get("usage"), answer.get("model") or body["model"])
+        await self._record(user_id, usage)
         return answer
 
-    async def open_stream(self, body: dict[str, Any]) -> AsyncIterator[bytes]:
+    async def open_stream(self, user_id: UUID, body: dict[str, Any]) -> AsyncIterator[bytes]:
         """Starts the upstream call now, so that a refusal before the first chunk is an HTTP
         error status; afterwards failures are an OpenAI-style `error` data line."""
-        client, body = await self._prepare(body)
+        client, body = await self._prepare(user_id, body)
         chunks: AsyncIterator[dict[str, Any]] = client.stream(body)
         first = await chunks.__anext__()
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return self._relay(first, chunks, body, wants_usage)
+        return self._relay(user_id, first, chunks, body, wants_usage)
 
     async def _relay(
         self,
+        user_id: UUID,
         first: dict[str, Any],
         chunks: AsyncIterator[dict[str, Any]],
         body: dict[str, Any],
@@ -103,33 +108,29 @@ class LLMProxy:
         finally:
             # Stop the upstream call too when the client went away (closing is detached: this
             # task may be in the middle of being cancelled).
-            closing = asyncio.ensure_future(_aclose(chunks))
-            _detached.add(closing)
-            closing.add_done_callback(_detached.discard)
+            self._spawn(_aclose(chunks))
             if usage is None:
                 prompt = estimate_prompt_tokens(body)
                 completion = estimate_tokens("".join(output))
                 usage = TokenUsage(model, prompt, completion, prompt + completion, estimated=True)
             # Recorded in a task of its own: a client that goes away cancels this response,
             # and the call must still be billed, exactly once.
-            task = asyncio.ensure_future(self._record_logged(usage))
-            _detached.add(task)
-            task.add_done_callback(_detached.discard)
+            task = self._spawn(self._record_logged(user_id, usage))
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(task)
 
-    async def _record_logged(self, usage: TokenUsage) -> None:
+    async def _record_logged(self, user_id: UUID, usage: TokenUsage) -> None:
         try:
-            await self._record(usage)
+            await self._record(user_id, usage)
         except Exception:
             logger.exception("recording LLM-route usage failed")
 
-    async def _record(self, usage: TokenUsage) -> None:
+    async def _record(self, user_id: UUID, usage: TokenUsage) -> None:
         async with self._db.transaction() as conn:
-            cost = await self._billing.record(conn, self._user_id, usage)
+            cost = await self._billing.record(conn, user_id, usage)
             await add_usage(
                 conn,
-                self._user_id,
+                user_id,
                 datetime.now(UTC).date(),
                 messages=0,
                 prompt_tokens=usage.prompt_tokens,

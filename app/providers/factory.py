@@ -11,7 +11,18 @@ from app.config import Settings
 from app.db import Database
 from app.providers.agents import AgentProvider
 from app.providers.billing import BillingProvider
+from app.providers.builtin.llm import LLMClients
 from app.providers.identity import IdentityProvider
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Providers to use instead of the ones settings pick (tests, embedding the app): an
+    overridden port's provider is not built at all."""
+
+    identity: IdentityProvider | None = None
+    billing: BillingProvider | None = None
+    agents: AgentProvider | None = None
 
 
 @dataclass
@@ -67,20 +78,29 @@ def build_billing(settings: Settings, db: Database, http: httpx.AsyncClient) -> 
     return BuiltinBilling(settings, db)
 
 
-def build_agents(settings: Settings, db: Database, http: httpx.AsyncClient) -> AgentProvider:
+def build_agents(
+    settings: Settings, db: Database, http: httpx.AsyncClient, llm: LLMClients
+) -> AgentProvider:
     if settings.agent_provider == "letta":
         from app.providers.letta.agents import LettaAgents
 
         return LettaAgents(settings, http)
     from app.providers.builtin.agents import BuiltinAgents
 
-    return BuiltinAgents(settings, db)
+    return BuiltinAgents(settings, db, llm)
 
 
-def build_providers(settings: Settings, db: Database, http: httpx.AsyncClient) -> Providers:
+def build_providers(
+    settings: Settings,
+    db: Database,
+    http: httpx.AsyncClient,
+    llm: LLMClients,
+    overrides: Overrides | None = None,
+) -> Providers:
+    chosen = overrides or Overrides()
     return Providers(
-        identity=build_identity(settings, db, http),
-        billing=build_billing(settings, db, http),
-        agents=build_agents(settings, db, http),
+        identity=chosen.identity or build_identity(settings, db, http),
+        billing=chosen.billing or build_billing(settings, db, http),
+        agents=chosen.agents or build_agents(settings, db, http, llm),
         verifier=build_verifier(settings, http),
     )

@@ -14,12 +14,12 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
-import app.providers.factory as factory
 from app.config import Settings
 from app.errors import UpstreamUnavailable
 from app.main import create_app
 from app.providers.agents import AgentInfo
 from app.providers.billing import BillingAccount, LLMRoute
+from app.providers.factory import Overrides
 
 # A value that must never appear in any answer.
 VIRTUAL_KEY = "sk-virtual-key-never-shown-0123456789"
@@ -116,13 +116,10 @@ def settings(settings_factory: Callable[..., Settings]) -> Settings:
 
 @pytest.fixture
 def make_app(fakes: Fakes, monkeypatch: pytest.MonkeyPatch) -> Callable[[Settings], Any]:
-    # The factory builds our fakes in place of the built-in billing and agent, so these
-    # tests exercise the saga through the real lifespan and provisioner.
-    monkeypatch.setattr(factory, "build_billing", lambda *a: fakes.billing)
-    monkeypatch.setattr(factory, "build_agents", lambda *a: fakes.agents)
-
+    # Our fakes in place of the built-in billing and agent, so these tests exercise the saga
+    # through the real lifespan and provisioner.
     def make(settings: Settings) -> FastAPI:
-        return create_app(settings)
+        return create_app(settings, Overrides(billing=fakes.billing, agents=fakes.agents))
 
     return make
 

@@ -181,7 +181,7 @@ async def test_sign_in_failure_after_create_leaves_nothing(
 ) -> None:
     from app.errors import UpstreamUnavailable
 
-    identity: IdentityProvider = app.state.identity
+    identity: IdentityProvider = app.state.services.identity
 
     async def down(*args: Any, **kwargs: Any) -> Any:
         raise UpstreamUnavailable("identity service unavailable")

@@ -157,7 +157,7 @@ async def test_concurrent_ensures_create_one_agent(
     fakes.agents.fail_next = 1
     user_id = UUID((await _register(client, "race@example.com")).json()["user"]["id"])
     fakes.agents.delay = 0.1  # without the lock both ensures would pass the lookup
-    provisioner: Provisioner = app.state.provisioner
+    provisioner: Provisioner = app.state.services.provisioner
     results = await asyncio.gather(*(provisioner.ensure(user_id) for _ in range(3)))
     assert {r.status for r in results} == {"ready"}
     assert len({r.agent_id for r in results}) == 1
@@ -168,6 +168,6 @@ async def test_concurrent_ensures_create_one_agent(
 
 
 async def test_ensure_without_profile(app: FastAPI) -> None:
-    provisioner: Provisioner = app.state.provisioner
+    provisioner: Provisioner = app.state.services.provisioner
     with pytest.raises(ProfileNotFound):
         await provisioner.ensure(UUID(int=1))

@@ -61,16 +61,16 @@ def make_account(agent_app: FastAPI, agent_app_settings: Settings) -> MakeAccoun
         user_id = uuid.uuid4()
         email = f"{user_id.hex[:10]}@example.com"
         agent_id = None
-        async with agent_app.state.db.transaction() as conn:
+        async with agent_app.state.services.db.transaction() as conn:
             await conn.execute("insert into auth.users (id, email) values ($1, $2)", user_id, email)
         if with_agent:
-            info = await agent_app.state.agents.ensure_agent(
+            info = await agent_app.state.services.agents.ensure_agent(
                 user_id,
                 persona=agent_app_settings.default_persona,
                 human=agent_app_settings.default_human,
             )
             agent_id = info.id
-        async with agent_app.state.db.transaction() as conn:
+        async with agent_app.state.services.db.transaction() as conn:
             await conn.execute(
                 """
                 insert into profiles (id, email, agent_id, agent_provider, provisioning_status)

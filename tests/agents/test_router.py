@@ -26,7 +26,7 @@ def _error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
 
 async def _turn(app: FastAPI, account: Account, content: str) -> list[Any]:
     assert account.agent_id
-    return [e async for e in app.state.agents.stream_turn(account.agent_id, content)]
+    return [e async for e in app.state.services.agents.stream_turn(account.agent_id, content)]
 
 
 async def test_status_of_a_ready_agent(api: httpx.AsyncClient, make_account: MakeAccount) -> None:
@@ -50,7 +50,7 @@ async def test_status_resumes_provisioning(
     response = await api.get("/agent/status", headers=account.headers)
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "ready"
-    async with agent_app.state.db.acquire() as conn:
+    async with agent_app.state.services.db.acquire() as conn:
         agent_id = await conn.fetchval(
             "select agent_id from profiles where id = $1", account.user_id
         )
@@ -66,7 +66,7 @@ async def test_not_provisioned_is_409_with_the_status(
     async def down(*args: Any, **kwargs: Any) -> Any:
         raise UpstreamUnavailable("agent service down")
 
-    monkeypatch.setattr(agent_app.state.agents, "ensure_agent", down)
+    monkeypatch.setattr(agent_app.state.services.agents, "ensure_agent", down)
     account = await make_account(with_agent=False, status="pending")
     body = _error(
         await api.get("/agent/status", headers=account.headers), 409, "agent_not_provisioned"
@@ -241,7 +241,7 @@ async def test_auth_and_upstream_errors(
     async def down(*args: Any, **kwargs: Any) -> Any:
         raise UpstreamUnavailable("the agent service is down")
 
-    monkeypatch.setattr(agent_app.state.agents, "state", down)
+    monkeypatch.setattr(agent_app.state.services.agents, "state", down)
     _error(await api.get("/agent/status", headers=account.headers), 503, "upstream_unavailable")
     _error(await api.get("/agent/memory", headers=account.headers), 503, "upstream_unavailable")
 
@@ -259,7 +259,7 @@ async def test_memory_survives_a_restart(
 
     first = create_app(agent_app_settings)
     async with LifespanManager(first):
-        async with first.state.db.transaction() as conn:
+        async with first.state.services.db.transaction() as conn:
             await conn.execute("insert into auth.users (id, email) values ($1, $2)", user_id, email)
             await conn.execute(
                 "insert into profiles (id, email, provisioning_status) values ($1, $2, 'pending')",
@@ -279,7 +279,7 @@ async def test_memory_survives_a_restart(
                 "/agent/memory/archival", json={"text": "Grace's cat is Miso"}, headers=headers
             )
         scripted_llm.push(Text("Nice to meet you, Grace."))
-        events = [e async for e in first.state.agents.stream_turn(agent_id, "I am Grace")]
+        events = [e async for e in first.state.services.agents.stream_turn(agent_id, "I am Grace")]
         assert events[-1].kind == "usage"
 
     second = create_app(agent_app_settings)
@@ -293,7 +293,7 @@ async def test_memory_survives_a_restart(
             found = (await api.get("/agent/memory/archival?q=cat", headers=headers)).json()
             assert [p["text"] for p in found["items"]] == ["Grace's cat is Miso"]
         scripted_llm.push(Text("You are Grace."))
-        events = [e async for e in second.state.agents.stream_turn(agent_id, "Who am I?")]
+        events = [e async for e in second.state.services.agents.stream_turn(agent_id, "Who am I?")]
         assert events[-1].kind == "usage"
     body = scripted_llm.bodies[-1]
     assert "Grace from Leeds" in body["messages"][0]["content"]

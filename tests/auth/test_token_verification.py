@@ -246,7 +246,7 @@ async def test_supabase_es256_jwks_cached_and_refetched_on_unknown_kid(
 
     # Supabase rotates: k2 is published; a token with the unknown kid triggers one refetch.
     keys.published = [public_jwk(keys.k1, "k1"), public_jwk(keys.k2, "k2")]
-    verifier: TokenVerifier = app.state.verifier
+    verifier: TokenVerifier = app.state.services.verifier
     jwks = verifier._jwks
     assert jwks is not None
     jwks._fetched_at -= jwks._min_refetch_interval + 1  # the anti-flood interval has passed

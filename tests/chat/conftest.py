@@ -22,9 +22,9 @@ from fastapi import FastAPI
 from app.config import Settings
 from app.errors import UpstreamUnavailable
 from app.main import create_app
-from app.providers import factory
 from app.providers.agents import AgentEvent, AgentInfo
 from app.providers.billing import LLMRoute
+from app.providers.factory import Overrides
 from tests.support.users import mint_token
 
 # --- users and tokens --------------------------------------------------------------------------
@@ -157,8 +157,7 @@ async def app(
     settings: Settings, agent: ControlledAgent, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[FastAPI]:
     """The app with the controlled agent in place of the configured one."""
-    monkeypatch.setattr(factory, "build_agents", lambda *_: agent)
-    application = create_app(settings)
+    application = create_app(settings, Overrides(agents=agent))
     async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
         yield application
 

@@ -232,7 +232,7 @@ async def test_export_of_many_turns_streams_in_batches(
     assert body["turns"][-1]["user_message"] == "q1000"
     # httpx's ASGI transport joins the body; the producer itself yields row by row from the
     # server-side cursor, never the whole document at once.
-    pieces = [p async for p in export_stream(app.state.db, user.id, "json", BASE)]
+    pieces = [p async for p in export_stream(app.state.services.db, user.id, "json", BASE)]
     assert len(pieces) == 1 + 1000 + 1
     assert max(len(p) for p in pieces) < 1000
 

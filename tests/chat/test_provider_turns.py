@@ -86,7 +86,7 @@ async def test_builtin_agent_turn_end_to_end(
     # The model saw the user's message (last in the prompt the agent built).
     assert scripted_llm.bodies[0]["messages"][-1] == {"role": "user", "content": "Hi, I am Ada"}
 
-    cost = application.state.billing.cost_of(TokenUsage("scripted-model", 40, 3, 43))
+    cost = application.state.services.billing.cost_of(TokenUsage("scripted-model", 40, 3, 43))
     assert events[5].data == {
         "model": "scripted-model",
         "prompt_tokens": 40,
@@ -168,7 +168,7 @@ async def test_letta_agent_turn_end_to_end(
         {"name": "memory_insert", "status": "success"},
     ]
     assert "".join(e.data["text"] for e in events[3:7]) == "Echo: REMEMBER: likes jazz"
-    cost = application.state.billing.cost_of(TokenUsage("gpt-4o-mini", 1367, 24, 1391))
+    cost = application.state.services.billing.cost_of(TokenUsage("gpt-4o-mini", 1367, 24, 1391))
     usage = events[8].data
     assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (
         1367,
@@ -264,6 +264,6 @@ async def test_letta_broken_llm_stream_fails_the_turn_under_the_same_model_name(
         broken["total_tokens"],
         estimated=True,
     )
-    cost = application.state.billing.cost_of(estimate)
+    cost = application.state.services.billing.cost_of(estimate)
     assert cost > 0
     assert float(broken["cost"]) == pytest.approx(cost)

@@ -51,7 +51,7 @@ def _ids(events: list[SSE]) -> list[tuple[int, str]]:
 
 
 def _subscribers(app: FastAPI, turn_id: str) -> int:
-    run = app.state.chat.runs.get(uuid.UUID(turn_id))
+    run = app.state.services.chat.runs.get(uuid.UUID(turn_id))
     return len(run._subscribers) if run is not None else -1
 
 
@@ -131,12 +131,16 @@ async def test_resume_of_a_turn_run_by_another_instance_polls_the_stored_events(
     user = await make_user()
     turn = agent.next_turn().push(DeltaEvent("x"))
     deps = TurnDeps(
-        app.state.settings, app.state.chat, agent, app.state.billing, app.state.provisioner
+        app.state.settings,
+        app.state.services.chat,
+        agent,
+        app.state.services.billing,
+        app.state.services.provisioner,
     )
     run = await start_turn(deps, user.id, "hi")
     await wait_for(lambda: len(run.events) == 2)
 
-    other = ChatRuntime(app.state.settings, app.state.db)  # no runs of its own
+    other = ChatRuntime(app.state.settings, app.state.services.db)  # no runs of its own
     events = await open_turn_events(other, user.id, run.turn_id, 1)
     received: list[int] = []
 
@@ -193,7 +197,11 @@ async def test_stranger_cannot_follow_a_live_turn(
     owner, stranger = await make_user(), await make_user()
     turn = agent.next_turn()
     deps = TurnDeps(
-        app.state.settings, app.state.chat, agent, app.state.billing, app.state.provisioner
+        app.state.settings,
+        app.state.services.chat,
+        agent,
+        app.state.services.billing,
+        app.state.services.provisioner,
     )
     run = await start_turn(deps, owner.id, "secret question")
     response = await client.get(
@@ -252,13 +260,13 @@ async def test_litellm_billing_passes_the_users_route_to_the_agent(
             return route
 
     user = await make_user()
-    billing = RoutedBilling(app.state.billing)
+    billing = RoutedBilling(app.state.services.billing)
     deps = TurnDeps(
         settings_factory(billing_provider="litellm"),
-        app.state.chat,
+        app.state.services.chat,
         agent,
         billing,
-        app.state.provisioner,
+        app.state.services.provisioner,
     )  # type: ignore[arg-type]
     agent.next_turn().push(MessageEvent("ok"), USAGE).end()
     run = await start_turn(deps, user.id, "hi")

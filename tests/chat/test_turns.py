@@ -88,7 +88,7 @@ async def test_full_turn_streams_the_exact_sequence_and_stores_it_once(
         {"name": "archival_memory_insert", "status": "success"},  # never the tool's result
         {"text": "Hello", "message_id": "msg-1"},
     ]
-    billing = app.state.billing
+    billing = app.state.services.billing
     cost = billing.cost_of(TokenUsage("gpt-4o-mini", 1200, 300, 1500))
     assert cost > 0
     usage = events[5].data
@@ -169,7 +169,7 @@ async def test_over_budget_is_402_and_creates_no_turn(
     db_pool: asyncpg.Pool,
 ) -> None:
     user = await make_user()
-    await app.state.billing.set_budget(user.id, 0.0)
+    await app.state.services.billing.set_budget(user.id, 0.0)
     response = await client.post(
         "/api/v1/chat/message", json={"content": "hi"}, headers=user.headers
     )
@@ -201,7 +201,7 @@ async def test_no_agent_and_over_budget_is_409_first(
     """The contract's order: no agent (409) is reported before over budget (402), also when
     the fast admission sees the budget first."""
     user = await make_user(agent_id=None, status="degraded")
-    await app.state.billing.set_budget(user.id, 0.0)
+    await app.state.services.billing.set_budget(user.id, 0.0)
     response = await client.post(
         "/api/v1/chat/message", json={"content": "hi"}, headers=user.headers
     )
@@ -239,10 +239,10 @@ async def test_second_concurrent_turn_is_409(
     first = agent.next_turn()
     deps = TurnDeps(
         app.state.settings,
-        app.state.chat,
-        app.state.agents,
-        app.state.billing,
-        app.state.provisioner,
+        app.state.services.chat,
+        app.state.services.agents,
+        app.state.services.billing,
+        app.state.services.provisioner,
     )
     run = await start_turn(deps, user.id, "first")
     await first.started.wait()
@@ -279,10 +279,10 @@ async def test_simultaneous_admissions_admit_exactly_one(
     user = await make_user()
     deps = TurnDeps(
         app.state.settings,
-        app.state.chat,
-        app.state.agents,
-        app.state.billing,
-        app.state.provisioner,
+        app.state.services.chat,
+        app.state.services.agents,
+        app.state.services.billing,
+        app.state.services.provisioner,
     )
     results = await asyncio.gather(
         *(start_turn(deps, user.id, f"m{i}") for i in range(4)), return_exceptions=True
@@ -335,7 +335,7 @@ async def test_upstream_error_mid_stream_fails_the_turn_keeping_the_partial_text
     day = await _usage_row(db_pool, user.id)
     assert day is not None and day["messages"] == 1
     assert day["completion_tokens"] == turn["completion_tokens"] > 0
-    budget = await app.state.billing.get_budget(user.id)
+    budget = await app.state.services.billing.get_budget(user.id)
     assert budget.spend == pytest.approx(float(turn["cost"]))
 
 
@@ -359,8 +359,8 @@ async def test_usage_reported_before_an_error_is_counted_once(
     assert turn["usage_estimated"] is False
     day = await _usage_row(db_pool, user.id)
     assert day is not None and (day["messages"], day["total_tokens"]) == (1, 1500)
-    cost = app.state.billing.cost_of(TokenUsage("gpt-4o-mini", 1200, 300, 1500))
-    assert (await app.state.billing.get_budget(user.id)).spend == pytest.approx(cost)
+    cost = app.state.services.billing.cost_of(TokenUsage("gpt-4o-mini", 1200, 300, 1500))
+    assert (await app.state.services.billing.get_budget(user.id)).spend == pytest.approx(cost)
 
 
 async def test_error_before_any_output_counts_nothing(
@@ -379,7 +379,7 @@ async def test_error_before_any_output_counts_nothing(
     (turn,) = await turn_rows(db_pool, user.id)
     assert turn["status"] == "failed" and turn["assistant_response"] == ""
     assert await _usage_row(db_pool, user.id) is None
-    assert (await app.state.billing.get_budget(user.id)).spend == 0
+    assert (await app.state.services.billing.get_budget(user.id)).spend == 0
 
 
 async def test_a_provider_that_raises_still_ends_the_turn(
@@ -458,7 +458,7 @@ async def test_startup_fails_turns_orphaned_by_a_crash_but_not_live_ones(
     live = await _insert_streaming(db_pool, busy_user.id, age_seconds=1, instance="other-live")
 
     # What the next process start runs (the app's startup hook).
-    runtime = ChatRuntime(app.state.settings, app.state.db)
+    runtime = ChatRuntime(app.state.settings, app.state.services.db)
     await runtime.start()
     await runtime.stop()
 
@@ -501,22 +501,21 @@ async def test_live_turns_renew_their_lease(
     from asgi_lifespan import LifespanManager
 
     from app.main import create_app
-    from app.providers import factory
+    from app.providers.factory import Overrides
 
-    monkeypatch.setattr(factory, "build_agents", lambda *_: agent)
     fast = settings_factory(
         chat_turn_lease_seconds=0.3, chat_event_flush_seconds=0.02, chat_shutdown_grace_seconds=1.0
     )
-    application = create_app(fast)
+    application = create_app(fast, Overrides(agents=agent))
     async with LifespanManager(application):
         user = await make_user()
         turn = agent.next_turn()
         deps = TurnDeps(
             fast,
-            application.state.chat,
+            application.state.services.chat,
             agent,
-            application.state.billing,
-            application.state.provisioner,
+            application.state.services.billing,
+            application.state.services.provisioner,
         )
         run = await start_turn(deps, user.id, "slow")
         await turn.started.wait()
@@ -529,7 +528,7 @@ async def test_live_turns_renew_their_lease(
             )
         assert stale is False
         # A second process sweeping now must leave it alone.
-        other = ChatRuntime(fast, application.state.db)
+        other = ChatRuntime(fast, application.state.services.db)
         await other.start()
         await other.stop()
         turn.push(MessageEvent("ok"), USAGE).end()
@@ -551,11 +550,10 @@ async def test_many_concurrent_turns_on_a_small_pool(
     from asgi_lifespan import LifespanManager
 
     from app.main import create_app
-    from app.providers import factory
+    from app.providers.factory import Overrides
 
-    monkeypatch.setattr(factory, "build_agents", lambda *_: agent)
     small = settings_factory(database_pool_max=3, chat_event_flush_seconds=0.02)
-    application = create_app(small)
+    application = create_app(small, Overrides(agents=agent))
     users = [await make_user() for _ in range(40)]
     for _ in users:
         agent.next_turn().push(

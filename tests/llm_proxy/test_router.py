@@ -64,7 +64,7 @@ async def test_completion_is_answered_and_billed_once(
     assert "authorization" in {k.lower() for k in scripted_llm.requests[0].headers}
     assert user.token not in str(scripted_llm.requests[0].headers)  # never the user's JWT
 
-    cost = app.state.billing.cost_of(TokenUsage("scripted-model", 20, 2, 22))
+    cost = app.state.services.billing.cost_of(TokenUsage("scripted-model", 20, 2, 22))
     (day,) = await _usage(db_pool, user.id)
     assert (
         day["messages"],
@@ -107,7 +107,7 @@ async def test_stream_with_usage_requested(
 
     (day,) = await _usage(db_pool, user.id)
     assert (day["messages"], day["total_tokens"]) == (0, 24)
-    cost = app.state.billing.cost_of(TokenUsage("scripted-model", 20, 4, 24))
+    cost = app.state.services.billing.cost_of(TokenUsage("scripted-model", 20, 4, 24))
     assert await _spend(db_pool, user.id) == pytest.approx(cost)
 
 
@@ -181,7 +181,7 @@ async def test_over_budget_is_402_before_any_upstream_call(
     db_pool: asyncpg.Pool,
 ) -> None:
     user = await make_user()
-    await app.state.billing.set_budget(user.id, 0.0)
+    await app.state.services.billing.set_budget(user.id, 0.0)
     for stream in (False, True):
         response = await client.post(
             URL,

@@ -192,8 +192,8 @@ async def test_get_budget_and_spend_after_a_recorded_call(
     assert body["budget_duration"] == "1mo" and body["currency"] == "USD"
     assert body["resets_at"] > body["period_start"]
 
-    async with app.state.db.transaction() as conn:
-        await app.state.billing.record(conn, user.id, TokenUsage("m", 1, 1, 2, cost=2.5))
+    async with app.state.services.db.transaction() as conn:
+        await app.state.services.billing.record(conn, user.id, TokenUsage("m", 1, 1, 2, cost=2.5))
     body = (await client.get(BUDGET, headers=user.headers)).json()
     assert (body["spend"], body["remaining"]) == (2.5, 7.5)
 
@@ -304,7 +304,7 @@ async def litellm_app(
     )
     application = create_app(settings)
     async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
-        application.state.billing.client.backoff = 0.0
+        application.state.services.billing.client.backoff = 0.0
         yield application, settings
 
 
@@ -369,7 +369,7 @@ async def test_litellm_budget_and_usage_never_show_the_virtual_key(
                 await client.get("/api/v1/auth/me", headers=user.headers),
                 await client.get("/openapi.json"),
             ]
-        route = await application.state.billing.llm_route(user_id)
+        route = await application.state.services.billing.llm_route(user_id)
 
     assert new.call_count == 1  # provisioned on first read; the key went to the profile
     assert route.api_key == VIRTUAL_KEY  # held, encrypted, usable...

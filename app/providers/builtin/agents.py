@@ -52,7 +52,7 @@ from app.providers.builtin.agent.tools import TOOLS, MemoryTools
 from app.providers.builtin.embeddings import ArchivalVectors
 from app.providers.builtin.llm import (
     ChatClient,
-    chat_client_for,
+    LLMClients,
     estimate_prompt_tokens,
     estimate_tokens,
     is_retryable,
@@ -126,11 +126,12 @@ class BuiltinAgents:
     def model_name(self) -> str:
         return self._settings.llm_model
 
-    def __init__(self, settings: Settings, db: Database) -> None:
+    def __init__(self, settings: Settings, db: Database, llm: LLMClients) -> None:
         self._settings = settings
         self._db = db
+        self._llm = llm
         # pgvector similarity beside full-text search, when configured and available.
-        self._vectors = ArchivalVectors(settings, db)
+        self._vectors = ArchivalVectors(settings, db, llm)
 
     # --- lookup ---
 
@@ -276,7 +277,7 @@ class BuiltinAgents:
     # --- a turn ---
 
     def _client(self, llm: LLMRoute | None) -> ChatClient:
-        return chat_client_for(self._settings, llm)
+        return self._llm.for_route(llm)
 
     async def stream_turn(
         self, agent_id: str, content: str, *, llm: LLMRoute | None = None

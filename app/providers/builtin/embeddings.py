@@ -29,7 +29,7 @@ import openai
 from app.config import Settings
 from app.db import Database
 from app.providers.builtin.agent import repository
-from app.providers.builtin.llm import _openai_client
+from app.providers.builtin.llm import LLMClients
 
 logger = logging.getLogger(__name__)
 
@@ -93,16 +93,17 @@ def _failure(exc: Exception) -> EmbeddingsFailed:
 
 
 class EmbeddingsClient:
-    def __init__(self, settings: Settings, config: EmbeddingsConfig) -> None:
+    def __init__(self, settings: Settings, config: EmbeddingsConfig, llm: LLMClients) -> None:
         self._settings = settings
         self.config = config
+        self._llm = llm
 
     async def embed(self, texts: Sequence[str]) -> list[Embedding]:
         """One vector per text, in order. Raises EmbeddingsFailed."""
         config = self.config
-        # The shared per-loop client cache (closed at shutdown with the LLM clients); the
-        # embeddings call gets its own, shorter timeout: a passage insert waits on it.
-        client = _openai_client(self._settings, config.base_url, config.api_key)
+        # The app's client cache (closed at shutdown with the LLM clients); the embeddings
+        # call gets its own, shorter timeout: a passage insert waits on it.
+        client = self._llm.openai_client(config.base_url, config.api_key)
         timeout = openai.Timeout(
             self._settings.embeddings_timeout_seconds,
             connect=self._settings.http_connect_timeout,
@@ -148,11 +149,11 @@ class ArchivalVectors:
 
     One per agent provider (long-lived): the database check runs once."""
 
-    def __init__(self, settings: Settings, db: Database) -> None:
+    def __init__(self, settings: Settings, db: Database, llm: LLMClients) -> None:
         self._settings = settings
         self._db = db
         config = embeddings_config(settings)
-        self._client = EmbeddingsClient(settings, config) if config is not None else None
+        self._client = EmbeddingsClient(settings, config, llm) if config is not None else None
         self._enabled: bool | None = None if config is not None else False
         self._lock = asyncio.Lock()
 

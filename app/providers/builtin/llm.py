@@ -16,13 +16,12 @@ Errors: operational failures (connect, timeout, 5xx, 429, a stream cut off) rais
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Protocol
 
 import httpx
@@ -276,69 +275,83 @@ class OpenAIChatClient:
 
 
 _MAX_CACHED_CLIENTS = 128
-_clients: OrderedDict[tuple[object, ...], openai.AsyncOpenAI] = OrderedDict()
+# An evicted client may still be streaming a reply; it is closed once it has been out of the
+# cache this long (at a later eviction, or at shutdown).
+_RETIRED_GRACE_SECONDS = 600.0
 
 
-def _openai_client(settings: Settings, base_url: str, api_key: str | None) -> openai.AsyncOpenAI:
-    try:
-        loop_id: int | None = id(asyncio.get_running_loop())
-    except RuntimeError:
-        loop_id = None
-    # Per (base_url, key): with LiteLLM every user has a key of their own. Connection pools
-    # belong to an event loop, hence the loop in the key.
-    cache_key = (
-        base_url,
-        api_key,
-        settings.http_connect_timeout,
-        settings.http_read_timeout,
-        loop_id,
-    )
-    client = _clients.get(cache_key)
-    if client is not None:
-        _clients.move_to_end(cache_key)
+class LLMClients:
+    """The app's OpenAI-compatible clients, one per (base URL, key): with LiteLLM every user
+    has a key of their own. Owned by the composition root (one per app, so one event loop).
+    At most 128 are kept, least recently used first out. An evicted client is closed after a
+    grace period (a call may still be streaming through it), in the background since eviction
+    happens while a call is set up; every other one at shutdown."""
+
+    def __init__(
+        self, settings: Settings, spawn: Callable[[Coroutine[Any, Any, Any]], object]
+    ) -> None:
+        self._settings = settings
+        self._spawn = spawn
+        self._clients: OrderedDict[tuple[str, str | None], openai.AsyncOpenAI] = OrderedDict()
+        self._retired: deque[tuple[float, openai.AsyncOpenAI]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def for_route(self, route: LLMRoute | None = None) -> ChatClient:
+        """The model for one call: the route's upstream and key (the user's LiteLLM key),
+        else the configured upstream, else the built-in local model."""
+        settings = self._settings
+        base_url = (route.base_url if route is not None else None) or settings.llm_base_url
+        if not base_url:
+            from app.providers.builtin.local_model import LocalChatClient
+
+            return LocalChatClient.for_settings(settings)
+        api_key = route.api_key if route is not None and route.api_key else None
+        if api_key is None and settings.llm_api_key is not None:
+            api_key = settings.llm_api_key.get_secret_value() or None
+        supports_tools = (
+            True if settings.llm_supports_tools is None else settings.llm_supports_tools
+        )
+        return OpenAIChatClient(
+            self.openai_client(base_url, api_key), settings.llm_model, supports_tools=supports_tools
+        )
+
+    def openai_client(self, base_url: str, api_key: str | None) -> openai.AsyncOpenAI:
+        """The cached SDK client for this upstream and key (also used for embeddings)."""
+        key = (base_url, api_key)
+        client = self._clients.get(key)
+        if client is not None:
+            self._clients.move_to_end(key)
+            return client
+        settings = self._settings
+        timeout = openai.Timeout(
+            connect=settings.http_connect_timeout,
+            read=settings.http_read_timeout,
+            write=30.0,
+            pool=10.0,
+        )
+        client = openai.AsyncOpenAI(
+            base_url=base_url,
+            # Keyless local servers still need a value for the SDK; it is never a real secret.
+            api_key=api_key or "sk-no-key",
+            timeout=timeout,
+            # A chat call is not retried blindly: the caller decides (and may have billed it).
+            max_retries=0,
+        )
+        self._clients[key] = client
+        if len(self._clients) > _MAX_CACHED_CLIENTS:
+            now = time.monotonic()
+            while len(self._clients) > _MAX_CACHED_CLIENTS:
+                _, evicted = self._clients.popitem(last=False)
+                self._retired.append((now, evicted))
+            while self._retired and now - self._retired[0][0] > _RETIRED_GRACE_SECONDS:
+                self._spawn(self._retired.popleft()[1].close())
         return client
-    timeout = openai.Timeout(
-        connect=settings.http_connect_timeout,
-        read=settings.http_read_timeout,
-        write=30.0,
-        pool=10.0,
-    )
-    client = openai.AsyncOpenAI(
-        base_url=base_url,
-        # Keyless local servers still need a value for the SDK; it is never a real secret.
-        api_key=api_key or "sk-no-key",
-        timeout=timeout,
-        # A chat call is not retried blindly: the caller decides (and may have billed it).
-        max_retries=0,
-    )
-    _clients[cache_key] = client
-    while len(_clients) > _MAX_CACHED_CLIENTS:
-        _clients.popitem(last=False)
-    return client
 
-
-async def aclose_clients() -> None:
-    """Close the cached upstream clients (at shutdown)."""
-    clients = list(_clients.values())
-    _clients.clear()
-    for client in clients:
-        await client.close()
-
-
-def chat_client_for(settings: Settings, route: LLMRoute | None = None) -> ChatClient:
-    """The model for one call: the route's upstream and key (the user's LiteLLM key), else the
-    configured upstream, else the built-in local model."""
-    base_url = (route.base_url if route is not None else None) or settings.llm_base_url
-    if not base_url:
-        from app.providers.builtin.local_model import LocalChatClient
-
-        return LocalChatClient.for_settings(settings)
-    api_key = route.api_key if route is not None and route.api_key else None
-    if api_key is None and settings.llm_api_key is not None:
-        api_key = settings.llm_api_key.get_secret_value() or None
-    supports_tools = True if settings.llm_supports_tools is None else settings.llm_supports_tools
-    return OpenAIChatClient(
-        _openai_client(settings, base_url, api_key),
-        settings.llm_model,
-        supports_tools=supports_tools,
-    )
+    async def aclose(self) -> None:
+        clients = list(self._clients.values()) + [c for _, c in self._retired]
+        self._clients.clear()
+        self._retired.clear()
+        for client in clients:
+            await client.close()

@@ -13,7 +13,22 @@ from app.config import Settings
 from app.db import Database
 from app.providers.agents import AgentEvent
 from app.providers.builtin.agents import BuiltinAgents
+from app.providers.builtin.llm import LLMClients
 from tests.support.scripted_llm import ScriptedLLM
+
+
+def _no_background(coro: Any) -> Any:
+    coro.close()
+    raise AssertionError("no model client is evicted in these tests")
+
+
+def llm_clients(settings: Settings) -> LLMClients:
+    """Model clients as the composition root makes them (one set per app)."""
+    return LLMClients(settings, _no_background)
+
+
+def builtin_agents(settings: Settings, db: Database) -> BuiltinAgents:
+    return BuiltinAgents(settings, db, llm_clients(settings))
 
 
 @pytest.fixture
@@ -48,7 +63,7 @@ def agent_settings(
 
 @pytest.fixture
 def agents(agent_settings: Settings, db: Database) -> BuiltinAgents:
-    return BuiltinAgents(agent_settings, db)
+    return builtin_agents(agent_settings, db)
 
 
 async def run_turn(agents: Any, agent_id: str, content: str) -> list[AgentEvent]:

@@ -25,7 +25,7 @@ from app.providers.builtin.agent import context
 from app.providers.builtin.agents import BuiltinAgents
 from app.providers.builtin.llm import estimate_prompt_tokens
 from app.providers.builtin.local_model import default_model_path, llama_cpp_installed
-from tests.providers.builtin_agent.conftest import run_turn
+from tests.providers.builtin_agent.conftest import builtin_agents, run_turn
 from tests.support.scripted_llm import Abort, Call, Error, ScriptedLLM, Text, ToolCall
 
 MakeUser = Callable[[], Awaitable[uuid.UUID]]
@@ -187,7 +187,7 @@ async def test_summarization_keeps_the_window_under_budget_and_old_messages_sear
         llm_supports_tools=False,
         agent_auto_recall_limit=0,  # the window alone here; recall: test_auto_recall.py
     )
-    agents = BuiltinAgents(settings, db)
+    agents = builtin_agents(settings, db)
     agent_id = await _agent(agents, make_user)
     budget = context.prompt_budget(800)
 
@@ -222,7 +222,7 @@ async def test_summarization_keeps_the_window_under_budget_and_old_messages_sear
     assert (await agents.state(agent_id)).message_count == 2 * len(topics)
 
     # conversation_search still finds the first message, long out of the window.
-    tool_agents = BuiltinAgents(settings_factory(llm_base_url=scripted_llm.base_url), db)
+    tool_agents = builtin_agents(settings_factory(llm_base_url=scripted_llm.base_url), db)
     scripted_llm.responder = None
     scripted_llm.push(ToolCall("conversation_search", {"query": "zanzibar"}), Text("Found it."))
     events = await run_turn(tool_agents, agent_id, "What did I say first?")
@@ -353,7 +353,7 @@ async def test_without_tools_the_blocks_are_still_in_context(
     scripted_llm: ScriptedLLM,
 ) -> None:
     settings = settings_factory(llm_base_url=scripted_llm.base_url, llm_supports_tools=False)
-    agents = BuiltinAgents(settings, db)
+    agents = builtin_agents(settings, db)
     agent_id = await _agent(agents, make_user)
     await agents.update_block(agent_id, "human", "Her name is Grace.")
     scripted_llm.push(Text("Hi Grace", usage=None))
@@ -383,7 +383,7 @@ async def test_builtin_model_runs_a_turn(
     """With nothing configured the agent runs on the built-in model, without tools."""
     # A small window keeps the answer short (a quarter of it): this runs on 2 shared cores.
     settings = settings_factory(llm_base_url=None, llm_model="smollm2", llm_context_tokens=512)
-    agents = BuiltinAgents(settings, db)
+    agents = builtin_agents(settings, db)
     agent_id = await _agent(agents, make_user)
     await agents.update_block(agent_id, "human", "The person's name is Grace.")
     events = await run_turn(agents, agent_id, "Hello! What is my name?")

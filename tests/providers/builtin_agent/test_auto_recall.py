@@ -18,7 +18,7 @@ from app.providers.agents import UsageEvent
 from app.providers.builtin.agent import context
 from app.providers.builtin.agents import BuiltinAgents
 from app.providers.builtin.llm import estimate_prompt_tokens
-from tests.providers.builtin_agent.conftest import run_turn
+from tests.providers.builtin_agent.conftest import builtin_agents, run_turn
 from tests.support.scripted_llm import ScriptedLLM, Text
 
 MakeUser = Callable[[], Awaitable[uuid.UUID]]
@@ -95,7 +95,7 @@ async def test_matching_passage_and_old_message_are_recalled_within_budget(
     make_user: MakeUser,
     scripted_llm: ScriptedLLM,
 ) -> None:
-    agents = BuiltinAgents(tool_less(), db)
+    agents = builtin_agents(tool_less(), db)
     agent_id = await _agent(agents, make_user)
     await agents.insert_passage(agent_id, CAT, ["pets"])
     await agents.insert_passage(agent_id, DEADLINE, ["work"])
@@ -132,7 +132,7 @@ async def test_recall_is_bounded_in_count_and_characters(
     make_user: MakeUser,
     scripted_llm: ScriptedLLM,
 ) -> None:
-    agents = BuiltinAgents(tool_less(agent_auto_recall_limit=2), db)
+    agents = builtin_agents(tool_less(agent_auto_recall_limit=2), db)
     agent_id = await _agent(agents, make_user)
     long_passage = "Grace's cat Miso " + "sleeps all day long on the sofa " * 40
     await agents.insert_passage(agent_id, long_passage, [])
@@ -150,7 +150,7 @@ async def test_recall_is_bounded_in_count_and_characters(
     assert recalled[0].endswith("...")  # the long passage, cut
 
     # A long message leaves less room in the budget: fewer items, and the prompt still fits.
-    crowded = BuiltinAgents(tool_less(agent_auto_recall_limit=3), db)
+    crowded = builtin_agents(tool_less(agent_auto_recall_limit=3), db)
     other_id = await _agent(crowded, make_user)
     for name in ("Pixel", "Tofu", "Nori"):
         await crowded.insert_passage(other_id, f"Grace's cat {name} " + "purrs a lot " * 20, [])
@@ -168,7 +168,7 @@ async def test_nothing_matching_adds_nothing(
     make_user: MakeUser,
     scripted_llm: ScriptedLLM,
 ) -> None:
-    agents = BuiltinAgents(tool_less(), db)
+    agents = builtin_agents(tool_less(), db)
     agent_id = await _agent(agents, make_user)
     await agents.insert_passage(agent_id, DEADLINE, [])
     scripted_llm.push(Text("Hello!"))
@@ -184,7 +184,7 @@ async def test_limit_zero_disables_recall(
     make_user: MakeUser,
     scripted_llm: ScriptedLLM,
 ) -> None:
-    agents = BuiltinAgents(tool_less(agent_auto_recall_limit=0), db)
+    agents = builtin_agents(tool_less(agent_auto_recall_limit=0), db)
     agent_id = await _agent(agents, make_user)
     await agents.insert_passage(agent_id, CAT, [])
     scripted_llm.push(Text("I don't know."))
@@ -200,7 +200,7 @@ async def test_a_tool_capable_model_gets_no_auto_recall(
     make_user: MakeUser,
     scripted_llm: ScriptedLLM,
 ) -> None:
-    agents = BuiltinAgents(settings_factory(llm_base_url=scripted_llm.base_url), db)
+    agents = builtin_agents(settings_factory(llm_base_url=scripted_llm.base_url), db)
     agent_id = await _agent(agents, make_user)
     await agents.insert_passage(agent_id, CAT, [])
     scripted_llm.push(Text("Let me think."))
@@ -220,7 +220,7 @@ async def test_recall_searches_archival_memory_through_the_vector_path(
 ) -> None:
     """The query vector is asked for with the user's message, as archival_memory_search does
     (the similarity ranking itself is tested on pgvector in test_vectors.py)."""
-    agents = BuiltinAgents(tool_less(), db)
+    agents = builtin_agents(tool_less(), db)
     agent_id = await _agent(agents, make_user)
     await agents.insert_passage(agent_id, CAT, [])
     asked: list[str] = []

@@ -13,15 +13,20 @@ from app.errors import BudgetExceeded
 from app.providers.billing import LLMRoute
 from app.providers.builtin.llm import (
     BuiltinModelMissing,
+    ChatClient,
     LLMRequestRejected,
     LLMUnavailable,
-    chat_client_for,
     is_retryable,
 )
 from app.providers.builtin.local_model import default_model_path, llama_cpp_installed
+from tests.providers.builtin_agent.conftest import llm_clients
 from tests.support.scripted_llm import Abort, Error, ScriptedLLM, Text, ToolCall
 
 HELLO = [{"role": "user", "content": "Say hello"}]
+
+
+def chat_client_for(settings: Settings, route: LLMRoute | None) -> ChatClient:
+    return llm_clients(settings).for_route(route)
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -160,3 +165,37 @@ async def test_builtin_model_answers_a_question() -> None:
     answer = await client.complete({"messages": question, "max_tokens": 8, "temperature": 0.2})
     assert answer["choices"][0]["message"]["content"]
     assert answer["usage"]["prompt_tokens"] > 0
+
+
+async def test_evicted_model_clients_are_closed_after_their_grace_and_all_at_shutdown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The per-key client cache is the app's (no module state): at most _MAX clients, an
+    evicted one closed once its grace has passed (it may still be streaming), the rest when
+    the app shuts down."""
+    from app.providers.builtin import llm as llm_module
+
+    monkeypatch.setattr(llm_module, "_MAX_CACHED_CLIENTS", 2)
+    monkeypatch.setattr(llm_module, "_RETIRED_GRACE_SECONDS", 0.0)
+    spawned: list[Any] = []
+
+    def spawn(coro: Any) -> Any:
+        spawned.append(coro)
+        return coro
+
+    settings = _settings(llm_base_url="http://127.0.0.1:9/v1")
+    clients = llm_module.LLMClients(settings, spawn)
+    first = clients.openai_client("http://127.0.0.1:9/v1", "sk-user-1")
+    second = clients.openai_client("http://127.0.0.1:9/v1", "sk-user-2")
+    assert clients.openai_client("http://127.0.0.1:9/v1", "sk-user-1") is first  # cached
+    clients.openai_client("http://127.0.0.1:9/v1", "sk-user-3")  # evicts user 2 (LRU)
+    assert len(clients) == 2 and spawned == []  # retired, not closed: it has its grace
+    clients.openai_client("http://127.0.0.1:9/v1", "sk-user-4")  # evicts user 1
+    assert len(spawned) == 1  # user 2's grace is over: closed now, in the background
+    await spawned[0]
+    assert second.is_closed() and not first.is_closed()  # user 1 was retired just now
+    last = clients.openai_client("http://127.0.0.1:9/v1", "sk-user-4")
+    assert not last.is_closed()
+    await clients.aclose()
+    assert first.is_closed()  # retired ones too, at shutdown
+    assert last.is_closed() and len(clients) == 0

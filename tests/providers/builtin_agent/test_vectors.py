@@ -24,7 +24,7 @@ from app.db import Database, migrate
 from app.providers.agents import ToolEvent
 from app.providers.builtin.agents import BuiltinAgents
 from app.providers.builtin.embeddings import embeddings_config
-from tests.providers.builtin_agent.conftest import run_turn
+from tests.providers.builtin_agent.conftest import builtin_agents, run_turn
 from tests.support.scripted_llm import Error, ScriptedLLM, Text, ToolCall
 
 MakeUser = Callable[[], Awaitable[uuid.UUID]]
@@ -121,7 +121,7 @@ async def test_a_near_vector_finds_a_passage_that_shares_no_word(
     vdb: Database, vsettings: Callable[..., Settings], scripted_llm: ScriptedLLM
 ) -> None:
     scripted_llm.embeddings.update(VECTORS)
-    agents = BuiltinAgents(vsettings(), vdb)
+    agents = builtin_agents(vsettings(), vdb)
     agent_id = await _agent_on(vdb, agents)
     for text in (CAT, SISTER, DEADLINE):
         await agents.insert_passage(agent_id, text, [])
@@ -141,12 +141,12 @@ async def test_a_near_vector_finds_a_passage_that_shares_no_word(
         assert "dimensions" not in request.body
 
     # The same database searched without embeddings configured: full text finds nothing.
-    plain = BuiltinAgents(vsettings(embeddings_model=None), vdb)
+    plain = builtin_agents(vsettings(embeddings_model=None), vdb)
     assert await plain.search_passages(agent_id, FELINE, limit=5) == []
     assert [p.text for p in await plain.search_passages(agent_id, "cat", limit=5)] == [CAT]
 
     # A distance cutoff keeps only the near passage.
-    strict = BuiltinAgents(vsettings(embeddings_max_distance=0.2), vdb)
+    strict = builtin_agents(vsettings(embeddings_max_distance=0.2), vdb)
     assert [p.text for p in await strict.search_passages(agent_id, FELINE, limit=5)] == [CAT]
 
 
@@ -156,7 +156,7 @@ async def test_full_text_and_similarity_are_fused_by_rank(
     query = "where does the sister live"
     scripted_llm.embeddings.update(VECTORS)
     scripted_llm.embeddings[query] = [0.1, 0.5, 0.8, 0.0]  # nearest DEADLINE, then SISTER, CAT
-    agents = BuiltinAgents(vsettings(), vdb)
+    agents = builtin_agents(vsettings(), vdb)
     agent_id = await _agent_on(vdb, agents)
     for text in (CAT, SISTER, DEADLINE):
         await agents.insert_passage(agent_id, text, [])
@@ -173,7 +173,7 @@ async def test_the_memory_tools_store_and_search_by_meaning(
     vdb: Database, vsettings: Callable[..., Settings], scripted_llm: ScriptedLLM
 ) -> None:
     scripted_llm.embeddings.update(VECTORS)
-    agents = BuiltinAgents(vsettings(), vdb)
+    agents = builtin_agents(vsettings(), vdb)
     agent_id = await _agent_on(vdb, agents)
     await agents.insert_passage(agent_id, DEADLINE, ["work"])
     scripted_llm.push(
@@ -201,7 +201,7 @@ async def test_a_failed_embedding_keeps_the_passage_and_logs_no_secret(
     caplog.set_level(logging.WARNING, logger="app.providers.builtin.embeddings")
     leak = f"Incorrect API key provided: {EMBEDDINGS_KEY}"
     scripted_llm.embeddings[DEADLINE] = Error(401, leak, type="invalid_request_error")
-    agents = BuiltinAgents(vsettings(), vdb)
+    agents = builtin_agents(vsettings(), vdb)
     agent_id = await _agent_on(vdb, agents)
 
     passage = await agents.insert_passage(agent_id, DEADLINE, ["work"])
@@ -219,7 +219,7 @@ async def test_a_failed_embedding_keeps_the_passage_and_logs_no_secret(
 
     # A vector of the wrong size is no vector either: EMBEDDINGS_DIMENSIONS is enforced.
     scripted_llm.embeddings.update(VECTORS)
-    sized = BuiltinAgents(vsettings(embeddings_dimensions=3), vdb)
+    sized = builtin_agents(vsettings(embeddings_dimensions=3), vdb)
     await sized.insert_passage(agent_id, CAT, [])
     assert (await _stored(vdb, agent_id))[CAT] == (None, None)
     assert _embedding_requests(scripted_llm)[-1]["dimensions"] == 3
@@ -230,13 +230,13 @@ async def test_vectors_of_another_model_are_never_compared(
     vdb: Database, vsettings: Callable[..., Settings], scripted_llm: ScriptedLLM
 ) -> None:
     scripted_llm.embeddings.update(VECTORS)
-    agents = BuiltinAgents(vsettings(), vdb)
+    agents = builtin_agents(vsettings(), vdb)
     agent_id = await _agent_on(vdb, agents)
     await agents.insert_passage(agent_id, CAT, [])
     # Another model with another size: no pgvector dimension error, only full-text hits.
     scripted_llm.embeddings[FELINE] = [0.3, 0.3, 0.3]
     scripted_llm.embeddings["cat"] = [0.3, 0.3, 0.3]
-    switched = BuiltinAgents(vsettings(embeddings_model="emb-other"), vdb)
+    switched = builtin_agents(vsettings(embeddings_model="emb-other"), vdb)
     assert await switched.search_passages(agent_id, FELINE, limit=5) == []
     assert [p.text for p in await switched.search_passages(agent_id, "cat", limit=5)] == [CAT]
 
@@ -245,7 +245,7 @@ async def test_without_an_embeddings_endpoint_search_is_full_text_only(
     vdb: Database, vsettings: Callable[..., Settings], scripted_llm: ScriptedLLM
 ) -> None:
     scripted_llm.embeddings.update(VECTORS)
-    agents = BuiltinAgents(vsettings(embeddings_model=None), vdb)
+    agents = builtin_agents(vsettings(embeddings_model=None), vdb)
     agent_id = await _agent_on(vdb, agents)
     for text in (CAT, SISTER):
         await agents.insert_passage(agent_id, text, [])
@@ -278,7 +278,7 @@ async def test_without_pgvector_everything_works_by_full_text(
         embeddings_model="emb-test",
         embeddings_api_key=EMBEDDINGS_KEY,
     )
-    agents = BuiltinAgents(settings, db)
+    agents = builtin_agents(settings, db)
     info = await agents.ensure_agent(await make_user(), persona="I am Ada.", human="Grace.")
     await agents.insert_passage(info.id, SISTER, [])
     assert [p.text for p in await agents.search_passages(info.id, "Lisbon", limit=5)] == [SISTER]

@@ -31,7 +31,7 @@ from app.chat.runtime import ChatRuntime
 from app.config import Settings
 from app.database_server import resolve_database
 from app.db import Database, apply_migrations
-from app.http_transport import AppHTTPClient, ShardedTransport
+from app.http_transport import AppHTTPClient, ShardedTransport, check_backend
 from app.llm_proxy.service import LLMProxy
 from app.providers.agents import AgentProvider
 from app.providers.billing import BillingProvider
@@ -123,6 +123,7 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
     stack.push_async_callback(db.close)
     http = http_client(settings)
     stack.push_async_callback(http.aclose)
+    check_backend(http._transport)  # noqa: SLF001 - the transport we built just above
     async with db.acquire() as conn:
         await apply_migrations(conn)
     background = BackgroundTasks()

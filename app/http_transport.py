@@ -25,17 +25,25 @@ a read waits on one future with one timer.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
+from importlib.metadata import version
 from typing import Any, cast
 
 import httpcore
 import httpx
 
+logger = logging.getLogger(__name__)
+
 # Reading from a socket pauses while this much received data waits to be read.
 READ_BUFFER_LIMIT = 256 * 1024
+# The versions the backend swap below was written against and measured with (pyproject pins
+# them). It sets a private attribute of httpcore's pool: another version may lay the pool out
+# differently, and then the swap silently does nothing, or worse.
+MEASURED_WITH = {"httpx": "0.28.1", "httpcore": "1.0.9"}
 
 
 class _Protocol(asyncio.Protocol):
@@ -267,11 +275,36 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         await asyncio.sleep(seconds)
 
 
-def _use_backend(transport: httpx.AsyncHTTPTransport, backend: AsyncioBackend) -> None:
+def _use_backend(transport: httpx.AsyncHTTPTransport, backend: AsyncioBackend) -> bool:
+    """Put our backend under the transport's pool; False when the pool is not the one this
+    was written for (a proxy pool, or an httpcore whose pool has no such attribute)."""
     pool = getattr(transport, "_pool", None)
     # Only a direct pool (no proxy): httpx builds it without a backend argument.
-    if type(pool) is httpcore.AsyncConnectionPool:
-        pool._network_backend = backend  # noqa: SLF001
+    if type(pool) is not httpcore.AsyncConnectionPool or not hasattr(pool, "_network_backend"):
+        return False
+    pool._network_backend = backend  # noqa: SLF001
+    return getattr(pool, "_network_backend", None) is backend
+
+
+def check_backend(transport: httpx.AsyncBaseTransport) -> bool:
+    """At startup: say loudly when the backend swap did not take effect (the app still works,
+    on httpcore's own backend, but the streaming CPU figures no longer hold) or when httpx or
+    httpcore is not the version it was measured with."""
+    installed = {name: version(name) for name in MEASURED_WITH}
+    if installed != MEASURED_WITH:
+        logger.warning(
+            "http transport: measured with %s, running with %s; check the backend swap "
+            "(app/http_transport.py) and re-run make bench",
+            MEASURED_WITH,
+            installed,
+        )
+    swapped = isinstance(transport, ShardedTransport) and transport.uses_asyncio_backend
+    if not swapped:
+        logger.error(
+            "http transport: the asyncio network backend is NOT in use (httpcore's pool "
+            "changed?); requests work, but every streamed chunk costs more CPU"
+        )
+    return swapped and installed == MEASURED_WITH
 
 
 class _Shard:
@@ -328,10 +361,12 @@ class ShardedTransport(httpx.AsyncBaseTransport):
             trust_env=options.get("trust_env", True),
         )
         self._shards = []
+        swapped = []
         for _ in range(max(1, shards)):
             transport = httpx.AsyncHTTPTransport(limits=per_pool, **options)
-            _use_backend(transport, backend)
+            swapped.append(_use_backend(transport, backend))
             self._shards.append(_Shard(transport))
+        self.uses_asyncio_backend = all(swapped)
 
     def _pick(self) -> _Shard:
         for shard in self._shards:

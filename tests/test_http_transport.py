@@ -232,3 +232,29 @@ def test_an_open_response_is_not_released() -> None:
     stream = response.stream
     release_response(response)  # not closed: its body can still be read
     assert response.stream is stream
+
+
+def test_the_backend_swap_is_checked_and_reported(caplog: pytest.LogCaptureFixture) -> None:
+    """The transport's private-internals work: on, and the startup check says so; a pool
+    laid out differently (another httpcore) is reported loudly, not silently ignored."""
+    import logging
+
+    import httpcore
+
+    from app import http_transport
+
+    transport = ShardedTransport(limits=httpx.Limits(max_connections=8), shards=2)
+    assert transport.uses_asyncio_backend
+    with caplog.at_level(logging.WARNING, logger="app.http_transport"):
+        assert http_transport.check_backend(transport)
+    assert caplog.records == []
+
+    class OtherPool(httpcore.AsyncConnectionPool):
+        pass
+
+    other = httpx.AsyncHTTPTransport()
+    other._pool = OtherPool()  # type: ignore[assignment]  # noqa: SLF001
+    assert not http_transport._use_backend(other, http_transport.AsyncioBackend())  # noqa: SLF001
+    with caplog.at_level(logging.WARNING, logger="app.http_transport"):
+        assert not http_transport.check_backend(other)
+    assert any("NOT in use" in r.getMessage() for r in caplog.records)

@@ -36,7 +36,7 @@ from app.config import Settings
 from app.main import create_app
 from tests.accounts.test_saga_respx import LITELLM, MASTER, PASSWORD, FakeLiteLLM
 from tests.chat.conftest import parse_sse
-from tests.support.scripted_llm import ScriptedLLM, Text, ToolCall
+from tests.support.scripted_llm import Abort, ScriptedLLM, Text, ToolCall
 
 LETTA_URL = os.environ.get("LETTA_LIVE_URL", "")
 UPSTREAM_PORT = int(os.environ.get("LETTA_LIVE_UPSTREAM_PORT", "18101"))
@@ -349,6 +349,22 @@ async def test_the_product_on_a_live_letta(
     assert status["replaced"]["reason"] == "agent_missing"
     calls = [r for r in llm.requests[before_llm:] if r.path.endswith("/chat/completions")]
     assert calls and all(r.headers.get("authorization") == f"Bearer {bob['key']}" for r in calls)
+
+    # --- the LLM stream behind Letta breaks: no `message`, an error, a failed turn; its
+    # estimated usage carries the same model name as a completed turn's ---
+    carol = users[2]
+    llm.push(Abort(["Hel", "lo wor"]))
+    with steps.timed("chat turn whose LLM stream breaks"):
+        events = await _chat(api, carol["token"], "Say hello")
+    kinds = [e.event for e in events]
+    assert "message" not in kinds and kinds[-1] == "error", kinds
+    assert "".join(e.data["text"] for e in events if e.event == "delta") == "Hello wor"
+    history = _ok(steps, await api.get("/api/v1/chat/history", headers=_auth(carol["token"])))
+    turns = {t["status"]: t for t in history["items"]}
+    assert turns["failed"]["assistant_response"] == "Hello wor"
+    assert turns["failed"]["usage"]["estimated"] is True
+    assert turns["failed"]["usage"]["model"] == turns["completed"]["usage"]["model"]
+    assert turns["completed"]["usage"]["model"] == "fake-model"
 
     # --- every LLM call of the run carried exactly one user's key ---
     completions = [r for r in llm.requests if r.path.endswith("/chat/completions")]

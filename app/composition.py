@@ -26,6 +26,7 @@ __all__ = ["AppState", "BackgroundTasks", "Overrides", "build_state", "http_clie
 import httpx
 
 from app.accounts.provisioning import Provisioner
+from app.agents.service import AgentService
 from app.auth.tokens import TokenVerifier
 from app.chat.runtime import ChatRuntime
 from app.config import Settings
@@ -94,6 +95,7 @@ class AppState:
     llm: LLMClients
     background: BackgroundTasks
     llm_proxy: LLMProxy
+    agent_service: AgentService
 
 
 def http_client(settings: Settings) -> httpx.AsyncClient:
@@ -156,4 +158,5 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
         llm=llm,
         background=background,
         llm_proxy=LLMProxy(db, billing, llm, background.spawn),
+        agent_service=AgentService(settings, db, agents, provisioner),
     )

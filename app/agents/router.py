@@ -6,8 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from app.accounts.provisioning import ProvisionerDep
-from app.agents import service
 from app.agents.schemas import (
     AgentStatusOut,
     BlockOut,
@@ -18,8 +16,8 @@ from app.agents.schemas import (
     PassagePageOut,
     ResetRequest,
 )
+from app.agents.service import AgentServiceDep
 from app.auth.deps import CurrentUser
-from app.deps import AgentsDep, DbDep, SettingsDep
 from app.errors import error_responses
 
 router = APIRouter(prefix="/agent", tags=["agent"])
@@ -31,10 +29,8 @@ router = APIRouter(prefix="/agent", tags=["agent"])
     responses=error_responses(404, 409, 502, 503),
     summary="The agent, its provisioning status and a summary of its memory",
 )
-async def agent_status(
-    user: CurrentUser, agents: AgentsDep, provisioner: ProvisionerDep
-) -> AgentStatusOut:
-    return await service.status(user.sub, provisioner, agents)
+async def agent_status(user: CurrentUser, service: AgentServiceDep) -> AgentStatusOut:
+    return await service.status(user.sub)
 
 
 @router.get(
@@ -43,10 +39,8 @@ async def agent_status(
     responses=error_responses(404, 409, 502, 503),
     summary="Core memory blocks and the number of archival passages",
 )
-async def get_memory(
-    user: CurrentUser, db: DbDep, agents: AgentsDep, provisioner: ProvisionerDep
-) -> MemoryOut:
-    return await service.memory(user.sub, db, provisioner, agents)
+async def get_memory(user: CurrentUser, service: AgentServiceDep) -> MemoryOut:
+    return await service.memory(user.sub)
 
 
 @router.post(
@@ -55,14 +49,8 @@ async def get_memory(
     responses=error_responses(404, 409, 422, 502, 503),
     summary="Replace a core memory block's value (422 over its limit, 404 unknown label)",
 )
-async def update_memory(
-    body: BlockUpdate,
-    user: CurrentUser,
-    db: DbDep,
-    agents: AgentsDep,
-    provisioner: ProvisionerDep,
-) -> BlockOut:
-    return await service.update_block(user.sub, db, provisioner, agents, body.label, body.value)
+async def update_memory(body: BlockUpdate, user: CurrentUser, service: AgentServiceDep) -> BlockOut:
+    return await service.update_block(user.sub, body.label, body.value)
 
 
 @router.get(
@@ -73,18 +61,13 @@ async def update_memory(
 )
 async def list_archival(
     user: CurrentUser,
-    db: DbDep,
-    agents: AgentsDep,
-    provisioner: ProvisionerDep,
+    service: AgentServiceDep,
     q: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> PassagePageOut:
     return await service.archival(
         user.sub,
-        db,
-        provisioner,
-        agents,
         query=q.strip() if q else None,
         limit=limit,
         cursor=cursor,
@@ -99,13 +82,9 @@ async def list_archival(
     summary="Store a passage in archival memory",
 )
 async def create_archival(
-    body: PassageCreate,
-    user: CurrentUser,
-    db: DbDep,
-    agents: AgentsDep,
-    provisioner: ProvisionerDep,
+    body: PassageCreate, user: CurrentUser, service: AgentServiceDep
 ) -> PassageOut:
-    return await service.insert_passage(user.sub, db, provisioner, agents, body.text, body.tags)
+    return await service.insert_passage(user.sub, body.text, body.tags)
 
 
 @router.delete(
@@ -115,14 +94,8 @@ async def create_archival(
     responses=error_responses(404, 409, 502, 503),
     summary="Delete one of your archival passages",
 )
-async def delete_archival(
-    passage_id: str,
-    user: CurrentUser,
-    db: DbDep,
-    agents: AgentsDep,
-    provisioner: ProvisionerDep,
-) -> Response:
-    await service.delete_passage(user.sub, db, provisioner, agents, passage_id)
+async def delete_archival(passage_id: str, user: CurrentUser, service: AgentServiceDep) -> Response:
+    await service.delete_passage(user.sub, passage_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -133,11 +106,6 @@ async def delete_archival(
     summary="Forget the conversation (`conversation`) or also restore memory (`full`)",
 )
 async def reset_agent(
-    body: ResetRequest,
-    user: CurrentUser,
-    db: DbDep,
-    agents: AgentsDep,
-    provisioner: ProvisionerDep,
-    settings: SettingsDep,
+    body: ResetRequest, user: CurrentUser, service: AgentServiceDep
 ) -> AgentStatusOut:
-    return await service.reset(user.sub, db, agents, provisioner, settings, body.mode)
+    return await service.reset(user.sub, body.mode)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Annotated, TypeVar
 from uuid import UUID
+
+from fastapi import Depends, Request
 
 from app.accounts.provisioning import Provisioned, Provisioner
 from app.agents import repository
@@ -38,31 +40,6 @@ def _not_provisioned(status: str, error: str | None) -> AgentNotProvisioned:
     )
 
 
-async def agent_id_of(db: Database, user_id: UUID) -> str:
-    async with db.acquire() as conn:
-        binding = await repository.agent_binding(conn, user_id)
-    if binding is None:
-        raise _not_provisioned("pending", None)
-    if not binding.agent_id:
-        raise _not_provisioned(binding.provisioning_status, binding.provisioning_error)
-    return binding.agent_id
-
-
-async def _on_agent(
-    user_id: UUID, db: Database, provisioner: Provisioner, use: Callable[[str], Awaitable[T]]
-) -> T:
-    """Run `use` on the user's agent. An agent gone upstream (404) is noticed here, on first
-    use: the user gets a new one (recorded for /agent/status) and `use` runs once more."""
-    agent_id = await agent_id_of(db, user_id)
-    try:
-        return await use(agent_id)
-    except AgentNotFound:
-        healed = await provisioner.replace_lost_agent(user_id, agent_id)
-        if not healed.agent_id or healed.agent_id == agent_id:
-            raise
-        return await use(healed.agent_id)
-
-
 def _replaced(provisioned: Provisioned) -> AgentReplacedOut | None:
     if provisioned.agent_replaced_at is None:
         return None
@@ -78,98 +55,109 @@ def _replaced(provisioned: Provisioned) -> AgentReplacedOut | None:
     )
 
 
-async def status(user_id: UUID, provisioner: Provisioner, agents: AgentProvider) -> AgentStatusOut:
-    # `ensure` resumes provisioning that failed or never finished, so polling this endpoint
-    # is also how a degraded account heals.
-    provisioned = await provisioner.ensure(user_id)
-    if not provisioned.agent_id:
-        raise _not_provisioned(provisioned.status, provisioned.error)
-    try:
-        state = await agents.state(provisioned.agent_id)
-    except AgentNotFound:
-        provisioned = await provisioner.replace_lost_agent(user_id, provisioned.agent_id)
+class AgentService:
+    """The /agent use cases. Built once by the composition root."""
+
+    def __init__(
+        self, settings: Settings, db: Database, agents: AgentProvider, provisioner: Provisioner
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._agents = agents
+        self._provisioner = provisioner
+
+    async def agent_id_of(self, user_id: UUID) -> str:
+        async with self._db.acquire() as conn:
+            binding = await repository.agent_binding(conn, user_id)
+        if binding is None:
+            raise _not_provisioned("pending", None)
+        if not binding.agent_id:
+            raise _not_provisioned(binding.provisioning_status, binding.provisioning_error)
+        return binding.agent_id
+
+    async def _on_agent(self, user_id: UUID, use: Callable[[str], Awaitable[T]]) -> T:
+        """Run `use` on the user's agent. An agent gone upstream (404) is noticed here, on
+        first use: the user gets a new one (recorded for /agent/status) and `use` runs once
+        more."""
+        agent_id = await self.agent_id_of(user_id)
+        try:
+            return await use(agent_id)
+        except AgentNotFound:
+            healed = await self._provisioner.replace_lost_agent(user_id, agent_id)
+            if not healed.agent_id or healed.agent_id == agent_id:
+                raise
+            return await use(healed.agent_id)
+
+    async def status(self, user_id: UUID) -> AgentStatusOut:
+        # `ensure` resumes provisioning that failed or never finished, so polling this
+        # endpoint is also how a degraded account heals.
+        provisioned = await self._provisioner.ensure(user_id)
         if not provisioned.agent_id:
-            raise
-        state = await agents.state(provisioned.agent_id)
-    return AgentStatusOut.of(agents.name, provisioned.status, state, _replaced(provisioned))
+            raise _not_provisioned(provisioned.status, provisioned.error)
+        try:
+            state = await self._agents.state(provisioned.agent_id)
+        except AgentNotFound:
+            provisioned = await self._provisioner.replace_lost_agent(user_id, provisioned.agent_id)
+            if not provisioned.agent_id:
+                raise
+            state = await self._agents.state(provisioned.agent_id)
+        return AgentStatusOut.of(
+            self._agents.name, provisioned.status, state, _replaced(provisioned)
+        )
+
+    async def memory(self, user_id: UUID) -> MemoryOut:
+        state = await self._on_agent(user_id, self._agents.state)
+        return MemoryOut(
+            blocks=[BlockOut.of(b) for b in state.blocks],
+            archival_passages=state.archival_passages,
+        )
+
+    async def update_block(self, user_id: UUID, label: str, value: str) -> BlockOut:
+        agents = self._agents
+        block = await self._on_agent(
+            user_id, lambda agent_id: agents.update_block(agent_id, label, value)
+        )
+        return BlockOut.of(block)
+
+    async def archival(
+        self, user_id: UUID, *, query: str | None, limit: int, cursor: str | None
+    ) -> PassagePageOut:
+        agents = self._agents
+
+        async def read(agent_id: str) -> PassagePage:
+            if query:
+                found = await agents.search_passages(agent_id, query, limit=limit)
+                return PassagePage(items=found, next_cursor=None)
+            return await agents.list_passages(agent_id, limit=limit, cursor=cursor)
+
+        return PassagePageOut.of(await self._on_agent(user_id, read))
+
+    async def insert_passage(self, user_id: UUID, text: str, tags: list[str]) -> PassageOut:
+        agents = self._agents
+        passage = await self._on_agent(
+            user_id, lambda agent_id: agents.insert_passage(agent_id, text, tags)
+        )
+        return PassageOut.of(passage)
+
+    async def delete_passage(self, user_id: UUID, passage_id: str) -> None:
+        agents = self._agents
+        await self._on_agent(user_id, lambda agent_id: agents.delete_passage(agent_id, passage_id))
+
+    async def reset(self, user_id: UUID, mode: ResetMode) -> AgentStatusOut:
+        agent_id = await self.agent_id_of(user_id)
+        new = await self._agents.reset(
+            agent_id,
+            mode,
+            persona=self._settings.default_persona,
+            human=self._settings.default_human,
+        )
+        if new.id != agent_id:
+            await self._provisioner.rebind(user_id, agent_id, new.id)
+        return await self.status(user_id)
 
 
-async def memory(
-    user_id: UUID, db: Database, provisioner: Provisioner, agents: AgentProvider
-) -> MemoryOut:
-    state = await _on_agent(user_id, db, provisioner, agents.state)
-    return MemoryOut(
-        blocks=[BlockOut.of(b) for b in state.blocks], archival_passages=state.archival_passages
-    )
+async def _agent_service(request: Request) -> AgentService:
+    return request.app.state.services.agent_service  # type: ignore[no-any-return]
 
 
-async def update_block(
-    user_id: UUID,
-    db: Database,
-    provisioner: Provisioner,
-    agents: AgentProvider,
-    label: str,
-    value: str,
-) -> BlockOut:
-    block = await _on_agent(
-        user_id, db, provisioner, lambda agent_id: agents.update_block(agent_id, label, value)
-    )
-    return BlockOut.of(block)
-
-
-async def archival(
-    user_id: UUID,
-    db: Database,
-    provisioner: Provisioner,
-    agents: AgentProvider,
-    *,
-    query: str | None,
-    limit: int,
-    cursor: str | None,
-) -> PassagePageOut:
-    async def read(agent_id: str) -> PassagePage:
-        if query:
-            found = await agents.search_passages(agent_id, query, limit=limit)
-            return PassagePage(items=found, next_cursor=None)
-        return await agents.list_passages(agent_id, limit=limit, cursor=cursor)
-
-    return PassagePageOut.of(await _on_agent(user_id, db, provisioner, read))
-
-
-async def insert_passage(
-    user_id: UUID,
-    db: Database,
-    provisioner: Provisioner,
-    agents: AgentProvider,
-    text: str,
-    tags: list[str],
-) -> PassageOut:
-    passage = await _on_agent(
-        user_id, db, provisioner, lambda agent_id: agents.insert_passage(agent_id, text, tags)
-    )
-    return PassageOut.of(passage)
-
-
-async def delete_passage(
-    user_id: UUID, db: Database, provisioner: Provisioner, agents: AgentProvider, passage_id: str
-) -> None:
-    await _on_agent(
-        user_id, db, provisioner, lambda agent_id: agents.delete_passage(agent_id, passage_id)
-    )
-
-
-async def reset(
-    user_id: UUID,
-    db: Database,
-    agents: AgentProvider,
-    provisioner: Provisioner,
-    settings: Settings,
-    mode: ResetMode,
-) -> AgentStatusOut:
-    agent_id = await agent_id_of(db, user_id)
-    new = await agents.reset(
-        agent_id, mode, persona=settings.default_persona, human=settings.default_human
-    )
-    if new.id != agent_id:
-        await provisioner.rebind(user_id, agent_id, new.id)
-    return await status(user_id, provisioner, agents)
+AgentServiceDep = Annotated[AgentService, Depends(_agent_service)]

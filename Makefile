@@ -19,7 +19,17 @@ SUPABASE_CLI := $(SUPABASE_CLI_DIR)/node_modules/.package-lock.json
 
 .PHONY: run test test-letta-live bench check lint format install install-dev model supabase-cli clean
 
-run: install model
+# `make run` builds the built-in model only when the app would use it: not when LLM_BASE_URL
+# is set, in the environment (which wins, as in the app's settings) or in .env (last line wins;
+# quotes and a trailing comment are not part of the value).
+ifneq ($(filter environment% command%,$(origin LLM_BASE_URL)),)
+RUN_LLM_BASE_URL := $(strip $(LLM_BASE_URL))
+else
+RUN_LLM_BASE_URL := $(shell sed -nE 's/^[[:space:]]*(export[[:space:]]+)?LLM_BASE_URL[[:space:]]*=//Ip' .env 2>/dev/null \
+  | tail -n 1 | sed -E 's/(^|[[:space:]])\#.*//' | tr -d "\"'[:space:]")
+endif
+
+run: install $(if $(RUN_LLM_BASE_URL),,model)
 	$(UV) run --no-sync python -m app
 
 test: install-dev supabase-cli

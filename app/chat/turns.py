@@ -49,7 +49,7 @@ from app.providers.agents import (
     MessageEvent,
     UsageEvent,
 )
-from app.providers.billing import BillingProvider, Budget, LLMRoute, TokenUsage
+from app.providers.billing import BillingProvider, Budget, LLMRoute, TokenUsage, estimate_tokens
 from app.usage.repository import add_usage
 
 logger = logging.getLogger(__name__)
@@ -71,10 +71,6 @@ class AgentNotReady(Conflict):
 
 class TurnLost(RuntimeError):
     """The turn stopped being `streaming` under us (another process declared it orphaned)."""
-
-
-def estimate_tokens(text: str) -> int:
-    return 0 if not text else max(1, (len(text) + 3) // 4)
 
 
 @dataclass

@@ -26,12 +26,8 @@ from uuid import UUID
 from app.config import Settings
 from app.db import Database
 from app.errors import AppError
-from app.providers.billing import BillingProvider, TokenUsage
-from app.providers.builtin.llm import (
-    chat_client_for,
-    estimate_prompt_tokens,
-    estimate_tokens,
-)
+from app.providers.billing import BillingProvider, TokenUsage, estimate_tokens
+from app.providers.builtin.llm import chat_client_for, estimate_prompt_tokens
 from app.usage.repository import add_usage
 
 logger = logging.getLogger(__name__)

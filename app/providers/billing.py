@@ -52,6 +52,12 @@ class TokenUsage:
     cost: float | None = None  # when the upstream reported it (LiteLLM's response cost)
 
 
+def estimate_tokens(text: str) -> int:
+    """About four characters per token for English BPE vocabularies; good enough to bill by
+    when the upstream reports no usage, and always marked as an estimate (`estimated`)."""
+    return 0 if not text else max(1, (len(text) + 3) // 4)
+
+
 @dataclass(frozen=True)
 class DailySpend:
     day: date
@@ -103,4 +109,5 @@ __all__ = [
     "DailySpend",
     "LLMRoute",
     "TokenUsage",
+    "estimate_tokens",
 ]

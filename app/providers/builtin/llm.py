@@ -32,7 +32,7 @@ from openai.resources.chat.completions import AsyncCompletions
 
 from app.config import Settings
 from app.errors import AppError, BudgetExceeded, UpstreamError, UpstreamUnavailable
-from app.providers.billing import LLMRoute
+from app.providers.billing import LLMRoute, estimate_tokens
 
 
 class LLMUnavailable(UpstreamUnavailable):
@@ -77,13 +77,7 @@ class ChatClient(Protocol):
         ...
 
 
-# --- local token counting (when the upstream does not report usage) ---
-
-
-def estimate_tokens(text: str) -> int:
-    """About four characters per token for English BPE vocabularies; good enough to bill by
-    when nothing better is known, and always marked as an estimate."""
-    return 0 if not text else max(1, (len(text) + 3) // 4)
+# --- local token counting (when the upstream does not report usage; `estimate_tokens`) ---
 
 
 def message_text(message: dict[str, Any]) -> str:

@@ -40,6 +40,7 @@ from app.providers.billing import (
     Budget,
     DailySpend,
     LLMRoute,
+    LocalLedger,
     TokenUsage,
 )
 
@@ -278,6 +279,7 @@ async def _set_max(conn: Conn, user_id: UUID, max_budget: float) -> asyncpg.Reco
 
 class BuiltinBilling:
     name = "builtin"
+    per_user_llm_key = False  # one route for everyone; the spend is charged here
 
     def __init__(
         self,
@@ -339,6 +341,11 @@ class BuiltinBilling:
         )
 
     # -- the port --------------------------------------------------------------------------
+
+    @property
+    def ledger(self) -> LocalLedger:
+        """This provider is its own ledger (`check_on`, `record_with_budget`)."""
+        return self
 
     async def ensure_account(self, user_id: UUID, email: str) -> BillingAccount:
         async with self._db.transaction() as conn:

@@ -10,13 +10,13 @@ from app.accounts.provisioning import ProvisionerDep
 from app.agents import service
 from app.agents.schemas import (
     AgentStatusOut,
+    BlockIn,
     BlockOut,
-    BlockUpdate,
     MemoryOut,
-    PassageCreate,
+    PassageIn,
     PassageOut,
     PassagePageOut,
-    ResetRequest,
+    ResetIn,
 )
 from app.auth.deps import CurrentUser
 from app.deps import AgentsDep, DbDep, SettingsDep
@@ -56,7 +56,7 @@ async def get_memory(
     summary="Replace a core memory block's value (422 over its limit, 404 unknown label)",
 )
 async def update_memory(
-    body: BlockUpdate,
+    body: BlockIn,
     user: CurrentUser,
     db: DbDep,
     agents: AgentsDep,
@@ -99,7 +99,7 @@ async def list_archival(
     summary="Store a passage in archival memory",
 )
 async def create_archival(
-    body: PassageCreate,
+    body: PassageIn,
     user: CurrentUser,
     db: DbDep,
     agents: AgentsDep,
@@ -133,7 +133,7 @@ async def delete_archival(
     summary="Forget the conversation (`conversation`) or also restore memory (`full`)",
 )
 async def reset_agent(
-    body: ResetRequest,
+    body: ResetIn,
     user: CurrentUser,
     db: DbDep,
     agents: AgentsDep,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated
 from uuid import UUID
@@ -13,11 +12,10 @@ from fastapi.responses import StreamingResponse
 from app.accounts.provisioning import ProvisionerDep
 from app.auth.deps import CurrentUser
 from app.chat import history as history_service
-from app.chat.events import TurnEvent
 from app.chat.runtime import ChatRuntime, get_runtime
 from app.chat.schemas import SSE_RESPONSE, ExportFormat, HistoryPageOut, MessageIn, SearchResultsOut
 from app.chat.sse import TurnEventStream
-from app.chat.stream import follow_run, open_turn_events
+from app.chat.stream import EventBatches, follow_run, open_turn_events
 from app.chat.turns import TurnDeps, start_turn
 from app.deps import AgentsDep, BillingDep, DbDep, SettingsDep
 from app.errors import ValidationFailed, error_responses
@@ -33,7 +31,7 @@ async def _runtime(request: Request) -> ChatRuntime:
 RuntimeDep = Annotated[ChatRuntime, Depends(_runtime)]
 
 
-def _sse(events: AsyncIterator[list[TurnEvent]], ping_seconds: float) -> TurnEventStream:
+def _sse(events: EventBatches, ping_seconds: float) -> TurnEventStream:
     # The stream ends at `done`/`error`; a client that goes away only stops this response,
     # never the turn (it runs in the chat runtime).
     return TurnEventStream(events, ping_seconds=ping_seconds)

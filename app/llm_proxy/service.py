@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -64,7 +64,7 @@ class LLMProxy:
         """Starts the upstream call now, so that a refusal before the first chunk is an HTTP
         error status; afterwards failures are an OpenAI-style `error` data line."""
         client, body = await self._prepare(body)
-        chunks: AsyncIterator[dict[str, Any]] = client.stream(body)
+        chunks = client.stream(body)
         first = await chunks.__anext__()
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return self._relay(first, chunks, body, wants_usage)
@@ -72,7 +72,7 @@ class LLMProxy:
     async def _relay(
         self,
         first: dict[str, Any],
-        chunks: AsyncIterator[dict[str, Any]],
+        chunks: AsyncGenerator[dict[str, Any], None],
         body: dict[str, Any],
         wants_usage: bool,
     ) -> AsyncIterator[bytes]:
@@ -135,11 +135,9 @@ class LLMProxy:
             )
 
 
-async def _aclose(chunks: AsyncIterator[dict[str, Any]]) -> None:
-    aclose = getattr(chunks, "aclose", None)
-    if aclose is not None:
-        with contextlib.suppress(Exception):
-            await aclose()
+async def _aclose(chunks: AsyncGenerator[dict[str, Any], None]) -> None:
+    with contextlib.suppress(Exception):
+        await chunks.aclose()
 
 
 def _usage_from(raw: object, model: str) -> TokenUsage:

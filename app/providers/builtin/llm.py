@@ -22,7 +22,7 @@ import json
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
 import httpx
@@ -68,8 +68,9 @@ class ChatClient(Protocol):
     model: str
     supports_tools: bool
 
-    def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """`chat.completion.chunk` dicts; the last one carries `usage`."""
+    def stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+        """`chat.completion.chunk` dicts; the last one carries `usage`. A generator, so a
+        caller that stops reading closes it (`aclose`) and the upstream call with it."""
         ...
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -228,7 +229,7 @@ class OpenAIChatClient:
         request.setdefault("messages", [])
         return request
 
-    async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         request = self._request(body)
         stream_options = dict(body.get("stream_options") or {})
         stream_options["include_usage"] = True

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -126,52 +128,51 @@ def error_response(
     message: str,
     *,
     details: dict[str, Any] | list[Any] | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse(
         envelope(code, message, details=details), status_code=status_code, headers=headers
     )
 
 
-_HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "validation_error",
-    429: "rate_limited",
-}
+@dataclass(frozen=True)
+class ErrorStatus:
+    code: str  # the envelope's code for a framework HTTPException with this status
+    description: str  # the OpenAPI response's description
 
-# Error responses documented on every route, so generated frontend types include them.
-COMMON_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorEnvelope, "description": desc}
-    for status, desc in {
-        401: "Missing, invalid or expired access token",
-        422: "Invalid input",
-        500: "Unexpected server error",
-    }.items()
+
+# The one table of error statuses: the handlers and the OpenAPI helpers below read it.
+ERROR_STATUSES: dict[int, ErrorStatus] = {
+    400: ErrorStatus("bad_request", "Bad request"),
+    401: ErrorStatus("unauthorized", "Missing, invalid or expired access token"),
+    402: ErrorStatus("budget_exceeded", "Budget exceeded"),
+    403: ErrorStatus("forbidden", "Forbidden"),
+    404: ErrorStatus("not_found", "Not found"),
+    405: ErrorStatus("method_not_allowed", "Method not allowed"),
+    409: ErrorStatus("conflict", "Conflict"),
+    413: ErrorStatus("payload_too_large", "Payload too large"),
+    415: ErrorStatus("unsupported_media_type", "Unsupported media type"),
+    422: ErrorStatus("validation_error", "Invalid input"),
+    429: ErrorStatus("rate_limited", "Too many requests"),
+    500: ErrorStatus("internal_error", "Unexpected server error"),
+    502: ErrorStatus("upstream_error", "Upstream error"),
+    503: ErrorStatus("upstream_unavailable", "Upstream unavailable"),
 }
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entry for the given statuses, each with the envelope schema."""
-    names = {
-        400: "Bad request",
-        401: "Missing, invalid or expired access token",
-        402: "Budget exceeded",
-        403: "Forbidden",
-        404: "Not found",
-        409: "Conflict",
-        422: "Invalid input",
-        429: "Too many requests",
-        502: "Upstream error",
-        503: "Upstream unavailable",
+    return {
+        s: {
+            "model": ErrorEnvelope,
+            "description": ERROR_STATUSES[s].description if s in ERROR_STATUSES else "Error",
+        }
+        for s in statuses
     }
-    return {s: {"model": ErrorEnvelope, "description": names.get(s, "Error")} for s in statuses}
+
+
+# Error responses documented on every route, so generated frontend types include them.
+COMMON_ERROR_RESPONSES = error_responses(401, 422, 500)
 
 
 def _jsonable_errors(errors: list[Any]) -> list[dict[str, Any]]:
@@ -193,21 +194,18 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        code = ERROR_STATUSES[422].code
         return error_response(
-            422, "validation_error", "invalid input", details=_jsonable_errors(list(exc.errors()))
+            422, code, "invalid input", details=_jsonable_errors(list(exc.errors()))
         )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return error_response(
-            exc.status_code,
-            code,
-            str(exc.detail),
-            headers=getattr(exc, "headers", None),
-        )
+        known = ERROR_STATUSES.get(exc.status_code)
+        code = known.code if known is not None else "http_error"
+        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error", exc_info=exc)
-        return error_response(500, "internal_error", "internal server error")
+        return error_response(500, ERROR_STATUSES[500].code, "internal server error")

@@ -1,9 +1,10 @@
 """The provisioning saga: a billing account and a personal agent for every user.
 
-Order: with LiteLLM billing the agent needs the user's own virtual key (its LLM calls must be
-charged to that key), so the agent step waits for the billing step and is given
-`billing.llm_route(user_id)`. With the built-in billing the route is not per-user, so both steps
-run concurrently and the agent gets `llm=None` (the chat turn passes the route per call).
+Order: when the billing provider declares `per_user_llm_key` (LiteLLM), the agent needs the
+user's own key (its LLM calls must be charged to that key), so the agent step waits for the
+billing step and is given `billing.llm_route(user_id)`. Otherwise (the built-in billing) the
+route is not per user, so both steps run concurrently and the agent gets `llm=None` (the chat
+turn passes the route per call).
 
 Each step is idempotent (the providers look up before creating), and runs of one user are
 serialized by a Postgres advisory lock, so retries and concurrent `ensure` calls from several
@@ -159,7 +160,7 @@ class Provisioner:
         return _provisioned(saved)
 
     async def _agent_route(self, user_id: UUID) -> LLMRoute | None:
-        if self._settings.billing_provider != "litellm":
+        if not self._billing.per_user_llm_key:
             return None
         return await self._billing.llm_route(user_id)
 
@@ -167,7 +168,7 @@ class Provisioner:
         self, user_id: UUID, email: str
     ) -> tuple[BillingAccount | None, AgentInfo | None, list[str]]:
         errors: list[str] = []
-        route_needed = self._settings.billing_provider == "litellm"
+        route_needed = self._billing.per_user_llm_key
 
         async def billing_step() -> BillingAccount | None:
             try:

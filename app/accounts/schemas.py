@@ -44,27 +44,27 @@ ProvisioningStatus = Literal["pending", "ready", "degraded"]
 AgentStatus = Literal["ready", "pending", "unavailable"]
 
 
-class RegisterRequest(BaseModel):
+class RegisterIn(BaseModel):
     email: Email
     password: Password
     display_name: DisplayName = None
 
 
-class LoginRequest(BaseModel):
+class LoginIn(BaseModel):
     email: Annotated[str, Field(min_length=1, max_length=MAX_EMAIL)]
     password: Annotated[str, Field(min_length=1, max_length=MAX_PASSWORD)]
 
 
-class RefreshRequest(BaseModel):
+class RefreshIn(BaseModel):
     refresh_token: Annotated[str, Field(min_length=1, max_length=MAX_REFRESH_TOKEN)]
 
 
-class LogoutRequest(BaseModel):
+class LogoutIn(BaseModel):
     # Accepted for clients that send it; the session ended is the access token's own.
     refresh_token: Annotated[str | None, Field(max_length=MAX_REFRESH_TOKEN)] = None
 
 
-class ProfileUpdate(BaseModel):
+class ProfileIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     display_name: DisplayName
@@ -76,12 +76,12 @@ class UserOut(BaseModel):
     display_name: str | None
 
 
-class AgentSummary(BaseModel):
+class AgentSummaryOut(BaseModel):
     id: str | None
     status: AgentStatus
 
 
-class TokenResponse(BaseModel):
+class TokenOut(BaseModel):
     user: UserOut
     access_token: str
     refresh_token: str
@@ -89,21 +89,21 @@ class TokenResponse(BaseModel):
     expires_in: int
 
 
-class AuthResponse(TokenResponse):
+class AuthOut(TokenOut):
     """Register and login: the tokens plus where the account's provisioning stands."""
 
-    agent: AgentSummary
+    agent: AgentSummaryOut
     provisioning_status: ProvisioningStatus
 
 
-class MeResponse(BaseModel):
+class MeOut(BaseModel):
     id: UUID
     email: str
     display_name: str | None
     created_at: datetime
 
 
-class ProfileResponse(BaseModel):
+class ProfileOut(BaseModel):
     id: UUID
     email: str
     display_name: str | None

@@ -16,13 +16,13 @@ from app.accounts.provisioning import (
 )
 from app.accounts.repository import ProfileRow
 from app.accounts.schemas import (
-    AgentSummary,
-    AuthResponse,
-    LoginRequest,
-    MeResponse,
-    ProfileResponse,
-    RegisterRequest,
-    TokenResponse,
+    AgentSummaryOut,
+    AuthOut,
+    LoginIn,
+    MeOut,
+    ProfileOut,
+    RegisterIn,
+    TokenOut,
     UserOut,
 )
 from app.auth.tokens import TokenClaims
@@ -35,20 +35,20 @@ logger = logging.getLogger(__name__)
 ENSURE_ON_LOGIN_TIMEOUT_SECONDS = 15.0
 
 
-def _auth_response(session: AuthSession, profile: ProfileRow, p: Provisioned) -> AuthResponse:
-    return AuthResponse(
+def _auth_response(session: AuthSession, profile: ProfileRow, p: Provisioned) -> AuthOut:
+    return AuthOut(
         user=UserOut(id=profile.id, email=profile.email, display_name=profile.display_name),
         access_token=session.access_token,
         refresh_token=session.refresh_token,
         expires_in=session.expires_in,
-        agent=AgentSummary(id=p.agent_id, status=agent_status(p.status, p.agent_id)),
+        agent=AgentSummaryOut(id=p.agent_id, status=agent_status(p.status, p.agent_id)),
         provisioning_status=provisioning_status(p.status),
     )
 
 
 async def register(
-    body: RegisterRequest, identity: IdentityProvider, db: Database, provisioner: Provisioner
-) -> AuthResponse:
+    body: RegisterIn, identity: IdentityProvider, db: Database, provisioner: Provisioner
+) -> AuthOut:
     metadata = {"display_name": body.display_name} if body.display_name else {}
     user = await identity.create_user(body.email, body.password, metadata)
     # From here on a failure must undo the identity user: a failed registration leaves nothing.
@@ -78,8 +78,8 @@ async def _compensate(identity: IdentityProvider, db: Database, user_id: UUID) -
 
 
 async def login(
-    body: LoginRequest, identity: IdentityProvider, db: Database, provisioner: Provisioner
-) -> AuthResponse:
+    body: LoginIn, identity: IdentityProvider, db: Database, provisioner: Provisioner
+) -> AuthOut:
     session = await identity.sign_in(body.email, body.password)
     async with db.transaction() as conn:
         # Accounts created outside this API (Supabase dashboard, frontend sign-up) get a
@@ -115,13 +115,13 @@ def _display_name_from(metadata: dict[str, object]) -> str | None:
     return str(value)[:100] if value else None
 
 
-async def refresh(refresh_token: str, identity: IdentityProvider, db: Database) -> TokenResponse:
+async def refresh(refresh_token: str, identity: IdentityProvider, db: Database) -> TokenOut:
     session = await identity.refresh(refresh_token)
     async with db.acquire() as conn:
         profile = await repository.get_profile(conn, session.user.id)
     # The profile holds the current display name (PATCH /user/profile changes only it).
     display_name = profile.display_name if profile else _display_name_from(session.user.metadata)
-    return TokenResponse(
+    return TokenOut(
         user=UserOut(id=session.user.id, email=session.user.email, display_name=display_name),
         access_token=session.access_token,
         refresh_token=session.refresh_token,
@@ -141,8 +141,8 @@ async def _profile(db: Database, user_id: UUID) -> ProfileRow:
     return row
 
 
-def _profile_out(row: ProfileRow) -> ProfileResponse:
-    return ProfileResponse(
+def _profile_out(row: ProfileRow) -> ProfileOut:
+    return ProfileOut(
         id=row.id,
         email=row.email,
         display_name=row.display_name,
@@ -157,18 +157,18 @@ def _profile_out(row: ProfileRow) -> ProfileResponse:
     )
 
 
-async def me(db: Database, user_id: UUID) -> MeResponse:
+async def me(db: Database, user_id: UUID) -> MeOut:
     row = await _profile(db, user_id)
-    return MeResponse(
+    return MeOut(
         id=row.id, email=row.email, display_name=row.display_name, created_at=row.created_at
     )
 
 
-async def get_profile(db: Database, user_id: UUID) -> ProfileResponse:
+async def get_profile(db: Database, user_id: UUID) -> ProfileOut:
     return _profile_out(await _profile(db, user_id))
 
 
-async def update_profile(db: Database, user_id: UUID, display_name: str | None) -> ProfileResponse:
+async def update_profile(db: Database, user_id: UUID, display_name: str | None) -> ProfileOut:
     async with db.transaction() as conn:
         row = await repository.update_display_name(conn, user_id, display_name)
     if row is None:

@@ -8,13 +8,13 @@ from fastapi import APIRouter, Query, Response, status
 
 from app.agents.schemas import (
     AgentStatusOut,
+    BlockIn,
     BlockOut,
-    BlockUpdate,
     MemoryOut,
-    PassageCreate,
+    PassageIn,
     PassageOut,
     PassagePageOut,
-    ResetRequest,
+    ResetIn,
 )
 from app.agents.service import AgentServiceDep
 from app.auth.deps import CurrentUser
@@ -49,7 +49,7 @@ async def get_memory(user: CurrentUser, service: AgentServiceDep) -> MemoryOut:
     responses=error_responses(404, 409, 422, 502, 503),
     summary="Replace a core memory block's value (422 over its limit, 404 unknown label)",
 )
-async def update_memory(body: BlockUpdate, user: CurrentUser, service: AgentServiceDep) -> BlockOut:
+async def update_memory(body: BlockIn, user: CurrentUser, service: AgentServiceDep) -> BlockOut:
     return await service.update_block(user.sub, body.label, body.value)
 
 
@@ -82,7 +82,7 @@ async def list_archival(
     summary="Store a passage in archival memory",
 )
 async def create_archival(
-    body: PassageCreate, user: CurrentUser, service: AgentServiceDep
+    body: PassageIn, user: CurrentUser, service: AgentServiceDep
 ) -> PassageOut:
     return await service.insert_passage(user.sub, body.text, body.tags)
 
@@ -105,7 +105,5 @@ async def delete_archival(passage_id: str, user: CurrentUser, service: AgentServ
     responses=error_responses(404, 409, 422, 502, 503),
     summary="Forget the conversation (`conversation`) or also restore memory (`full`)",
 )
-async def reset_agent(
-    body: ResetRequest, user: CurrentUser, service: AgentServiceDep
-) -> AgentStatusOut:
+async def reset_agent(body: ResetIn, user: CurrentUser, service: AgentServiceDep) -> AgentStatusOut:
     return await service.reset(user.sub, body.mode)

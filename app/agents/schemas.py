@@ -32,7 +32,7 @@ class MemoryOut(BaseModel):
     archival_passages: int
 
 
-class BlockUpdate(BaseModel):
+class BlockIn(BaseModel):
     label: Annotated[str, Field(min_length=1, max_length=100)]
     value: Annotated[str, Field(max_length=MAX_BLOCK_VALUE)]
 
@@ -50,7 +50,7 @@ class PassageOut(BaseModel):
         )
 
 
-class PassageCreate(BaseModel):
+class PassageIn(BaseModel):
     text: Annotated[str, Field(min_length=1, max_length=MAX_PASSAGE)]
     tags: Annotated[list[Tag], Field(max_length=20)] = []
 
@@ -64,7 +64,7 @@ class PassagePageOut(BaseModel):
         return cls(items=[PassageOut.of(p) for p in page.items], next_cursor=page.next_cursor)
 
 
-class ResetRequest(BaseModel):
+class ResetIn(BaseModel):
     mode: Literal["conversation", "full"]
 
 

@@ -11,7 +11,7 @@ from uuid import UUID
 
 from app.chat import repository as repo
 from app.chat.repository import TurnRow
-from app.chat.schemas import ExportFormat, HistoryPage, SearchResults, TurnOut
+from app.chat.schemas import ExportFormat, HistoryPageOut, SearchResultsOut, TurnOut
 from app.db import Database
 from app.errors import ValidationFailed
 
@@ -40,22 +40,22 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         raise InvalidCursor() from exc
 
 
-async def history(db: Database, user_id: UUID, *, limit: int, before: str | None) -> HistoryPage:
+async def history(db: Database, user_id: UUID, *, limit: int, before: str | None) -> HistoryPageOut:
     position = decode_cursor(before) if before else None
     async with db.acquire() as conn:
         rows = await repo.history_page(conn, user_id, limit=limit + 1, before=position)
     more = len(rows) > limit
     rows = rows[:limit]
-    return HistoryPage(
+    return HistoryPageOut(
         items=[TurnOut.from_row(r) for r in rows],
         next_cursor=encode_cursor(rows[-1]) if more and rows else None,
     )
 
 
-async def search(db: Database, user_id: UUID, query: str, *, limit: int) -> SearchResults:
+async def search(db: Database, user_id: UUID, query: str, *, limit: int) -> SearchResultsOut:
     async with db.acquire() as conn:
         rows = await repo.search_turns(conn, user_id, query, limit=limit)
-    return SearchResults(items=[TurnOut.from_row(r) for r in rows])
+    return SearchResultsOut(items=[TurnOut.from_row(r) for r in rows])
 
 
 # --- export --------------------------------------------------------------------------------

@@ -117,21 +117,6 @@ class NewTurn:
         )  # fmt: skip
 
 
-# The turn ($1..$5) and its first event ($6..$8), inserted from the rows of `source`.
-_INSERT_TURN = """
-    turn as (
-        insert into turns (id, user_id, user_message, instance_id, created_at, heartbeat_at)
-        select $1, $2, $3, $4, $5, now() from {source}
-        returning id, user_id
-    ),
-    ev as (
-        insert into turn_events (turn_id, seq, user_id, event, data)
-        select id, $6, user_id, $7, $8::text::jsonb from turn
-        returning 1
-    )
-"""
-
-
 @dataclass(frozen=True)
 class FastAdmission:
     """What the one-statement admission did."""
@@ -146,17 +131,28 @@ async def admit_ready_turn(conn: Conn, turn: NewTurn) -> FastAdmission:
     has no streaming turn, take the user's turn lock and, if it was free, insert the turn and
     its first event. Raises asyncpg.UniqueViolationError when a streaming turn was inserted
     meanwhile (the partial unique index: the snapshot read here may predate the lock)."""
+    # The turn ($1..$5) and its first event ($6..$8), inserted only when the lock ($9) was
+    # free; `insert_turn` below inserts the same two rows unconditionally.
     row = await conn.fetchrow(
-        f"""
+        """
         with p as (
             select p.agent_id from public.profiles p
             where p.id = $2 and p.provisioning_status = 'ready' and p.agent_id is not null
               and not exists (select 1 from turns t where t.user_id = $2 and t.status = 'streaming')
         ),
         l as (select pg_try_advisory_xact_lock(hashtextextended($9, 0)) as locked from p),
-        {_INSERT_TURN.format(source="l where l.locked")}
+        turn as (
+            insert into turns (id, user_id, user_message, instance_id, created_at, heartbeat_at)
+            select $1, $2, $3, $4, $5, now() from l where l.locked
+            returning id, user_id
+        ),
+        ev as (
+            insert into turn_events (turn_id, seq, user_id, event, data)
+            select id, $6, user_id, $7, $8::text::jsonb from turn
+            returning 1
+        )
         select (select agent_id from p) as agent_id, (select count(*) from ev) = 1 as inserted
-        """,  # noqa: S608 - constant fragments
+        """,
         *turn.params(),
         f"chat-turn:{turn.user_id}",
     )
@@ -168,7 +164,19 @@ async def insert_turn(conn: Conn, turn: NewTurn) -> None:
     """The turn and its first event, in one statement. Raises asyncpg.UniqueViolationError
     when the user already has a streaming turn."""
     await conn.execute(
-        f"with {_INSERT_TURN.format(source='(values (1)) as one_row')} select",  # noqa: S608
+        """
+        with turn as (
+            insert into turns (id, user_id, user_message, instance_id, created_at, heartbeat_at)
+            select $1, $2, $3, $4, $5, now() from (values (1)) as one_row
+            returning id, user_id
+        ),
+        ev as (
+            insert into turn_events (turn_id, seq, user_id, event, data)
+            select id, $6, user_id, $7, $8::text::jsonb from turn
+            returning 1
+        )
+        select
+        """,
         *turn.params(),
     )
 
@@ -277,15 +285,23 @@ async def finish_turn(
     """Close a streaming turn, storing `events` (its last ones) in the same statement. False
     when it is no longer streaming (the crash sweep took it after this process lost its
     lease): the caller then rolls back, which drops the events too."""
+    # `stored` is `insert_events`' statement ($1..$5); then the turn's own update.
     result: str = await conn.execute(
-        f"""
-        with stored as ({_INSERT_EVENTS} returning 1)
+        """
+        with stored as (
+            insert into turn_events (turn_id, seq, user_id, event, data)
+            select t, s, u, e, d::jsonb
+            from unnest($1::uuid[], $2::int[], $3::uuid[], $4::text[], $5::text[])
+                as x(t, s, u, e, d)
+            on conflict (turn_id, seq) do nothing
+            returning 1
+        )
         update turns set
             status = $7, assistant_response = $8, error = $9, model = $10,
             prompt_tokens = $11, completion_tokens = $12, total_tokens = $13, cost = $14,
             usage_estimated = $15, agent_run_id = $16, completed_at = now()
         where id = $6 and status = 'streaming'
-        """,  # noqa: S608 - a constant
+        """,
         *_event_columns(events),
         turn_id,
         status,

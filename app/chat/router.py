@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated
 from uuid import UUID
@@ -13,11 +12,10 @@ from fastapi.responses import StreamingResponse
 from app.accounts.provisioning import ProvisionerDep
 from app.auth.deps import CurrentUser
 from app.chat import history as history_service
-from app.chat.events import TurnEvent
 from app.chat.runtime import ChatRuntime, get_runtime
-from app.chat.schemas import SSE_RESPONSE, ExportFormat, HistoryPage, MessageIn, SearchResults
+from app.chat.schemas import SSE_RESPONSE, ExportFormat, HistoryPageOut, MessageIn, SearchResultsOut
 from app.chat.sse import TurnEventStream
-from app.chat.stream import follow_run, open_turn_events
+from app.chat.stream import EventBatches, follow_run, open_turn_events
 from app.chat.turns import TurnDeps, start_turn
 from app.deps import AgentsDep, BillingDep, DbDep, SettingsDep
 from app.errors import ValidationFailed, error_responses
@@ -33,7 +31,7 @@ async def _runtime(request: Request) -> ChatRuntime:
 RuntimeDep = Annotated[ChatRuntime, Depends(_runtime)]
 
 
-def _sse(events: AsyncIterator[list[TurnEvent]], ping_seconds: float) -> TurnEventStream:
+def _sse(events: EventBatches, ping_seconds: float) -> TurnEventStream:
     # The stream ends at `done`/`error`; a client that goes away only stops this response,
     # never the turn (it runs in the chat runtime).
     return TurnEventStream(events, ping_seconds=ping_seconds)
@@ -91,7 +89,7 @@ async def turn_events(
 @router.get(
     "/history",
     summary="The caller's turns, newest first",
-    response_model=HistoryPage,
+    response_model=HistoryPageOut,
     responses=error_responses(422),
 )
 async def history(
@@ -99,14 +97,14 @@ async def history(
     db: DbDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     before: Annotated[str | None, Query(max_length=200, description="next_cursor")] = None,
-) -> HistoryPage:
+) -> HistoryPageOut:
     return await history_service.history(db, user.sub, limit=limit, before=before)
 
 
 @router.get(
     "/history/search",
     summary="Full-text search over both sides of the caller's turns",
-    response_model=SearchResults,
+    response_model=SearchResultsOut,
     responses=error_responses(422),
 )
 async def search_history(
@@ -114,7 +112,7 @@ async def search_history(
     db: DbDep,
     q: Annotated[str, Query(min_length=1, max_length=500)],
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> SearchResults:
+) -> SearchResultsOut:
     return await history_service.search(db, user.sub, q, limit=limit)
 
 

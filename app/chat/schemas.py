@@ -19,7 +19,7 @@ class MessageIn(BaseModel):
     content: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
 
 
-class TurnUsage(BaseModel):
+class TurnUsageOut(BaseModel):
     model: str | None
     prompt_tokens: int
     completion_tokens: int
@@ -36,7 +36,7 @@ class TurnOut(BaseModel):
     error: str | None
     created_at: datetime
     completed_at: datetime | None
-    usage: TurnUsage
+    usage: TurnUsageOut
 
     @classmethod
     def from_row(cls, row: TurnRow) -> TurnOut:
@@ -48,7 +48,7 @@ class TurnOut(BaseModel):
             error=row.error,
             created_at=row.created_at,
             completed_at=row.completed_at,
-            usage=TurnUsage(
+            usage=TurnUsageOut(
                 model=row.model,
                 prompt_tokens=row.prompt_tokens,
                 completion_tokens=row.completion_tokens,
@@ -59,14 +59,14 @@ class TurnOut(BaseModel):
         )
 
 
-class HistoryPage(BaseModel):
+class HistoryPageOut(BaseModel):
     items: list[TurnOut]
     next_cursor: str | None = Field(
         description="Pass as `before` for the next (older) page; null on the last page."
     )
 
 
-class SearchResults(BaseModel):
+class SearchResultsOut(BaseModel):
     items: list[TurnOut]
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -32,7 +32,7 @@ class TurnEventStream(Response):
 
     def __init__(
         self,
-        events: AsyncIterator[list[TurnEvent]],
+        events: AsyncGenerator[list[TurnEvent], None],
         *,
         ping_seconds: float,
         status_code: int = 200,
@@ -68,9 +68,7 @@ class TurnEventStream(Response):
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            aclose = getattr(self.events, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await self.events.aclose()
         if not state.gone:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 

@@ -7,7 +7,7 @@ Ownership is checked before the response starts, so another user's turn is a pla
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from uuid import UUID
 
 from app.chat import repository as repo
@@ -26,8 +26,9 @@ class TurnNotFound(NotFound):
         super().__init__(message)
 
 
-# Each item of these iterators is a batch: the events that were waiting together (one send).
-EventBatches = AsyncIterator[list[TurnEvent]]
+# Each item of these generators is a batch: the events that were waiting together (one send).
+# Generators, so the response can close one it stops reading (`aclose`).
+EventBatches = AsyncGenerator[list[TurnEvent], None]
 
 
 async def follow_run(run: TurnRun, after_seq: int) -> EventBatches:

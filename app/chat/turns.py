@@ -49,7 +49,7 @@ from app.providers.agents import (
     MessageEvent,
     UsageEvent,
 )
-from app.providers.billing import BillingProvider, Budget, LLMRoute, TokenUsage
+from app.providers.billing import BillingProvider, Budget, LLMRoute, TokenUsage, estimate_tokens
 from app.usage.repository import add_usage
 
 logger = logging.getLogger(__name__)
@@ -71,10 +71,6 @@ class AgentNotReady(Conflict):
 
 class TurnLost(RuntimeError):
     """The turn stopped being `streaming` under us (another process declared it orphaned)."""
-
-
-def estimate_tokens(text: str) -> int:
-    return 0 if not text else max(1, (len(text) + 3) // 4)
 
 
 @dataclass
@@ -111,15 +107,17 @@ async def _admit_fast(deps: TurnDeps, turn: repo.NewTurn) -> str | None:
     the budget (on the caller's connection), then one statement that checks the profile is
     `ready` with an agent and no turn is streaming, takes the lock and inserts the turn with
     its first event (committed on return). Only with a billing provider whose budget lives in
-    our database (`check_on`). Returns the agent id, or None when the full path must decide
-    (over budget, not provisioned, a streaming turn that may be stale, ...): it reports each
-    case in contract order, so an over-budget user without an agent still gets 409 first."""
-    check_on = getattr(deps.billing, "check_on", None)
-    if check_on is None or deps.settings.billing_provider == "litellm":
+    our database (its `ledger`) and whose route is not per user (this path fetches none).
+    Returns the agent id, or None when the full path must decide (over budget, not
+    provisioned, a streaming turn that may be stale, ...): it reports each case in contract
+    order, so an over-budget user without an agent still gets 409 first."""
+    billing = deps.billing
+    ledger = billing.ledger
+    if ledger is None or billing.per_user_llm_key:
         return None
     async with deps.runtime.db.acquire() as conn:
         try:
-            await check_on(conn, turn.user_id)
+            await ledger.check_on(conn, turn.user_id)
         except BudgetExceeded:
             return None
         try:
@@ -148,7 +146,7 @@ async def _admit(deps: TurnDeps, turn: repo.NewTurn) -> tuple[str, LLMRoute | No
     if isinstance(budget, BaseException):
         raise budget
     llm: LLMRoute | None = None
-    if deps.settings.billing_provider == "litellm":
+    if deps.billing.per_user_llm_key:
         llm = await deps.billing.llm_route(user_id)
 
     runtime = deps.runtime
@@ -282,8 +280,8 @@ def _reported_cost(extra: dict[str, Any]) -> float | None:
 async def _finish(deps: TurnDeps, run: TurnRun, content: str, outcome: _Outcome) -> None:
     usage = _usage_to_count(deps.agents.model_name, content, outcome)
     budget: Budget | None = None
-    # A provider that answers the budget from its charge needs no read before the final tx.
-    if outcome.error is None and not hasattr(deps.billing, "record_with_budget"):
+    # A ledger answers the budget from its charge: no read before the final transaction.
+    if outcome.error is None and deps.billing.ledger is None:
         try:
             budget = await deps.billing.get_budget(run.user_id)
         except Exception:  # the remaining budget is informative; never fail a turn for it
@@ -327,9 +325,9 @@ async def _store_final(
         async with runtime.db.transaction() as conn:
             cost = 0.0
             remaining: float | None = None
-            record_with_budget = getattr(deps.billing, "record_with_budget", None)
-            if usage is not None and record_with_budget is not None:
-                cost, after = await record_with_budget(conn, run.user_id, usage)
+            ledger = deps.billing.ledger
+            if usage is not None and ledger is not None:
+                cost, after = await ledger.record_with_budget(conn, run.user_id, usage)
                 remaining = after.remaining
             elif usage is not None:
                 cost = await deps.billing.record(conn, run.user_id, usage)

@@ -15,7 +15,7 @@ router = APIRouter(tags=["health"])
 PROBE_TIMEOUT_SECONDS = 3.0
 
 
-class DependencyState(BaseModel):
+class DependencyStateOut(BaseModel):
     status: str  # "up" | "down"
     latency_ms: float
     required: bool
@@ -23,9 +23,9 @@ class DependencyState(BaseModel):
     error: str | None = None
 
 
-class Readiness(BaseModel):
+class ReadinessOut(BaseModel):
     status: str  # "ready" | "not_ready"
-    dependencies: dict[str, DependencyState]
+    dependencies: dict[str, DependencyStateOut]
 
 
 async def _probe(check: Callable[[], Awaitable[Any]]) -> tuple[bool, float, str | None]:
@@ -45,7 +45,7 @@ async def live() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/health/ready", response_model=Readiness, responses={503: {"model": Readiness}})
+@router.get("/health/ready", response_model=ReadinessOut, responses={503: {"model": ReadinessOut}})
 async def ready(request: Request) -> JSONResponse:
     state = request.app.state.services
     checks: dict[str, tuple[str | None, Callable[[], Awaitable[Any]]]] = {
@@ -56,7 +56,7 @@ async def ready(request: Request) -> JSONResponse:
     }
     results = await asyncio.gather(*(_probe(fn) for _, fn in checks.values()))
     deps = {
-        name: DependencyState(
+        name: DependencyStateOut(
             status="up" if ok else "down",
             latency_ms=latency,
             required=True,
@@ -66,5 +66,5 @@ async def ready(request: Request) -> JSONResponse:
         for (name, (provider, _)), (ok, latency, error) in zip(checks.items(), results, strict=True)
     }
     healthy = all(d.status == "up" for d in deps.values() if d.required)
-    body = Readiness(status="ready" if healthy else "not_ready", dependencies=deps)
+    body = ReadinessOut(status="ready" if healthy else "not_ready", dependencies=deps)
     return JSONResponse(body.model_dump(), status_code=200 if healthy else 503)

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from app.auth.deps import CurrentUser
 from app.deps import LLMProxyDep
 from app.errors import error_responses
-from app.llm_proxy.schemas import ChatCompletionRequest
+from app.llm_proxy.schemas import ChatCompletionIn
 from app.ratelimit import RATE_LIMITED_RESPONSE, user_rate_limit
 
 router = APIRouter(prefix="/llm", tags=["llm"])
@@ -34,7 +34,7 @@ _ANSWERS: dict[int | str, dict[str, Any]] = {
     dependencies=[Depends(user_rate_limit)],
 )
 async def chat_completions(
-    request_body: ChatCompletionRequest,
+    request_body: ChatCompletionIn,
     user: CurrentUser,
     proxy: LLMProxyDep,
 ) -> JSONResponse | StreamingResponse:

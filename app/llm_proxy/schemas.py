@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionIn(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str | None = Field(default=None, max_length=200)

@@ -18,19 +18,15 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from app.db import Database
 from app.errors import AppError
-from app.providers.billing import BillingProvider, TokenUsage
-from app.providers.builtin.llm import (
-    LLMClients,
-    estimate_prompt_tokens,
-    estimate_tokens,
-)
+from app.providers.billing import BillingProvider, TokenUsage, estimate_tokens
+from app.providers.builtin.llm import LLMClients, estimate_prompt_tokens
 from app.usage.repository import add_usage
 
 logger = logging.getLogger(__name__)
@@ -72,7 +68,7 @@ class LLMProxy:
         """Starts the upstream call now, so that a refusal before the first chunk is an HTTP
         error status; afterwards failures are an OpenAI-style `error` data line."""
         client, body = await self._prepare(user_id, body)
-        chunks: AsyncIterator[dict[str, Any]] = client.stream(body)
+        chunks = client.stream(body)
         first = await chunks.__anext__()
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return self._relay(user_id, first, chunks, body, wants_usage)
@@ -81,7 +77,7 @@ class LLMProxy:
         self,
         user_id: UUID,
         first: dict[str, Any],
-        chunks: AsyncIterator[dict[str, Any]],
+        chunks: AsyncGenerator[dict[str, Any], None],
         body: dict[str, Any],
         wants_usage: bool,
     ) -> AsyncIterator[bytes]:
@@ -140,11 +136,9 @@ class LLMProxy:
             )
 
 
-async def _aclose(chunks: AsyncIterator[dict[str, Any]]) -> None:
-    aclose = getattr(chunks, "aclose", None)
-    if aclose is not None:
-        with contextlib.suppress(Exception):
-            await aclose()
+async def _aclose(chunks: AsyncGenerator[dict[str, Any], None]) -> None:
+    with contextlib.suppress(Exception):
+        await chunks.aclose()
 
 
 def _usage_from(raw: object, model: str) -> TokenUsage:

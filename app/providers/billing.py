@@ -52,6 +52,12 @@ class TokenUsage:
     cost: float | None = None  # when the upstream reported it (LiteLLM's response cost)
 
 
+def estimate_tokens(text: str) -> int:
+    """About four characters per token for English BPE vocabularies; good enough to bill by
+    when the upstream reports no usage, and always marked as an estimate (`estimated`)."""
+    return 0 if not text else max(1, (len(text) + 3) // 4)
+
+
 @dataclass(frozen=True)
 class DailySpend:
     day: date
@@ -61,8 +67,35 @@ class DailySpend:
     requests: int
 
 
+class LocalLedger(Protocol):
+    """A budget kept in our own database, checked and charged on the caller's connection, so
+    that chat admission and the turn's final transaction need no connection of their own."""
+
+    async def check_on(self, conn: Conn, user_id: UUID) -> Budget:
+        """`BillingProvider.check` on the caller's connection."""
+        ...
+
+    async def record_with_budget(
+        self, conn: Conn, user_id: UUID, usage: TokenUsage
+    ) -> tuple[float, Budget]:
+        """`BillingProvider.record`, also answering the budget as the charge left it."""
+        ...
+
+
 class BillingProvider(Protocol):
     name: str
+    # What callers may rely on is declared here, never probed for and never inferred from the
+    # provider's name:
+    per_user_llm_key: bool
+    """True: the LLM calls of the user's agent must carry the user's own key (`llm_route`),
+    because the upstream charges that key; provisioning gives the route to the agent and each
+    chat turn passes it. False: the route is the same for everyone and the agent needs none."""
+
+    @property
+    def ledger(self) -> LocalLedger | None:
+        """The budget in our own database when the provider keeps it there (the chat's fast
+        admission path and its one-statement charge use it); None when it lives upstream."""
+        ...
 
     async def ensure_account(self, user_id: UUID, email: str) -> BillingAccount:
         """Create the billing user and key once; later calls find and return them."""
@@ -102,5 +135,7 @@ __all__ = [
     "BudgetExceeded",
     "DailySpend",
     "LLMRoute",
+    "LocalLedger",
     "TokenUsage",
+    "estimate_tokens",
 ]

@@ -10,7 +10,7 @@ from app.auth.deps import CurrentUser
 from app.deps import BillingDep, DbDep, SettingsDep
 from app.errors import error_responses
 from app.usage import service
-from app.usage.schemas import BudgetOut, BudgetUpdate, UsageOut
+from app.usage.schemas import BudgetIn, BudgetOut, UsageOut
 
 router = APIRouter(prefix="/user", tags=["usage"])
 
@@ -49,6 +49,6 @@ async def get_budget(user: CurrentUser, billing: BillingDep) -> BudgetOut:
     summary="Change the budget: up to USER_MAX_BUDGET (403 above it); admins any amount",
 )
 async def set_budget(
-    body: BudgetUpdate, user: CurrentUser, billing: BillingDep, settings: SettingsDep
+    body: BudgetIn, user: CurrentUser, billing: BillingDep, settings: SettingsDep
 ) -> BudgetOut:
     return await service.change_budget(billing, settings, user, body.max_budget)

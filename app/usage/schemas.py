@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class UsageTotals(BaseModel):
+class UsageTotalsOut(BaseModel):
     messages: int = Field(description="Turns: one user message and its answer count as one")
     prompt_tokens: int
     completion_tokens: int
@@ -16,11 +16,11 @@ class UsageTotals(BaseModel):
     cost: float = Field(description="USD")
 
 
-class UsageDay(UsageTotals):
+class UsageDayOut(UsageTotalsOut):
     date: dt.date
 
 
-class ProviderDay(BaseModel):
+class ProviderDayOut(BaseModel):
     """One day of the billing provider's own accounting (LiteLLM's daily activity)."""
 
     date: dt.date
@@ -43,20 +43,20 @@ class BudgetOut(BaseModel):
 class UsageOut(BaseModel):
     start: dt.date
     end: dt.date
-    totals: UsageTotals
-    days: list[UsageDay] = Field(description="Every UTC day in [start, end], zeros included")
+    totals: UsageTotalsOut
+    days: list[UsageDayOut] = Field(description="Every UTC day in [start, end], zeros included")
     budget: BudgetOut | None = Field(
         description="The current budget; null when the billing service cannot be reached"
     )
     billing_provider: str
-    provider_days: list[ProviderDay] | None = Field(
+    provider_days: list[ProviderDayOut] | None = Field(
         default=None,
         description="The billing provider's own per-day spend beside ours (LiteLLM); "
         "null when it keeps none or cannot be reached",
     )
 
 
-class BudgetUpdate(BaseModel):
+class BudgetIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Strict: a JSON number only ("5" or true is a 422), finite and not negative.

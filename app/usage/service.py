@@ -15,10 +15,10 @@ from app.providers.billing import BillingProvider, Budget, DailySpend
 from app.usage import repository
 from app.usage.schemas import (
     BudgetOut,
-    ProviderDay,
-    UsageDay,
+    ProviderDayOut,
+    UsageDayOut,
     UsageOut,
-    UsageTotals,
+    UsageTotalsOut,
 )
 
 logger = logging.getLogger(__name__)
@@ -59,11 +59,11 @@ def budget_out(budget: Budget) -> BudgetOut:
     )
 
 
-def _provider_days(rows: list[DailySpend] | None) -> list[ProviderDay] | None:
+def _provider_days(rows: list[DailySpend] | None) -> list[ProviderDayOut] | None:
     if rows is None:
         return None
     return [
-        ProviderDay(
+        ProviderDayOut(
             date=r.day,
             spend=r.spend,
             prompt_tokens=r.prompt_tokens,
@@ -88,7 +88,7 @@ async def usage_report(
         return_exceptions=True,
     )
     budget: BudgetOut | None = None
-    provider_days: list[ProviderDay] | None = None
+    provider_days: list[ProviderDayOut] | None = None
     for result in (budget_result, activity_result):
         if isinstance(result, UpstreamUnavailable | UpstreamError):
             logger.warning("usage report without billing data: %s", result.code)
@@ -99,12 +99,12 @@ async def usage_report(
     if isinstance(activity_result, list) or activity_result is None:
         provider_days = _provider_days(activity_result)
 
-    days: list[UsageDay] = []
+    days: list[UsageDayOut] = []
     current = start
     while current <= end:
         row = stored.get(current)
         days.append(
-            UsageDay(
+            UsageDayOut(
                 date=current,
                 messages=row.messages if row else 0,
                 prompt_tokens=row.prompt_tokens if row else 0,
@@ -114,7 +114,7 @@ async def usage_report(
             )
         )
         current += timedelta(days=1)
-    totals = UsageTotals(
+    totals = UsageTotalsOut(
         messages=sum(d.messages for d in days),
         prompt_tokens=sum(d.prompt_tokens for d in days),
         completion_tokens=sum(d.completion_tokens for d in days),

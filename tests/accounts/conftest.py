@@ -28,6 +28,8 @@ VIRTUAL_KEY = "sk-virtual-key-never-shown-0123456789"
 @dataclass
 class FakeBilling:
     name: str = "fakebilling"
+    per_user_llm_key: bool = False  # True: behaves as LiteLLM does (a key per user)
+    ledger: None = None
     accounts: dict[UUID, BillingAccount] = field(default_factory=dict)
     calls: int = 0
     creations: int = 0

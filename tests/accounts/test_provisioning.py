@@ -113,8 +113,11 @@ async def test_defaults_and_no_route_with_builtin_billing(
 
 @pytest.fixture
 async def litellm_client(
-    settings_factory: Callable[..., Settings], make_app: Callable[[Settings], FastAPI]
+    settings_factory: Callable[..., Settings],
+    make_app: Callable[[Settings], FastAPI],
+    fakes: Fakes,
 ) -> AsyncIterator[httpx.AsyncClient]:
+    fakes.billing.per_user_llm_key = True  # as LiteLLM's billing declares
     application = make_app(
         settings_factory(
             billing_provider="litellm", password_hash_time_cost=1, password_hash_memory_kib=8192

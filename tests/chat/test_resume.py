@@ -248,6 +248,8 @@ async def test_litellm_billing_passes_the_users_route_to_the_agent(
     class RoutedBilling:
         """The app's billing, with a per-user route as LiteLLM gives."""
 
+        per_user_llm_key = True
+
         def __init__(self, inner: object) -> None:
             self._inner = inner
             self.asked: list[uuid.UUID] = []

@@ -45,7 +45,7 @@ from app.providers.agents import (
     ToolEvent,
     UsageEvent,
 )
-from app.providers.billing import LLMRoute
+from app.providers.billing import LLMRoute, estimate_tokens
 from app.providers.builtin.agent import context, repository
 from app.providers.builtin.agent.repository import AgentRow, MessageRow
 from app.providers.builtin.agent.tools import TOOLS, MemoryTools
@@ -54,7 +54,6 @@ from app.providers.builtin.llm import (
     ChatClient,
     LLMClients,
     estimate_prompt_tokens,
-    estimate_tokens,
     is_retryable,
 )
 

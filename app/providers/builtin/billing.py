@@ -24,7 +24,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -40,8 +39,10 @@ from app.providers.billing import (
     Budget,
     DailySpend,
     LLMRoute,
+    LocalLedger,
     TokenUsage,
 )
+from app.providers.builtin import billing_repository as repository
 
 # ---------------------------------------------------------------------------------------------
 # Durations and periods
@@ -209,75 +210,9 @@ def cost_of(table: PriceTable, usage: TokenUsage) -> float:
     return table.cost(usage.model, usage.prompt_tokens, usage.completion_tokens)
 
 
-def money(value: float) -> Decimal:
-    return Decimal(repr(float(value)))
-
-
-# ---------------------------------------------------------------------------------------------
-# The ledger (SQL of the `budgets` table)
-# ---------------------------------------------------------------------------------------------
-
-
-async def _insert_default(
-    conn: Conn, user_id: UUID, max_budget: float, duration: str, anchor: datetime
-) -> None:
-    await conn.execute(
-        """
-        insert into budgets (user_id, max_budget, budget_duration, period_anchor, period_start)
-        values ($1, $2, $3, $4, $4)
-        on conflict (user_id) do nothing
-        """,
-        user_id,
-        money(max_budget),
-        duration,
-        anchor,
-    )
-
-
-async def _select(conn: Conn, user_id: UUID) -> asyncpg.Record | None:
-    return await conn.fetchrow("select * from budgets where user_id = $1", user_id)
-
-
-async def _roll(conn: Conn, user_id: UUID, start: datetime) -> asyncpg.Record | None:
-    # Conditional, so that of two requests noticing the same ended period only one resets it
-    # (the other's WHERE fails after waiting for the row lock, and it re-reads).
-    return await conn.fetchrow(
-        """
-        update budgets set period_start = $2, spend = 0, updated_at = now()
-        where user_id = $1 and period_start < $2
-        returning *
-        """,
-        user_id,
-        start,
-    )
-
-
-async def _charge(conn: Conn, user_id: UUID, cost: float) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        """
-        update budgets set spend = spend + $2, updated_at = now()
-        where user_id = $1
-        returning *
-        """,
-        user_id,
-        money(cost),
-    )
-
-
-async def _set_max(conn: Conn, user_id: UUID, max_budget: float) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        """
-        update budgets set max_budget = $2, updated_at = now()
-        where user_id = $1
-        returning *
-        """,
-        user_id,
-        money(max_budget),
-    )
-
-
 class BuiltinBilling:
     name = "builtin"
+    per_user_llm_key = False  # one route for everyone; the spend is charged here
 
     def __init__(
         self,
@@ -302,11 +237,11 @@ class BuiltinBilling:
     async def _current_row(self, conn: Conn, user_id: UUID) -> asyncpg.Record:
         """The user's row with its period rolled forward to now; created with defaults if
         missing, so a user whose provisioning degraded can still read and use a budget."""
-        row = await _select(conn, user_id)
+        row = await repository.get(conn, user_id)
         if row is None:
             anchor = period_anchor(self._clock(), self._default_duration)
             try:
-                await _insert_default(
+                await repository.insert_default(
                     conn,
                     user_id,
                     self._settings.user_default_budget,
@@ -316,14 +251,14 @@ class BuiltinBilling:
             except asyncpg.ForeignKeyViolationError as exc:
                 # A valid token for an account that no longer exists.
                 raise NotFound("account not found") from exc
-            row = await _select(conn, user_id)
+            row = await repository.get(conn, user_id)
             if row is None:  # pragma: no cover - the insert above or a racer created it
                 raise RuntimeError("budget row vanished")
         duration = parse_duration(row["budget_duration"])
         start, _ = current_period(row["period_anchor"], duration, self._clock())
         if row["period_start"] < start:
-            rolled = await _roll(conn, user_id, start)
-            row = rolled if rolled is not None else await _select(conn, user_id)
+            rolled = await repository.roll(conn, user_id, start)
+            row = rolled if rolled is not None else await repository.get(conn, user_id)
             assert row is not None
         return row
 
@@ -340,6 +275,11 @@ class BuiltinBilling:
 
     # -- the port --------------------------------------------------------------------------
 
+    @property
+    def ledger(self) -> LocalLedger:
+        """This provider is its own ledger (`check_on`, `record_with_budget`)."""
+        return self
+
     async def ensure_account(self, user_id: UUID, email: str) -> BillingAccount:
         async with self._db.transaction() as conn:
             await self._current_row(conn, user_id)
@@ -354,7 +294,7 @@ class BuiltinBilling:
             raise ValueError("max_budget must be a finite non-negative number")
         async with self._db.transaction() as conn:
             await self._current_row(conn, user_id)
-            row = await _set_max(conn, user_id, max_budget)
+            row = await repository.set_max(conn, user_id, max_budget)
             assert row is not None
             return self._budget(row)
 
@@ -402,7 +342,7 @@ class BuiltinBilling:
         cost = self.cost_of(usage)
         # The charge first (one statement in the common case): it locks the row and answers
         # it, so the period can be checked after instead of read before.
-        row = await _charge(conn, user_id, cost)
+        row = await repository.charge(conn, user_id, cost)
         if row is not None:
             start, _ = current_period(
                 row["period_anchor"], parse_duration(row["budget_duration"]), self._clock()
@@ -412,10 +352,10 @@ class BuiltinBilling:
             # It landed on an ended period: start the current one (spend 0) and charge that.
             # A racer may have rolled it already; the conditional roll then does nothing and
             # the second charge adds to what the new period holds, so nothing is lost.
-            await _roll(conn, user_id, start)
+            await repository.roll(conn, user_id, start)
         else:
             await self._current_row(conn, user_id)  # no row yet: created with the defaults
-        row = await _charge(conn, user_id, cost)
+        row = await repository.charge(conn, user_id, cost)
         assert row is not None  # it exists now
         return cost, self._budget(row)
 
@@ -424,4 +364,4 @@ class BuiltinBilling:
 
     async def check_health(self) -> None:
         async with self._db.acquire() as conn:
-            await conn.fetchval("select count(*) from budgets where false")
+            await repository.probe(conn)

@@ -23,6 +23,7 @@ from jose import jwt
 
 from app.config import Settings
 from app.db import Conn, Database
+from app.providers.builtin import identity_repository as repository
 from app.providers.identity import (
     AuthSession,
     EmailTaken,
@@ -105,15 +106,8 @@ class BuiltinIdentity:
     async def _issue_refresh(self, conn: Conn, user_id: UUID, session_id: UUID) -> str:
         token = secrets.token_urlsafe(32)
         expires = datetime.now(UTC) + timedelta(seconds=self._settings.refresh_token_ttl_seconds)
-        await conn.execute(
-            """
-            insert into public.identity_refresh_tokens (token_hash, session_id, user_id, expires_at)
-            values ($1, $2, $3, $4)
-            """,
-            hash_refresh_token(token),
-            session_id,
-            user_id,
-            expires,
+        await repository.insert_refresh_token(
+            conn, hash_refresh_token(token), session_id, user_id, expires
         )
         return token
 
@@ -137,23 +131,10 @@ class BuiltinIdentity:
         user_id = uuid.uuid4()
         try:
             async with self._db.transaction() as conn:
-                row = await conn.fetchrow(
-                    """
-                    insert into auth.users (id, email, raw_user_meta_data, raw_app_meta_data)
-                    values ($1, $2, $3, $4)
-                    returning id, email, raw_user_meta_data, raw_app_meta_data, created_at
-                    """,
-                    user_id,
-                    normalize_email(email),
-                    metadata,
-                    _DEFAULT_APP_METADATA,
+                row = await repository.insert_user(
+                    conn, user_id, normalize_email(email), metadata, _DEFAULT_APP_METADATA
                 )
-                await conn.execute(
-                    "insert into public.identity_credentials (user_id, password_hash)"
-                    " values ($1, $2)",
-                    user_id,
-                    password_hash,
-                )
+                await repository.insert_credentials(conn, user_id, password_hash)
         except asyncpg.UniqueViolationError as exc:
             raise EmailTaken() from exc
         assert row is not None
@@ -161,20 +142,11 @@ class BuiltinIdentity:
 
     async def delete_user(self, user_id: UUID) -> None:
         async with self._db.transaction() as conn:
-            # Credentials, sessions, tokens and the profile go with it (on delete cascade).
-            await conn.execute("delete from auth.users where id = $1", user_id)
+            await repository.delete_user(conn, user_id)
 
     async def sign_in(self, email: str, password: str) -> AuthSession:
         async with self._db.acquire() as conn:
-            row = await conn.fetchrow(
-                """
-                select u.id, u.email, u.raw_user_meta_data, u.raw_app_meta_data, u.created_at,
-                       c.password_hash
-                from auth.users u join public.identity_credentials c on c.user_id = u.id
-                where u.email = $1
-                """,
-                normalize_email(email),
-            )
+            row = await repository.user_with_password(conn, normalize_email(email))
         if row is None:
             # Same work as a wrong password, so response time does not reveal accounts.
             await self._verify(await self._dummy(), password)
@@ -184,19 +156,10 @@ class BuiltinIdentity:
         if self._hasher.check_needs_rehash(row["password_hash"]):
             new_hash = await self._hash(password)
             async with self._db.transaction() as conn:
-                await conn.execute(
-                    "update public.identity_credentials set password_hash = $2,"
-                    " updated_at = now() where user_id = $1",
-                    row["id"],
-                    new_hash,
-                )
+                await repository.update_password_hash(conn, row["id"], new_hash)
         session_id = uuid.uuid4()
         async with self._db.transaction() as conn:
-            await conn.execute(
-                "insert into public.identity_sessions (id, user_id) values ($1, $2)",
-                session_id,
-                row["id"],
-            )
+            await repository.insert_session(conn, session_id, row["id"])
             refresh = await self._issue_refresh(conn, row["id"], session_id)
         return self._session(row, session_id, refresh)
 
@@ -205,38 +168,17 @@ class BuiltinIdentity:
         reused = False
         result: AuthSession | None = None
         async with self._db.transaction() as conn:
-            token = await conn.fetchrow(
-                """
-                select t.session_id, t.user_id, t.expires_at, t.rotated_at, s.revoked_at
-                from public.identity_refresh_tokens t
-                join public.identity_sessions s on s.id = t.session_id
-                where t.token_hash = $1
-                for update of t, s
-                """,
-                digest,
-            )
+            token = await repository.refresh_token_for_update(conn, digest)
             if token is None or token["revoked_at"] is not None:
                 raise InvalidRefreshToken()
             if token["rotated_at"] is not None:
-                await conn.execute(
-                    "update public.identity_sessions set revoked_at = now(),"
-                    " revoked_reason = 'refresh_token_reused' where id = $1",
-                    token["session_id"],
-                )
+                await repository.revoke_reused_session(conn, token["session_id"])
                 reused = True
             elif token["expires_at"] <= datetime.now(UTC):
                 raise InvalidRefreshToken()
             else:
-                await conn.execute(
-                    "update public.identity_refresh_tokens set rotated_at = now()"
-                    " where token_hash = $1",
-                    digest,
-                )
-                user = await conn.fetchrow(
-                    "select id, email, raw_user_meta_data, raw_app_meta_data, created_at"
-                    " from auth.users where id = $1",
-                    token["user_id"],
-                )
+                await repository.mark_rotated(conn, digest)
+                user = await repository.get_user(conn, token["user_id"])
                 if user is None:
                     raise InvalidRefreshToken()
                 new_token = await self._issue_refresh(conn, token["user_id"], token["session_id"])
@@ -256,18 +198,11 @@ class BuiltinIdentity:
         except ValueError:
             return
         async with self._db.transaction() as conn:
-            await conn.execute(
-                """
-                update public.identity_sessions set revoked_at = now(), revoked_reason = 'logout'
-                where id = $1 and user_id = $2 and revoked_at is null
-                """,
-                session,
-                user_id,
-            )
+            await repository.revoke_session_on_logout(conn, session, user_id)
 
     async def check(self) -> None:
         async with self._db.acquire() as conn:
-            await conn.fetchval("select 1 from public.identity_credentials limit 1")
+            await repository.probe(conn)
 
 
 def _user_from_row(row: asyncpg.Record) -> IdentityUser:

@@ -21,7 +21,7 @@ import json
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from typing import Any, Protocol
 
 import httpx
@@ -31,7 +31,7 @@ from openai.resources.chat.completions import AsyncCompletions
 
 from app.config import Settings
 from app.errors import AppError, BudgetExceeded, UpstreamError, UpstreamUnavailable
-from app.providers.billing import LLMRoute
+from app.providers.billing import LLMRoute, estimate_tokens
 
 
 class LLMUnavailable(UpstreamUnavailable):
@@ -67,8 +67,9 @@ class ChatClient(Protocol):
     model: str
     supports_tools: bool
 
-    def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """`chat.completion.chunk` dicts; the last one carries `usage`."""
+    def stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+        """`chat.completion.chunk` dicts; the last one carries `usage`. A generator, so a
+        caller that stops reading closes it (`aclose`) and the upstream call with it."""
         ...
 
     async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -76,13 +77,7 @@ class ChatClient(Protocol):
         ...
 
 
-# --- local token counting (when the upstream does not report usage) ---
-
-
-def estimate_tokens(text: str) -> int:
-    """About four characters per token for English BPE vocabularies; good enough to bill by
-    when nothing better is known, and always marked as an estimate."""
-    return 0 if not text else max(1, (len(text) + 3) // 4)
+# --- local token counting (when the upstream does not report usage; `estimate_tokens`) ---
 
 
 def message_text(message: dict[str, Any]) -> str:
@@ -233,7 +228,7 @@ class OpenAIChatClient:
         request.setdefault("messages", [])
         return request
 
-    async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         request = self._request(body)
         stream_options = dict(body.get("stream_options") or {})
         stream_options["include_usage"] = True

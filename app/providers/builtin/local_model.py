@@ -14,7 +14,7 @@ import importlib.util
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -212,7 +212,7 @@ class LocalChatClient:
                 request[key] = body[key]
         return request
 
-    async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         request = self._request(body)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:12]}"
         output: list[str] = []

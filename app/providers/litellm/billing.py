@@ -24,6 +24,7 @@ from app.providers.billing import (
     Budget,
     DailySpend,
     LLMRoute,
+    LocalLedger,
     TokenUsage,
 )
 from app.providers.builtin.billing import cost_of, parse_duration, period_boundary, price_table
@@ -49,6 +50,8 @@ def key_alias(user_id: UUID) -> str:
 
 class LiteLLMBilling:
     name = "litellm"
+    per_user_llm_key = True  # LiteLLM charges and limits the user's own virtual key
+    ledger: LocalLedger | None = None  # the budget lives in LiteLLM
 
     def __init__(self, settings: Settings, db: Database, http: httpx.AsyncClient) -> None:
         if not settings.litellm_base_url:

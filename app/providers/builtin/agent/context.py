@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from app.providers.billing import estimate_tokens
 from app.providers.builtin.agent.repository import BlockRow, MessageRow
-from app.providers.builtin.llm import estimate_tokens
 
 # Room kept free for the answer (and a margin for the token estimate) inside the context.
 ANSWER_RESERVE_TOKENS = 512

@@ -40,6 +40,7 @@ from app.providers.builtin.llm import LLMClients
 from app.providers.factory import Overrides, build_providers
 from app.providers.identity import IdentityProvider
 from app.ratelimit import Limiter, build_limiter
+from app.usage.service import UsageService
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class AppState:
     background: BackgroundTasks
     llm_proxy: LLMProxy
     agent_service: AgentService
+    usage_service: UsageService
 
 
 def http_client(settings: Settings) -> httpx.AsyncClient:
@@ -159,4 +161,5 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
         background=background,
         llm_proxy=LLMProxy(db, billing, llm, background.spawn),
         agent_service=AgentService(settings, db, agents, provisioner),
+        usage_service=UsageService(settings, db, billing),
     )

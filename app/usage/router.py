@@ -7,10 +7,9 @@ from datetime import date
 from fastapi import APIRouter, Query
 
 from app.auth.deps import CurrentUser
-from app.deps import BillingDep, DbDep, SettingsDep
 from app.errors import error_responses
-from app.usage import service
 from app.usage.schemas import BudgetIn, BudgetOut, UsageOut
+from app.usage.service import UsageServiceDep, resolve_range, utc_today
 
 router = APIRouter(prefix="/user", tags=["usage"])
 
@@ -23,13 +22,12 @@ router = APIRouter(prefix="/user", tags=["usage"])
 )
 async def get_usage(
     user: CurrentUser,
-    db: DbDep,
-    billing: BillingDep,
+    service: UsageServiceDep,
     start: date | None = Query(None, description="First UTC day (YYYY-MM-DD)"),
     end: date | None = Query(None, description="Last UTC day (YYYY-MM-DD); default today"),
 ) -> UsageOut:
-    first, last = service.resolve_range(start, end, service.utc_today())
-    return await service.usage_report(db, billing, user.sub, first, last)
+    first, last = resolve_range(start, end, utc_today())
+    return await service.report(user.sub, first, last)
 
 
 @router.get(
@@ -38,8 +36,8 @@ async def get_usage(
     responses=error_responses(401, 502, 503),
     summary="The current budget period: max, spend, remaining, reset time",
 )
-async def get_budget(user: CurrentUser, billing: BillingDep) -> BudgetOut:
-    return await service.read_budget(billing, user.sub)
+async def get_budget(user: CurrentUser, service: UsageServiceDep) -> BudgetOut:
+    return await service.read_budget(user.sub)
 
 
 @router.post(
@@ -48,7 +46,5 @@ async def get_budget(user: CurrentUser, billing: BillingDep) -> BudgetOut:
     responses=error_responses(401, 403, 422, 502, 503),
     summary="Change the budget: up to USER_MAX_BUDGET (403 above it); admins any amount",
 )
-async def set_budget(
-    body: BudgetIn, user: CurrentUser, billing: BillingDep, settings: SettingsDep
-) -> BudgetOut:
-    return await service.change_budget(billing, settings, user, body.max_budget)
+async def set_budget(body: BudgetIn, user: CurrentUser, service: UsageServiceDep) -> BudgetOut:
+    return await service.change_budget(user, body.max_budget)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, date, datetime, timedelta
+from typing import Annotated
 from uuid import UUID
+
+from fastapi import Depends, Request
 
 from app.auth.tokens import TokenClaims
 from app.config import Settings
@@ -74,7 +77,7 @@ def _provider_days(rows: list[DailySpend] | None) -> list[ProviderDayOut] | None
     ]
 
 
-async def usage_report(
+async def _usage_report(
     db: Database, billing: BillingProvider, user_id: UUID, start: date, end: date
 ) -> UsageOut:
     async with db.acquire() as conn:
@@ -132,18 +135,35 @@ async def usage_report(
     )
 
 
-async def read_budget(billing: BillingProvider, user_id: UUID) -> BudgetOut:
-    return budget_out(await billing.get_budget(user_id))
+class UsageService:
+    """The /user/usage and /user/budget use cases. Built once by the composition root."""
+
+    def __init__(self, settings: Settings, db: Database, billing: BillingProvider) -> None:
+        self._settings = settings
+        self._db = db
+        self._billing = billing
+
+    async def report(self, user_id: UUID, start: date, end: date) -> UsageOut:
+        return await _usage_report(self._db, self._billing, user_id, start, end)
+
+    async def read_budget(self, user_id: UUID) -> BudgetOut:
+        return budget_out(await self._billing.get_budget(user_id))
+
+    async def change_budget(self, caller: TokenClaims, max_budget: float) -> BudgetOut:
+        """A user may set any budget up to the plan ceiling (USER_MAX_BUDGET), lower or higher
+        than now; above it is a 403 (the value is valid, the caller may not set it). Admins:
+        any."""
+        ceiling = self._settings.user_max_budget
+        if not caller.is_admin and max_budget > ceiling:
+            raise Forbidden(
+                f"a budget above {ceiling:g} USD needs an administrator",
+                details={"max_allowed": ceiling},
+            )
+        return budget_out(await self._billing.set_budget(caller.sub, max_budget))
 
 
-async def change_budget(
-    billing: BillingProvider, settings: Settings, caller: TokenClaims, max_budget: float
-) -> BudgetOut:
-    """A user may set any budget up to the plan ceiling (USER_MAX_BUDGET), lower or higher than
-    now; above it is a 403 (the value is valid, the caller may not set it). Admins: any."""
-    if not caller.is_admin and max_budget > settings.user_max_budget:
-        raise Forbidden(
-            f"a budget above {settings.user_max_budget:g} USD needs an administrator",
-            details={"max_allowed": settings.user_max_budget},
-        )
-    return budget_out(await billing.set_budget(caller.sub, max_budget))
+async def _usage_service(request: Request) -> UsageService:
+    return request.app.state.services.usage_service  # type: ignore[no-any-return]
+
+
+UsageServiceDep = Annotated[UsageService, Depends(_usage_service)]

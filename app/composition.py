@@ -26,6 +26,7 @@ __all__ = ["AppState", "BackgroundTasks", "Overrides", "build_state", "http_clie
 import httpx
 
 from app.accounts.provisioning import Provisioner
+from app.accounts.service import AccountService
 from app.agents.service import AgentService
 from app.auth.tokens import TokenVerifier
 from app.chat.runtime import ChatRuntime
@@ -96,6 +97,7 @@ class AppState:
     llm: LLMClients
     background: BackgroundTasks
     llm_proxy: LLMProxy
+    account_service: AccountService
     agent_service: AgentService
     usage_service: UsageService
 
@@ -160,6 +162,7 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
         llm=llm,
         background=background,
         llm_proxy=LLMProxy(db, billing, llm, background.spawn),
+        account_service=AccountService(identity, db, provisioner),
         agent_service=AgentService(settings, db, agents, provisioner),
         usage_service=UsageService(settings, db, billing),
     )

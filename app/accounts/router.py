@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request, Response, status
 
-from app.accounts import service
-from app.accounts.provisioning import ProvisionerDep
 from app.accounts.schemas import (
     AuthOut,
     LoginIn,
@@ -17,8 +15,8 @@ from app.accounts.schemas import (
     RegisterIn,
     TokenOut,
 )
+from app.accounts.service import AccountServiceDep
 from app.auth.deps import CurrentUser
-from app.deps import DbDep, IdentityDep
 from app.errors import error_responses
 from app.ratelimit import RATE_LIMITED_RESPONSE, enforce_login_email_limit, ip_rate_limit
 
@@ -34,10 +32,8 @@ router = APIRouter()
     dependencies=[Depends(ip_rate_limit("register"))],
     summary="Create an account, its budget and its agent",
 )
-async def register(
-    body: RegisterIn, identity: IdentityDep, db: DbDep, provisioner: ProvisionerDep
-) -> AuthOut:
-    return await service.register(body, identity, db, provisioner)
+async def register(body: RegisterIn, service: AccountServiceDep) -> AuthOut:
+    return await service.register(body)
 
 
 @router.post(
@@ -50,12 +46,10 @@ async def register(
 async def login(
     request: Request,
     body: LoginIn,
-    identity: IdentityDep,
-    db: DbDep,
-    provisioner: ProvisionerDep,
+    service: AccountServiceDep,
 ) -> AuthOut:
     await enforce_login_email_limit(request, body.email)
-    return await service.login(body, identity, db, provisioner)
+    return await service.login(body)
 
 
 @router.post(
@@ -66,8 +60,8 @@ async def login(
     dependencies=[Depends(ip_rate_limit("refresh"))],
     summary="Exchange a refresh token for a new pair (the old one stops working)",
 )
-async def refresh(body: RefreshIn, identity: IdentityDep, db: DbDep) -> TokenOut:
-    return await service.refresh(body.refresh_token, identity, db)
+async def refresh(body: RefreshIn, service: AccountServiceDep) -> TokenOut:
+    return await service.refresh(body.refresh_token)
 
 
 @router.post(
@@ -81,10 +75,10 @@ async def refresh(body: RefreshIn, identity: IdentityDep, db: DbDep) -> TokenOut
 async def logout(
     request: Request,
     claims: CurrentUser,
-    identity: IdentityDep,
+    service: AccountServiceDep,
     body: LogoutIn | None = None,
 ) -> Response:
-    await service.logout(identity, request.state.access_token, claims)
+    await service.logout(request.state.access_token, claims)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -94,8 +88,8 @@ async def logout(
     tags=["auth"],
     responses=error_responses(401, 404),
 )
-async def me(claims: CurrentUser, db: DbDep) -> MeOut:
-    return await service.me(db, claims.sub)
+async def me(claims: CurrentUser, service: AccountServiceDep) -> MeOut:
+    return await service.me(claims.sub)
 
 
 @router.get(
@@ -104,8 +98,8 @@ async def me(claims: CurrentUser, db: DbDep) -> MeOut:
     tags=["user"],
     responses=error_responses(401, 404),
 )
-async def get_profile(claims: CurrentUser, db: DbDep) -> ProfileOut:
-    return await service.get_profile(db, claims.sub)
+async def get_profile(claims: CurrentUser, service: AccountServiceDep) -> ProfileOut:
+    return await service.get_profile(claims.sub)
 
 
 @router.patch(
@@ -114,5 +108,7 @@ async def get_profile(claims: CurrentUser, db: DbDep) -> ProfileOut:
     tags=["user"],
     responses=error_responses(401, 404, 422),
 )
-async def update_profile(body: ProfileIn, claims: CurrentUser, db: DbDep) -> ProfileOut:
-    return await service.update_profile(db, claims.sub, body.display_name)
+async def update_profile(
+    body: ProfileIn, claims: CurrentUser, service: AccountServiceDep
+) -> ProfileOut:
+    return await service.update_profile(claims.sub, body.display_name)

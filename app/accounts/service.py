@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Annotated
 from uuid import UUID
+
+from fastapi import Depends, Request
 
 from app.accounts import repository
 from app.accounts.provisioning import (
@@ -174,3 +177,41 @@ async def update_profile(db: Database, user_id: UUID, display_name: str | None) 
     if row is None:
         raise ProfileNotFound("no profile for this account")
     return _profile_out(row)
+
+
+class AccountService:
+    """The /auth and /user/profile use cases. Built once by the composition root; the steps
+    above take their dependencies explicitly, so each reads as what it touches."""
+
+    def __init__(self, identity: IdentityProvider, db: Database, provisioner: Provisioner) -> None:
+        self._identity = identity
+        self._db = db
+        self._provisioner = provisioner
+
+    async def register(self, body: RegisterIn) -> AuthOut:
+        return await register(body, self._identity, self._db, self._provisioner)
+
+    async def login(self, body: LoginIn) -> AuthOut:
+        return await login(body, self._identity, self._db, self._provisioner)
+
+    async def refresh(self, refresh_token: str) -> TokenOut:
+        return await refresh(refresh_token, self._identity, self._db)
+
+    async def logout(self, access_token: str, claims: TokenClaims) -> None:
+        await logout(self._identity, access_token, claims)
+
+    async def me(self, user_id: UUID) -> MeOut:
+        return await me(self._db, user_id)
+
+    async def get_profile(self, user_id: UUID) -> ProfileOut:
+        return await get_profile(self._db, user_id)
+
+    async def update_profile(self, user_id: UUID, display_name: str | None) -> ProfileOut:
+        return await update_profile(self._db, user_id, display_name)
+
+
+async def _account_service(request: Request) -> AccountService:
+    return request.app.state.services.account_service  # type: ignore[no-any-return]
+
+
+AccountServiceDep = Annotated[AccountService, Depends(_account_service)]

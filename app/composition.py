@@ -30,6 +30,7 @@ from app.accounts.service import AccountService
 from app.agents.service import AgentService
 from app.auth.tokens import TokenVerifier
 from app.chat.runtime import ChatRuntime
+from app.chat.turns import TurnDeps
 from app.config import Settings
 from app.database_server import resolve_database
 from app.db import Database, apply_migrations
@@ -97,6 +98,7 @@ class AppState:
     llm: LLMClients
     background: BackgroundTasks
     llm_proxy: LLMProxy
+    turns: TurnDeps
     account_service: AccountService
     agent_service: AgentService
     usage_service: UsageService
@@ -162,6 +164,7 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
         llm=llm,
         background=background,
         llm_proxy=LLMProxy(db, billing, llm, background.spawn),
+        turns=TurnDeps(settings, chat, agents, billing, provisioner),
         account_service=AccountService(identity, db, provisioner),
         agent_service=AgentService(settings, db, agents, provisioner),
         usage_service=UsageService(settings, db, billing),

@@ -9,7 +9,6 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
-from app.accounts.provisioning import ProvisionerDep
 from app.auth.deps import CurrentUser
 from app.chat import history as history_service
 from app.chat.runtime import ChatRuntime, get_runtime
@@ -17,7 +16,7 @@ from app.chat.schemas import SSE_RESPONSE, ExportFormat, HistoryPageOut, Message
 from app.chat.sse import TurnEventStream
 from app.chat.stream import EventBatches, follow_run, open_turn_events
 from app.chat.turns import TurnDeps, start_turn
-from app.deps import AgentsDep, BillingDep, DbDep, SettingsDep
+from app.deps import DbDep, SettingsDep
 from app.errors import ValidationFailed, error_responses
 
 router = APIRouter(prefix="/chat", tags=["chat"])
@@ -29,6 +28,14 @@ async def _runtime(request: Request) -> ChatRuntime:
 
 
 RuntimeDep = Annotated[ChatRuntime, Depends(_runtime)]
+
+
+async def _turns(request: Request) -> TurnDeps:
+    return request.app.state.services.turns  # type: ignore[no-any-return]
+
+
+# What a turn needs, built once by the composition root (not per message).
+TurnsDep = Annotated[TurnDeps, Depends(_turns)]
 
 
 def _sse(events: EventBatches, ping_seconds: float) -> TurnEventStream:
@@ -43,18 +50,9 @@ def _sse(events: EventBatches, ping_seconds: float) -> TurnEventStream:
     response_class=TurnEventStream,
     responses={**SSE_RESPONSE, **error_responses(402, 404, 409, 422, 502, 503)},
 )
-async def send_message(
-    body: MessageIn,
-    user: CurrentUser,
-    settings: SettingsDep,
-    runtime: RuntimeDep,
-    agents: AgentsDep,
-    billing: BillingDep,
-    provisioner: ProvisionerDep,
-) -> TurnEventStream:
-    deps = TurnDeps(settings, runtime, agents, billing, provisioner)
-    run = await start_turn(deps, user.sub, body.content)
-    return _sse(follow_run(run, 0), settings.sse_ping_seconds)
+async def send_message(body: MessageIn, user: CurrentUser, turns: TurnsDep) -> TurnEventStream:
+    run = await start_turn(turns, user.sub, body.content)
+    return _sse(follow_run(run, 0), turns.settings.sse_ping_seconds)
 
 
 def _last_event_id(value: str | None) -> int:

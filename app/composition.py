@@ -29,6 +29,7 @@ from app.accounts.provisioning import Provisioner
 from app.accounts.service import AccountService
 from app.agents.service import AgentService
 from app.auth.tokens import TokenVerifier
+from app.chat.history import ChatHistory
 from app.chat.runtime import ChatRuntime
 from app.chat.turns import TurnDeps
 from app.config import Settings
@@ -99,6 +100,7 @@ class AppState:
     background: BackgroundTasks
     llm_proxy: LLMProxy
     turns: TurnDeps
+    chat_history: ChatHistory
     account_service: AccountService
     agent_service: AgentService
     usage_service: UsageService
@@ -165,6 +167,7 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
         background=background,
         llm_proxy=LLMProxy(db, billing, llm, background.spawn),
         turns=TurnDeps(settings, chat, agents, billing, provisioner),
+        chat_history=ChatHistory(db),
         account_service=AccountService(identity, db, provisioner),
         agent_service=AgentService(settings, db, agents, provisioner),
         usage_service=UsageService(settings, db, billing),

@@ -7,7 +7,10 @@ import binascii
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from typing import Annotated
 from uuid import UUID
+
+from fastapi import Depends, Request
 
 from app.chat import repository as repo
 from app.chat.repository import TurnRow
@@ -124,3 +127,26 @@ async def export_stream(
     async with db.transaction() as conn:
         async for row in repo.export_turns(conn, user_id):
             yield render(row).encode()
+
+
+class ChatHistory:
+    """History, search and export of a user's turns. Built once by the composition root."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def page(self, user_id: UUID, *, limit: int, before: str | None) -> HistoryPageOut:
+        return await history(self._db, user_id, limit=limit, before=before)
+
+    async def search(self, user_id: UUID, query: str, *, limit: int) -> SearchResultsOut:
+        return await search(self._db, user_id, query, limit=limit)
+
+    def export(self, user_id: UUID, fmt: ExportFormat, now: datetime) -> AsyncIterator[bytes]:
+        return export_stream(self._db, user_id, fmt, now)
+
+
+async def _chat_history(request: Request) -> ChatHistory:
+    return request.app.state.services.chat_history  # type: ignore[no-any-return]
+
+
+ChatHistoryDep = Annotated[ChatHistory, Depends(_chat_history)]

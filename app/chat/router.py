@@ -11,12 +11,13 @@ from fastapi.responses import StreamingResponse
 
 from app.auth.deps import CurrentUser
 from app.chat import history as history_service
+from app.chat.history import ChatHistoryDep
 from app.chat.runtime import ChatRuntime, get_runtime
 from app.chat.schemas import SSE_RESPONSE, ExportFormat, HistoryPageOut, MessageIn, SearchResultsOut
 from app.chat.sse import TurnEventStream
 from app.chat.stream import EventBatches, follow_run, open_turn_events
 from app.chat.turns import TurnDeps, start_turn
-from app.deps import DbDep, SettingsDep
+from app.deps import SettingsDep
 from app.errors import ValidationFailed, error_responses
 
 router = APIRouter(prefix="/chat", tags=["chat"])
@@ -92,11 +93,11 @@ async def turn_events(
 )
 async def history(
     user: CurrentUser,
-    db: DbDep,
+    chats: ChatHistoryDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     before: Annotated[str | None, Query(max_length=200, description="next_cursor")] = None,
 ) -> HistoryPageOut:
-    return await history_service.history(db, user.sub, limit=limit, before=before)
+    return await chats.page(user.sub, limit=limit, before=before)
 
 
 @router.get(
@@ -107,11 +108,11 @@ async def history(
 )
 async def search_history(
     user: CurrentUser,
-    db: DbDep,
+    chats: ChatHistoryDep,
     q: Annotated[str, Query(min_length=1, max_length=500)],
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> SearchResultsOut:
-    return await history_service.search(db, user.sub, q, limit=limit)
+    return await chats.search(user.sub, q, limit=limit)
 
 
 @router.get(
@@ -128,13 +129,13 @@ async def search_history(
 )
 async def export(
     user: CurrentUser,
-    db: DbDep,
+    chats: ChatHistoryDep,
     format: Annotated[ExportFormat, Query()] = "json",  # noqa: A002 - the public query name
 ) -> StreamingResponse:
     now = datetime.now(UTC)
     filename = history_service.export_filename(format, now)
     return StreamingResponse(
-        history_service.export_stream(db, user.sub, format, now),
+        chats.export(user.sub, format, now),
         media_type=history_service.MEDIA_TYPES[format],
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )

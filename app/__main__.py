@@ -23,7 +23,7 @@ def main() -> None:
         proxy_headers=True,
         timeout_graceful_shutdown=30,
         log_config=None,  # our logging setup (JSON in production, request ids)
-        access_log=False,  # app.middleware logs one line per request, with its request id
+        access_log=False,  # app.platform.middleware logs one line per request, with its request id
     )
 
 

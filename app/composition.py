@@ -33,10 +33,10 @@ from app.chat.history import ChatHistory
 from app.chat.runtime import ChatRuntime
 from app.chat.turns import TurnDeps
 from app.config import Settings
-from app.database_server import resolve_database
-from app.db import Database, apply_migrations
-from app.http_transport import AppHTTPClient, ShardedTransport, check_backend
 from app.llm_proxy.service import LLMProxy
+from app.platform.database_server import resolve_database
+from app.platform.db import Database, apply_migrations
+from app.platform.http_transport import AppHTTPClient, ShardedTransport, check_backend
 from app.providers.agents import AgentProvider
 from app.providers.billing import BillingProvider
 from app.providers.builtin.llm import LLMClients
@@ -116,7 +116,7 @@ def http_client(settings: Settings) -> httpx.AsyncClient:
     # Every streaming chat turn holds one connection to the agent upstream for its length, so
     # the bound is on concurrent turns per process (the benchmark runs 1000), not on requests;
     # the idle ones kept alive spare the next turns a TCP/TLS handshake. Small pools: see
-    # app/http_transport.py (one big httpcore pool costs O(connections) per request).
+    # app/platform/http_transport.py (one big httpcore pool costs O(connections) per request).
     limits = httpx.Limits(max_connections=4096)  # keep-alive: per pool, see ShardedTransport
     return AppHTTPClient(timeout=timeout, transport=ShardedTransport(limits=limits))
 

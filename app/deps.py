@@ -14,7 +14,7 @@ import httpx
 from fastapi import Depends, Request
 
 from app.config import Settings
-from app.db import Database
+from app.platform.db import Database
 from app.providers.agents import AgentProvider
 from app.providers.billing import BillingProvider
 from app.providers.identity import IdentityProvider

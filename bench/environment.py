@@ -21,7 +21,7 @@ import asyncpg
 import httpx
 from jose import jwt
 
-from app.db import migrate
+from app.platform.db import migrate
 from bench.sim_letta import agent_id_for_user
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,7 +110,7 @@ async def _ensure_billing(dsn: str, users: list[BenchUser]) -> None:
     """The budget rows, made by the built-in billing provider itself (through its port), so
     the seed never drifts from what that provider expects."""
     from app.config import Settings
-    from app.db import Database
+    from app.platform.db import Database
     from app.providers.builtin.billing import BuiltinBilling
 
     # A large budget: the bench measures streaming, it must never be refused with 402.

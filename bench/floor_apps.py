@@ -5,8 +5,9 @@ backend's CPU per turn is the stack and how much is ours.
 Each answers `POST /api/v1/chat/message` `{content}` by streaming the simulated Letta turn and
 re-emitting each assistant fragment as an SSE `delta` (then `done`), the shape the load
 generator reads:
-- `stack`: FastAPI + StreamingResponse + httpx (over app.http_transport.ShardedTransport, as
-  the backend uses it), the chosen stack's relay;
+- `stack`: FastAPI + StreamingResponse + httpx (over
+  app.platform.http_transport.ShardedTransport, as the backend uses it), the chosen stack's
+  relay;
 - `fastapi_raw`: FastAPI + StreamingResponse, the upstream read over a raw asyncio stream;
 - `raw`: a plain ASGI callable and the raw asyncio upstream (the Python floor).
 The upstream is `SIM_URL` (a `bench.sim_letta` server, chunked transfer encoding).
@@ -25,7 +26,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from app.http_transport import ShardedTransport
+from app.platform.http_transport import ShardedTransport
 
 SIM_URL = os.environ.get("SIM_URL", "http://127.0.0.1:8283")
 _SIM = urlparse(SIM_URL)

@@ -15,8 +15,8 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from app.config import Settings
-from app.db import migrate
 from app.main import create_app
+from app.platform.db import migrate
 
 # Shared helpers (the scripted LLM server, ...) for every feature's tests.
 pytest_plugins = ["tests.support.fixtures"]

@@ -16,9 +16,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from app import database_server, embedded_pg
 from app.config import Settings
-from app.db import discover_migrations, migrate
+from app.platform import database_server, embedded_pg
+from app.platform.db import discover_migrations, migrate
 
 IS_ROOT = os.geteuid() == 0
 
@@ -170,7 +170,7 @@ _NON_ROOT_SCRIPT = """
 import asyncio, os, sys
 from pathlib import Path
 import asyncpg
-from app.embedded_pg import start_embedded
+from app.platform.embedded_pg import start_embedded
 
 async def main() -> None:
     server = await start_embedded(Path(sys.argv[1]))

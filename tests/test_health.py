@@ -15,8 +15,8 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from app.config import Settings
-from app.db import Database
 from app.main import create_app
+from app.platform.db import Database
 
 DEPENDENCIES = {"database", "identity", "billing", "agent"}
 

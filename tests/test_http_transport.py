@@ -15,7 +15,12 @@ import httpx
 import pytest
 import respx
 
-from app.http_transport import AppHTTPClient, AsyncioBackend, ShardedTransport, release_response
+from app.platform.http_transport import (
+    AppHTTPClient,
+    AsyncioBackend,
+    ShardedTransport,
+    release_response,
+)
 
 
 async def test_requests_fill_pools_in_order_and_are_counted_until_closed() -> None:
@@ -241,11 +246,11 @@ def test_the_backend_swap_is_checked_and_reported(caplog: pytest.LogCaptureFixtu
 
     import httpcore
 
-    from app import http_transport
+    from app.platform import http_transport
 
     transport = ShardedTransport(limits=httpx.Limits(max_connections=8), shards=2)
     assert transport.uses_asyncio_backend
-    with caplog.at_level(logging.WARNING, logger="app.http_transport"):
+    with caplog.at_level(logging.WARNING, logger="app.platform.http_transport"):
         assert http_transport.check_backend(transport)
     assert caplog.records == []
 
@@ -255,6 +260,6 @@ def test_the_backend_swap_is_checked_and_reported(caplog: pytest.LogCaptureFixtu
     other = httpx.AsyncHTTPTransport()
     other._pool = OtherPool()  # type: ignore[assignment]  # noqa: SLF001
     assert not http_transport._use_backend(other, http_transport.AsyncioBackend())  # noqa: SLF001
-    with caplog.at_level(logging.WARNING, logger="app.http_transport"):
+    with caplog.at_level(logging.WARNING, logger="app.platform.http_transport"):
         assert not http_transport.check_backend(other)
     assert any("NOT in use" in r.getMessage() for r in caplog.records)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from app.db import apply_migrations, discover_migrations
+from app.platform.db import apply_migrations, discover_migrations
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/test"
 OPERATIONS = {"SELECT", "INSERT", "UPDATE", "DELETE"}

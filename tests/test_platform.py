@@ -16,8 +16,8 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from app.config import Settings
-from app.logging_setup import redact
 from app.main import create_app
+from app.platform.logging_setup import redact
 
 ORIGIN = "https://app.example.org"
 REAL = "k3J9x-7QpL2mZ8vR4tW1yB6nC0dF5gH"
@@ -337,8 +337,8 @@ async def test_the_database_pool_is_opened_whole_at_startup(
 
 def test_one_access_line_per_request_ours_not_uvicorns() -> None:
     """uvicorn writes its access line only when `uvicorn.access` reaches a handler; ours
-    (app.middleware, with the request id) is the only one."""
-    from app.logging_setup import configure_logging
+    (app.platform.middleware, with the request id) is the only one."""
+    from app.platform.logging_setup import configure_logging
 
     configure_logging("INFO", json_logs=False)
     assert not logging.getLogger("uvicorn.access").hasHandlers()

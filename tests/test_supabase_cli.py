@@ -18,7 +18,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from app.db import discover_migrations, migrate
+from app.platform.db import discover_migrations, migrate
 
 pytestmark = pytest.mark.skipif(
     shutil.which("npx") is None, reason="Node's npx is not on PATH: the Supabase CLI needs it"

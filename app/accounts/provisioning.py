@@ -27,8 +27,8 @@ from app.accounts import repository
 from app.accounts.repository import ProfileRow
 from app.accounts.schemas import AgentStatus, ProvisioningStatus
 from app.config import Settings
-from app.db import Database
 from app.errors import AppError, NotFound
+from app.platform.db import Database
 from app.providers.agents import AgentInfo, AgentProvider
 from app.providers.billing import BillingAccount, BillingProvider, LLMRoute
 

@@ -8,7 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
-from app.db import Conn
+from app.platform.db import Conn
 
 
 @dataclass(frozen=True)

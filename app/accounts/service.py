@@ -29,7 +29,7 @@ from app.accounts.schemas import (
     UserOut,
 )
 from app.auth.tokens import TokenClaims
-from app.db import Database
+from app.platform.db import Database
 from app.providers.identity import AuthSession, IdentityProvider
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from uuid import UUID
 
-from app.db import Conn
+from app.platform.db import Conn
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from app.agents.schemas import (
     PassagePageOut,
 )
 from app.config import Settings
-from app.db import Database
 from app.errors import Conflict
+from app.platform.db import Database
 from app.providers.agents import AgentNotFound, AgentProvider, PassagePage, ResetMode
 
 T = TypeVar("T")

@@ -15,8 +15,8 @@ from fastapi import Depends, Request
 from app.chat import repository as repo
 from app.chat.repository import TurnRow
 from app.chat.schemas import ExportFormat, HistoryPageOut, SearchResultsOut, TurnOut
-from app.db import Database
 from app.errors import ValidationFailed
+from app.platform.db import Database
 
 
 class InvalidCursor(ValidationFailed):

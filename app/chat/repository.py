@@ -15,7 +15,7 @@ from uuid import UUID
 import asyncpg
 
 from app.chat.events import EventName, TurnEvent, error_data
-from app.db import Conn
+from app.platform.db import Conn
 
 _TURN_COLUMNS = """
     id, user_id, user_message, assistant_response, status, error, model, prompt_tokens,

@@ -28,7 +28,7 @@ from uuid import UUID
 from app.chat import repository as repo
 from app.chat.events import EventName, TurnEvent
 from app.config import Settings
-from app.db import Database
+from app.platform.db import Database
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

@@ -23,8 +23,8 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from app.db import Database
 from app.errors import AppError
+from app.platform.db import Database
 from app.providers.billing import BillingProvider, TokenUsage, estimate_tokens
 from app.providers.builtin.llm import LLMClients, estimate_prompt_tokens
 from app.usage.repository import add_usage

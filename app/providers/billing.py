@@ -7,8 +7,8 @@ from datetime import date, datetime
 from typing import Protocol
 from uuid import UUID
 
-from app.db import Conn
 from app.errors import BudgetExceeded
+from app.platform.db import Conn
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import httpx
 
 from app.auth.tokens import JwksCache, TokenVerifier
 from app.config import Settings
-from app.db import Database
+from app.platform.db import Database
 from app.providers.agents import AgentProvider
 from app.providers.billing import BillingProvider
 from app.providers.builtin.llm import LLMClients

@@ -7,7 +7,7 @@ from datetime import date
 from decimal import Decimal
 from uuid import UUID
 
-from app.db import Conn
+from app.platform.db import Conn
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from fastapi import Depends, Request
 
 from app.auth.tokens import TokenClaims
 from app.config import Settings
-from app.db import Database
 from app.errors import Forbidden, UpstreamError, UpstreamUnavailable, ValidationFailed
+from app.platform.db import Database
 from app.providers.billing import BillingProvider, Budget, DailySpend
 from app.usage import repository
 from app.usage.schemas import (

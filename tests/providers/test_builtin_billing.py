@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 
 from app.config import ConfigError, Settings
-from app.db import Database
 from app.errors import BudgetExceeded, NotFound
+from app.platform.db import Database
 from app.providers.billing import TokenUsage
 from app.providers.builtin.billing import (
     BuiltinBilling,

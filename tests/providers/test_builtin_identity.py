@@ -12,7 +12,7 @@ import pytest
 from jose import jwt
 
 from app.config import Settings
-from app.db import Database
+from app.platform.db import Database
 from app.providers.builtin.identity import BuiltinIdentity
 from app.providers.factory import build_verifier
 from app.providers.identity import EmailTaken, InvalidCredentials, InvalidRefreshToken

@@ -20,8 +20,8 @@ import respx
 
 from app.config import ConfigError, Settings
 from app.crypto import SecretBox
-from app.db import Database
 from app.errors import BudgetExceeded, UpstreamError, UpstreamUnavailable
+from app.platform.db import Database
 from app.providers.billing import TokenUsage
 from app.providers.litellm.billing import LiteLLMBilling
 from app.providers.litellm.errors import LiteLLMUnavailable, is_budget_exceeded

@@ -25,8 +25,8 @@ from typing import Any
 from uuid import UUID
 
 from app.config import Settings
-from app.db import Database
 from app.errors import AppError, UpstreamUnavailable
+from app.platform.db import Database
 from app.providers.agents import (
     AgentEvent,
     AgentInfo,

@@ -32,8 +32,8 @@ from uuid import UUID
 import asyncpg
 
 from app.config import ConfigError, Settings
-from app.db import Conn, Database
 from app.errors import BudgetExceeded, NotFound
+from app.platform.db import Conn, Database
 from app.providers.billing import (
     BillingAccount,
     Budget,

@@ -9,7 +9,7 @@ from uuid import UUID
 
 import asyncpg
 
-from app.db import Conn
+from app.platform.db import Conn
 
 
 def money(value: float) -> Decimal:

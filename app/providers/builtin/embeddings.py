@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import openai
 
 from app.config import Settings
-from app.db import Database
+from app.platform.db import Database
 from app.providers.builtin.agent import repository
 from app.providers.builtin.llm import LLMClients
 

@@ -22,7 +22,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from jose import jwt
 
 from app.config import Settings
-from app.db import Conn, Database
+from app.platform.db import Conn, Database
 from app.providers.builtin import identity_repository as repository
 from app.providers.identity import (
     AuthSession,

@@ -9,7 +9,7 @@ from uuid import UUID
 
 import asyncpg
 
-from app.db import Conn
+from app.platform.db import Conn
 
 
 async def insert_user(

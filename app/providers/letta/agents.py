@@ -36,7 +36,7 @@ from letta_client import AsyncLetta, Omit, omit
 
 from app.config import Settings
 from app.errors import NotFound, UpstreamError, UpstreamUnavailable
-from app.http_transport import release_response
+from app.platform.http_transport import release_response
 from app.providers.agents import (
     AgentEvent,
     AgentInfo,

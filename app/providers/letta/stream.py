@@ -35,7 +35,7 @@ from typing import Any, Literal
 import httpx
 import letta_client
 
-from app.http_transport import release_response
+from app.platform.http_transport import release_response
 from app.providers.agents import (
     AgentEvent,
     DeltaEvent,

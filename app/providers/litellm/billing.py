@@ -17,8 +17,8 @@ import httpx
 
 from app.config import ConfigError, Settings
 from app.crypto import DecryptionError, SecretBox
-from app.db import Conn, Database
 from app.errors import NotFound
+from app.platform.db import Conn, Database
 from app.providers.billing import (
     BillingAccount,
     Budget,

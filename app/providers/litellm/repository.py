@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
-from app.db import Conn
+from app.platform.db import Conn
 
 
 async def get_key_ciphertext(conn: Conn, user_id: UUID) -> str | None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from app.config import Settings
-from app.db import Database
+from app.platform.db import Database
 from app.providers.agents import (
     BlockLimitExceeded,
     BlockNotFound,

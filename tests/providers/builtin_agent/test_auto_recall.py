@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from app.config import Settings
-from app.db import Database
+from app.platform.db import Database
 from app.providers.agents import UsageEvent
 from app.providers.builtin.agent import context
 from app.providers.builtin.agents import BuiltinAgents

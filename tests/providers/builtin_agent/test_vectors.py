@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from app import embedded_pg
 from app.config import Settings
-from app.db import Database, migrate
+from app.platform import embedded_pg
+from app.platform.db import Database, migrate
 from app.providers.agents import ToolEvent
 from app.providers.builtin.agents import BuiltinAgents
 from app.providers.builtin.embeddings import embeddings_config

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from app.db import Conn
+from app.platform.db import Conn
 from app.providers.agents import MemoryBlock, Passage
 
 if TYPE_CHECKING:  # embeddings.py imports this module

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from app.db import Database
+from app.platform.db import Database
 from app.providers.builtin.agent import repository
 from app.providers.builtin.agent.repository import AgentRow
 from app.providers.builtin.embeddings import ArchivalVectors

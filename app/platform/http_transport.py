@@ -294,7 +294,7 @@ def check_backend(transport: httpx.AsyncBaseTransport) -> bool:
     if installed != MEASURED_WITH:
         logger.warning(
             "http transport: measured with %s, running with %s; check the backend swap "
-            "(app/http_transport.py) and re-run make bench",
+            "(app/platform/http_transport.py) and re-run make bench",
             MEASURED_WITH,
             installed,
         )

@@ -104,7 +104,7 @@ def configure_logging(level: str, json_logs: bool) -> None:
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    # app.middleware writes one access line per request (with its request id, without the
+    # app.platform.middleware writes one access line per request (with its request id, without the
     # query string); uvicorn's own would be a second one. uvicorn logs access lines only when
     # its logger has a handler somewhere up the chain, so it must not propagate to ours.
     access = logging.getLogger("uvicorn.access")

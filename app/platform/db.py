@@ -20,7 +20,7 @@ import asyncpg
 logger = logging.getLogger(__name__)
 
 Conn: TypeAlias = asyncpg.Connection
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "supabase" / "migrations"
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "supabase" / "migrations"
 _MIGRATION_NAME = re.compile(r"^(\d{14})_([a-z0-9_]+)\.sql$")
 # Any fixed 64-bit number: serializes migration runs of several app instances.
 _MIGRATION_LOCK_KEY = 7_340_221_903_118

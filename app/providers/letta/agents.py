@@ -257,7 +257,6 @@ class LettaAgents:
             if llm is not None and routed:
                 await self._bind_to_user_key(existing.id, user_id, llm)
             return existing
-        limit = self._settings.core_memory_block_limit
         model: dict[str, Any] = {"model": self._settings.letta_model}
         if llm is not None and routed:
             await self._providers.ensure(user_id, llm)
@@ -266,13 +265,17 @@ class LettaAgents:
             **self._identity(user_id),
             **model,
             "embedding": self._settings.letta_embedding,
-            "memory_blocks": [
-                {"label": "persona", "value": persona, "limit": limit},
-                {"label": "human", "value": human, "limit": limit},
-            ],
+            "memory_blocks": self._default_blocks(persona, human),
         }
         # Created once, never retried: after a timeout the next ensure finds it by its tag.
         return self._info(await self._write(self._post_json("/v1/agents/", body)))
+
+    def _default_blocks(self, persona: str, human: str) -> list[dict[str, Any]]:
+        limit = self._settings.core_memory_block_limit
+        return [
+            {"label": "persona", "value": persona, "limit": limit},
+            {"label": "human", "value": human, "limit": limit},
+        ]
 
     def _identity(self, user_id: UUID) -> dict[str, Any]:
         return {
@@ -303,9 +306,7 @@ class LettaAgents:
             meta = await self._agent_meta(agent_id)
         except AgentNotFound:
             return  # already gone
-        with contextlib.suppress(AgentNotFound):
-            await self._write(self._client.agents.delete(agent_id))
-        self._meta.pop(agent_id, None)
+        await self._delete_agent(agent_id)
         if meta.user_id is not None:
             # The user's BYOK provider holds their key: it goes with their agent.
             await self._providers.remove(meta.user_id)
@@ -530,7 +531,6 @@ class LettaAgents:
             raise UpstreamError("the agent is not linked to a user", code="agent_upstream_error")
         blocks = (await self._read(lambda: self._client.agents.blocks.list(agent_id))).items
         archives = await self._archive_ids(agent_id)
-        limit = self._settings.core_memory_block_limit
         body: dict[str, Any] = {
             **self._identity(user_id),
             # The old agent's model and embedding configuration, verbatim: with LiteLLM
@@ -540,10 +540,7 @@ class LettaAgents:
         }
         if mode == "full":
             await self._purge_passages(agent_id)
-            body["memory_blocks"] = [
-                {"label": "persona", "value": persona, "limit": limit},
-                {"label": "human", "value": human, "limit": limit},
-            ]
+            body["memory_blocks"] = self._default_blocks(persona, human)
         else:
             body["memory_blocks"] = []
             body["block_ids"] = [str(b.id) for b in blocks]

@@ -31,6 +31,7 @@ from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from app.auth.deps import CurrentUser
 from app.config import ConfigError, Settings
+from app.deps import services
 from app.errors import ErrorEnvelope, RateLimited
 
 logger = logging.getLogger(__name__)
@@ -200,7 +201,7 @@ async def _close_memory(storage: MemoryStorage) -> None:
 
 
 def _limiter(request: Request) -> Limiter:
-    return request.app.state.services.limiter  # type: ignore[no-any-return]
+    return services(request).limiter
 
 
 def client_ip(request: Request) -> str:

@@ -27,6 +27,7 @@ from app.accounts import repository
 from app.accounts.repository import ProfileRow
 from app.accounts.schemas import AgentStatus, ProvisioningStatus
 from app.config import Settings
+from app.deps import services
 from app.errors import AppError, NotFound
 from app.platform.db import Database
 from app.providers.agents import AgentInfo, AgentProvider
@@ -202,7 +203,7 @@ class Provisioner:
 
 async def _provisioner(request: Request) -> Provisioner:
     # async: a sync dependency would go through the threadpool on every request
-    return request.app.state.services.provisioner  # type: ignore[no-any-return]
+    return services(request).provisioner
 
 
 ProvisionerDep = Annotated[Provisioner, Depends(_provisioner)]

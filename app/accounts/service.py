@@ -29,6 +29,7 @@ from app.accounts.schemas import (
     UserOut,
 )
 from app.auth.tokens import TokenClaims
+from app.deps import services
 from app.platform.db import Database
 from app.providers.identity import AuthSession, IdentityProvider
 
@@ -211,7 +212,7 @@ class AccountService:
 
 
 async def _account_service(request: Request) -> AccountService:
-    return request.app.state.services.account_service  # type: ignore[no-any-return]
+    return services(request).account_service
 
 
 AccountServiceDep = Annotated[AccountService, Depends(_account_service)]

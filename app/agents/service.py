@@ -19,6 +19,7 @@ from app.agents.schemas import (
     PassagePageOut,
 )
 from app.config import Settings
+from app.deps import services
 from app.errors import Conflict
 from app.platform.db import Database
 from app.providers.agents import AgentNotFound, AgentProvider, PassagePage, ResetMode
@@ -157,7 +158,7 @@ class AgentService:
 
 
 async def _agent_service(request: Request) -> AgentService:
-    return request.app.state.services.agent_service  # type: ignore[no-any-return]
+    return services(request).agent_service
 
 
 AgentServiceDep = Annotated[AgentService, Depends(_agent_service)]

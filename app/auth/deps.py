@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth.tokens import TokenClaims, TokenVerifier
+from app.deps import services
 from app.errors import Unauthorized
 
 _bearer = HTTPBearer(auto_error=False, description="Access token from /api/v1/auth/login")
@@ -19,7 +20,7 @@ async def current_claims(
 ) -> TokenClaims:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("missing bearer token")
-    verifier: TokenVerifier = request.app.state.services.verifier
+    verifier: TokenVerifier = services(request).verifier
     claims = await verifier.verify(credentials.credentials)
     request.state.access_token = credentials.credentials
     return claims

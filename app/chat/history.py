@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 from app.chat import repository as repo
 from app.chat.repository import TurnRow
 from app.chat.schemas import ExportFormat, HistoryPageOut, SearchResultsOut, TurnOut
+from app.deps import services
 from app.errors import ValidationFailed
 from app.platform.db import Database
 
@@ -146,7 +147,7 @@ class ChatHistory:
 
 
 async def _chat_history(request: Request) -> ChatHistory:
-    return request.app.state.services.chat_history  # type: ignore[no-any-return]
+    return services(request).chat_history
 
 
 ChatHistoryDep = Annotated[ChatHistory, Depends(_chat_history)]

@@ -17,7 +17,7 @@ from app.chat.schemas import SSE_RESPONSE, ExportFormat, HistoryPageOut, Message
 from app.chat.sse import TurnEventStream
 from app.chat.stream import EventBatches, follow_run, open_turn_events
 from app.chat.turns import TurnDeps, start_turn
-from app.deps import SettingsDep
+from app.deps import SettingsDep, services
 from app.errors import ValidationFailed, error_responses
 
 router = APIRouter(prefix="/chat", tags=["chat"])
@@ -32,7 +32,7 @@ RuntimeDep = Annotated[ChatRuntime, Depends(_runtime)]
 
 
 async def _turns(request: Request) -> TurnDeps:
-    return request.app.state.services.turns  # type: ignore[no-any-return]
+    return services(request).turns
 
 
 # What a turn needs, built once by the composition root (not per message).

@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 
 from app.auth.tokens import TokenClaims
 from app.config import Settings
+from app.deps import services
 from app.errors import Forbidden, UpstreamError, UpstreamUnavailable, ValidationFailed
 from app.platform.db import Database
 from app.providers.billing import BillingProvider, Budget, DailySpend
@@ -163,7 +164,7 @@ class UsageService:
 
 
 async def _usage_service(request: Request) -> UsageService:
-    return request.app.state.services.usage_service  # type: ignore[no-any-return]
+    return services(request).usage_service
 
 
 UsageServiceDep = Annotated[UsageService, Depends(_usage_service)]

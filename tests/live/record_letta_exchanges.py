@@ -30,8 +30,20 @@ OUT = Path(__file__).resolve().parents[1] / "fixtures" / "letta-0.16.8" / "live-
 
 
 def fake_vector(text: str) -> list[float]:
+    """1536 numbers from the text's hash: what `text-embedding-3-small` returns, in shape."""
     digest = hashlib.sha256(text.encode()).digest()
     return [(digest[i % 32] / 255.0) - 0.5 for i in range(1536)]
+
+
+def start_letta_upstream(port: int) -> ScriptedLLM:
+    """The LLM behind a live Letta server: model `fake-model`, a plain answer by default, a
+    vector for any text (Letta embeds every passage it stores)."""
+    llm = ScriptedLLM()
+    llm.model = "fake-model"
+    llm.embed_any = fake_vector
+    llm.default = Text("Hello from the scripted model.", usage=(20, 6))
+    llm.start(port)
+    return llm
 
 
 class Recorder:
@@ -102,11 +114,7 @@ def _ok(response: httpx.Response) -> Any:
 
 
 async def record(letta: str, upstream_port: int) -> list[dict[str, Any]]:
-    llm = ScriptedLLM()
-    llm.model = "fake-model"
-    llm.embed_any = fake_vector
-    llm.default = Text("Hello from the scripted model.", usage=(20, 6))
-    llm.start(upstream_port)
+    llm = start_letta_upstream(upstream_port)
     rec = Recorder(letta)
     upstream = f"http://127.0.0.1:{upstream_port}/v1"
     run = uuid.uuid4().hex[:8]

@@ -16,7 +16,6 @@ fake of the saga tests; the Letta server is reached for real (respx passes it th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -36,6 +35,7 @@ from app.config import Settings
 from app.main import create_app
 from tests.accounts.test_saga_respx import LITELLM, MASTER, PASSWORD, FakeLiteLLM
 from tests.chat.conftest import parse_sse
+from tests.live.record_letta_exchanges import start_letta_upstream
 from tests.support.scripted_llm import Abort, ScriptedLLM, Text, ToolCall
 
 LETTA_URL = os.environ.get("LETTA_LIVE_URL", "")
@@ -45,18 +45,9 @@ REPORT = os.environ.get("LETTA_LIVE_REPORT")  # a path: the figures as JSON
 pytestmark = pytest.mark.skipif(not LETTA_URL, reason="LETTA_LIVE_URL not set (no live Letta)")
 
 
-def _vector(text: str) -> list[float]:
-    digest = hashlib.sha256(text.encode()).digest()
-    return [(digest[i % 32] / 255.0) - 0.5 for i in range(1536)]
-
-
 @pytest.fixture
 def llm() -> Iterator[ScriptedLLM]:
-    server = ScriptedLLM()
-    server.model = "fake-model"
-    server.embed_any = _vector  # Letta embeds every passage it stores
-    server.default = Text("Hello from the scripted model.", usage=(20, 6))
-    server.start(UPSTREAM_PORT)
+    server = start_letta_upstream(UPSTREAM_PORT)
     yield server
     server.stop()
 
@@ -145,6 +136,19 @@ async def _chat(api: httpx.AsyncClient, token: str, content: str) -> list[Any]:
 
 def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def _reset(
+    api: httpx.AsyncClient, steps: Steps, user: dict[str, Any], mode: str
+) -> dict[str, Any]:
+    with steps.timed(f"reset {mode}"):
+        status: dict[str, Any] = _ok(
+            steps,
+            await api.post(
+                "/api/v1/agent/reset", json={"mode": mode}, headers=_auth(user["token"])
+            ),
+        )
+    return status
 
 
 def _letta_writes(router: respx.MockRouter, since: int) -> list[str]:
@@ -290,13 +294,7 @@ async def test_the_product_on_a_live_letta(
 
     # --- conversation reset: messages gone, blocks and archival kept ---
     old_agent = ada["agent"]
-    with steps.timed("reset conversation"):
-        status = _ok(
-            steps,
-            await api.post(
-                "/api/v1/agent/reset", json={"mode": "conversation"}, headers=_auth(ada["token"])
-            ),
-        )
+    status = await _reset(api, steps, ada, "conversation")
     assert status["agent_id"] != old_agent
     assert (await _letta_get(f"/v1/agents/{old_agent}/messages")).status_code == 404
     human = next(b for b in status["memory"]["blocks"] if b["label"] == "human")
@@ -314,13 +312,7 @@ async def test_the_product_on_a_live_letta(
 
     # --- full reset: nothing said before can be found, blocks back to the defaults ---
     old_agent = ada["agent"]
-    with steps.timed("reset full"):
-        status = _ok(
-            steps,
-            await api.post(
-                "/api/v1/agent/reset", json={"mode": "full"}, headers=_auth(ada["token"])
-            ),
-        )
+    status = await _reset(api, steps, ada, "full")
     assert status["agent_id"] != old_agent
     assert status["memory"]["archival_passages"] == 0
     human = next(b for b in status["memory"]["blocks"] if b["label"] == "human")

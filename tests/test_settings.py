@@ -161,17 +161,22 @@ def test_env_example_loads_in_development_and_is_refused_in_production() -> None
         )
 
 
-def test_the_server_refuses_to_start_in_production_naming_the_variable(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k.upper() not in {"DATABASE_URL", "JWT_SECRET"}}
-    env.update({"ENVIRONMENT": "production", "PORT": "9"})
-    result = subprocess.run(
+def _start_server(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`python -m app` with exactly this environment, from a folder with no .env."""
+    return subprocess.run(
         [sys.executable, "-m", "app"],
-        cwd=tmp_path,  # no .env here
+        cwd=cwd,
         env={**env, "PYTHONPATH": str(ROOT)},
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_the_server_refuses_to_start_in_production_naming_the_variable(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k.upper() not in {"DATABASE_URL", "JWT_SECRET"}}
+    env.update({"ENVIRONMENT": "production", "PORT": "9"})
+    result = _start_server(env, tmp_path)
     assert result.returncode != 0
     assert "DATABASE_URL is required in production" in result.stderr
     assert "Traceback" not in result.stderr
@@ -189,14 +194,7 @@ def test_the_server_refuses_to_start_in_production_without_cors_origins(tmp_path
             "ENCRYPTION_KEY": REAL + "enc",
         }
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "app"],
-        cwd=tmp_path,  # no .env here
-        env={**env, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _start_server(env, tmp_path)
     assert result.returncode != 0
     assert "CORS_ORIGINS is required in production" in result.stderr
     assert "Traceback" not in result.stderr

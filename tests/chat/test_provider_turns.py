@@ -109,11 +109,9 @@ async def test_builtin_agent_turn_end_to_end(
     assert float(spend) == pytest.approx(cost)
 
 
-async def test_letta_agent_turn_end_to_end(
-    settings_factory: Callable[..., Settings], make_user: UserFactory, db_pool: asyncpg.Pool
-) -> None:
-    recording = Recording(FIXTURES)
-    settings = settings_factory(
+def _letta_settings(settings_factory: Callable[..., Settings]) -> Settings:
+    """The app on the Letta provider at the respx-faked server, without retries."""
+    return settings_factory(
         agent_provider="letta",
         letta_base_url=BASE_URL,
         letta_api_key=API_KEY,
@@ -122,7 +120,13 @@ async def test_letta_agent_turn_end_to_end(
         letta_stream_read_timeout=2.0,
         chat_event_flush_seconds=0.02,
     )
-    application = create_app(settings)
+
+
+async def test_letta_agent_turn_end_to_end(
+    settings_factory: Callable[..., Settings], make_user: UserFactory, db_pool: asyncpg.Pool
+) -> None:
+    recording = Recording(FIXTURES)
+    application = create_app(_letta_settings(settings_factory))
     user = await make_user(agent_id=RECORDED_AGENT)
     with respx.mock(base_url=BASE_URL, assert_all_called=True) as letta:
         letta.get(f"/v1/agents/{RECORDED_AGENT}").mock(
@@ -198,16 +202,7 @@ async def test_letta_broken_llm_stream_fails_the_turn_under_the_same_model_name(
     usage). The broken one fails with its partial text and no finished message, and its
     estimated usage is counted under the model name the reported usage carries."""
     recording = Recording(FIXTURES)
-    settings = settings_factory(
-        agent_provider="letta",
-        letta_base_url=BASE_URL,
-        letta_api_key=API_KEY,
-        letta_model="openai-proxy/gpt-4o-mini",
-        letta_max_retries=0,
-        letta_stream_read_timeout=2.0,
-        chat_event_flush_seconds=0.02,
-    )
-    application = create_app(settings)
+    application = create_app(_letta_settings(settings_factory))
     user = await make_user(agent_id=RECORDED_AGENT)
     with respx.mock(base_url=BASE_URL, assert_all_called=True) as letta:
         letta.get(f"/v1/agents/{RECORDED_AGENT}").mock(

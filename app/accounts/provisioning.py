@@ -146,12 +146,7 @@ class Provisioner:
                 return _provisioned(row)
             lost: str | None = None
             if found is None:
-                found = await self._agents.ensure_agent(
-                    user_id,
-                    persona=self._settings.default_persona,
-                    human=self._settings.default_human,
-                    llm=await self._agent_route(user_id),
-                )
+                found = await self._ensure_agent(user_id, await self._agent_route(user_id))
                 lost = "agent_missing"
             # (found, not None above: another agent under the user's tag, e.g. made by a reset
             # whose rebinding did not happen; nothing was lost.)
@@ -159,6 +154,15 @@ class Provisioner:
         assert saved is not None
         logger.warning("agent of %s was gone upstream; replaced (%s)", user_id, lost or "found")
         return _provisioned(saved)
+
+    async def _ensure_agent(self, user_id: UUID, llm: LLMRoute | None) -> AgentInfo:
+        """The user's agent, made with the default blocks if it does not exist."""
+        return await self._agents.ensure_agent(
+            user_id,
+            persona=self._settings.default_persona,
+            human=self._settings.default_human,
+            llm=llm,
+        )
 
     async def _agent_route(self, user_id: UUID) -> LLMRoute | None:
         if not self._billing.per_user_llm_key:
@@ -186,12 +190,7 @@ class Provisioner:
             try:
                 if route_needed and await billing_task is not None:
                     llm = await self._agent_route(user_id)
-                return await self._agents.ensure_agent(
-                    user_id,
-                    persona=self._settings.default_persona,
-                    human=self._settings.default_human,
-                    llm=llm,
-                )
+                return await self._ensure_agent(user_id, llm)
             except Exception as exc:  # noqa: BLE001 - any failure degrades, never aborts
                 logger.warning("agent provisioning failed for %s: %r", user_id, type(exc))
                 errors.append(_error_code("agent", exc))

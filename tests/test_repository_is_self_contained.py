@@ -52,5 +52,7 @@ def test_no_file_points_outside_the_repository() -> None:
 
 
 def test_the_scan_finds_both_kinds_of_outside_path() -> None:
-    text = 'a = 1\nFIXTURES = "../shared/fixtures"\nb = Path("/work/shared/x")\n./shared_ok\n'
+    # Assembled, so that no tracked file (this one included) spells the sibling path out.
+    sibling = "../" + "shared"
+    text = f'a = 1\nFIXTURES = "{sibling}/fixtures"\nb = Path("/work/shared/x")\n./shared_ok\n'
     assert [number for number, _ in outside_paths(text)] == [2, 3]

@@ -99,8 +99,10 @@ class LLMProxy:
                     chunk = None
             yield b"data: [DONE]\n\n"
         except AppError as exc:
+            # The stream ends on the error line, without `[DONE]`: `[DONE]` says the reply is
+            # whole, and a client (the openai SDK raises on this line) must not take a cut-off
+            # reply for a finished one.
             yield _data({"error": {"message": exc.message, "type": exc.code, "code": exc.code}})
-            yield b"data: [DONE]\n\n"
         finally:
             # Stop the upstream call too when the client went away (closing is detached: this
             # task may be in the middle of being cancelled).

@@ -111,6 +111,16 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     return total
 
 
+def prompt_token_bound(body: dict[str, Any]) -> int:
+    """At least as many tokens as the prompt can be, for admitting a call on its worst case:
+    a byte-level BPE token covers at least one byte, so the UTF-8 size of the messages (and
+    tools) as JSON bounds their tokens, role framing included (the JSON keys and quotes around
+    each message outnumber its template's few marker tokens). Four times `estimate_prompt_tokens`
+    for English; the real count is billed after. Not bounded: what an image part costs."""
+    parts = {key: body[key] for key in ("messages", "tools", "functions") if key in body}
+    return len(json.dumps(parts, ensure_ascii=False).encode()) + 16
+
+
 def usage_dict(prompt: int, completion: int, *, estimated: bool) -> dict[str, Any]:
     usage: dict[str, Any] = {
         "prompt_tokens": prompt,

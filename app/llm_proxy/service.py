@@ -1,4 +1,20 @@
-"""The LLM route's use case: budget check, the user's route to the model, usage recorded once.
+"""The LLM route's use case: admission, the user's route to the model, usage recorded once.
+
+Admission with the budget in our database (`billing.ledger`): the call's worst case is
+reserved before the upstream is called, in one conditional statement that is also the budget
+check (402 when it does not fit): its prompt tokens bounded from above
+(`prompt_token_bound`) plus `max_tokens` (or `max_completion_tokens`; times `n`), or
+`LLM_RESERVE_MAX_TOKENS` when the request gives none, at the model's price. After the call the
+reservation is settled to the real cost in the same transaction that records the usage; a
+call that fails before its first chunk releases it. So with `max_tokens` given, concurrent
+calls never spend past the budget. A reservation never outlives `LLM_RESERVATION_TTL_SECONDS`
+as a hold on the budget (a process that crashed mid-call cannot settle it): the next admission
+that would be refused frees expired ones first.
+
+With LiteLLM (no ledger) nothing is reserved here: the budget and its spend live in LiteLLM,
+which checks the user's key against `max_budget` before each call; we hold no spend figure to
+reserve against without reading LiteLLM's per call (an HTTP round trip, and LiteLLM itself
+updates spend after calls, so it would still race). The bound there is LiteLLM's own.
 
 Counting: every call adds its tokens and cost to `usage_daily` and charges the budget, in one
 transaction, after the answer (or the stream) ends. `usage_daily.messages` counts chat turns
@@ -23,10 +39,11 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from app.config import Settings
 from app.errors import AppError
 from app.platform.db import Database
-from app.providers.billing import BillingProvider, TokenUsage, estimate_tokens
-from app.providers.builtin.llm import LLMClients, estimate_prompt_tokens
+from app.providers.billing import BillingProvider, Reservation, TokenUsage, estimate_tokens
+from app.providers.builtin.llm import LLMClients, estimate_prompt_tokens, prompt_token_bound
 from app.usage.repository import add_usage
 
 logger = logging.getLogger(__name__)
@@ -39,39 +56,76 @@ class LLMProxy:
 
     def __init__(
         self,
+        settings: Settings,
         db: Database,
         billing: BillingProvider,
         llm: LLMClients,
         spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
     ) -> None:
+        self._settings = settings
         self._db = db
         self._billing = billing
         self._llm = llm
         self._spawn = spawn
 
-    async def _prepare(self, user_id: UUID, body: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-        await self._billing.check(user_id)
+    async def _prepare(
+        self, user_id: UUID, body: dict[str, Any]
+    ) -> tuple[Any, dict[str, Any], Reservation | None]:
+        ledger = self._billing.ledger
+        if ledger is None:
+            await self._billing.check(user_id)
         route = await self._billing.llm_route(user_id)
         client = self._llm.for_route(route)
         if not route.billed_upstream:
             body = {**body, "model": client.model}
-        return client, body
+        reservation = None
+        if ledger is not None:
+            reservation = await ledger.reserve(user_id, self._worst_case(body))
+        return client, body, reservation
+
+    def _worst_case(self, body: dict[str, Any]) -> TokenUsage:
+        limits = [
+            value
+            for value in (body.get("max_tokens"), body.get("max_completion_tokens"))
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0
+        ]
+        completion = max(limits) if limits else self._settings.llm_reserve_max_tokens
+        choices = body.get("n")
+        if isinstance(choices, int) and not isinstance(choices, bool) and choices > 1:
+            completion *= choices
+        prompt = prompt_token_bound(body)
+        return TokenUsage(str(body.get("model")), prompt, completion, prompt + completion)
 
     async def complete(self, user_id: UUID, body: dict[str, Any]) -> dict[str, Any]:
-        client, body = await self._prepare(user_id, body)
-        answer: dict[str, Any] = await client.complete(body)
+        client, body, reservation = await self._prepare(user_id, body)
+        try:
+            answer: dict[str, Any] = await client.complete(body)
+        except BaseException:
+            await self._release_detached(reservation)
+            raise
         usage = _usage_from(answer.get("usage"), answer.get("model") or body["model"])
-        await self._record(user_id, usage)
+        await self._record(user_id, usage, reservation)
         return answer
 
     async def open_stream(self, user_id: UUID, body: dict[str, Any]) -> AsyncIterator[bytes]:
         """Starts the upstream call now, so that a refusal before the first chunk is an HTTP
         error status; afterwards failures are an OpenAI-style `error` data line."""
-        client, body = await self._prepare(user_id, body)
+        client, body, reservation = await self._prepare(user_id, body)
         chunks = client.stream(body)
-        first = await chunks.__anext__()
+        try:
+            first = await chunks.__anext__()
+        except BaseException:
+            self._spawn(_aclose(chunks))
+            await self._release_detached(reservation)
+            raise
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return self._relay(user_id, first, chunks, body, wants_usage)
+        relay = self._relay(user_id, first, chunks, body, wants_usage, reservation)
+        # Started up to its first `yield` here, inside its try: from now on its `finally`
+        # (bill, settle, close the upstream) runs however the response ends, even when the
+        # client is gone before the response sends a byte (a generator never started would
+        # be dropped without running it, and its reservation would wait for its expiry).
+        await relay.__anext__()
+        return relay
 
     async def _relay(
         self,
@@ -80,11 +134,13 @@ class LLMProxy:
         chunks: AsyncGenerator[dict[str, Any], None],
         body: dict[str, Any],
         wants_usage: bool,
-    ) -> AsyncIterator[bytes]:
+        reservation: Reservation | None,
+    ) -> AsyncGenerator[bytes, None]:
         usage: TokenUsage | None = None
         output: list[str] = []
         model = str(first.get("model") or body.get("model"))
         try:
+            yield b""  # taken by open_stream, never sent
             chunk: dict[str, Any] | None = first
             while chunk is not None:
                 if chunk.get("usage"):
@@ -99,8 +155,10 @@ class LLMProxy:
                     chunk = None
             yield b"data: [DONE]\n\n"
         except AppError as exc:
+            # The stream ends on the error line, without `[DONE]`: `[DONE]` says the reply is
+            # whole, and a client (the openai SDK raises on this line) must not take a cut-off
+            # reply for a finished one.
             yield _data({"error": {"message": exc.message, "type": exc.code, "code": exc.code}})
-            yield b"data: [DONE]\n\n"
         finally:
             # Stop the upstream call too when the client went away (closing is detached: this
             # task may be in the middle of being cancelled).
@@ -111,19 +169,46 @@ class LLMProxy:
                 usage = TokenUsage(model, prompt, completion, prompt + completion, estimated=True)
             # Recorded in a task of its own: a client that goes away cancels this response,
             # and the call must still be billed, exactly once.
-            task = self._spawn(self._record_logged(user_id, usage))
+            task = self._spawn(self._record_logged(user_id, usage, reservation))
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(task)
 
-    async def _record_logged(self, user_id: UUID, usage: TokenUsage) -> None:
+    async def _record_logged(
+        self, user_id: UUID, usage: TokenUsage, reservation: Reservation | None
+    ) -> None:
         try:
-            await self._record(user_id, usage)
+            await self._record(user_id, usage, reservation)
         except Exception:
+            # The reservation (if any) stays until it expires: holding too much is the safe
+            # side while the charge is unknown.
             logger.exception("recording LLM-route usage failed")
 
-    async def _record(self, user_id: UUID, usage: TokenUsage) -> None:
+    async def _release_detached(self, reservation: Reservation | None) -> None:
+        """Release in a task of its own (the caller may be being cancelled), awaited unless
+        the caller is cancelled meanwhile."""
+        if reservation is None:
+            return
+        task = self._spawn(self._release_logged(reservation))
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+
+    async def _release_logged(self, reservation: Reservation) -> None:
+        ledger = self._billing.ledger
+        assert ledger is not None  # a reservation comes from the ledger
+        try:
+            await ledger.release(reservation)
+        except Exception:
+            logger.exception("releasing an LLM-route reservation failed (it expires)")
+
+    async def _record(
+        self, user_id: UUID, usage: TokenUsage, reservation: Reservation | None = None
+    ) -> None:
         async with self._db.transaction() as conn:
-            cost = await self._billing.record(conn, user_id, usage)
+            ledger = self._billing.ledger
+            if reservation is not None and ledger is not None:
+                cost = await ledger.settle(conn, reservation, usage)
+            else:
+                cost = await self._billing.record(conn, user_id, usage)
             await add_usage(
                 conn,
                 user_id,

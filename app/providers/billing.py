@@ -19,6 +19,9 @@ class Budget:
     period_start: datetime | None
     resets_at: datetime | None
     currency: str = "USD"
+    # The worst-case cost of LLM-route calls in flight (built-in ledger only): admission
+    # counts it as spent, `spend` and `remaining` do not (they are what was charged).
+    reserved: float = 0.0
 
     @property
     def remaining(self) -> float:
@@ -59,6 +62,16 @@ def estimate_tokens(text: str) -> int:
 
 
 @dataclass(frozen=True)
+class Reservation:
+    """The worst-case cost of one admitted call, held on the user's budget until the call is
+    settled (charged its real cost) or released (it failed before producing anything)."""
+
+    id: UUID
+    user_id: UUID
+    amount: float
+
+
+@dataclass(frozen=True)
 class DailySpend:
     day: date
     spend: float
@@ -79,6 +92,20 @@ class LocalLedger(Protocol):
         self, conn: Conn, user_id: UUID, usage: TokenUsage
     ) -> tuple[float, Budget]:
         """`BillingProvider.record`, also answering the budget as the charge left it."""
+        ...
+
+    async def reserve(self, user_id: UUID, worst_case: TokenUsage) -> Reservation:
+        """Admit a call only if `worst_case` (its prompt and most completion tokens) fits in
+        what is neither spent nor reserved, atomically; raise BudgetExceeded otherwise."""
+        ...
+
+    async def settle(self, conn: Conn, reservation: Reservation, usage: TokenUsage) -> float:
+        """Release the reservation and charge the call's real cost, in the caller's
+        transaction. Returns the cost."""
+        ...
+
+    async def release(self, reservation: Reservation) -> None:
+        """Give the reservation back uncharged (the call failed before producing anything)."""
         ...
 
 
@@ -136,6 +163,7 @@ __all__ = [
     "DailySpend",
     "LLMRoute",
     "LocalLedger",
+    "Reservation",
     "TokenUsage",
     "estimate_tokens",
 ]

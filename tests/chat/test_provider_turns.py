@@ -16,6 +16,7 @@ from asgi_lifespan import LifespanManager
 from app.config import Settings
 from app.main import create_app
 from app.providers.billing import TokenUsage
+from app.providers.builtin.llm import estimate_prompt_tokens
 from tests.chat.conftest import UserFactory, parse_sse, stored_events, turn_rows
 from tests.providers.letta.conftest import (
     API_KEY,
@@ -27,7 +28,7 @@ from tests.providers.letta.conftest import (
     live,
     live_response,
 )
-from tests.support.scripted_llm import ScriptedLLM, Text
+from tests.support.scripted_llm import Cut, ScriptedLLM, Text
 
 
 async def _one_turn(pool: asyncpg.Pool, user_id: object) -> asyncpg.Record:
@@ -106,6 +107,65 @@ async def test_builtin_agent_turn_end_to_end(
     assert float(day["cost"]) == pytest.approx(cost)
     async with db_pool.acquire() as conn:
         spend = await conn.fetchval("select spend from budgets where user_id = $1", turn["user_id"])
+    assert float(spend) == pytest.approx(cost)
+
+
+async def test_builtin_agent_reply_cut_off_fails_the_turn_and_charges_what_came(
+    settings_factory: Callable[..., Settings], scripted_llm: ScriptedLLM, db_pool: asyncpg.Pool
+) -> None:
+    """An upstream whose body ends mid-reply (no finish_reason, no usage, no [DONE]): an
+    `error` event (retryable), no message/usage/done, the turn `failed` with the partial
+    reply kept, and the prompt plus the produced tokens charged."""
+    application = create_app(
+        settings_factory(
+            llm_base_url=scripted_llm.base_url,
+            llm_model="scripted-model",
+            chat_event_flush_seconds=0.02,
+        )
+    )
+    async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            registered = await client.post(
+                "/api/v1/auth/register",
+                json={"email": "ada@example.com", "password": "correct horse battery staple"},
+            )
+            assert registered.status_code == 201, registered.text
+            token = registered.json()["access_token"]
+            user_id = uuid.UUID(registered.json()["user"]["id"])
+
+            scripted_llm.push(Cut(["Hello", " there", " f"]))
+            response = await client.post(
+                "/api/v1/chat/message",
+                json={"content": "Hi, I am Ada"},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+    assert response.status_code == 200
+    events = parse_sse(response.text)
+    assert [e.event for e in events] == ["turn", "delta", "delta", "delta", "error"]
+    assert events[-1].data["code"] == "llm_unavailable"
+    assert events[-1].data["retryable"] is True
+
+    turn = await _one_turn(db_pool, user_id)
+    assert turn["status"] == "failed" and turn["error"] == "llm_unavailable"
+    assert turn["assistant_response"] == "Hello there f"  # the partial reply is kept
+    prompt = estimate_prompt_tokens(scripted_llm.bodies[0])
+    completion = 4  # "Hello there f": 13 characters, about 4 per token
+    assert (turn["prompt_tokens"], turn["completion_tokens"]) == (prompt, completion)
+    assert turn["usage_estimated"] is True
+    cost = application.state.services.billing.cost_of(
+        TokenUsage("scripted-model", prompt, completion, prompt + completion)
+    )
+    assert cost > 0
+    assert float(turn["cost"]) == pytest.approx(cost)
+    (day,) = await _usage_days(db_pool, user_id)
+    assert (day["messages"], day["prompt_tokens"], day["completion_tokens"]) == (
+        1,
+        prompt,
+        completion,
+    )
+    async with db_pool.acquire() as conn:
+        spend = await conn.fetchval("select spend from budgets where user_id = $1", user_id)
     assert float(spend) == pytest.approx(cost)
 
 

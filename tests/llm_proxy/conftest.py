@@ -29,3 +29,6 @@ def make_user(db_pool: asyncpg.Pool, settings: Settings) -> Callable[..., Any]:
         return TestUser(user_id, email, mint_token(settings, user_id, email))
 
     return make
+
+
+from tests.chat.conftest import live_url  # noqa: E402,F401 - the app served on a real socket

@@ -12,7 +12,8 @@ import pytest
 from fastapi import FastAPI
 
 from app.providers.billing import TokenUsage
-from tests.support.scripted_llm import Abort, Error, ScriptedLLM, Text
+from app.providers.builtin.llm import estimate_prompt_tokens
+from tests.support.scripted_llm import Abort, Cut, Error, ScriptedLLM, Text
 
 URL = "/api/v1/llm/chat/completions"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
@@ -152,14 +153,20 @@ async def test_stream_without_upstream_usage_is_estimated(
     assert day["prompt_tokens"] > 0
 
 
+@pytest.mark.parametrize("cut", [Abort(["Par", "is"]), Cut(["Par", "is"])])
 async def test_stream_cut_off_mid_answer_ends_with_an_error_and_bills_what_came(
+    app: FastAPI,
     client: httpx.AsyncClient,
     scripted_llm: ScriptedLLM,
     make_user: Callable[..., Any],
     db_pool: asyncpg.Pool,
+    cut: Abort | Cut,
 ) -> None:
+    """A dropped connection (Abort) or a body that just ends without a finish_reason (Cut):
+    the relay ends on an OpenAI-style error line, never a clean `[DONE]`, and bills the
+    prompt and the text that came."""
     user = await make_user()
-    scripted_llm.push(Abort(["Par", "is"]))
+    scripted_llm.push(cut)
     response = await client.post(
         URL,
         json={"messages": MESSAGES, "stream": True},
@@ -167,10 +174,20 @@ async def test_stream_cut_off_mid_answer_ends_with_an_error_and_bills_what_came(
     )
     assert response.status_code == 200
     lines = _data_lines(response.text)
-    assert lines[-1] == "[DONE]"
-    assert lines[-2]["error"]["type"] == "llm_unavailable"
+    assert "[DONE]" not in lines
+    assert lines[-1]["error"]["type"] == "llm_unavailable"
+    text = "".join(
+        (choice.get("delta") or {}).get("content") or ""
+        for c in lines[:-1]
+        for choice in c.get("choices") or []
+    )
+    assert text == "Paris"
     (day,) = await _usage(db_pool, user.id)
     assert day["completion_tokens"] == 2  # "Paris", estimated
+    prompt = estimate_prompt_tokens({"messages": MESSAGES})
+    assert day["prompt_tokens"] == prompt
+    cost = app.state.services.billing.cost_of(TokenUsage("scripted-model", prompt, 2, prompt + 2))
+    assert await _spend(db_pool, user.id) == pytest.approx(cost)
 
 
 async def test_over_budget_is_402_before_any_upstream_call(

@@ -466,3 +466,140 @@ async def test_fifty_concurrent_calls_overspend_at_most_the_calls_in_flight(
 async def test_budget_of_a_deleted_account_is_not_found(billing: BuiltinBilling) -> None:
     with pytest.raises(NotFound):
         await billing.check(UUID("00000000-0000-4000-8000-000000000001"))
+
+
+# --- reservations (the LLM route's admission) ---------------------------------------------
+
+
+async def _reservations(db_pool: asyncpg.Pool, user_id: UUID) -> tuple[float, int]:
+    async with db_pool.acquire() as conn:
+        reserved = await conn.fetchval("select reserved from budgets where user_id = $1", user_id)
+        rows = await conn.fetchval(
+            "select count(*) from budget_reservations where user_id = $1", user_id
+        )
+    return float(reserved), int(rows)
+
+
+async def test_fifty_concurrent_reservations_never_exceed_the_budget(
+    billing: BuiltinBilling, db: Database, user: UUID, db_pool: asyncpg.Pool
+) -> None:
+    """50 concurrent reserve+settle calls, each with worst case w and real cost w (the worst
+    case happens), budget 5w: never more than 5 hold the budget at once, the spend never
+    passes it, and every reservation is gone at the end."""
+    w_usage = TokenUsage("gpt-4o-mini", 1000, 1000, 2000)
+    w = billing.cost_of(w_usage)
+    await billing.set_budget(user, 5 * w)
+    in_flight = 0
+    most_in_flight = 0
+    refused = 0
+    rng = random.Random(11)
+
+    async def call() -> None:
+        nonlocal in_flight, most_in_flight, refused
+        await asyncio.sleep(rng.uniform(0, 0.02))
+        try:
+            reservation = await billing.reserve(user, w_usage)
+        except BudgetExceeded:
+            refused += 1
+            return
+        in_flight += 1
+        most_in_flight = max(most_in_flight, in_flight)
+        await asyncio.sleep(rng.uniform(0, 0.01))  # the LLM call
+        async with db.transaction() as conn:
+            in_flight -= 1
+            await billing.settle(conn, reservation, w_usage)
+
+    await asyncio.wait_for(asyncio.gather(*(call() for _ in range(50))), timeout=30)
+    final = await billing.get_budget(user)
+    assert final.spend == pytest.approx(5 * w)  # five admitted in all, and every one charged
+    assert final.spend <= final.max_budget + 1e-12
+    assert refused == 45 and most_in_flight <= 5
+    assert await _reservations(db_pool, user) == (0.0, 0)
+
+
+async def test_a_refused_reservation_is_the_budget_error_with_what_it_needed(
+    billing: BuiltinBilling, user: UUID
+) -> None:
+    await billing.set_budget(user, 0.001)
+    with pytest.raises(BudgetExceeded) as info:
+        await billing.reserve(user, TokenUsage("gpt-4o", 0, 1000, 1000))  # $0.01 worst case
+    assert (info.value.status_code, info.value.code) == (402, "budget_exceeded")
+    assert info.value.details is not None
+    assert info.value.details["needed"] == pytest.approx(0.01)
+    assert info.value.details["max_budget"] == pytest.approx(0.001)
+
+
+async def test_release_and_settle_free_the_reservation_once(
+    billing: BuiltinBilling, db: Database, user: UUID, db_pool: asyncpg.Pool
+) -> None:
+    await billing.set_budget(user, 1.0)
+    worst = TokenUsage("gpt-4o", 0, 40_000, 40_000)  # $0.40
+    first = await billing.reserve(user, worst)
+    second = await billing.reserve(user, worst)
+    assert await _reservations(db_pool, user) == (pytest.approx(0.8), 2)
+    with pytest.raises(BudgetExceeded):  # 0.2 left unreserved
+        await billing.reserve(user, worst)
+    await billing.release(first)
+    await billing.release(first)  # twice: the second finds nothing to give back
+    async with db.transaction() as conn:
+        cost = await billing.settle(conn, second, TokenUsage("gpt-4o", 0, 1000, 1000))
+    assert cost == pytest.approx(0.01)
+    assert await _reservations(db_pool, user) == (0.0, 0)
+    assert (await billing.get_budget(user)).spend == pytest.approx(0.01)
+
+
+async def test_chat_admission_is_refused_while_reservations_hold_the_rest(
+    billing: BuiltinBilling, db: Database, user: UUID
+) -> None:
+    await billing.set_budget(user, 0.4)
+    held = await billing.reserve(user, TokenUsage("gpt-4o", 0, 40_000, 40_000))  # all of it
+    async with db.acquire() as conn:
+        with pytest.raises(BudgetExceeded):
+            await billing.check_on(conn, user)
+    await billing.release(held)
+    async with db.acquire() as conn:
+        assert (await billing.check_on(conn, user)).remaining == pytest.approx(0.4)
+
+
+async def test_an_expired_reservation_stops_holding_the_budget(
+    billing: BuiltinBilling, db: Database, user: UUID, db_pool: asyncpg.Pool
+) -> None:
+    """A process that crashed mid-call never settles: its reservation holds the budget until
+    it expires (LLM_RESERVATION_TTL_SECONDS), then the next admission frees it. A settle that
+    comes after the sweep charges the cost and subtracts nothing a second time."""
+    await billing.set_budget(user, 0.5)
+    worst = TokenUsage("gpt-4o", 0, 40_000, 40_000)  # $0.40
+    orphan = await billing.reserve(user, worst)
+    with pytest.raises(BudgetExceeded):
+        await billing.reserve(user, worst)
+    async with db_pool.acquire() as conn:
+        await conn.execute(
+            "update budget_reservations set expires_at = now() - interval '1 second' where id = $1",
+            orphan.id,
+        )
+    fresh = await billing.reserve(user, worst)  # the expired one was swept first
+    assert await _reservations(db_pool, user) == (pytest.approx(0.4), 1)
+    async with db.transaction() as conn:  # the "crashed" call settles late after all
+        await billing.settle(conn, orphan, TokenUsage("gpt-4o", 0, 1000, 1000))
+    assert await _reservations(db_pool, user) == (pytest.approx(0.4), 1)
+    await billing.release(fresh)
+    assert await _reservations(db_pool, user) == (0.0, 0)
+    assert (await billing.get_budget(user)).spend == pytest.approx(0.01)
+
+
+async def test_a_reservation_lasts_the_configured_time(
+    settings_factory: Callable[..., Settings],
+    db: Database,
+    clock: Clock,
+    user: UUID,
+    db_pool: asyncpg.Pool,
+) -> None:
+    billing = BuiltinBilling(settings_factory(llm_reservation_ttl_seconds=120), db, clock=clock)
+    held = await billing.reserve(user, TokenUsage("gpt-4o", 0, 10, 10))
+    async with db_pool.acquire() as conn:
+        lifetime = await conn.fetchval(
+            "select extract(epoch from expires_at - created_at) from budget_reservations "
+            "where id = $1",
+            held.id,
+        )
+    assert float(lifetime) == pytest.approx(120, abs=1)

@@ -8,6 +8,7 @@ under test goes through its real client stack (the `openai` SDK, httpx, SSE pars
     scripted_llm.push(ToolCall("core_memory_append", {"label": "human", "content": "..."}))
     scripted_llm.push(Error(500))
     scripted_llm.push(Abort(["Hel", "lo"]))         # a few chunks, then the connection drops
+    scripted_llm.push(Cut(["Hel", "lo"]))           # a few chunks, then the body just ends
     ... run the code with base_url=scripted_llm.base_url ...
     assert scripted_llm.bodies[0]["stream_options"] == {"include_usage": True}
 
@@ -110,7 +111,16 @@ class Abort:
     chunks: list[str] = field(default_factory=list)
 
 
-Script = Text | ToolCall | Error | Abort
+@dataclass(frozen=True)
+class Cut:
+    """Stream these chunks, then end the response body cleanly: no `finish_reason`, no usage,
+    no `[DONE]`. This is what the client sees when an upstream (or a proxy in between) closes
+    a connection-delimited body mid-reply: no transport error, just an early end."""
+
+    chunks: list[str] = field(default_factory=list)
+
+
+Script = Text | ToolCall | Error | Abort | Cut
 
 
 @dataclass(frozen=True)
@@ -231,7 +241,7 @@ class ScriptedLLM:
                 self._stream(script, completion_id, model, include_usage),
                 media_type="text/event-stream",
             )
-        if isinstance(script, Abort):
+        if isinstance(script, Abort | Cut):
             # A non-streamed call cut off: answer nothing and close.
             raise _AbortStream()
         return JSONResponse(self._whole(script, completion_id, model))
@@ -264,9 +274,17 @@ class ScriptedLLM:
         return answer
 
     async def _stream(
-        self, script: Text | ToolCall | Abort, completion_id: str, model: str, include_usage: bool
+        self,
+        script: Text | ToolCall | Abort | Cut,
+        completion_id: str,
+        model: str,
+        include_usage: bool,
     ) -> AsyncIterator[bytes]:
         yield _sse(_chunk(completion_id, model, {"role": "assistant", "content": ""}))
+        if isinstance(script, Cut):
+            for piece in script.chunks:
+                yield _sse(_chunk(completion_id, model, {"content": piece}))
+            return
         if isinstance(script, Abort):
             for piece in script.chunks:
                 yield _sse(_chunk(completion_id, model, {"content": piece}))

@@ -118,6 +118,24 @@ class _Context:
     recall: str | None  # the recall section of the system prompt
 
 
+def _usage_event(model: str, usage: _Usage) -> UsageEvent:
+    extra: dict[str, Any] = {"llm_calls": usage.calls}
+    if usage.recalled is not None:
+        extra["recalled"] = usage.recalled
+    return UsageEvent(
+        model=model,
+        prompt_tokens=usage.prompt,
+        completion_tokens=usage.completion,
+        total_tokens=usage.prompt + usage.completion,
+        estimated=usage.estimated,
+        extra=extra,
+    )
+
+
+def _calls_text(calls: dict[int, dict[str, Any]]) -> str:
+    return "".join(c["function"]["name"] + c["function"]["arguments"] for c in calls.values())
+
+
 class BuiltinAgents:
     name = "builtin"
 
@@ -294,19 +312,13 @@ class BuiltinAgents:
                 logger.exception("built-in agent turn failed")
             code = exc.code if isinstance(exc, AppError) else "agent_error"
             message = exc.message if isinstance(exc, AppError) else "the agent failed"
+            if usage.calls:
+                # Model calls that answered (a cut-off one included) were paid for upstream:
+                # the failed turn is charged for them, not for nothing.
+                yield _usage_event(model, usage)
             yield ErrorEvent(code=code, message=message, retryable=is_retryable(exc))
             return
-        extra: dict[str, Any] = {"llm_calls": usage.calls}
-        if usage.recalled is not None:
-            extra["recalled"] = usage.recalled
-        yield UsageEvent(
-            model=model,
-            prompt_tokens=usage.prompt,
-            completion_tokens=usage.completion,
-            total_tokens=usage.prompt + usage.completion,
-            estimated=usage.estimated,
-            extra=extra,
-        )
+        yield _usage_event(model, usage)
 
     async def _turn(
         self, agent: AgentRow, client: ChatClient, content: str, usage: _Usage
@@ -386,25 +398,36 @@ class BuiltinAgents:
         calls: dict[int, dict[str, Any]] = {}
         text: list[str] = []
         reported: dict[str, Any] | None = None
-        async for chunk in client.stream(body):
-            if chunk.get("usage"):
-                reported = chunk["usage"]
-            for choice in chunk.get("choices") or []:
-                delta = choice.get("delta") or {}
-                piece = delta.get("content")
-                if piece:
-                    text.append(piece)
-                    yield DeltaEvent(piece)
-                for call in delta.get("tool_calls") or []:
-                    slot = calls.setdefault(
-                        int(call.get("index", 0)),
-                        {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
-                    )
-                    if call.get("id"):
-                        slot["id"] = call["id"]
-                    function = call.get("function") or {}
-                    slot["function"]["name"] += function.get("name") or ""
-                    slot["function"]["arguments"] += function.get("arguments") or ""
+        answered = False
+        try:
+            async for chunk in client.stream(body):
+                answered = True
+                if chunk.get("usage"):
+                    reported = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    piece = delta.get("content")
+                    if piece:
+                        text.append(piece)
+                        yield DeltaEvent(piece)
+                    for call in delta.get("tool_calls") or []:
+                        slot = calls.setdefault(
+                            int(call.get("index", 0)),
+                            {
+                                "id": None,
+                                "type": "function",
+                                "function": {"name": "", "arguments": ""},
+                            },
+                        )
+                        if call.get("id"):
+                            slot["id"] = call["id"]
+                        function = call.get("function") or {}
+                        slot["function"]["name"] += function.get("name") or ""
+                        slot["function"]["arguments"] += function.get("arguments") or ""
+        except AppError:
+            if answered:  # cut off mid-reply: the prompt and what came were produced, and billed
+                usage.add(reported, body=body, text="".join(text) + _calls_text(calls))
+            raise
         result.text = "".join(text)
         result.tool_calls = [
             {**call, "id": call["id"] or f"call_{index}"}

@@ -9,10 +9,16 @@ at creation: boundary k is `anchor + k * duration`, months being calendar months
 the month's last day and always counted from the anchor (an anchor on Jan 31 gives Feb 28 or
 29, then Mar 31, never drifting to the 28th).
 
-Admission is check-then-charge, as LiteLLM does it: `check` refuses once nothing remains;
-`record` adds the call's cost atomically (`spend = spend + cost`). Calls admitted before the
-budget ran out may still finish and be charged, so the overspend is bounded by the cost of
-the calls in flight when the budget ran out, and never more.
+Two admissions:
+- LLM-route calls reserve (`reserve`): a call is admitted only if its worst case (prompt tokens
+  bounded from above, plus `max_tokens`, at the model's price) fits in what is neither spent
+  nor reserved, by one conditional UPDATE; `settle` charges the real cost and frees the
+  reservation, `release` frees it uncharged. With `max_tokens` given, concurrent calls can
+  never overspend.
+- Chat turns are check-then-charge: `check_on` refuses once spend plus reservations reach the
+  budget; `record_with_budget` adds the turn's cost atomically (`spend = spend + cost`) in the
+  turn's final transaction. A user has at most one streaming turn (admission's lock and the
+  partial unique index), so a turn's overspend is bounded by the cost of that one turn.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import calendar
 import json
 import math
 import re
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,6 +47,7 @@ from app.providers.billing import (
     DailySpend,
     LLMRoute,
     LocalLedger,
+    Reservation,
     TokenUsage,
 )
 from app.providers.builtin import billing_repository as repository
@@ -210,6 +218,24 @@ def cost_of(table: PriceTable, usage: TokenUsage) -> float:
     return table.cost(usage.model, usage.prompt_tokens, usage.completion_tokens)
 
 
+def _used_up(budget: Budget, *, needed: float | None = None) -> BudgetExceeded:
+    details: dict[str, Any] = {
+        "max_budget": budget.max_budget,
+        "spend": budget.spend,
+        "resets_at": budget.resets_at.isoformat() if budget.resets_at else None,
+    }
+    if needed is None or budget.remaining - budget.reserved <= 0:
+        return BudgetExceeded("your LLM budget for this period is used up", details=details)
+    # Headroom is left, but not for this call's worst case: say what it needs.
+    details["reserved"] = budget.reserved
+    details["needed"] = needed
+    return BudgetExceeded(
+        "your LLM budget for this period cannot cover this call's worst case "
+        "(lower max_tokens, or wait for calls in flight to finish)",
+        details=details,
+    )
+
+
 class BuiltinBilling:
     name = "builtin"
     per_user_llm_key = False  # one route for everyone; the spend is charged here
@@ -271,6 +297,7 @@ class BuiltinBilling:
             budget_duration=row["budget_duration"],
             period_start=row["period_start"],
             resets_at=end,
+            reserved=float(row["reserved"]),
         )
 
     # -- the port --------------------------------------------------------------------------
@@ -306,16 +333,36 @@ class BuiltinBilling:
         """`check` on the caller's connection: chat admission reads profile, budget and turn
         state on one pooled connection (one acquisition instead of three)."""
         budget = self._budget(await self._current_row(conn, user_id))
-        if budget.remaining <= 0:
-            raise BudgetExceeded(
-                "your LLM budget for this period is used up",
-                details={
-                    "max_budget": budget.max_budget,
-                    "spend": budget.spend,
-                    "resets_at": budget.resets_at.isoformat() if budget.resets_at else None,
-                },
-            )
+        if budget.remaining - budget.reserved <= 0:
+            raise _used_up(budget)
         return budget
+
+    async def reserve(self, user_id: UUID, worst_case: TokenUsage) -> Reservation:
+        """One statement in the common case (it is the LLM route's budget check too). Refused,
+        it rolls an ended period (or creates a missing row) and frees expired reservations,
+        then tries once more: both only matter when the first try failed."""
+        amount = self.cost_of(worst_case)
+        reservation = Reservation(uuid.uuid4(), user_id, amount)
+        ttl = self._settings.llm_reservation_ttl_seconds
+        async with self._db.acquire() as conn:
+            row = await repository.reserve(conn, user_id, reservation.id, amount, ttl)
+            if row is None:
+                await self._current_row(conn, user_id)
+                await repository.release_expired(conn, user_id)
+                row = await repository.reserve(conn, user_id, reservation.id, amount, ttl)
+            if row is None:
+                budget = self._budget(await self._current_row(conn, user_id))
+                raise _used_up(budget, needed=amount)
+        return reservation
+
+    async def settle(self, conn: Conn, reservation: Reservation, usage: TokenUsage) -> float:
+        await repository.release(conn, reservation.user_id, reservation.id)
+        cost, _ = await self.record_with_budget(conn, reservation.user_id, usage)
+        return cost
+
+    async def release(self, reservation: Reservation) -> None:
+        async with self._db.acquire() as conn:
+            await repository.release(conn, reservation.user_id, reservation.id)
 
     async def llm_route(self, user_id: UUID) -> LLMRoute:
         key = self._settings.llm_api_key

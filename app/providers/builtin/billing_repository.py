@@ -77,3 +77,75 @@ async def set_max(conn: Conn, user_id: UUID, max_budget: float) -> asyncpg.Recor
 async def probe(conn: Conn) -> None:
     """Health: the table is there and readable, without reading a row."""
     await conn.fetchval("select count(*) from budgets where false")
+
+
+# -- LLM-route reservations (the headroom of calls in flight; see the migration
+#    20261201001200_budget_reservations.sql) -----------------------------------------------
+
+
+async def reserve(
+    conn: Conn, user_id: UUID, reservation_id: UUID, amount: float, ttl_seconds: float
+) -> asyncpg.Record | None:
+    """Admit a call only if its worst case fits: one conditional UPDATE (Postgres re-checks the
+    WHERE on the latest row version after waiting for a concurrent admission, so two calls
+    never share the same headroom) and the reservation row in the same statement. The budget
+    row when admitted; None when refused (or no row yet)."""
+    return await conn.fetchrow(
+        """
+        with admitted as (
+            update budgets set reserved = reserved + $3, updated_at = now()
+            where user_id = $1
+              and spend + reserved < max_budget
+              and spend + reserved + $3 <= max_budget
+            returning *
+        ), held as (
+            insert into budget_reservations (id, user_id, amount, expires_at)
+            select $2, user_id, $3, now() + make_interval(secs => $4) from admitted
+            returning id
+        )
+        select * from admitted
+        """,
+        user_id,
+        reservation_id,
+        money(amount),
+        float(ttl_seconds),
+    )
+
+
+async def release(conn: Conn, user_id: UUID, reservation_id: UUID) -> None:
+    """Take the reservation off the budget. Whoever deletes the row subtracts its amount, so a
+    reservation already released (or expired and swept) is not subtracted twice."""
+    await conn.execute(
+        """
+        with gone as (
+            delete from budget_reservations where id = $2 and user_id = $1 returning amount
+        )
+        update budgets set reserved = greatest(0, reserved - (select amount from gone)),
+            updated_at = now()
+        where user_id = $1 and exists (select 1 from gone)
+        """,
+        user_id,
+        reservation_id,
+    )
+
+
+async def release_expired(conn: Conn, user_id: UUID) -> int:
+    """Reservations past their expiry (left by a crashed process, or a call that outlived
+    them) stop holding the user's budget. Returns how many were released."""
+    return int(
+        await conn.fetchval(
+            """
+            with gone as (
+                delete from budget_reservations where user_id = $1 and expires_at <= now()
+                returning amount
+            ), updated as (
+                update budgets
+                set reserved = greatest(0, reserved - (select sum(amount) from gone)),
+                    updated_at = now()
+                where user_id = $1 and exists (select 1 from gone)
+            )
+            select count(*) from gone
+            """,
+            user_id,
+        )
+    )

@@ -9,9 +9,10 @@ Two implementations of one small protocol, both speaking OpenAI chat-completions
 Streams always end with a chunk that carries `usage`; when the upstream did not send one, the
 client counts locally and marks it `usage["estimated"] = True`, so billing can say so.
 
-Errors: operational failures (connect, timeout, 5xx, 429, a stream cut off) raise
-`LLMUnavailable` (retryable); other 4xx raise `LLMRequestRejected`; an upstream budget refusal
-(LiteLLM answers 400/429 with `error.type == "budget_exceeded"`) raises `BudgetExceeded`.
+Errors: operational failures (connect, timeout, 5xx, 429, a stream cut off, a stream that ends
+without a `finish_reason`) raise `LLMUnavailable` (retryable); other 4xx raise
+`LLMRequestRejected`; an upstream budget refusal (LiteLLM answers 400/429 with
+`error.type == "budget_exceeded"`) raises `BudgetExceeded`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ class LLMUnavailable(UpstreamUnavailable):
 
     code = "llm_unavailable"
     retryable = True
+
+
+class LLMReplyCut(LLMUnavailable):
+    """The stream ended without a `finish_reason`: the reply is incomplete. Same code as any
+    other unavailability (the client's answer is the same: try again)."""
 
 
 class LLMRequestRejected(UpstreamError):
@@ -103,6 +109,16 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     if body.get("tools"):
         total += estimate_tokens(json.dumps(body["tools"]))
     return total
+
+
+def prompt_token_bound(body: dict[str, Any]) -> int:
+    """At least as many tokens as the prompt can be, for admitting a call on its worst case:
+    a byte-level BPE token covers at least one byte, so the UTF-8 size of the messages (and
+    tools) as JSON bounds their tokens, role framing included (the JSON keys and quotes around
+    each message outnumber its template's few marker tokens). Four times `estimate_prompt_tokens`
+    for English; the real count is billed after. Not bounded: what an image part costs."""
+    parts = {key: body[key] for key in ("messages", "tools", "functions") if key in body}
+    return len(json.dumps(parts, ensure_ascii=False).encode()) + 16
 
 
 def usage_dict(prompt: int, completion: int, *, estimated: bool) -> dict[str, Any]:
@@ -234,6 +250,10 @@ class OpenAIChatClient:
         stream_options["include_usage"] = True
         usage_seen = False
         output: list[str] = []
+        # Choice index -> whether it got its `finish_reason`. The SDK swallows `[DONE]` and
+        # ends quietly when the body just stops (a connection-delimited body closed mid-reply),
+        # so a reply counts as whole only when every choice said why it stopped.
+        finished: dict[int, bool] = {}
         completion_id, model = f"chatcmpl-{uuid.uuid4().hex[:12]}", str(request["model"])
         try:
             stream = await self._create(**request, stream=True, stream_options=stream_options)
@@ -243,10 +263,19 @@ class OpenAIChatClient:
                 model = data.get("model") or model
                 if data.get("usage"):
                     usage_seen = True
+                for choice in data.get("choices") or []:
+                    index = int(choice.get("index") or 0)
+                    finished[index] = finished.get(index, False) or bool(
+                        choice.get("finish_reason")
+                    )
                 output.append(_chunk_output_text(data))
                 yield data
         except Exception as exc:  # mapped into our two kinds; programming errors re-raised
             raise map_llm_error(exc) from exc
+        if not finished or not all(finished.values()):
+            # Retryable, like a dropped connection; the caller bills what was produced (it
+            # counts the text it relayed), since the upstream did the work.
+            raise LLMReplyCut("the model's reply ended before it finished")
         if not usage_seen:
             prompt = estimate_prompt_tokens(body)
             completion = estimate_tokens("".join(output))

@@ -26,7 +26,7 @@ from app.providers.builtin.agents import BuiltinAgents
 from app.providers.builtin.llm import estimate_prompt_tokens
 from app.providers.builtin.local_model import default_model_path, llama_cpp_installed
 from tests.providers.builtin_agent.conftest import builtin_agents, run_turn
-from tests.support.scripted_llm import Abort, Call, Error, ScriptedLLM, Text, ToolCall
+from tests.support.scripted_llm import Abort, Call, Cut, Error, ScriptedLLM, Text, ToolCall
 
 MakeUser = Callable[[], Awaitable[uuid.UUID]]
 PERSONA = "I am Ada, a cheerful assistant."
@@ -323,15 +323,21 @@ async def test_an_error_mid_stream_becomes_an_error_event(
     agents: BuiltinAgents, make_user: MakeUser, scripted_llm: ScriptedLLM
 ) -> None:
     agent_id = await _agent(agents, make_user)
-    scripted_llm.push(Abort(["Hel", "lo"]))
-    events = await run_turn(agents, agent_id, "hello?")
-    assert [e.text for e in events if isinstance(e, DeltaEvent)] == ["Hel", "lo"]
-    error = events[-1]
-    assert isinstance(error, ErrorEvent)
-    assert error.code == "llm_unavailable" and error.retryable is True
-    assert not any(isinstance(e, MessageEvent | UsageEvent) for e in events)
-    # Nothing of the failed turn stays in the conversation.
-    assert (await agents.state(agent_id)).message_count == 0
+    # Dropped connection (Abort) and a body that just ends without a finish_reason (Cut) alike:
+    # an error event, retryable, after a usage event charging the prompt and what came.
+    for cut in (Abort(["Hel", "lo"]), Cut(["Hel", "lo"])):
+        scripted_llm.push(cut)
+        events = await run_turn(agents, agent_id, "hello?")
+        assert [e.text for e in events if isinstance(e, DeltaEvent)] == ["Hel", "lo"]
+        *_, usage, error = events
+        assert isinstance(error, ErrorEvent)
+        assert error.code == "llm_unavailable" and error.retryable is True
+        assert not any(isinstance(e, MessageEvent) for e in events)
+        assert isinstance(usage, UsageEvent) and usage.estimated
+        assert usage.completion_tokens == 2  # "Hello", about 4 characters per token
+        assert usage.prompt_tokens == estimate_prompt_tokens(scripted_llm.bodies[-1])
+        # Nothing of the failed turn stays in the conversation.
+        assert (await agents.state(agent_id)).message_count == 0
 
     scripted_llm.push(Error(500))
     events = await run_turn(agents, agent_id, "hello?")

@@ -20,7 +20,7 @@ from app.providers.builtin.llm import (
 )
 from app.providers.builtin.local_model import default_model_path, llama_cpp_installed
 from tests.providers.builtin_agent.conftest import llm_clients
-from tests.support.scripted_llm import Abort, Error, ScriptedLLM, Text, ToolCall
+from tests.support.scripted_llm import Abort, Cut, Error, ScriptedLLM, Text, ToolCall
 
 HELLO = [{"role": "user", "content": "Say hello"}]
 
@@ -110,6 +110,9 @@ async def test_complete_and_the_route_key(scripted_llm: ScriptedLLM) -> None:
             False,
         ),
         (Abort(["partial"]), LLMUnavailable, True),
+        # The body ends cleanly but no choice said why it stopped: the reply is not whole.
+        (Cut(["partial"]), LLMUnavailable, True),
+        (Cut([]), LLMUnavailable, True),
     ],
 )
 async def test_error_kinds(

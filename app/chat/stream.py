@@ -11,7 +11,7 @@ from collections.abc import AsyncGenerator
 from uuid import UUID
 
 from app.chat import repository as repo
-from app.chat.events import TurnEvent
+from app.chat.events import TurnEvent, error_data
 from app.chat.runtime import ChatRuntime, TurnRun
 from app.errors import NotFound
 
@@ -79,6 +79,7 @@ async def _follow_stored(runtime: ChatRuntime, turn_id: UUID, after_seq: int) ->
             yield events
             last = events[-1].seq
         if status != "streaming":
+            yield [await _terminal_after(runtime, turn_id, last)]
             return
         run = runtime.runs.get(turn_id)
         if run is not None:  # the turn is (now) run by this process: follow it live
@@ -90,3 +91,20 @@ async def _follow_stored(runtime: ChatRuntime, turn_id: UUID, after_seq: int) ->
                 await repo.fail_stale_turns(conn, lease_seconds=runtime.lease_seconds)
             continue
         await asyncio.sleep(POLL_SECONDS)
+
+
+async def _terminal_after(runtime: ChatRuntime, turn_id: UUID, last: int) -> TurnEvent:
+    """The outcome of a finished turn for a client whose Last-Event-ID is at or past the
+    turn's stored terminal event.
+
+    That happens after a crash: the process sent events it had not stored yet, and the sweep
+    numbered its `error` right after the stored ones, with an id the client already saw (as
+    a delta). Without this the client would get an empty stream and never learn that the turn
+    failed. The stored terminal event is sent again with the id after the client's, so a
+    client that drops ids it has seen still takes it (a client that had really seen it gets
+    the same outcome twice, which is harmless)."""
+    async with runtime.db.acquire() as conn:
+        stored = await repo.terminal_event(conn, turn_id)
+    if stored is None:  # not written by this code; the turn ended without an event
+        stored = TurnEvent(last, "error", error_data("interrupted", "the turn ended", True))
+    return TurnEvent(max(stored.seq, last + 1), stored.event, stored.data)

@@ -17,6 +17,8 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
+from app.errors import DatabaseUnavailable
+
 logger = logging.getLogger(__name__)
 
 Conn: TypeAlias = asyncpg.Connection
@@ -50,6 +52,28 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
     """
 
 
+# Failures of the connection, not of a statement: the server is down, restarting, refusing,
+# overloaded, cut off by the network, or not answering in time. Nothing was committed, so the
+# request may be retried: callers see `DatabaseUnavailable` (503), never a 500.
+_UNAVAILABLE = (
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08, and a connection lost mid-statement
+    asyncpg.CannotConnectNowError,  # starting up or shutting down
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    OSError,  # refused, reset, unreachable (connect and socket errors)
+    TimeoutError,  # connect timeout, command timeout
+)
+
+
+def is_unavailable(exc: BaseException, conn: Conn | None = None) -> bool:
+    if isinstance(exc, _UNAVAILABLE):
+        return True
+    # asyncpg answers a plain InterfaceError ("connection is closed") on a connection whose
+    # loss it has already seen; other InterfaceErrors are misuse, i.e. bugs.
+    return isinstance(exc, asyncpg.InterfaceError) and conn is not None and conn.is_closed()
+
+
 class Database:
     """The app's pool. Created and closed in the lifespan; kept on `app.state.db`."""
 
@@ -80,18 +104,34 @@ class Database:
             raise RuntimeError("database is not connected")
         return self._pool
 
+    # Both context managers turn a connection failure into `DatabaseUnavailable`, whether it
+    # happens while acquiring (connecting) or in the body (the connection lost mid-statement or
+    # at commit): one mapping for every route and every background writer, none per call site.
+
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[Conn]:
-        async with self.pool.acquire() as conn:
-            yield conn
+        conn: Conn | None = None
+        try:
+            async with self.pool.acquire() as conn:
+                yield conn
+        except Exception as exc:
+            if is_unavailable(exc, conn):
+                raise DatabaseUnavailable() from exc
+            raise
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
-        async with self.pool.acquire() as conn, conn.transaction():
-            yield conn
+        conn: Conn | None = None
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                yield conn
+        except Exception as exc:
+            if is_unavailable(exc, conn):
+                raise DatabaseUnavailable() from exc
+            raise
 
     async def ping(self) -> None:
-        async with self.pool.acquire() as conn:
+        async with self.acquire() as conn:
             await conn.fetchval("select 1")
 
 

@@ -67,11 +67,28 @@ _UNAVAILABLE = (
 
 
 def is_unavailable(exc: BaseException, conn: Conn | None = None) -> bool:
-    if isinstance(exc, _UNAVAILABLE):
+    """`conn`: the connection the failure happened on, still acquired (or None)."""
+    if isinstance(exc, (DatabaseUnavailable, *_UNAVAILABLE)):
         return True
-    # asyncpg answers a plain InterfaceError ("connection is closed") on a connection whose
-    # loss it has already seen; other InterfaceErrors are misuse, i.e. bugs.
-    return isinstance(exc, asyncpg.InterfaceError) and conn is not None and conn.is_closed()
+    # asyncpg answers a plain InterfaceError ("the underlying connection is closed") on a
+    # connection whose loss it has already seen; other InterfaceErrors are misuse, i.e. bugs.
+    return isinstance(exc, asyncpg.InterfaceError) and conn is not None and _is_closed(conn)
+
+
+def _is_closed(conn: Conn) -> bool:
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        # The pool detaches a connection it saw terminate from its proxy (the one we hold):
+        # "connection has been released back to the pool".
+        return True
+
+
+def _raise_if_unavailable(exc: Exception, conn: Conn | None) -> None:
+    if isinstance(exc, DatabaseUnavailable):
+        return  # already mapped (an inner use of the pool)
+    if is_unavailable(exc, conn):
+        raise DatabaseUnavailable() from exc
 
 
 class Database:
@@ -107,27 +124,33 @@ class Database:
     # Both context managers turn a connection failure into `DatabaseUnavailable`, whether it
     # happens while acquiring (connecting) or in the body (the connection lost mid-statement or
     # at commit): one mapping for every route and every background writer, none per call site.
+    # The inner handler sees the connection still acquired (so it may ask whether it closed).
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[Conn]:
-        conn: Conn | None = None
         try:
             async with self.pool.acquire() as conn:
-                yield conn
-        except Exception as exc:
-            if is_unavailable(exc, conn):
-                raise DatabaseUnavailable() from exc
+                try:
+                    yield conn
+                except Exception as exc:
+                    _raise_if_unavailable(exc, conn)
+                    raise
+        except Exception as exc:  # connecting, or releasing a broken connection
+            _raise_if_unavailable(exc, None)
             raise
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
-        conn: Conn | None = None
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                yield conn
+            async with self.pool.acquire() as conn:
+                try:
+                    async with conn.transaction():
+                        yield conn
+                except Exception as exc:  # the body, or the commit
+                    _raise_if_unavailable(exc, conn)
+                    raise
         except Exception as exc:
-            if is_unavailable(exc, conn):
-                raise DatabaseUnavailable() from exc
+            _raise_if_unavailable(exc, None)
             raise
 
     async def ping(self) -> None:

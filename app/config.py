@@ -7,6 +7,7 @@ with a placeholder secret or a missing required value, naming the variable.
 from __future__ import annotations
 
 import json
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -40,6 +41,11 @@ class Settings(BaseSettings):
         default_factory=lambda: ["http://localhost:3000", "http://localhost:5173"]
     )
     data_dir: Path = Path(".data")
+    # This instance's name, the same across its restarts and different from every other
+    # instance on the database: a restarted instance fails the turns its previous run left
+    # streaming at once, instead of waiting out their lease. Unset: `<hostname>:<PORT>`. No
+    # "/": turns record `<instance_id>/<boot id>`.
+    instance_id: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[^/]+$")
 
     # --- database ---
     database_url: str | None = None  # postgresql://... ; unset: local server or embedded
@@ -151,9 +157,15 @@ class Settings(BaseSettings):
 
     # --- chat ---
     sse_ping_seconds: float = 15.0
-    # A streaming turn's owner renews its lease every third of this; a turn whose lease ran out
-    # was left by a crashed process and is marked failed ("interrupted").
-    chat_turn_lease_seconds: float = 30.0
+    # A streaming turn's owner renews its lease every eighth of this; a turn whose lease ran out
+    # was left by a crashed process and is marked failed ("interrupted"). A database outage
+    # shorter than the lease minus one renewal (35 s by default) cannot make a live turn look
+    # orphaned: nobody can renew during an outage, so the lease must outlast the outages
+    # survived (app/chat/runtime.py).
+    chat_turn_lease_seconds: float = Field(40.0, gt=0)
+    # How long a turn whose reply was produced keeps retrying its final write (charge, usage,
+    # last events) while the database is unreachable, kept in memory meanwhile.
+    chat_final_write_seconds: float = Field(60.0, ge=0)
     chat_event_flush_seconds: float = 0.1  # streamed events are stored in batches this often
     chat_shutdown_grace_seconds: float = 10.0  # running turns may finish before shutdown
 
@@ -171,6 +183,12 @@ class Settings(BaseSettings):
         if self.database_pool_min is not None:
             return min(self.database_pool_min, self.database_pool_max)
         return 1 if self.environment == "test" else self.database_pool_max
+
+    @property
+    def instance_name(self) -> str:
+        if self.instance_id:
+            return self.instance_id
+        return f"{socket.gethostname()}:{self.port}"
 
     @property
     def gc_tuning_enabled(self) -> bool:

@@ -102,6 +102,19 @@ class UpstreamUnavailable(AppError):
     code = "upstream_unavailable"
 
 
+class DatabaseUnavailable(UpstreamUnavailable):
+    """The database cannot be reached (outage, restart, network cut) or did not answer in time.
+
+    Raised by `Database` (app/platform/db.py) for every connection-level failure, so each route
+    answers 503 during an outage instead of 500: a 500 means a bug, and this is not one. The
+    request changed nothing (its transaction did not commit); the client may retry it."""
+
+    code = "database_unavailable"
+
+    def __init__(self, message: str = "the database is unavailable; retry shortly") -> None:
+        super().__init__(message, details={"retryable": True}, headers={"Retry-After": "1"})
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str

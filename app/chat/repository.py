@@ -182,20 +182,37 @@ async def insert_turn(conn: Conn, turn: NewTurn) -> None:
 
 
 async def fail_stale_turns(
-    conn: Conn, *, lease_seconds: float, user_id: UUID | None = None
+    conn: Conn,
+    *,
+    lease_seconds: float,
+    user_id: UUID | None = None,
+    owner_prefix: str | None = None,
 ) -> list[UUID]:
-    """Mark streaming turns whose owner stopped renewing the lease as failed ("interrupted"),
-    keeping their partial text, and store a final `error` event so resumers stop waiting."""
+    """Mark orphaned streaming turns as failed ("interrupted") and store a final `error` event
+    so resumers stop waiting. Orphaned: the owner stopped renewing the lease, or (with
+    `owner_prefix`, at an instance's startup) the turn was left by an earlier run of this same
+    instance. The partial reply is kept: the text already on the row, else what the stored
+    `message` events say (joined as the turn joins them), else the stored deltas."""
     data = error_data("interrupted", "the turn was interrupted by a server restart", True)
     rows = await conn.fetch(
         """
         with failed as (
-            update turns
-            set status = 'failed', error = 'interrupted', completed_at = now()
-            where status = 'streaming'
-              and heartbeat_at < now() - make_interval(secs => $1)
-              and ($2::uuid is null or user_id = $2)
-            returning id, user_id
+            update turns t
+            set status = 'failed', error = 'interrupted', completed_at = now(),
+                assistant_response = case when t.assistant_response <> ''
+                    then t.assistant_response
+                    else coalesce(
+                        (select string_agg(e.data->>'text', E'\\n\\n' order by e.seq)
+                         from turn_events e where e.turn_id = t.id and e.event = 'message'),
+                        (select string_agg(e.data->>'text', '' order by e.seq)
+                         from turn_events e where e.turn_id = t.id and e.event = 'delta'),
+                        '')
+                    end
+            where t.status = 'streaming'
+              and (t.heartbeat_at < now() - make_interval(secs => $1)
+                   or ($4::text is not null and starts_with(t.instance_id, $4)))
+              and ($2::uuid is null or t.user_id = $2)
+            returning t.id, t.user_id
         )
         insert into turn_events (turn_id, seq, user_id, event, data)
         select f.id,
@@ -207,6 +224,7 @@ async def fail_stale_turns(
         lease_seconds,
         user_id,
         data,
+        owner_prefix,
     )
     return [r["turn_id"] for r in rows]
 
@@ -257,6 +275,18 @@ async def events_after(conn: Conn, turn_id: UUID, after_seq: int) -> list[TurnEv
         after_seq,
     )
     return [TurnEvent(r["seq"], _event_name(r["event"]), r["data"]) for r in rows]
+
+
+async def terminal_event(conn: Conn, turn_id: UUID) -> TurnEvent | None:
+    """The turn's stored `done` or `error` event (a finished turn has one)."""
+    row = await conn.fetchrow(
+        """
+        select seq, event, data from turn_events
+        where turn_id = $1 and event in ('done', 'error') order by seq desc limit 1
+        """,
+        turn_id,
+    )
+    return TurnEvent(row["seq"], _event_name(row["event"]), row["data"]) if row else None
 
 
 def _event_name(value: str) -> EventName:

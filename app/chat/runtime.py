@@ -8,11 +8,21 @@ own queue; every event is stored in `turn_events`, in batches written by one wri
 process (one short transaction per flush interval, whatever the number of live turns), and
 the final events in the turn's completing transaction.
 
-Leases: each process renews `turns.heartbeat_at` of the turns it runs every third of
+Leases: each process renews `turns.heartbeat_at` of the turns it runs every eighth of
 `chat_turn_lease_seconds`. A turn left `streaming` whose lease ran out belongs to a process
 that died; it is marked failed ("interrupted") at startup, when its user starts a new turn,
 and when someone resumes it. Several live instances never take each other's turns, because
-a live owner keeps renewing.
+a live owner keeps renewing. During a database outage nobody can renew, so a live turn's
+heartbeat ages by the outage plus at most one renewal interval: outages shorter than 7/8 of
+the lease (35 s by default) never make a live turn look orphaned, and a turn that finished
+meanwhile keeps its reply in memory and writes it when the database is back
+(`turns._finish`).
+
+Restarts: each turn records `<instance name>/<boot id>` (`instance_id`). The instance name
+(`INSTANCE_ID`, default `<hostname>:<PORT>`) is the same across restarts of one instance and
+different between instances; the boot id is new at each start. At startup, before it runs any
+turn, an instance fails every turn still streaming under its own name: they were left by its
+previous run (killed, crashed), so its users are not locked out until the lease runs out.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from uuid import UUID
 from app.chat import repository as repo
 from app.chat.events import EventName, TurnEvent
 from app.config import Settings
+from app.errors import DatabaseUnavailable
 from app.platform.db import Database
 
 if TYPE_CHECKING:
@@ -163,7 +174,9 @@ class ChatRuntime:
     def __init__(self, settings: Settings, db: Database) -> None:
         self.settings = settings
         self.db = db
-        self.instance_id = uuid.uuid4().hex
+        # What turns record as their owner: the instance's stable name and this boot.
+        self.instance_name = settings.instance_name
+        self.instance_id = f"{self.instance_name}/{uuid.uuid4().hex[:12]}"
         self.runs: dict[UUID, TurnRun] = {}
         self.writer = EventWriter(db)
         self._maintenance: asyncio.Task[None] | None = None
@@ -172,18 +185,25 @@ class ChatRuntime:
     def lease_seconds(self) -> float:
         return self.settings.chat_turn_lease_seconds
 
+    @property
+    def renew_seconds(self) -> float:
+        return self.lease_seconds / 8
+
     async def start(self) -> None:
         async with self.db.transaction() as conn:
-            failed = await repo.fail_stale_turns(conn, lease_seconds=self.lease_seconds)
+            failed = await repo.fail_stale_turns(
+                conn, lease_seconds=self.lease_seconds, owner_prefix=f"{self.instance_name}/"
+            )
         if failed:
             logger.warning("marked %d interrupted turn(s) as failed", len(failed))
         self._maintenance = asyncio.create_task(self._maintain(), name="chat-maintenance")
 
     async def _maintain(self) -> None:
         interval = max(0.01, self.settings.chat_event_flush_seconds)
-        renew_every = max(interval, self.lease_seconds / 3)
+        renew_every = max(interval, self.renew_seconds)
         loop = asyncio.get_running_loop()
         next_renewal = loop.time() + renew_every
+        database_down = False
         while True:
             await asyncio.sleep(interval)
             try:
@@ -192,9 +212,19 @@ class ChatRuntime:
                     async with self.db.transaction() as conn:
                         await repo.renew_leases(conn, list(self.runs))
                     next_renewal = loop.time() + renew_every
+            except DatabaseUnavailable:
+                # Kept in memory and retried every interval: an outage loses nothing. Logged
+                # once per outage, not once per interval.
+                if not database_down:
+                    logger.warning("database unavailable: chat events kept in memory, retrying")
+                database_down = True
+                continue
             except Exception:
-                # Kept in memory and retried: a short database outage loses nothing.
                 logger.exception("storing chat events failed; retrying")
+                continue
+            if database_down:
+                logger.warning("database back: buffered chat events stored")
+                database_down = False
 
     def register(self, run: TurnRun, task: asyncio.Task[None]) -> None:
         run.task = task

@@ -7,13 +7,14 @@ Ownership is checked before the response starts, so another user's turn is a pla
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator
 from uuid import UUID
 
 from app.chat import repository as repo
-from app.chat.events import TurnEvent
+from app.chat.events import TurnEvent, error_data
 from app.chat.runtime import ChatRuntime, TurnRun
-from app.errors import NotFound
+from app.errors import DatabaseUnavailable, NotFound
 
 # How often a resume of a turn run by another process looks for new rows.
 POLL_SECONDS = 0.25
@@ -68,9 +69,15 @@ async def _follow_stored(runtime: ChatRuntime, turn_id: UUID, after_seq: int) ->
     while True:
         # Status first, then events: the transaction that ends a turn stores its last events
         # too, so events read after a terminal status are complete.
-        async with runtime.db.acquire() as conn:
-            status, stale = await repo.turn_progress(conn, turn_id, runtime.lease_seconds)
-            events = await repo.events_after(conn, turn_id, last)
+        try:
+            async with runtime.db.acquire() as conn:
+                status, stale = await repo.turn_progress(conn, turn_id, runtime.lease_seconds)
+                events = await repo.events_after(conn, turn_id, last)
+        except DatabaseUnavailable:
+            # The response has started: wait the outage out (pings keep the stream open)
+            # rather than break the stream.
+            await asyncio.sleep(POLL_SECONDS)
+            continue
         for i, event in enumerate(events):
             if event.terminal:
                 yield events[: i + 1]
@@ -79,6 +86,7 @@ async def _follow_stored(runtime: ChatRuntime, turn_id: UUID, after_seq: int) ->
             yield events
             last = events[-1].seq
         if status != "streaming":
+            yield [await _terminal_after(runtime, turn_id, last)]
             return
         run = runtime.runs.get(turn_id)
         if run is not None:  # the turn is (now) run by this process: follow it live
@@ -86,7 +94,30 @@ async def _follow_stored(runtime: ChatRuntime, turn_id: UUID, after_seq: int) ->
                 yield batch
             return
         if stale:
-            async with runtime.db.transaction() as conn:
-                await repo.fail_stale_turns(conn, lease_seconds=runtime.lease_seconds)
+            with contextlib.suppress(DatabaseUnavailable):  # read again after the outage
+                async with runtime.db.transaction() as conn:
+                    await repo.fail_stale_turns(conn, lease_seconds=runtime.lease_seconds)
             continue
         await asyncio.sleep(POLL_SECONDS)
+
+
+async def _terminal_after(runtime: ChatRuntime, turn_id: UUID, last: int) -> TurnEvent:
+    """The outcome of a finished turn for a client whose Last-Event-ID is at or past the
+    turn's stored terminal event.
+
+    That happens after a crash: the process sent events it had not stored yet, and the sweep
+    numbered its `error` right after the stored ones, with an id the client already saw (as
+    a delta). Without this the client would get an empty stream and never learn that the turn
+    failed. The stored terminal event is sent again with the id after the client's, so a
+    client that drops ids it has seen still takes it (a client that had really seen it gets
+    the same outcome twice, which is harmless)."""
+    while True:
+        try:
+            async with runtime.db.acquire() as conn:
+                stored = await repo.terminal_event(conn, turn_id)
+            break
+        except DatabaseUnavailable:
+            await asyncio.sleep(POLL_SECONDS)
+    if stored is None:  # only for a row ended by hand: this code always stores one
+        stored = TurnEvent(last, "error", error_data("interrupted", "the turn ended", True))
+    return TurnEvent(max(stored.seq, last + 1), stored.event, stored.data)

@@ -45,7 +45,7 @@ from app.chat import repository as repo
 from app.chat.events import TurnEvent, agent_event_data, error_data, turn_data
 from app.chat.runtime import ChatRuntime, TurnRun
 from app.config import Settings
-from app.errors import BudgetExceeded, Conflict
+from app.errors import BudgetExceeded, Conflict, DatabaseUnavailable
 from app.providers.agents import (
     AgentNotFound,
     AgentProvider,
@@ -291,27 +291,61 @@ async def _finish(deps: TurnDeps, run: TurnRun, content: str, outcome: _Outcome)
             budget = await deps.billing.get_budget(run.user_id)
         except Exception:  # the remaining budget is informative; never fail a turn for it
             logger.warning("budget lookup failed after turn %s", run.turn_id)
-    for attempt in range(3):
-        try:
-            terminal = await _store_final(deps, run, content, outcome, usage, budget)
-            break
-        except TurnLost:
-            logger.warning("turn %s was taken over as interrupted; not stored", run.turn_id)
-            terminal = [run.make("error", error_data("interrupted", "the turn was lost", True))]
-            break
-        except Exception:
-            logger.exception(
-                "storing the end of turn %s failed (attempt %d)", run.turn_id, attempt + 1
-            )
-            await asyncio.sleep(0.2 * (attempt + 1))
-    else:
-        # The turn stays `streaming` in the database; its lease runs out and the crash sweep
-        # marks it interrupted. Live subscribers are told now.
-        terminal = [
-            run.make("error", error_data("internal_error", "the reply was not saved", True))
-        ]
+    terminal = await _store_final_retrying(deps, run, content, outcome, usage, budget)
     for event in terminal:
         run.publish(event)
+
+
+# Backoff between attempts of a final write while the database is unreachable: short, so the
+# turn is stored (and its user free to chat again) within a fraction of a second of the
+# database coming back; a refused connection costs next to nothing meanwhile.
+_FINAL_RETRY_FIRST = 0.05
+_FINAL_RETRY_MAX = 0.25
+# Any other failure is most likely a bug that would fail the same way again.
+_FINAL_ATTEMPTS_ON_ERROR = 3
+
+
+async def _store_final_retrying(
+    deps: TurnDeps,
+    run: TurnRun,
+    content: str,
+    outcome: _Outcome,
+    usage: TokenUsage | None,
+    budget: Budget | None,
+) -> list[TurnEvent]:
+    """The final write, retried until it is stored: the reply (or partial reply) and its
+    usage stay in memory through a database outage of up to `chat_final_write_seconds`.
+
+    Meanwhile the turn is still this process's (in `runtime.runs`): it counts as the user's
+    turn in flight (a second message gets 409, the one-turn rule holds), subscribers wait for
+    its end (pings keep their streams open), and its lease is renewed as soon as the database
+    answers, so no other process sweeps it (see the lease arithmetic in runtime.py)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deps.settings.chat_final_write_seconds
+    delay = _FINAL_RETRY_FIRST
+    errors = 0
+    while True:
+        try:
+            return await _store_final(deps, run, content, outcome, usage, budget)
+        except TurnLost:
+            logger.warning("turn %s was taken over as interrupted; not stored", run.turn_id)
+            return [run.make("error", error_data("interrupted", "the turn was lost", True))]
+        except DatabaseUnavailable:
+            if loop.time() >= deadline:
+                logger.error("turn %s not stored: the database stayed unavailable", run.turn_id)
+                break
+            if delay == _FINAL_RETRY_FIRST:
+                logger.warning("database unavailable: the end of turn %s waits", run.turn_id)
+        except Exception:
+            errors += 1
+            logger.exception("storing the end of turn %s failed (attempt %d)", run.turn_id, errors)
+            if errors >= _FINAL_ATTEMPTS_ON_ERROR:
+                break
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _FINAL_RETRY_MAX)
+    # The turn stays `streaming` in the database; once this process forgets it, its lease runs
+    # out and the crash sweep marks it interrupted. Live subscribers are told now.
+    return [run.make("error", error_data("internal_error", "the reply was not saved", True))]
 
 
 async def _store_final(

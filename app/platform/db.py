@@ -17,6 +17,8 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
+from app.errors import DatabaseUnavailable
+
 logger = logging.getLogger(__name__)
 
 Conn: TypeAlias = asyncpg.Connection
@@ -50,6 +52,45 @@ async def _reset_connection(conn: asyncpg.Connection) -> None:
     """
 
 
+# Failures of the connection, not of a statement: the server is down, restarting, refusing,
+# overloaded, cut off by the network, or not answering in time. Nothing was committed, so the
+# request may be retried: callers see `DatabaseUnavailable` (503), never a 500.
+_UNAVAILABLE = (
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08, and a connection lost mid-statement
+    asyncpg.CannotConnectNowError,  # starting up or shutting down
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    OSError,  # refused, reset, unreachable (connect and socket errors)
+    TimeoutError,  # connect timeout, command timeout
+)
+
+
+def is_unavailable(exc: BaseException, conn: Conn | None = None) -> bool:
+    """`conn`: the connection the failure happened on, still acquired (or None)."""
+    if isinstance(exc, (DatabaseUnavailable, *_UNAVAILABLE)):
+        return True
+    # asyncpg answers a plain InterfaceError ("the underlying connection is closed") on a
+    # connection whose loss it has already seen; other InterfaceErrors are misuse, i.e. bugs.
+    return isinstance(exc, asyncpg.InterfaceError) and conn is not None and _is_closed(conn)
+
+
+def _is_closed(conn: Conn) -> bool:
+    try:
+        return bool(conn.is_closed())
+    except asyncpg.InterfaceError:
+        # The pool detaches a connection it saw terminate from its proxy (the one we hold):
+        # "connection has been released back to the pool".
+        return True
+
+
+def _raise_if_unavailable(exc: Exception, conn: Conn | None) -> None:
+    if isinstance(exc, DatabaseUnavailable):
+        return  # already mapped (an inner use of the pool)
+    if is_unavailable(exc, conn):
+        raise DatabaseUnavailable() from exc
+
+
 class Database:
     """The app's pool. Created and closed in the lifespan; kept on `app.state.db`."""
 
@@ -80,18 +121,40 @@ class Database:
             raise RuntimeError("database is not connected")
         return self._pool
 
+    # Both context managers turn a connection failure into `DatabaseUnavailable`, whether it
+    # happens while acquiring (connecting) or in the body (the connection lost mid-statement or
+    # at commit): one mapping for every route and every background writer, none per call site.
+    # The inner handler sees the connection still acquired (so it may ask whether it closed).
+
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[Conn]:
-        async with self.pool.acquire() as conn:
-            yield conn
+        try:
+            async with self.pool.acquire() as conn:
+                try:
+                    yield conn
+                except Exception as exc:
+                    _raise_if_unavailable(exc, conn)
+                    raise
+        except Exception as exc:  # connecting, or releasing a broken connection
+            _raise_if_unavailable(exc, None)
+            raise
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
-        async with self.pool.acquire() as conn, conn.transaction():
-            yield conn
+        try:
+            async with self.pool.acquire() as conn:
+                try:
+                    async with conn.transaction():
+                        yield conn
+                except Exception as exc:  # the body, or the commit
+                    _raise_if_unavailable(exc, conn)
+                    raise
+        except Exception as exc:
+            _raise_if_unavailable(exc, None)
+            raise
 
     async def ping(self) -> None:
-        async with self.pool.acquire() as conn:
+        async with self.acquire() as conn:
             await conn.fetchval("select 1")
 
 

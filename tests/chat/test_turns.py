@@ -527,8 +527,12 @@ async def test_live_turns_renew_their_lease(
                 run.turn_id,
             )
         assert stale is False
-        # A second process sweeping now must leave it alone.
-        other = ChatRuntime(fast, application.state.services.db)
+        # A second process (another instance: its own INSTANCE_ID) sweeping now must leave
+        # it alone.
+        other = ChatRuntime(
+            fast.model_copy(update={"instance_id": "other-instance"}),
+            application.state.services.db,
+        )
         await other.start()
         await other.stop()
         turn.push(MessageEvent("ok"), USAGE).end()

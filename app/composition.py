@@ -25,6 +25,7 @@ __all__ = ["AppState", "BackgroundTasks", "Overrides", "build_state", "http_clie
 
 import httpx
 
+from app.accounts.passwords import common_passwords
 from app.accounts.provisioning import Provisioner
 from app.accounts.service import AccountService
 from app.agents.service import AgentService
@@ -122,6 +123,7 @@ def http_client(settings: Settings) -> httpx.AsyncClient:
 
 
 async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExitStack) -> AppState:
+    common_passwords()  # read now: a missing list stops startup, not the first registration
     target = await resolve_database(settings)
     logger.info("database: %s", target.description)
     if target.stop is not None:

@@ -40,6 +40,13 @@ class Settings(BaseSettings):
         default_factory=lambda: ["http://localhost:3000", "http://localhost:5173"]
     )
     data_dir: Path = Path(".data")
+    # Proxies in front of the app that append to X-Forwarded-For (Railway: 1). The client is the
+    # entry this many places from the right; 0: the header is ignored, the socket peer counts.
+    # app/platform/client_address.py
+    trusted_proxy_count: int = Field(0, ge=0, le=10)
+    # With TRUSTED_PROXY_COUNT > 0: a header the proxy sets to the client address (X-Real-IP),
+    # read instead of X-Forwarded-For. Unset: X-Forwarded-For.
+    client_ip_header: str | None = Field(None, pattern=r"^[A-Za-z0-9-]{1,64}$")
 
     # --- database ---
     database_url: str | None = None  # postgresql://... ; unset: local server or embedded

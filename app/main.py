@@ -13,8 +13,8 @@ from fastapi.middleware.cors import CORSMiddleware
 from app.composition import Overrides, build_state
 from app.config import Settings, get_settings
 from app.errors import COMMON_ERROR_RESPONSES, install_error_handlers
-from app.platform.logging_setup import configure_logging
 from app.platform.client_address import ClientAddressMiddleware
+from app.platform.logging_setup import configure_logging
 from app.platform.middleware import RequestIdMiddleware
 
 logger = logging.getLogger(__name__)

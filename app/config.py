@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     jwt_issuer: str = "agentmem"
     jwt_audience: str = "authenticated"
     access_token_ttl_seconds: int = 3600
+    # A token's `iat` may be this far in the future (clock skew between issuer and us); later
+    # is refused.
+    jwt_iat_leeway_seconds: int = Field(30, ge=0, le=300)
+    # Every instance learns of revoked sessions (logout, refresh-token reuse) this often: the
+    # longest a revoked session's access token still works elsewhere (app/auth/revocations.py).
+    revocation_poll_seconds: float = Field(5.0, gt=0, le=300)
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
     # argon2id cost (built-in identity); defaults are argon2-cffi's RFC 9106 low-memory profile
     password_hash_time_cost: int = 3

@@ -200,7 +200,11 @@ class TokenVerifier:
         if claims.get("role") not in ("authenticated", "service_role"):
             raise Unauthorized("token role not accepted")
         # jose checked that iat is a number, not when it is.
-        if float(claims["iat"]) > time.time() + self._iat_leeway:
+        try:
+            issued_at = float(claims["iat"])
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise Unauthorized("invalid token issue time") from exc
+        if issued_at > time.time() + self._iat_leeway:
             raise Unauthorized("token issued in the future")
         try:
             session_id = str(UUID(str(claims["session_id"])))

@@ -3,10 +3,27 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import uvicorn
 
-from app.config import ConfigError, get_settings
+from app.config import ConfigError, Settings, get_settings
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options (also what the tests serve the app with)."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        # Off: uvicorn trusting FORWARDED_ALLOW_IPS=* takes the left-most X-Forwarded-For
+        # entry, which the client writes. The client address comes from TRUSTED_PROXY_COUNT
+        # instead (app/platform/client_address.py), and FORWARDED_ALLOW_IPS is not read.
+        "proxy_headers": False,
+        "timeout_graceful_shutdown": 30,
+        "log_config": None,  # our logging setup (JSON in production, request ids)
+        # app.platform.middleware logs one line per request, with its request id
+        "access_log": False,
+    }
 
 
 def main() -> None:
@@ -15,16 +32,7 @@ def main() -> None:
     except ConfigError as exc:
         # A clear one-line refusal (no traceback) naming the variable to fix.
         sys.exit(f"configuration error: {exc}")
-    uvicorn.run(
-        "app.main:create_app",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        proxy_headers=True,
-        timeout_graceful_shutdown=30,
-        log_config=None,  # our logging setup (JSON in production, request ids)
-        access_log=False,  # app.platform.middleware logs one line per request, with its request id
-    )
+    uvicorn.run("app.main:create_app", factory=True, **server_options(settings))
 
 
 if __name__ == "__main__":

@@ -25,9 +25,11 @@ __all__ = ["AppState", "BackgroundTasks", "Overrides", "build_state", "http_clie
 
 import httpx
 
+from app.accounts.passwords import common_passwords
 from app.accounts.provisioning import Provisioner
 from app.accounts.service import AccountService
 from app.agents.service import AgentService
+from app.auth.revocations import SessionRevocations
 from app.auth.tokens import TokenVerifier
 from app.chat.history import ChatHistory
 from app.chat.runtime import ChatRuntime
@@ -93,6 +95,7 @@ class AppState:
     billing: BillingProvider
     agents: AgentProvider
     verifier: TokenVerifier
+    revocations: SessionRevocations
     provisioner: Provisioner
     chat: ChatRuntime
     limiter: Limiter
@@ -122,6 +125,7 @@ def http_client(settings: Settings) -> httpx.AsyncClient:
 
 
 async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExitStack) -> AppState:
+    common_passwords()  # read now: a missing list stops startup, not the first registration
     target = await resolve_database(settings)
     logger.info("database: %s", target.description)
     if target.stop is not None:
@@ -142,7 +146,11 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
     # Registered after the clients, so awaited before they close: a background task may be
     # closing an upstream stream, or recording its usage.
     stack.push_async_callback(background.aclose)
-    providers = build_providers(settings, db, http, llm, overrides)
+    # Loaded before any request: a token of a session revoked before this start is refused.
+    revocations = SessionRevocations(db, settings.revocation_poll_seconds)
+    await revocations.start()
+    stack.push_async_callback(revocations.aclose)
+    providers = build_providers(settings, db, http, llm, overrides, revocations)
     identity, billing, agents = providers.identity, providers.billing, providers.agents
     limiter = build_limiter(settings)
     stack.push_async_callback(limiter.aclose)
@@ -160,6 +168,7 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
         billing=billing,
         agents=agents,
         verifier=providers.verifier,
+        revocations=revocations,
         provisioner=provisioner,
         chat=chat,
         limiter=limiter,
@@ -168,7 +177,7 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
         llm_proxy=LLMProxy(settings, db, billing, llm, background.spawn),
         turns=TurnDeps(settings, chat, agents, billing, provisioner),
         chat_history=ChatHistory(db),
-        account_service=AccountService(identity, db, provisioner),
+        account_service=AccountService(settings, identity, db, provisioner, revocations),
         agent_service=AgentService(settings, db, agents, provisioner),
         usage_service=UsageService(settings, db, billing),
     )

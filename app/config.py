@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     # streaming at once, instead of waiting out their lease. Unset: `<hostname>:<PORT>`. No
     # "/": turns record `<instance_id>/<boot id>`.
     instance_id: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[^/]+$")
+    # Proxies in front of the app that append to X-Forwarded-For (Railway: 1). The client is the
+    # entry this many places from the right; 0: the header is ignored, the socket peer counts.
+    # app/platform/client_address.py
+    trusted_proxy_count: int = Field(0, ge=0, le=10)
+    # With TRUSTED_PROXY_COUNT > 0: a header the proxy sets to the client address (X-Real-IP),
+    # read instead of X-Forwarded-For. Unset: X-Forwarded-For.
+    client_ip_header: str | None = Field(None, pattern=r"^[A-Za-z0-9-]{1,64}$")
 
     # --- database ---
     database_url: str | None = None  # postgresql://... ; unset: local server or embedded
@@ -65,6 +72,12 @@ class Settings(BaseSettings):
     jwt_issuer: str = "agentmem"
     jwt_audience: str = "authenticated"
     access_token_ttl_seconds: int = 3600
+    # A token's `iat` may be this far in the future (clock skew between issuer and us); later
+    # is refused.
+    jwt_iat_leeway_seconds: int = Field(30, ge=0, le=300)
+    # Every instance learns of revoked sessions (logout, refresh-token reuse) this often: the
+    # longest a revoked session's access token still works elsewhere (app/auth/revocations.py).
+    revocation_poll_seconds: float = Field(5.0, gt=0, le=300)
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
     # argon2id cost (built-in identity); defaults are argon2-cffi's RFC 9106 low-memory profile
     password_hash_time_cost: int = 3

@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from app.composition import Overrides, build_state
 from app.config import Settings, get_settings
 from app.errors import COMMON_ERROR_RESPONSES, install_error_handlers
+from app.platform.client_address import ClientAddressMiddleware
 from app.platform.logging_setup import configure_logging
 from app.platform.middleware import RequestIdMiddleware
 
@@ -63,6 +64,12 @@ def create_app(settings: Settings | None = None, overrides: Overrides | None = N
     app.state.settings = settings
     app.state.overrides = overrides or Overrides()
 
+    # Innermost: the client address (rate limits) is settled before any route runs.
+    app.add_middleware(
+        ClientAddressMiddleware,
+        trusted_proxy_count=settings.trusted_proxy_count,
+        client_ip_header=settings.client_ip_header,
+    )
     app.add_middleware(RequestIdMiddleware)
     # Added last = outermost: CORS headers also go on the 500s RequestIdMiddleware renders.
     app.add_middleware(

@@ -205,8 +205,8 @@ def _limiter(request: Request) -> Limiter:
 
 
 def client_ip(request: Request) -> str:
-    # uvicorn's proxy_headers (FORWARDED_ALLOW_IPS) already put the real client here behind
-    # a trusted proxy; X-Forwarded-For is not read here, a client could forge it.
+    # app/platform/client_address.py has put the address our trusted proxies report here
+    # (TRUSTED_PROXY_COUNT); X-Forwarded-For is never read here, a client could forge it.
     return request.client.host if request.client else "unknown"
 
 

@@ -45,6 +45,7 @@ async def test_the_lifespan_builds_one_state_and_closes_it_in_reverse_order(
     assert ours == [
         "ChatRuntime.stop",
         "Limiter.aclose",
+        "SessionRevocations.aclose",  # its polling task
         "BackgroundTasks.aclose",
         "LLMClients.aclose",
         "AsyncClient.aclose",  # the AppHTTPClient (inherited aclose)

@@ -4,8 +4,10 @@ instances, and fail-open when the storage is down."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
+import random
 import socket
 import time
 import uuid
@@ -16,6 +18,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import uvicorn
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from limits import parse
@@ -24,6 +27,7 @@ from limits.aio.storage import MemoryStorage
 from limits.aio.storage import memory as limits_memory
 
 import app.ratelimit as ratelimit
+from app.__main__ import server_options
 from app.config import ConfigError, Settings
 from app.main import create_app
 from app.providers.agents import MessageEvent, UsageEvent
@@ -256,6 +260,68 @@ async def test_register_is_limited_per_client_ip(
         assert_rate_limited(await client.post(REGISTER, json=body))
     async with db_pool.acquire() as conn:
         assert await conn.fetchval("select count(*) from auth.users") == 3
+
+
+@asynccontextmanager
+async def served(application: FastAPI) -> AsyncIterator[str]:
+    """The app served by uvicorn exactly as `python -m app` serves it (its options), on a
+    loopback port: the client address goes through the real server, not an ASGI transport."""
+    options = server_options(application.state.settings)
+    config = uvicorn.Config(
+        application, **{k: v for k, v in options.items() if k not in ("host", "port")}
+    )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        for _ in range(300):
+            if server.started:
+                break
+            await asyncio.sleep(0.05)
+        assert server.started, "uvicorn did not start"
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+        sock.close()
+
+
+@pytest.mark.parametrize("trusted_proxy_count", [0, 1])
+async def test_forged_forwarded_for_does_not_escape_the_register_limit(
+    limited_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    db_pool: asyncpg.Pool,
+    trusted_proxy_count: int,
+) -> None:
+    """Issue #12 item 10: 25 registrations from one client, each with a random address of its
+    own at the left of X-Forwarded-For, are limited like any 25. FORWARDED_ALLOW_IPS=* is what
+    the README used to advise for Railway; the proxy (here: the test) appends the address it
+    saw, as Railway's does, and the app is told how many such proxies there are."""
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")
+    application = create_app(
+        limited_settings(auth_rate_limit="5/minute", trusted_proxy_count=trusted_proxy_count)
+    )
+    statuses: list[int] = []
+    async with served(application) as base, httpx.AsyncClient(base_url=base) as client:
+        for i in range(25):
+            forged = f"{random.randint(1, 223)}.{random.randint(0, 255)}.{i}.{i + 1}"
+            chain = f"{forged}, 198.51.100.77" if trusted_proxy_count else forged
+            response = await client.post(
+                REGISTER,
+                json={"email": f"xff{i}@example.com", "password": "a-long-password-1"},
+                headers={"X-Forwarded-For": chain},
+            )
+            statuses.append(response.status_code)
+    assert statuses == [201] * 5 + [429] * 20
+    async with db_pool.acquire() as conn:
+        assert await conn.fetchval("select count(*) from auth.users") == 5
+
+
+def test_python_m_app_leaves_forwarded_headers_to_the_app() -> None:
+    options = server_options(Settings(_env_file=None))  # type: ignore[call-arg]
+    assert options["proxy_headers"] is False
 
 
 async def test_429_is_documented_on_the_limited_routes_only(running_app: AppFactory) -> None:

@@ -10,9 +10,10 @@ from uuid import UUID
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from app.accounts.passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD, check_new_password
+
 MAX_EMAIL = 254  # RFC 5321 path limit
-MIN_PASSWORD = 8
-MAX_PASSWORD = 256  # argon2 takes any length; this bounds the work one request can ask for
+MAX_PASSWORD = 256  # login: accounts made before the registration rules may still sign in
 MAX_DISPLAY_NAME = 100
 MAX_REFRESH_TOKEN = 2048
 
@@ -35,7 +36,20 @@ def _display_name(value: str | None) -> str | None:
 
 
 Email = Annotated[str, Field(min_length=3, max_length=MAX_EMAIL), AfterValidator(_email)]
-Password = Annotated[str, Field(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)]
+# A new password: the rules of app/accounts/passwords.py (the length bounds are also here so
+# that the OpenAPI document shows them; the byte bound is the stricter one).
+NewPassword = Annotated[
+    str,
+    Field(
+        min_length=MIN_PASSWORD,
+        max_length=MAX_PASSWORD_BYTES,
+        description=(
+            f"At least {MIN_PASSWORD} characters, at most {MAX_PASSWORD_BYTES} bytes of UTF-8,"
+            " no control characters, not only spaces, not a common password"
+        ),
+    ),
+    AfterValidator(check_new_password),
+]
 DisplayName = Annotated[
     str | None, Field(max_length=MAX_DISPLAY_NAME), AfterValidator(_display_name)
 ]
@@ -46,7 +60,7 @@ AgentStatus = Literal["ready", "pending", "unavailable"]
 
 class RegisterIn(BaseModel):
     email: Email
-    password: Password
+    password: NewPassword
     display_name: DisplayName = None
 
 

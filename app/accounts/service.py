@@ -28,7 +28,9 @@ from app.accounts.schemas import (
     TokenOut,
     UserOut,
 )
+from app.auth.revocations import SessionRevocations
 from app.auth.tokens import TokenClaims
+from app.config import Settings
 from app.deps import services
 from app.platform.db import Database
 from app.providers.identity import AuthSession, IdentityProvider
@@ -133,8 +135,33 @@ async def refresh(refresh_token: str, identity: IdentityProvider, db: Database) 
     )
 
 
-async def logout(identity: IdentityProvider, access_token: str, claims: TokenClaims) -> None:
+async def logout(
+    settings: Settings,
+    identity: IdentityProvider,
+    revocations: SessionRevocations,
+    access_token: str,
+    claims: TokenClaims,
+) -> None:
+    # The identity ends the session's refresh tokens; the revocation ends the access tokens
+    # already handed out (here at once, on other instances within REVOCATION_POLL_SECONDS).
+    # In this order so that a failure of the second leaves the token valid and the client
+    # can simply log out again (both steps are idempotent).
     await identity.sign_out(access_token, claims.session_id)
+    await revocations.revoke(
+        UUID(claims.session_id), claims.sub, "logout", _session_token_lifetime(settings, claims)
+    )
+
+
+def _session_token_lifetime(settings: Settings, claims: TokenClaims) -> float:
+    """How long a token of this session issued before now may stay unexpired: our access-token
+    lifetime, or the issuer's when longer (a Supabase token's exp - iat: the project's JWT
+    expiry), plus the leeway for an issuer whose clock runs ahead."""
+    issued_for = 0.0
+    exp, iat = claims.raw.get("exp"), claims.raw.get("iat")
+    if isinstance(exp, int | float) and isinstance(iat, int | float):
+        issued_for = float(exp) - float(iat)
+    lifetime = max(float(settings.access_token_ttl_seconds), issued_for)
+    return lifetime + settings.jwt_iat_leeway_seconds
 
 
 async def _profile(db: Database, user_id: UUID) -> ProfileRow:
@@ -184,10 +211,19 @@ class AccountService:
     """The /auth and /user/profile use cases. Built once by the composition root; the steps
     above take their dependencies explicitly, so each reads as what it touches."""
 
-    def __init__(self, identity: IdentityProvider, db: Database, provisioner: Provisioner) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        identity: IdentityProvider,
+        db: Database,
+        provisioner: Provisioner,
+        revocations: SessionRevocations,
+    ) -> None:
+        self._settings = settings
         self._identity = identity
         self._db = db
         self._provisioner = provisioner
+        self._revocations = revocations
 
     async def register(self, body: RegisterIn) -> AuthOut:
         return await register(body, self._identity, self._db, self._provisioner)
@@ -199,7 +235,7 @@ class AccountService:
         return await refresh(refresh_token, self._identity, self._db)
 
     async def logout(self, access_token: str, claims: TokenClaims) -> None:
-        await logout(self._identity, access_token, claims)
+        await logout(self._settings, self._identity, self._revocations, access_token, claims)
 
     async def me(self, user_id: UUID) -> MeOut:
         return await me(self._db, user_id)

@@ -4,6 +4,13 @@ Accepted: HS256 with a configured secret (built-in identity, or Supabase's legac
 and ES256/RS256 with a key from Supabase's JWKS, matched by `kid`. The algorithm family is
 pinned to the key type, so a token signed with HMAC over a public key (HS/RS confusion) or
 with `alg: none` never verifies.
+
+Required claims: `sub` (a UUID), `aud` and `iss` (the configured ones: a token without them is
+refused, not waved through), `exp`, `iat` (not later than now plus a small leeway for clock
+skew: a token "issued in the future" is forged or from a wrong clock) and `session_id` (a
+UUID: a token without a session could not be revoked). A token of a revoked session (logout,
+refresh-token reuse) is refused once this process knows of the revocation: see
+`app.auth.revocations` for the bound.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from uuid import UUID
 import httpx
 from jose import JWTError, jwt
 
+from app.auth.revocations import SessionRevocations
 from app.errors import Unauthorized
 
 _ASYMMETRIC = {"ES256", "RS256"}
@@ -29,7 +37,7 @@ class TokenClaims:
     sub: UUID
     email: str | None
     role: str
-    session_id: str | None
+    session_id: str  # canonical UUID text
     app_metadata: dict[str, Any]
     raw: dict[str, Any]
 
@@ -81,7 +89,9 @@ class TokenVerifier:
     """Verifies access tokens. A verified token is remembered for a short while (bounded LRU
     keyed by the token string, never past its `exp`): a client sends the same token on every
     request, and each signature check and claims validation is CPU on the request path.
-    Only successes are cached, so a bad token is checked every time."""
+    Only successes are cached, so a bad token is checked every time. The revocation check is
+    made on every call, cached or not, so the cache never keeps a revoked session's token
+    valid."""
 
     def __init__(
         self,
@@ -91,6 +101,8 @@ class TokenVerifier:
         hs_secrets: list[str],
         jwks: JwksCache | None = None,
         leeway_seconds: int = 0,
+        iat_leeway_seconds: int = 30,
+        revocations: SessionRevocations | None = None,
         cache_size: int = 4096,
         cache_seconds: float = 60.0,
     ) -> None:
@@ -99,11 +111,19 @@ class TokenVerifier:
         self._hs_secrets = [s for s in hs_secrets if s]
         self._jwks = jwks
         self._leeway = leeway_seconds
+        self._iat_leeway = iat_leeway_seconds
+        self._revocations = revocations
         self._cache: OrderedDict[str, tuple[float, TokenClaims]] = OrderedDict()
         self._cache_size = cache_size
         self._cache_seconds = cache_seconds
 
     async def verify(self, token: str) -> TokenClaims:
+        claims = await self._verified(token)
+        if self._revocations is not None and self._revocations.is_revoked(claims.session_id):
+            raise Unauthorized("session has ended")
+        return claims
+
+    async def _verified(self, token: str) -> TokenClaims:
         cache = self._cache
         hit = cache.get(token)
         now = time.time()
@@ -132,6 +152,9 @@ class TokenVerifier:
             "require_exp": True,
             "require_iat": True,
             "require_sub": True,
+            # python-jose checks aud and iss only when present unless told they are required.
+            "require_aud": True,
+            "require_iss": True,
         }
         claims: dict[str, Any] | None = None
         if alg == "HS256" and self._hs_secrets:
@@ -176,12 +199,23 @@ class TokenVerifier:
             raise Unauthorized("invalid token subject") from exc
         if claims.get("role") not in ("authenticated", "service_role"):
             raise Unauthorized("token role not accepted")
+        # jose checked that iat is a number, not when it is.
+        try:
+            issued_at = float(claims["iat"])
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise Unauthorized("invalid token issue time") from exc
+        if issued_at > time.time() + self._iat_leeway:
+            raise Unauthorized("token issued in the future")
+        try:
+            session_id = str(UUID(str(claims["session_id"])))
+        except (KeyError, ValueError) as exc:
+            raise Unauthorized("token has no session") from exc
         meta = claims.get("app_metadata")
         return TokenClaims(
             sub=sub,
             email=claims.get("email"),
             role=str(claims["role"]),
-            session_id=claims.get("session_id"),
+            session_id=session_id,
             app_metadata=meta if isinstance(meta, dict) else {},
             raw=claims,
         )

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from app.auth.revocations import SessionRevocations
 from app.auth.tokens import JwksCache, TokenVerifier
 from app.config import Settings
 from app.platform.db import Database
@@ -37,7 +38,11 @@ def supabase_issuer(settings: Settings) -> str:
     return f"{(settings.supabase_url or '').rstrip('/')}/auth/v1"
 
 
-def build_verifier(settings: Settings, http: httpx.AsyncClient) -> TokenVerifier:
+def build_verifier(
+    settings: Settings,
+    http: httpx.AsyncClient,
+    revocations: SessionRevocations | None = None,
+) -> TokenVerifier:
     if settings.identity_provider == "supabase":
         jwks = JwksCache(
             f"{supabase_issuer(settings)}/.well-known/jwks.json",
@@ -50,11 +55,15 @@ def build_verifier(settings: Settings, http: httpx.AsyncClient) -> TokenVerifier
             audience=settings.jwt_audience,
             hs_secrets=[secret.get_secret_value()] if secret else [],
             jwks=jwks,
+            iat_leeway_seconds=settings.jwt_iat_leeway_seconds,
+            revocations=revocations,
         )
     return TokenVerifier(
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
         hs_secrets=[settings.jwt_secret.get_secret_value()],
+        iat_leeway_seconds=settings.jwt_iat_leeway_seconds,
+        revocations=revocations,
     )
 
 
@@ -96,11 +105,12 @@ def build_providers(
     http: httpx.AsyncClient,
     llm: LLMClients,
     overrides: Overrides | None = None,
+    revocations: SessionRevocations | None = None,
 ) -> Providers:
     chosen = overrides or Overrides()
     return Providers(
         identity=chosen.identity or build_identity(settings, db, http),
         billing=chosen.billing or build_billing(settings, db, http),
         agents=chosen.agents or build_agents(settings, db, http, llm),
-        verifier=build_verifier(settings, http),
+        verifier=build_verifier(settings, http, revocations),
     )

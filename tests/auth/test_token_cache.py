@@ -21,7 +21,8 @@ ISS, AUD = "agentmem-test", "authenticated"
 def token(exp_in: int = 600, **extra: Any) -> str:
     now = int(time.time())
     claims = {"sub": str(uuid.uuid4()), "role": "authenticated", "aud": AUD, "iss": ISS,
-              "iat": now, "exp": now + exp_in, **extra}  # fmt: skip
+              "iat": now, "exp": now + exp_in, "session_id": str(uuid.uuid4()),
+              **extra}  # fmt: skip
     return str(jwt.encode(claims, SECRET, algorithm="HS256"))
 
 

@@ -352,3 +352,52 @@ async def test_supabase_without_legacy_secret_refuses_hs256(
     user_id = await insert_user(db_pool)
     token = str(jwt.encode(claims_for(user_id, SUPABASE_ISS), LEGACY_SECRET, algorithm="HS256"))
     assert_401(await get_me(client, token))
+
+
+# --- required claims (issue #12 item 9): aud, iss, session_id; iat not in the future ---
+
+
+def _claim_cases(user_id: uuid.UUID, iss: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    now = int(time.time())
+    accepted = {
+        "iat 20 s ahead (within the 30 s leeway)": claims_for(user_id, iss, iat=now + 20),
+    }
+    refused = {
+        "no aud": claims_for(user_id, iss, aud=None),
+        "no iss": claims_for(user_id, iss, iss=None),
+        "iat 5 minutes ahead": claims_for(user_id, iss, iat=now + 300),
+        "iat 31+ s ahead": claims_for(user_id, iss, iat=now + 45),
+        "no iat": claims_for(user_id, iss, iat=None),
+        "no session_id": claims_for(user_id, iss, session_id=None),
+        "session_id not a uuid": claims_for(user_id, iss, session_id="s1"),
+    }
+    return accepted, refused
+
+
+async def test_builtin_mode_requires_aud_iss_session_and_a_past_iat(
+    client: httpx.AsyncClient, db_pool: asyncpg.Pool, settings: Settings
+) -> None:
+    user_id = await insert_user(db_pool)
+    secret = settings.jwt_secret.get_secret_value()
+    accepted, refused = _claim_cases(user_id, settings.jwt_issuer)
+    for name, claims in accepted.items():
+        response = await get_me(client, str(jwt.encode(claims, secret, algorithm="HS256")))
+        assert response.status_code == 200, name
+    for name, claims in refused.items():
+        response = await get_me(client, str(jwt.encode(claims, secret, algorithm="HS256")))
+        assert response.status_code == 401, name
+        assert_401(response)
+
+
+async def test_supabase_mode_requires_aud_iss_session_and_a_past_iat(
+    sb_client: tuple[FastAPI, httpx.AsyncClient], keys: Keys, db_pool: asyncpg.Pool
+) -> None:
+    _, client = sb_client
+    user_id = await insert_user(db_pool)
+    accepted, refused = _claim_cases(user_id, SUPABASE_ISS)
+    for name, claims in accepted.items():
+        assert (await get_me(client, keys.sign(keys.k1, "k1", claims))).status_code == 200, name
+    for name, claims in refused.items():
+        response = await get_me(client, keys.sign(keys.k1, "k1", claims))
+        assert response.status_code == 401, name
+        assert_401(response)

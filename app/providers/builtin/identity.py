@@ -2,7 +2,8 @@
 claims Supabase issues, and rotating refresh tokens stored only as sha256 digests.
 
 Refresh-token reuse detection: a refresh token works once. Presenting an already-rotated token
-means it was copied, so the whole session (every token issued in it) is revoked.
+means it was copied, so the whole session (every token issued in it) is revoked: its refresh
+tokens at once, its access tokens through `public.revoked_sessions` (app/auth/revocations.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from jose import jwt
 
+from app.auth import repository as revocation_repository
 from app.config import Settings
 from app.platform.db import Conn, Database
 from app.providers.builtin import identity_repository as repository
@@ -173,6 +175,15 @@ class BuiltinIdentity:
                 raise InvalidRefreshToken()
             if token["rotated_at"] is not None:
                 await repository.revoke_reused_session(conn, token["session_id"])
+                # Its access tokens too, on every instance (app/auth/revocations.py), for as
+                # long as one of them can be unexpired.
+                await revocation_repository.insert_revocation(
+                    conn,
+                    token["session_id"],
+                    token["user_id"],
+                    "refresh_token_reused",
+                    self._settings.access_token_ttl_seconds + self._settings.jwt_iat_leeway_seconds,
+                )
                 reused = True
             elif token["expires_at"] <= datetime.now(UTC):
                 raise InvalidRefreshToken()

@@ -175,7 +175,10 @@ class SupabaseIdentity:
         return self._session(response.session, response.user)
 
     async def sign_out(self, access_token: str, session_id: str | None) -> None:
-        # scope=local: end this session only; other devices stay signed in.
+        # scope=local: end this session only; other devices stay signed in. Supabase revokes
+        # the refresh token only; its access tokens "will still be valid until [they] expire"
+        # (supabase.com/docs/reference/python/auth-signout), so the account service also
+        # records the session in app/auth/revocations.py.
         client = self._user_client()
         try:
             await client.admin.sign_out(access_token, "local")

@@ -1,0 +1,54 @@
+"""All SQL of session revocations (`public.revoked_sessions`). Functions take a connection;
+callers own the transaction."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+from app.platform.db import Conn
+
+
+async def insert_revocation(
+    conn: Conn, session_id: UUID, user_id: UUID, reason: str, keep_seconds: float
+) -> None:
+    """Revoke a session until `keep_seconds` from now (when its last token has expired).
+    Rows whose time is up are deleted on the way: the table holds what is still needed."""
+    await conn.execute(
+        """
+        with forgotten as (
+            delete from public.revoked_sessions where forget_after < clock_timestamp()
+        )
+        insert into public.revoked_sessions (session_id, user_id, reason, forget_after)
+        values ($1, $2, $3, clock_timestamp() + make_interval(secs => $4))
+        on conflict (session_id) do update
+            set forget_after = greatest(revoked_sessions.forget_after, excluded.forget_after)
+        """,
+        session_id,
+        user_id,
+        reason,
+        keep_seconds,
+    )
+
+
+async def database_now(conn: Conn) -> datetime:
+    now: datetime = await conn.fetchval("select clock_timestamp()")
+    return now
+
+
+async def revocations_since(conn: Conn, since: datetime | None) -> list[asyncpg.Record]:
+    """Sessions revoked after `since` (all when None) and not yet forgotten, each with the
+    seconds it must still be remembered (measured on the database's clock, so the app's clock
+    does not matter)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """
+        select session_id,
+               extract(epoch from forget_after - clock_timestamp())::float8 as remaining
+        from public.revoked_sessions
+        where ($1::timestamptz is null or revoked_at > $1) and forget_after > clock_timestamp()
+        """,
+        since,
+    )
+    return rows

@@ -14,7 +14,11 @@ from app.composition import Overrides, build_state
 from app.config import Settings, get_settings
 from app.errors import COMMON_ERROR_RESPONSES, install_error_handlers
 from app.platform.logging_setup import configure_logging
-from app.platform.middleware import RequestIdMiddleware
+from app.platform.middleware import (
+    BodySizeLimitMiddleware,
+    RequestIdMiddleware,
+    SecurityHeadersMiddleware,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +67,8 @@ def create_app(settings: Settings | None = None, overrides: Overrides | None = N
     app.state.settings = settings
     app.state.overrides = overrides or Overrides()
 
+    # Inside RequestIdMiddleware: a 413 carries the request id and is logged.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     # Added last = outermost: CORS headers also go on the 500s RequestIdMiddleware renders.
     app.add_middleware(
@@ -72,6 +78,10 @@ def create_app(settings: Settings | None = None, overrides: Overrides | None = N
         allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"],
         expose_headers=["X-Request-ID", "Content-Disposition", "Retry-After"],
+    )
+    # Outermost: CORS preflights and the 500s get these headers too.
+    app.add_middleware(
+        SecurityHeadersMiddleware, hsts_max_age_seconds=settings.hsts_max_age_seconds
     )
     install_error_handlers(app)
 

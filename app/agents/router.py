@@ -19,6 +19,7 @@ from app.agents.schemas import (
 from app.agents.service import AgentServiceDep
 from app.auth.deps import CurrentUser
 from app.errors import error_responses
+from app.platform.text import PlainText
 
 router = APIRouter(prefix="/agent", tags=["agent"])
 
@@ -62,9 +63,9 @@ async def update_memory(body: BlockIn, user: CurrentUser, service: AgentServiceD
 async def list_archival(
     user: CurrentUser,
     service: AgentServiceDep,
-    q: Annotated[str | None, Query(max_length=500)] = None,
+    q: Annotated[PlainText | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    cursor: Annotated[PlainText | None, Query(max_length=500)] = None,
 ) -> PassagePageOut:
     return await service.archival(
         user.sub,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, Field
 
 from app.chat.repository import TurnRow
+from app.platform.text import PlainText
 
 MAX_MESSAGE_CHARS = 32_000
 
@@ -16,7 +17,7 @@ ExportFormat = Literal["json", "markdown", "txt"]
 
 
 class MessageIn(BaseModel):
-    content: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+    content: Annotated[PlainText, Field(min_length=1, max_length=MAX_MESSAGE_CHARS)]
 
 
 class TurnUsageOut(BaseModel):

@@ -23,8 +23,12 @@ router = APIRouter(prefix="/user", tags=["usage"])
 async def get_usage(
     user: CurrentUser,
     service: UsageServiceDep,
-    start: date | None = Query(None, description="First UTC day (YYYY-MM-DD)"),
-    end: date | None = Query(None, description="Last UTC day (YYYY-MM-DD); default today"),
+    start: date | None = Query(
+        None, description="First UTC day (YYYY-MM-DD), from 1970-01-01 to 2999-12-31"
+    ),
+    end: date | None = Query(
+        None, description="Last UTC day (YYYY-MM-DD), up to 2999-12-31; default today"
+    ),
 ) -> UsageOut:
     first, last = resolve_range(start, end, utc_today())
     return await service.report(user.sub, first, last)

@@ -6,14 +6,18 @@ route or field that lets one of them through to the database shows here as a fai
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
@@ -352,3 +356,60 @@ async def test_the_limit_is_a_setting(
             )
     assert small.status_code == 401, small.text
     assert_envelope(big, 413)
+
+
+@pytest.fixture
+async def live_port(app: FastAPI) -> AsyncIterator[int]:
+    """The app served by uvicorn on 127.0.0.1 (same loop): real sockets, real flow control."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, lifespan="off", log_level="critical", access_log=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    yield int(sock.getsockname()[1])
+    server.should_exit = True
+    await asyncio.wait_for(task, 10)
+    sock.close()
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_real_server_answers_413_without_taking_the_body(
+    chunked: bool, live_port: int
+) -> None:
+    """100 MiB offered to the unauthenticated login: the 413 arrives while the client is still
+    sending, and the server closes the connection instead of reading the rest."""
+    total = 100 * LIMIT
+    reader, writer = await asyncio.open_connection("127.0.0.1", live_port)
+    framing = b"transfer-encoding: chunked" if chunked else b"content-length: %d" % total
+    writer.write(
+        b"POST /api/v1/auth/login HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n"
+        + framing
+        + b"\r\n\r\n"
+    )
+    chunk = b"p" * 65536
+    sent = 0
+
+    async def send_body() -> None:
+        nonlocal sent
+        while sent < total:
+            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+            await writer.drain()
+            sent += len(chunk)
+
+    sender = asyncio.create_task(send_body())
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 413"), head
+        assert b"connection: close" in head.lower()
+        # The server hangs up (end of stream, or a reset for the unread bytes), and the sender
+        # stops well before 100 MiB.
+        with contextlib.suppress(ConnectionError):
+            await asyncio.wait_for(reader.read(), 10)
+        with contextlib.suppress(ConnectionError):
+            await asyncio.wait_for(sender, 10)
+        assert sent < total // 4, sent
+    finally:
+        sender.cancel()
+        writer.close()

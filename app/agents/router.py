@@ -18,7 +18,7 @@ from app.agents.schemas import (
 )
 from app.agents.service import AgentServiceDep
 from app.auth.deps import CurrentUser
-from app.errors import error_responses
+from app.errors import BODY_ERROR_STATUSES, error_responses
 from app.platform.text import PlainText
 
 router = APIRouter(prefix="/agent", tags=["agent"])
@@ -47,7 +47,7 @@ async def get_memory(user: CurrentUser, service: AgentServiceDep) -> MemoryOut:
 @router.post(
     "/memory",
     response_model=BlockOut,
-    responses=error_responses(404, 409, 422, 502, 503),
+    responses=error_responses(*BODY_ERROR_STATUSES, 404, 409, 502, 503),
     summary="Replace a core memory block's value (422 over its limit, 404 unknown label)",
 )
 async def update_memory(body: BlockIn, user: CurrentUser, service: AgentServiceDep) -> BlockOut:
@@ -79,7 +79,7 @@ async def list_archival(
     "/memory/archival",
     status_code=status.HTTP_201_CREATED,
     response_model=PassageOut,
-    responses=error_responses(409, 422, 502, 503),
+    responses=error_responses(*BODY_ERROR_STATUSES, 409, 502, 503),
     summary="Store a passage in archival memory",
 )
 async def create_archival(
@@ -103,7 +103,7 @@ async def delete_archival(passage_id: str, user: CurrentUser, service: AgentServ
 @router.post(
     "/reset",
     response_model=AgentStatusOut,
-    responses=error_responses(404, 409, 422, 502, 503),
+    responses=error_responses(*BODY_ERROR_STATUSES, 404, 409, 502, 503),
     summary="Forget the conversation (`conversation`) or also restore memory (`full`)",
 )
 async def reset_agent(body: ResetIn, user: CurrentUser, service: AgentServiceDep) -> AgentStatusOut:

@@ -18,7 +18,7 @@ from app.chat.sse import TurnEventStream
 from app.chat.stream import EventBatches, follow_run, open_turn_events
 from app.chat.turns import TurnDeps, start_turn
 from app.deps import SettingsDep, services
-from app.errors import ValidationFailed, error_responses
+from app.errors import BODY_ERROR_STATUSES, ValidationFailed, error_responses
 from app.platform.text import PlainText
 
 router = APIRouter(prefix="/chat", tags=["chat"])
@@ -50,7 +50,10 @@ def _sse(events: EventBatches, ping_seconds: float) -> TurnEventStream:
     "/message",
     summary="Send a message; the reply streams as server-sent events",
     response_class=TurnEventStream,
-    responses={**SSE_RESPONSE, **error_responses(402, 404, 409, 422, 502, 503)},
+    responses={
+        **SSE_RESPONSE,
+        **error_responses(*BODY_ERROR_STATUSES, 402, 404, 409, 502, 503),
+    },
 )
 async def send_message(body: MessageIn, user: CurrentUser, turns: TurnsDep) -> TurnEventStream:
     run = await start_turn(turns, user.sub, body.content)

@@ -7,7 +7,7 @@ from datetime import date
 from fastapi import APIRouter, Query
 
 from app.auth.deps import CurrentUser
-from app.errors import error_responses
+from app.errors import BODY_ERROR_STATUSES, error_responses
 from app.usage.schemas import BudgetIn, BudgetOut, UsageOut
 from app.usage.service import UsageServiceDep, resolve_range, utc_today
 
@@ -47,7 +47,7 @@ async def get_budget(user: CurrentUser, service: UsageServiceDep) -> BudgetOut:
 @router.post(
     "/budget",
     response_model=BudgetOut,
-    responses=error_responses(401, 403, 422, 502, 503),
+    responses=error_responses(*BODY_ERROR_STATUSES, 401, 403, 502, 503),
     summary="Change the budget: up to USER_MAX_BUDGET (403 above it); admins any amount",
 )
 async def set_budget(body: BudgetIn, user: CurrentUser, service: UsageServiceDep) -> BudgetOut:

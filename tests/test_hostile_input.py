@@ -413,3 +413,51 @@ async def test_a_real_server_answers_413_without_taking_the_body(
     finally:
         sender.cancel()
         writer.close()
+
+
+# --- numbers and nesting JSON allows and an upstream call does not ------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"messages": [{"role": "user", "content": "hi"}], "temperature": 1e400}',
+        b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
+        b'{"messages": [{"role": "user", "content": "hi"}], "top_p": -Infinity}',
+        b'{"messages": [{"role": "user", "content": "hi", "x": [1e999]}]}',
+    ],
+    ids=["1e400", "NaN", "-Infinity", "nested 1e999"],
+)
+async def test_llm_route_refuses_non_finite_numbers(
+    raw: bytes, client: httpx.AsyncClient, account: Account, scripted_llm: ScriptedLLM
+) -> None:
+    # Python's JSON parser takes these (as inf and nan); no JSON encoder can send them on.
+    calls_before = len(scripted_llm.requests)
+    response = await client.post(
+        f"{API}/llm/chat/completions",
+        content=raw,
+        headers={"content-type": "application/json", **account.headers},
+    )
+    assert_envelope(response, 422)
+    assert len(scripted_llm.requests) == calls_before
+
+
+@pytest.mark.parametrize("depth", [500, 900, 5000])
+async def test_deeply_nested_bodies_are_no_server_error(
+    depth: int, client: httpx.AsyncClient, account: Account
+) -> None:
+    nested = b"[" * depth + b"]" * depth
+    for path, body in (
+        ("/llm/chat/completions", b'{"messages": [{"role": "user", "content": %s}]}' % nested),
+        ("/chat/message", b'{"content": %s}' % nested),
+        ("/agent/memory/archival", b'{"text": "t", "tags": %s}' % nested),
+    ):
+        response = await client.post(
+            API + path,
+            content=body,
+            headers={"content-type": "application/json", **account.headers},
+        )
+        # Taken (the LLM route passes any JSON on), or refused in the envelope: never a 5xx.
+        assert response.status_code < 500, (path, depth, response.text[:300])
+        if response.status_code >= 400:
+            assert_envelope(response, response.status_code)

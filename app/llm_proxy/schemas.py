@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.platform.text import check_json_text
+from app.platform.text import check_json_values
 
 
 class ChatCompletionIn(BaseModel):
@@ -22,11 +22,12 @@ class ChatCompletionIn(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _storable_text(cls, data: Any) -> Any:
-        # The body goes on as it came (unknown fields too), so every string in it is checked,
-        # keys included: a lone surrogate cannot be encoded for the upstream (it was a 500), and
-        # a NUL breaks an upstream that logs requests in Postgres, as LiteLLM does.
-        return check_json_text(data)
+    def _sendable(cls, data: Any) -> Any:
+        # The body goes on as it came (unknown fields too), so every value in it is checked,
+        # keys included: a lone surrogate or an infinite number cannot be encoded for the
+        # upstream (each was a 500), and a NUL breaks an upstream that logs requests in
+        # Postgres, as LiteLLM does.
+        return check_json_values(data)
 
     def upstream_body(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)

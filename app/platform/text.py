@@ -1,4 +1,5 @@
-"""Text that can be stored and sent on: no NUL character, no unpaired surrogate.
+"""Text that can be stored and sent on: no NUL character, no unpaired surrogate (and for a
+pass-through JSON body, no number JSON cannot write).
 
 Postgres `text` cannot hold NUL (the insert fails, which was a 500), and UTF-8 cannot encode a
 lone surrogate, which JSON's `"\\ud800"` decodes to in Python (the upstream call or the insert
@@ -7,7 +8,7 @@ fails). Both are refused at the boundary instead, as a 422 naming the field.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
 from typing import Annotated, Any
 
 from pydantic import AfterValidator
@@ -38,24 +39,25 @@ def check_text(value: str) -> str:
 PlainText = Annotated[str, AfterValidator(check_text)]
 
 
-def _strings(value: Any) -> Iterator[str]:
+def check_json_values(value: Any) -> Any:
+    """A decoded JSON value that can be stored and sent on: every string (object keys too)
+    passes `check_text`, and every number is finite (Python's JSON parser reads `NaN`,
+    `Infinity` and `1e400` as floats that no JSON encoder will write back: the upstream call
+    failed, a 500)."""
     # Iterative, not recursive: a body nested as deep as the JSON parser allows must not
     # overflow the stack here.
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            yield item
+            if unstorable(item):
+                raise ValueError(f"strings {_REASON}")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError("numbers must be finite")
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-
-
-def check_json_text(value: Any) -> Any:
-    """Every string in a decoded JSON value, object keys included, passes `check_text`."""
-    for text in _strings(value):
-        if unstorable(text):
-            raise ValueError(f"strings {_REASON}")
     return value

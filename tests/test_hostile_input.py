@@ -14,6 +14,7 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -176,8 +177,29 @@ BODY_CASES: list[Case] = [
     ),
 ]
 
-# Query strings cannot carry a lone surrogate (percent-decoding replaces invalid UTF-8).
+BODY_CASES += [
+    (
+        "profile display name",
+        "PATCH",
+        "/user/profile",
+        True,
+        lambda s: _json_body({"display_name": s}),
+    ),
+    (
+        "register display name",
+        "POST",
+        "/auth/register",
+        False,
+        lambda s: _json_body(
+            {"email": "new@example.com", "password": "long enough 1", "display_name": s}
+        ),
+    ),
+]
+
+# Query strings and paths cannot carry a lone surrogate (percent-decoding replaces invalid
+# UTF-8).
 QUERY_CASES: list[Case] = [
+    ("passage id", "DELETE", "/agent/memory/archival/{s}", True, lambda s: {}),
     ("history search q", "GET", "/chat/history/search", True, lambda s: {"params": {"q": s}}),
     ("archival q", "GET", "/agent/memory/archival", True, lambda s: {"params": {"q": s}}),
     ("history cursor", "GET", "/chat/history", True, lambda s: {"params": {"before": s}}),
@@ -215,7 +237,9 @@ async def test_hostile_text_is_refused_with_422(
     kwargs = dict(kwargs)
     headers = {**kwargs.pop("headers", {}), **(account.headers if auth else {})}
     calls_before = len(scripted_llm.requests)
-    response = await client.request(method, API + path, headers=headers, **kwargs)
+    response = await client.request(
+        method, API + path.replace("{s}", quote(NUL)), headers=headers, **kwargs
+    )
     assert_envelope(response, 422)
     assert len(scripted_llm.requests) == calls_before  # nothing went upstream
 

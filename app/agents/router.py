@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 
 from app.agents.schemas import (
     AgentStatusOut,
@@ -92,10 +92,14 @@ async def create_archival(
     "/memory/archival/{passage_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=error_responses(404, 409, 502, 503),
+    responses=error_responses(404, 409, 422, 502, 503),
     summary="Delete one of your archival passages",
 )
-async def delete_archival(passage_id: str, user: CurrentUser, service: AgentServiceDep) -> Response:
+async def delete_archival(
+    passage_id: Annotated[PlainText, Path(min_length=1, max_length=200)],
+    user: CurrentUser,
+    service: AgentServiceDep,
+) -> Response:
     await service.delete_passage(user.sub, passage_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

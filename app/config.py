@@ -152,6 +152,14 @@ class Settings(BaseSettings):
     embeddings_timeout_seconds: float = 10.0  # one embeddings call (a passage insert waits on it)
     embeddings_max_distance: float | None = None  # cosine-distance cutoff for similarity hits
 
+    # --- hostile input, response headers (app/platform/middleware.py) ---
+    # The largest request body read, in bytes: a larger one gets 413 before more of it is read,
+    # announced by Content-Length or not (chunked), before any authentication work.
+    max_request_body_bytes: int = Field(1024 * 1024, ge=1)
+    # Strict-Transport-Security max-age, sent only on requests that came over TLS (scheme https,
+    # which uvicorn takes from X-Forwarded-Proto of a trusted proxy); 0: no HSTS header.
+    hsts_max_age_seconds: int = Field(365 * 24 * 3600, ge=0)
+
     # --- process ---
     # After startup: freeze the startup heap out of the garbage collector and collect the
     # young generation less often (app/main.py `_settle_heap`). Unset: on, except with

@@ -187,6 +187,11 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 # Error responses documented on every route, so generated frontend types include them.
 COMMON_ERROR_RESPONSES = error_responses(401, 422, 500)
 
+# What a route that reads a body may also answer before its handler runs: 400 for bytes that
+# are not JSON text (FastAPI's "error parsing the body"), 413 over MAX_REQUEST_BODY_BYTES
+# (app/platform/middleware.py), 422 for JSON that does not fit the schema.
+BODY_ERROR_STATUSES = (400, 413, 422)
+
 
 def _jsonable_errors(errors: list[Any]) -> list[dict[str, Any]]:
     # Never echo the rejected input back (it may be a password); keep location and reason.

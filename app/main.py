@@ -15,7 +15,11 @@ from app.config import Settings, get_settings
 from app.errors import COMMON_ERROR_RESPONSES, install_error_handlers
 from app.platform.client_address import ClientAddressMiddleware
 from app.platform.logging_setup import configure_logging
-from app.platform.middleware import RequestIdMiddleware
+from app.platform.middleware import (
+    BodySizeLimitMiddleware,
+    RequestIdMiddleware,
+    SecurityHeadersMiddleware,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +68,8 @@ def create_app(settings: Settings | None = None, overrides: Overrides | None = N
     app.state.settings = settings
     app.state.overrides = overrides or Overrides()
 
-    # Innermost: the client address (rate limits) is settled before any route runs.
-    app.add_middleware(
-        ClientAddressMiddleware,
-        trusted_proxy_count=settings.trusted_proxy_count,
-        client_ip_header=settings.client_ip_header,
-    )
+    # Inside RequestIdMiddleware: a 413 carries the request id and is logged.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     # Added last = outermost: CORS headers also go on the 500s RequestIdMiddleware renders.
     app.add_middleware(
@@ -79,6 +79,18 @@ def create_app(settings: Settings | None = None, overrides: Overrides | None = N
         allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"],
         expose_headers=["X-Request-ID", "Content-Disposition", "Retry-After"],
+    )
+    # Outside CORS: preflights and the 500s get these headers too.
+    app.add_middleware(
+        SecurityHeadersMiddleware, hsts_max_age_seconds=settings.hsts_max_age_seconds
+    )
+    # Outermost of all: the client address and scheme (from a trusted proxy's X-Forwarded-*)
+    # are settled before anything reads them: the rate limits, the logs, and HSTS, which the
+    # security headers send only for https.
+    app.add_middleware(
+        ClientAddressMiddleware,
+        trusted_proxy_count=settings.trusted_proxy_count,
+        client_ip_header=settings.client_ip_header,
     )
     install_error_handlers(app)
 

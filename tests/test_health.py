@@ -6,17 +6,21 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from app.config import Settings
+from app.health.router import PROBE_TIMEOUT_SECONDS
 from app.main import create_app
 from app.platform.db import Database
+from tests.support.freezable_proxy import FreezableProxy
 
 DEPENDENCIES = {"database", "identity", "billing", "agent"}
 
@@ -178,3 +182,40 @@ async def test_a_closed_database_pool_is_down(app: FastAPI, client: httpx.AsyncC
 
     again = await client.get("/health/ready")
     assert again.json()["dependencies"]["database"]["status"] == "up"
+
+
+async def test_a_frozen_database_is_down_within_the_probe_timeout(
+    database_url: str, settings_factory: Callable[..., Settings]
+) -> None:
+    """A database that hangs (connection open, no bytes) is reported down after the probe's
+    timeout, not after the hang: readiness must answer while the database cannot."""
+    target = urlsplit(database_url)
+    proxy = FreezableProxy(target.hostname or "127.0.0.1", target.port or 5432)
+    await proxy.start()
+    through_proxy = target._replace(netloc=f"{target.username}@127.0.0.1:{proxy.port}").geturl()
+    try:
+        async with running_app(settings_factory(database_url=through_proxy)) as (_, client):
+            assert (await client.get("/health/ready")).status_code == 200
+            proxy.freeze()
+            # Bounds the test if the probe waits out the freeze (it took the whole freeze).
+            thaw = asyncio.get_running_loop().call_later(3 * PROBE_TIMEOUT_SECONDS, proxy.thaw)
+            started = time.monotonic()
+            response = await client.get("/health/ready")
+            elapsed = time.monotonic() - started
+            proxy.thaw()
+            thaw.cancel()
+            body = response.json()
+            assert response.status_code == 503, body
+            assert elapsed < PROBE_TIMEOUT_SECONDS + 1.0, elapsed
+            assert body["dependencies"]["database"] == {
+                **body["dependencies"]["database"],
+                "status": "down",
+                "error": "timed out",
+            }
+            # Thawed, it is ready again (the abandoned query finishes in the background).
+            deadline = time.monotonic() + 5
+            while (again := await client.get("/health/ready")).status_code != 200:
+                assert time.monotonic() < deadline, again.json()
+                await asyncio.sleep(0.1)
+    finally:
+        await proxy.stop()

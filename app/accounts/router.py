@@ -17,7 +17,7 @@ from app.accounts.schemas import (
 )
 from app.accounts.service import AccountServiceDep
 from app.auth.deps import CurrentUser
-from app.errors import error_responses
+from app.errors import BODY_ERROR_STATUSES, error_responses
 from app.ratelimit import RATE_LIMITED_RESPONSE, enforce_login_email_limit, ip_rate_limit
 
 router = APIRouter()
@@ -28,7 +28,10 @@ router = APIRouter()
     status_code=status.HTTP_201_CREATED,
     response_model=AuthOut,
     tags=["auth"],
-    responses={**error_responses(409, 422, 502, 503), **RATE_LIMITED_RESPONSE},
+    responses={
+        **error_responses(*BODY_ERROR_STATUSES, 409, 502, 503),
+        **RATE_LIMITED_RESPONSE,
+    },
     dependencies=[Depends(ip_rate_limit("register"))],
     summary="Create an account, its budget and its agent",
 )
@@ -40,7 +43,10 @@ async def register(body: RegisterIn, service: AccountServiceDep) -> AuthOut:
     "/auth/login",
     response_model=AuthOut,
     tags=["auth"],
-    responses={**error_responses(401, 422, 502, 503), **RATE_LIMITED_RESPONSE},
+    responses={
+        **error_responses(*BODY_ERROR_STATUSES, 401, 502, 503),
+        **RATE_LIMITED_RESPONSE,
+    },
     dependencies=[Depends(ip_rate_limit("login"))],
 )
 async def login(
@@ -56,7 +62,10 @@ async def login(
     "/auth/refresh",
     response_model=TokenOut,
     tags=["auth"],
-    responses={**error_responses(401, 422, 502, 503), **RATE_LIMITED_RESPONSE},
+    responses={
+        **error_responses(*BODY_ERROR_STATUSES, 401, 502, 503),
+        **RATE_LIMITED_RESPONSE,
+    },
     dependencies=[Depends(ip_rate_limit("refresh"))],
     summary="Exchange a refresh token for a new pair (the old one stops working)",
 )
@@ -69,7 +78,7 @@ async def refresh(body: RefreshIn, service: AccountServiceDep) -> TokenOut:
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     tags=["auth"],
-    responses=error_responses(401, 422, 502, 503),
+    responses=error_responses(*BODY_ERROR_STATUSES, 401, 502, 503),
     summary="End the session of this access token (its refresh tokens stop working)",
 )
 async def logout(
@@ -106,7 +115,7 @@ async def get_profile(claims: CurrentUser, service: AccountServiceDep) -> Profil
     "/user/profile",
     response_model=ProfileOut,
     tags=["user"],
-    responses=error_responses(401, 404, 422),
+    responses=error_responses(*BODY_ERROR_STATUSES, 401, 404),
 )
 async def update_profile(
     body: ProfileIn, claims: CurrentUser, service: AccountServiceDep

@@ -11,6 +11,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.accounts.passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD, check_new_password
+from app.platform.text import PlainText
 
 MAX_EMAIL = 254  # RFC 5321 path limit
 MAX_PASSWORD = 256  # login: accounts made before the registration rules may still sign in
@@ -65,12 +66,14 @@ class RegisterIn(BaseModel):
 
 
 class LoginIn(BaseModel):
-    email: Annotated[str, Field(min_length=1, max_length=MAX_EMAIL)]
+    email: Annotated[PlainText, Field(min_length=1, max_length=MAX_EMAIL)]
+    # Any text: a password is only hashed, and one set before passwords were checked (NULs
+    # included) must still log in.
     password: Annotated[str, Field(min_length=1, max_length=MAX_PASSWORD)]
 
 
 class RefreshIn(BaseModel):
-    refresh_token: Annotated[str, Field(min_length=1, max_length=MAX_REFRESH_TOKEN)]
+    refresh_token: Annotated[PlainText, Field(min_length=1, max_length=MAX_REFRESH_TOKEN)]
 
 
 class LogoutIn(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 
 from app.agents.schemas import (
     AgentStatusOut,
@@ -18,7 +18,8 @@ from app.agents.schemas import (
 )
 from app.agents.service import AgentServiceDep
 from app.auth.deps import CurrentUser
-from app.errors import error_responses
+from app.errors import BODY_ERROR_STATUSES, error_responses
+from app.platform.text import PlainText
 
 router = APIRouter(prefix="/agent", tags=["agent"])
 
@@ -46,7 +47,7 @@ async def get_memory(user: CurrentUser, service: AgentServiceDep) -> MemoryOut:
 @router.post(
     "/memory",
     response_model=BlockOut,
-    responses=error_responses(404, 409, 422, 502, 503),
+    responses=error_responses(*BODY_ERROR_STATUSES, 404, 409, 502, 503),
     summary="Replace a core memory block's value (422 over its limit, 404 unknown label)",
 )
 async def update_memory(body: BlockIn, user: CurrentUser, service: AgentServiceDep) -> BlockOut:
@@ -62,9 +63,9 @@ async def update_memory(body: BlockIn, user: CurrentUser, service: AgentServiceD
 async def list_archival(
     user: CurrentUser,
     service: AgentServiceDep,
-    q: Annotated[str | None, Query(max_length=500)] = None,
+    q: Annotated[PlainText | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    cursor: Annotated[PlainText | None, Query(max_length=500)] = None,
 ) -> PassagePageOut:
     return await service.archival(
         user.sub,
@@ -78,7 +79,7 @@ async def list_archival(
     "/memory/archival",
     status_code=status.HTTP_201_CREATED,
     response_model=PassageOut,
-    responses=error_responses(409, 422, 502, 503),
+    responses=error_responses(*BODY_ERROR_STATUSES, 409, 502, 503),
     summary="Store a passage in archival memory",
 )
 async def create_archival(
@@ -91,10 +92,14 @@ async def create_archival(
     "/memory/archival/{passage_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=error_responses(404, 409, 502, 503),
+    responses=error_responses(404, 409, 422, 502, 503),
     summary="Delete one of your archival passages",
 )
-async def delete_archival(passage_id: str, user: CurrentUser, service: AgentServiceDep) -> Response:
+async def delete_archival(
+    passage_id: Annotated[PlainText, Path(min_length=1, max_length=200)],
+    user: CurrentUser,
+    service: AgentServiceDep,
+) -> Response:
     await service.delete_passage(user.sub, passage_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -102,7 +107,7 @@ async def delete_archival(passage_id: str, user: CurrentUser, service: AgentServ
 @router.post(
     "/reset",
     response_model=AgentStatusOut,
-    responses=error_responses(404, 409, 422, 502, 503),
+    responses=error_responses(*BODY_ERROR_STATUSES, 404, 409, 502, 503),
     summary="Forget the conversation (`conversation`) or also restore memory (`full`)",
 )
 async def reset_agent(body: ResetIn, user: CurrentUser, service: AgentServiceDep) -> AgentStatusOut:

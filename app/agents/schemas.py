@@ -7,11 +7,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
+from app.platform.text import PlainText
 from app.providers.agents import AgentState, MemoryBlock, Passage, PassagePage
 
 MAX_BLOCK_VALUE = 100_000  # the block's own limit (422) applies first; this bounds the body
 MAX_PASSAGE = 20_000
-Tag = Annotated[str, Field(min_length=1, max_length=64)]
+Tag = Annotated[PlainText, Field(min_length=1, max_length=64)]
 
 
 class BlockOut(BaseModel):
@@ -33,8 +34,8 @@ class MemoryOut(BaseModel):
 
 
 class BlockIn(BaseModel):
-    label: Annotated[str, Field(min_length=1, max_length=100)]
-    value: Annotated[str, Field(max_length=MAX_BLOCK_VALUE)]
+    label: Annotated[PlainText, Field(min_length=1, max_length=100)]
+    value: Annotated[PlainText, Field(max_length=MAX_BLOCK_VALUE)]
 
 
 class PassageOut(BaseModel):
@@ -51,7 +52,7 @@ class PassageOut(BaseModel):
 
 
 class PassageIn(BaseModel):
-    text: Annotated[str, Field(min_length=1, max_length=MAX_PASSAGE)]
+    text: Annotated[PlainText, Field(min_length=1, max_length=MAX_PASSAGE)]
     tags: Annotated[list[Tag], Field(max_length=20)] = []
 
 

@@ -39,8 +39,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         created_at = datetime.fromisoformat(stamp)
         if created_at.tzinfo is None:
             raise ValueError("naive timestamp")
-        return created_at, UUID(ident)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        # Overflows for a stamp outside years 1-9999 in UTC, which asyncpg failed on (a 500).
+        return created_at.astimezone(UTC), UUID(ident)
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
         raise InvalidCursor() from exc
 
 

@@ -18,7 +18,8 @@ from app.chat.sse import TurnEventStream
 from app.chat.stream import EventBatches, follow_run, open_turn_events
 from app.chat.turns import TurnDeps, start_turn
 from app.deps import SettingsDep, services
-from app.errors import ValidationFailed, error_responses
+from app.errors import BODY_ERROR_STATUSES, ValidationFailed, error_responses
+from app.platform.text import PlainText
 
 router = APIRouter(prefix="/chat", tags=["chat"])
 
@@ -49,23 +50,30 @@ def _sse(events: EventBatches, ping_seconds: float) -> TurnEventStream:
     "/message",
     summary="Send a message; the reply streams as server-sent events",
     response_class=TurnEventStream,
-    responses={**SSE_RESPONSE, **error_responses(402, 404, 409, 422, 502, 503)},
+    responses={
+        **SSE_RESPONSE,
+        **error_responses(*BODY_ERROR_STATUSES, 402, 404, 409, 502, 503),
+    },
 )
 async def send_message(body: MessageIn, user: CurrentUser, turns: TurnsDep) -> TurnEventStream:
     run = await start_turn(turns, user.sub, body.content)
     return _sse(follow_run(run, 0), turns.settings.sse_ping_seconds)
 
 
+# Event ids are `turn_events.seq`, a Postgres integer: a larger one failed the stored-events
+# query after the 200 had been sent (the stream broke).
+MAX_EVENT_ID = 2**31 - 1
+
+
 def _last_event_id(value: str | None) -> int:
     if value is None or value.strip() == "":
         return 0
-    try:
-        seq = int(value.strip())
-    except ValueError as exc:
-        raise ValidationFailed("Last-Event-ID must be an event id of this turn") from exc
-    if seq < 0:
+    text = value.strip()
+    # Plain ASCII digits only (int() would also take "1_000" and other scripts' digits), and
+    # few of them (int() refuses more than 4300 with a ValueError of its own).
+    if not (text.isascii() and text.isdigit()) or len(text) > 10 or int(text) > MAX_EVENT_ID:
         raise ValidationFailed("Last-Event-ID must be an event id of this turn")
-    return seq
+    return int(text)
 
 
 @router.get(
@@ -95,7 +103,7 @@ async def history(
     user: CurrentUser,
     chats: ChatHistoryDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
-    before: Annotated[str | None, Query(max_length=200, description="next_cursor")] = None,
+    before: Annotated[PlainText | None, Query(max_length=200, description="next_cursor")] = None,
 ) -> HistoryPageOut:
     return await chats.page(user.sub, limit=limit, before=before)
 
@@ -109,7 +117,7 @@ async def history(
 async def search_history(
     user: CurrentUser,
     chats: ChatHistoryDep,
-    q: Annotated[str, Query(min_length=1, max_length=500)],
+    q: Annotated[PlainText, Query(min_length=1, max_length=500)],
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> SearchResultsOut:
     return await chats.search(user.sub, q, limit=limit)

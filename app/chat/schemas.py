@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, Field
 
 from app.chat.repository import TurnRow
+from app.platform.text import PlainText
 
 MAX_MESSAGE_CHARS = 32_000
 
@@ -16,7 +17,7 @@ ExportFormat = Literal["json", "markdown", "txt"]
 
 
 class MessageIn(BaseModel):
-    content: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+    content: Annotated[PlainText, Field(min_length=1, max_length=MAX_MESSAGE_CHARS)]
 
 
 class TurnUsageOut(BaseModel):
@@ -70,7 +71,59 @@ class SearchResultsOut(BaseModel):
     items: list[TurnOut]
 
 
-# The SSE contract, documented for the OpenAPI schema (the stream itself is text/event-stream).
+# The SSE contract, documented for the OpenAPI schema. Each event's `data:` is one of these JSON
+# objects, chosen by its `event:` name.
+class TurnEventOut(BaseModel):
+    turn_id: UUID
+    user_message_id: UUID
+    created_at: datetime
+
+
+class DeltaEventOut(BaseModel):
+    text: str = Field(description="A fragment of the reply")
+
+
+class ToolEventOut(BaseModel):
+    name: str = Field(description="The memory tool the agent used")
+    status: str
+
+
+class MessageEventOut(BaseModel):
+    text: str = Field(description="A completed assistant message")
+    message_id: str | None
+
+
+class UsageEventOut(BaseModel):
+    model: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost: float
+    estimated: bool
+    remaining_budget: float | None
+
+
+class DoneEventOut(BaseModel):
+    turn_id: UUID
+    status: str
+
+
+class StreamErrorEventOut(BaseModel):
+    code: str
+    message: str
+    retryable: bool
+
+
+SSE_EVENTS: dict[str, type[BaseModel]] = {
+    "turn": TurnEventOut,
+    "delta": DeltaEventOut,
+    "tool": ToolEventOut,
+    "message": MessageEventOut,
+    "usage": UsageEventOut,
+    "done": DoneEventOut,
+    "error": StreamErrorEventOut,
+}
+
 SSE_DESCRIPTION = """A `text/event-stream`. Each event has `id:` (the turn's sequence number,
 for `Last-Event-ID`), `event:` and one JSON `data:` line:
 
@@ -84,9 +137,33 @@ for `Last-Event-ID`), `event:` and one JSON `data:` line:
 
 Comment lines (`: ping`) keep idle connections open."""
 
+
+def _event_schema(name: str, data: type[BaseModel]) -> dict[str, Any]:
+    # OpenAPI 3.1 has a `text/event-stream` schema describe one event (as {id, event, data}; 3.2
+    # would call it `itemSchema`). `data` is JSON text, so its shape is `contentSchema`.
+    return {
+        "type": "object",
+        "title": f"{name} event",
+        "required": ["id", "event", "data"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9]+$"},
+            "event": {"const": name},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": data.model_json_schema(),
+            },
+        },
+    }
+
+
 SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": SSE_DESCRIPTION,
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {
+            "text/event-stream": {
+                "schema": {"oneOf": [_event_schema(n, m) for n, m in SSE_EVENTS.items()]}
+            }
+        },
     }
 }

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from app.auth.deps import CurrentUser
 from app.deps import LLMProxyDep
-from app.errors import error_responses
+from app.errors import BODY_ERROR_STATUSES, error_responses
 from app.llm_proxy.schemas import ChatCompletionIn
 from app.ratelimit import RATE_LIMITED_RESPONSE, user_rate_limit
 
@@ -19,9 +19,34 @@ _ANSWERS: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "A `chat.completion` object, or with `stream: true` a `text/event-stream` "
         "of `data: {chat.completion.chunk}` lines ending with `data: [DONE]`",
-        "content": {"application/json": {}, "text/event-stream": {}},
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "title": "chat.completion",
+                    "description": "The upstream's OpenAI `chat.completion` object, as it sent it",
+                    "required": ["choices"],
+                    "properties": {"choices": {"type": "array"}},
+                }
+            },
+            # OpenAPI 3.1: the schema of a `text/event-stream` describes one event.
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "title": "chat.completion.chunk event",
+                    "required": ["data"],
+                    "properties": {
+                        "data": {
+                            "type": "string",
+                            "description": "A `chat.completion.chunk` (or an `{error}` object) "
+                            "as JSON; the last event's data is `[DONE]`",
+                        }
+                    },
+                }
+            },
+        },
     },
-    **error_responses(402, 422, 502, 503),
+    **error_responses(*BODY_ERROR_STATUSES, 402, 502, 503),
     **RATE_LIMITED_RESPONSE,
 }
 

@@ -28,6 +28,13 @@ class BlockLimitExceeded(ValidationFailed):
     code = "memory_block_limit_exceeded"
 
 
+class InvalidPassageCursor(ValidationFailed):
+    code = "invalid_cursor"
+
+    def __init__(self, message: str = "the cursor is not valid") -> None:
+        super().__init__(message)
+
+
 @dataclass(frozen=True)
 class AgentInfo:
     id: str

@@ -35,8 +35,20 @@ def utc_today() -> date:
     return datetime.now(UTC).date()
 
 
+# The days a report may name. Outside them the range arithmetic below would overflow
+# Python's dates (0001-01-01..9999-12-31; that was a 500) long before any usage could exist.
+EARLIEST_DAY = date(1970, 1, 1)
+LATEST_DAY = date(2999, 12, 31)
+
+
 def resolve_range(start: date | None, end: date | None, today: date) -> tuple[date, date]:
     """Defaults: the last 30 UTC days ending today (or ending at `end`)."""
+    for name, day in (("start", start), ("end", end)):
+        if day is not None and not EARLIEST_DAY <= day <= LATEST_DAY:
+            raise ValidationFailed(
+                f"{name} must be between {EARLIEST_DAY} and {LATEST_DAY}",
+                details={name: day.isoformat()},
+            )
     end = end or (today if start is None else min(today, start + timedelta(DEFAULT_DAYS - 1)))
     start = start or end - timedelta(days=DEFAULT_DAYS - 1)
     if start > end:

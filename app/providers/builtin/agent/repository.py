@@ -5,12 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from app.platform.db import Conn
-from app.providers.agents import MemoryBlock, Passage
+from app.providers.agents import InvalidPassageCursor, MemoryBlock, Passage
 
 if TYPE_CHECKING:  # embeddings.py imports this module
     from app.providers.builtin.embeddings import Embedding
@@ -222,13 +222,19 @@ def encode_cursor(passage: Passage) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, UUID] | None:
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """A cursor this module made, else InvalidPassageCursor (422). The stamp must be one
+    Postgres can take: `astimezone` overflows for one that falls outside years 1-9999 in UTC
+    (which asyncpg failed on, a 500)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created, _, passage_id = raw.partition("|")
-        return datetime.fromisoformat(created), UUID(passage_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        return None
+        stamp = datetime.fromisoformat(created)
+        if stamp.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return stamp.astimezone(UTC), UUID(passage_id)
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidPassageCursor() from exc
 
 
 async def list_passages(

@@ -14,6 +14,10 @@ from uuid import UUID
 
 from app.providers.agents import AgentEvent, DeltaEvent, MessageEvent, ToolEvent
 
+# Event ids are `turn_events.seq`, a Postgres integer: the largest id a client may present in
+# Last-Event-ID, and the largest the server ever sends.
+MAX_EVENT_ID = 2**31 - 1
+
 EventName = Literal["turn", "delta", "tool", "message", "usage", "error", "done"]
 TERMINAL_EVENTS: frozenset[str] = frozenset({"done", "error"})
 

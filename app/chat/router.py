@@ -11,6 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from app.auth.deps import CurrentUser
 from app.chat import history as history_service
+from app.chat.events import MAX_EVENT_ID
 from app.chat.history import ChatHistoryDep
 from app.chat.runtime import ChatRuntime, get_runtime
 from app.chat.schemas import SSE_RESPONSE, ExportFormat, HistoryPageOut, MessageIn, SearchResultsOut
@@ -58,11 +59,6 @@ def _sse(events: EventBatches, ping_seconds: float) -> TurnEventStream:
 async def send_message(body: MessageIn, user: CurrentUser, turns: TurnsDep) -> TurnEventStream:
     run = await start_turn(turns, user.sub, body.content)
     return _sse(follow_run(run, 0), turns.settings.sse_ping_seconds)
-
-
-# Event ids are `turn_events.seq`, a Postgres integer: a larger one failed the stored-events
-# query after the 200 had been sent (the stream broke).
-MAX_EVENT_ID = 2**31 - 1
 
 
 def _last_event_id(value: str | None) -> int:

@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator
 from uuid import UUID
 
 from app.chat import repository as repo
-from app.chat.events import TurnEvent, error_data
+from app.chat.events import MAX_EVENT_ID, TurnEvent, error_data
 from app.chat.runtime import ChatRuntime, TurnRun
 from app.errors import DatabaseUnavailable, NotFound
 
@@ -120,4 +120,5 @@ async def _terminal_after(runtime: ChatRuntime, turn_id: UUID, last: int) -> Tur
             await asyncio.sleep(POLL_SECONDS)
     if stored is None:  # only for a row ended by hand: this code always stores one
         stored = TurnEvent(last, "error", error_data("interrupted", "the turn ended", True))
-    return TurnEvent(max(stored.seq, last + 1), stored.event, stored.data)
+    # Never past MAX_EVENT_ID: the client must be able to present the id it got.
+    return TurnEvent(max(stored.seq, min(last + 1, MAX_EVENT_ID)), stored.event, stored.data)

@@ -429,3 +429,11 @@ async def export_turns(conn: Conn, user_id: UUID, *, batch: int = 200) -> AsyncI
     )
     async for row in cursor:
         yield TurnRow.from_record(row)
+
+
+async def streaming_turn_id(conn: Conn, user_id: UUID) -> UUID | None:
+    """The user's streaming turn, if any (at most one: the partial unique index)."""
+    turn_id: UUID | None = await conn.fetchval(
+        "select id from turns where user_id = $1 and status = 'streaming' limit 1", user_id
+    )
+    return turn_id

@@ -1,0 +1,73 @@
+"""The chat as the Vercel AI SDK's `useChat` expects it (`DefaultChatTransport`, `ai` 6.x).
+
+- `POST /chat/ui`: the SDK's body; the last (user) message starts a turn, the same turn as
+  `POST /chat/message` (admission, background run, usage counted once), answered as a UI
+  message stream (ui_stream.py). Refusals before the stream (402, 409, 422, 429) are JSON
+  envelopes with their status: the transport throws an Error whose message is the body.
+- `GET /chat/ui/{chat_id}/stream`: the SDK's resume. 204 when nothing runs; else the running
+  turn's whole stream from its first event (the transport's resumes are full replays).
+
+The SDK's stop only aborts its fetch: the turn goes on and completes server-side (a resume
+shows it). A server-side stop is a separate route.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+from fastapi.responses import Response
+
+from app.auth.deps import CurrentUser
+from app.chat import repository as repo
+from app.chat.router import RuntimeDep, TurnsDep
+from app.chat.stream import follow_run, open_turn_events
+from app.chat.turns import start_turn
+from app.chat.ui_schemas import UI_STREAM_RESPONSE, UIChatIn
+from app.chat.ui_stream import UIMessageStream
+from app.deps import SettingsDep
+from app.errors import BODY_ERROR_STATUSES, error_responses
+
+router = APIRouter(prefix="/chat/ui", tags=["chat"])
+
+ChatId = Annotated[str, Path(min_length=1, max_length=200, description="The chat's id")]
+
+
+@router.post(
+    "",
+    summary="Send a message as the AI SDK's useChat does; the reply is a UI message stream",
+    response_class=UIMessageStream,
+    responses={
+        **UI_STREAM_RESPONSE,
+        **error_responses(*BODY_ERROR_STATUSES, 402, 404, 409, 502, 503),
+    },
+)
+async def send_ui_message(body: UIChatIn, user: CurrentUser, turns: TurnsDep) -> UIMessageStream:
+    # CONVERSATION: `body.id` is the SDK's chat id. Once turns belong to conversations, pass
+    # it here (start_turn(..., conversation_id=...)); until then it is accepted and unused.
+    run = await start_turn(turns, user.sub, body.content)
+    return UIMessageStream(follow_run(run, 0), ping_seconds=turns.settings.sse_ping_seconds)
+
+
+@router.get(
+    "/{chat_id}/stream",
+    summary="Resume the chat's running reply (the AI SDK's reconnectToStream)",
+    response_class=UIMessageStream,
+    responses={
+        **UI_STREAM_RESPONSE,
+        204: {"description": "No reply is running"},
+        **error_responses(422),
+    },
+)
+async def resume_ui_stream(
+    chat_id: ChatId, user: CurrentUser, settings: SettingsDep, runtime: RuntimeDep
+) -> Response:
+    # CONVERSATION: the running turn of the user, whatever the chat: one turn streams per
+    # user. With conversations, look up the running turn of `chat_id` instead.
+    async with runtime.db.acquire() as conn:
+        turn_id = await repo.streaming_turn_id(conn, user.sub)
+    if turn_id is None:
+        return Response(status_code=204)
+    # From the turn's first event: the SDK rebuilds the message from a full replay.
+    events = await open_turn_events(runtime, user.sub, turn_id, 0)
+    return UIMessageStream(events, ping_seconds=settings.sse_ping_seconds)

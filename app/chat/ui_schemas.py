@@ -37,7 +37,22 @@ class UIMessageIn(BaseModel):
 
 
 class UIChatIn(BaseModel):
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(
+        extra="allow",
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "chat-1",
+                    "messages": [
+                        {"id": "m1", "role": "user", "parts": [{"type": "text", "text": "Hi"}]}
+                    ],
+                    "trigger": "submit-message",
+                    "messageId": None,
+                }
+            ]
+        },
+    )
 
     id: Annotated[str, Field(min_length=1, max_length=200, description="The chat's id")]
     messages: Annotated[list[UIMessageIn], Field(min_length=1, max_length=MAX_UI_MESSAGES)]

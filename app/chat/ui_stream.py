@@ -241,6 +241,9 @@ async def ui_frames(events: EventBatches) -> AsyncGenerator[Sequence[Frame], Non
 class UIMessageStream(TurnEventStream):
     """The chat turn's SSE response (pings, disconnects: sse.py) with the SDK's header."""
 
-    def __init__(self, events: EventBatches, *, ping_seconds: float) -> None:
-        super().__init__(ui_frames(events), ping_seconds=ping_seconds)
+    def __init__(
+        self, events: EventBatches, *, ping_seconds: float, status_code: int = 200
+    ) -> None:
+        # `status_code` in the signature: FastAPI's OpenAPI reads the default from it.
+        super().__init__(ui_frames(events), ping_seconds=ping_seconds, status_code=status_code)
         self.headers[UI_MESSAGE_STREAM_HEADER] = UI_MESSAGE_STREAM_VERSION

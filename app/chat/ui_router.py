@@ -27,10 +27,11 @@ from app.chat.ui_schemas import UI_STREAM_RESPONSE, UIChatIn
 from app.chat.ui_stream import UIMessageStream
 from app.deps import SettingsDep
 from app.errors import BODY_ERROR_STATUSES, error_responses
+from app.platform.text import PlainText
 
 router = APIRouter(prefix="/chat/ui", tags=["chat"])
 
-ChatId = Annotated[str, Path(min_length=1, max_length=200, description="The chat's id")]
+ChatId = Annotated[PlainText, Path(min_length=1, max_length=200, description="The chat's id")]
 
 
 @router.post(

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.chat.schemas import MAX_MESSAGE_CHARS
-from app.platform.text import check_text
+from app.platform.text import PlainText, check_text
 
 # How many messages a request may carry: the SDK sends the whole chat each time by default.
 MAX_UI_MESSAGES = 1000
@@ -54,7 +54,7 @@ class UIChatIn(BaseModel):
         },
     )
 
-    id: Annotated[str, Field(min_length=1, max_length=200, description="The chat's id")]
+    id: Annotated[PlainText, Field(min_length=1, max_length=200, description="The chat's id")]
     messages: Annotated[list[UIMessageIn], Field(min_length=1, max_length=MAX_UI_MESSAGES)]
     # Regenerating a reply needs the turn to replace: not supported yet (422).
     trigger: Literal["submit-message"] = "submit-message"
@@ -68,7 +68,7 @@ class UIChatIn(BaseModel):
         if not last.parts or any(p.type != "text" or p.text is None for p in last.parts):
             raise ValueError("the last message must be made of text parts only")
         text = self.content
-        if not text.strip():
+        if not text:
             raise ValueError("the message is empty")
         if len(text) > MAX_MESSAGE_CHARS:
             raise ValueError(f"the message is longer than {MAX_MESSAGE_CHARS} characters")

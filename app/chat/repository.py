@@ -107,6 +107,7 @@ class NewTurn:
     instance_id: str
     created_at: datetime
     first_event: TurnEvent
+    client_message_id: str | None = None
 
     def params(self) -> tuple[object, ...]:
         """$1..$8 of the turn + first-event inserts below."""
@@ -115,6 +116,11 @@ class NewTurn:
             self.id, self.user_id, self.content, self.instance_id, self.created_at,
             e.seq, e.event, e.json(),
         )  # fmt: skip
+
+
+# The unique index behind safe retries: a violation of it means "this client id already made
+# a turn", not "a turn is streaming".
+CLIENT_MESSAGE_ID_INDEX = "turns_user_client_message_id"
 
 
 @dataclass(frozen=True)
@@ -131,8 +137,8 @@ async def admit_ready_turn(conn: Conn, turn: NewTurn) -> FastAdmission:
     has no streaming turn, take the user's turn lock and, if it was free, insert the turn and
     its first event. Raises asyncpg.UniqueViolationError when a streaming turn was inserted
     meanwhile (the partial unique index: the snapshot read here may predate the lock)."""
-    # The turn ($1..$5) and its first event ($6..$8), inserted only when the lock ($9) was
-    # free; `insert_turn` below inserts the same two rows unconditionally.
+    # The turn ($1..$5, client id $10) and its first event ($6..$8), inserted only when the
+    # lock ($9) was free; `insert_turn` below inserts the same two rows unconditionally.
     row = await conn.fetchrow(
         """
         with p as (
@@ -142,8 +148,9 @@ async def admit_ready_turn(conn: Conn, turn: NewTurn) -> FastAdmission:
         ),
         l as (select pg_try_advisory_xact_lock(hashtextextended($9, 0)) as locked from p),
         turn as (
-            insert into turns (id, user_id, user_message, instance_id, created_at, heartbeat_at)
-            select $1, $2, $3, $4, $5, now() from l where l.locked
+            insert into turns (id, user_id, user_message, instance_id, created_at, heartbeat_at,
+                               client_message_id)
+            select $1, $2, $3, $4, $5, now(), $10 from l where l.locked
             returning id, user_id
         ),
         ev as (
@@ -155,6 +162,7 @@ async def admit_ready_turn(conn: Conn, turn: NewTurn) -> FastAdmission:
         """,
         *turn.params(),
         f"chat-turn:{turn.user_id}",
+        turn.client_message_id,
     )
     assert row is not None
     return FastAdmission(row["agent_id"], bool(row["inserted"]))
@@ -166,8 +174,9 @@ async def insert_turn(conn: Conn, turn: NewTurn) -> None:
     await conn.execute(
         """
         with turn as (
-            insert into turns (id, user_id, user_message, instance_id, created_at, heartbeat_at)
-            select $1, $2, $3, $4, $5, now() from (values (1)) as one_row
+            insert into turns (id, user_id, user_message, instance_id, created_at, heartbeat_at,
+                               client_message_id)
+            select $1, $2, $3, $4, $5, now(), $9 from (values (1)) as one_row
             returning id, user_id
         ),
         ev as (
@@ -178,6 +187,7 @@ async def insert_turn(conn: Conn, turn: NewTurn) -> None:
         select
         """,
         *turn.params(),
+        turn.client_message_id,
     )
 
 
@@ -229,10 +239,59 @@ async def fail_stale_turns(
     return [r["turn_id"] for r in rows]
 
 
-async def renew_leases(conn: Conn, turn_ids: Sequence[UUID]) -> None:
-    await conn.execute(
-        "update turns set heartbeat_at = now() where id = any($1::uuid[]) and status = 'streaming'",
+async def renew_leases(conn: Conn, turn_ids: Sequence[UUID]) -> list[UUID]:
+    """Renew the leases of these turns; returns those whose stop was asked for elsewhere
+    (`cancel_requested_at`), read in the same statement."""
+    rows = await conn.fetch(
+        """
+        update turns set heartbeat_at = now()
+        where id = any($1::uuid[]) and status = 'streaming'
+        returning id, cancel_requested_at is not null as stop
+        """,
         list(turn_ids),
+    )
+    return [r["id"] for r in rows if r["stop"]]
+
+
+@dataclass(frozen=True)
+class ConflictingTurns:
+    """What stands in the way of a new turn: the turn this client id made, the streaming one."""
+
+    by_client_id: TurnRow | None
+    streaming_id: UUID | None
+
+
+async def conflicting_turns(
+    conn: Conn, user_id: UUID, client_message_id: str | None
+) -> ConflictingTurns:
+    """Read only when an admission was refused (never on the way of an admitted turn)."""
+    rows = await conn.fetch(
+        f"""
+        select {_TURN_COLUMNS}, client_message_id from turns
+        where user_id = $1
+          and (status = 'streaming' or ($2::text is not null and client_message_id = $2))
+        """,  # noqa: S608
+        user_id,
+        client_message_id,
+    )
+    mine = next(
+        (r for r in rows if client_message_id is not None
+         and r["client_message_id"] == client_message_id),
+        None,
+    )  # fmt: skip
+    streaming = next((r["id"] for r in rows if r["status"] == "streaming"), None)
+    return ConflictingTurns(TurnRow.from_record(mine) if mine is not None else None, streaming)
+
+
+async def request_cancel(conn: Conn, user_id: UUID, turn_id: UUID) -> None:
+    """Ask the instance running this turn to stop it (read when it renews its leases)."""
+    await conn.execute(
+        """
+        update turns set cancel_requested_at = coalesce(cancel_requested_at, now())
+        where id = $1 and user_id = $2 and status = 'streaming'
+        """,
+        turn_id,
+        user_id,
     )
 
 

@@ -14,10 +14,20 @@ from app.chat import history as history_service
 from app.chat.events import MAX_EVENT_ID
 from app.chat.history import ChatHistoryDep
 from app.chat.runtime import ChatRuntime, get_runtime
-from app.chat.schemas import SSE_RESPONSE, ExportFormat, HistoryPageOut, MessageIn, SearchResultsOut
+from app.chat.schemas import (
+    SSE_RESPONSE,
+    ClientMessageId,
+    ExportFormat,
+    HistoryPageOut,
+    MessageIn,
+    SearchResultsOut,
+    TurnOut,
+)
 from app.chat.sse import TurnEventStream
-from app.chat.stream import EventBatches, follow_run, open_turn_events
-from app.chat.turns import TurnDeps, start_turn
+from app.chat.stream import EventBatches, open_turn_events
+from app.chat.turns import TurnDeps
+from app.chat.turns import send_message as send
+from app.chat.turns import stop_turn as stop
 from app.deps import SettingsDep, services
 from app.errors import BODY_ERROR_STATUSES, ValidationFailed, error_responses
 from app.platform.text import PlainText
@@ -56,9 +66,26 @@ def _sse(events: EventBatches, ping_seconds: float) -> TurnEventStream:
         **error_responses(*BODY_ERROR_STATUSES, 402, 404, 409, 502, 503),
     },
 )
-async def send_message(body: MessageIn, user: CurrentUser, turns: TurnsDep) -> TurnEventStream:
-    run = await start_turn(turns, user.sub, body.content)
-    return _sse(follow_run(run, 0), turns.settings.sse_ping_seconds)
+async def send_message(
+    body: MessageIn,
+    user: CurrentUser,
+    turns: TurnsDep,
+    idempotency_key: Annotated[
+        ClientMessageId | None,
+        Header(
+            alias="Idempotency-Key",
+            description="The client's id for this message, as `client_message_id` in the body "
+            "(both given: they must be equal)",
+        ),
+    ] = None,
+) -> TurnEventStream:
+    client_message_id = body.client_message_id
+    if idempotency_key is not None:
+        if client_message_id is not None and client_message_id != idempotency_key:
+            raise ValidationFailed("Idempotency-Key and client_message_id differ")
+        client_message_id = idempotency_key
+    events = await send(turns, user.sub, body.content, client_message_id)
+    return _sse(events, turns.settings.sse_ping_seconds)
 
 
 def _last_event_id(value: str | None) -> int:
@@ -87,6 +114,21 @@ async def turn_events(
 ) -> TurnEventStream:
     events = await open_turn_events(runtime, user.sub, turn_id, _last_event_id(last_event_id))
     return _sse(events, settings.sse_ping_seconds)
+
+
+@router.post(
+    "/turns/{turn_id}/stop",
+    summary="Stop a running turn: its partial reply is kept and charged, its stream ends "
+    "with `done` (status `cancelled`)",
+    description="Idempotent: a turn that already ended is returned as it is. Once this "
+    "answers for a turn run by the instance that serves it, the user can send at once; a turn "
+    "run by another instance is stopped at that instance's next lease renewal (within an "
+    "eighth of CHAT_TURN_LEASE_SECONDS).",
+    response_model=TurnOut,
+    responses=error_responses(404, 422),
+)
+async def stop_turn(turn_id: UUID, user: CurrentUser, turns: TurnsDep) -> TurnOut:
+    return TurnOut.from_row(await stop(turns, user.sub, turn_id))
 
 
 @router.get(

@@ -18,6 +18,11 @@ the lease (35 s by default) never make a live turn look orphaned, and a turn tha
 meanwhile keeps its reply in memory and writes it when the database is back
 (`turns._finish`).
 
+Stops: a stop for a turn this process runs cancels the turn's task at once (`TurnRun.
+request_stop`); one asked for on another instance sets `turns.cancel_requested_at`, which the
+owner reads in its lease renewal (no extra statement): it acts within one renewal interval
+(an eighth of the lease, 5 s by default).
+
 Restarts: each turn records `<instance name>/<boot id>` (`instance_id`). The instance name
 (`INSTANCE_ID`, default `<hostname>:<PORT>`) is the same across restarts of one instance and
 different between instances; the boot id is new at each start. At startup, before it runs any
@@ -95,6 +100,19 @@ class TurnRun:
         self.events: list[TurnEvent] = []
         self.task: asyncio.Task[None] | None = None
         self._subscribers: set[Subscription] = set()
+        # Stop (POST /chat/turns/{id}/stop, or asked for on another instance): the task is
+        # cancelled only while it waits on the agent (`stoppable`, set by the turn itself), so
+        # a stop never interrupts the turn's final write; asked before the agent is called, the
+        # turn sees `stop_requested` and does not call it.
+        self.stop_requested = False
+        self.stoppable = False
+
+    def request_stop(self) -> None:
+        if self.stop_requested:
+            return
+        self.stop_requested = True
+        if self.stoppable and self.task is not None:
+            self.task.cancel()
 
     @property
     def next_seq(self) -> int:
@@ -210,8 +228,12 @@ class ChatRuntime:
                 await self.writer.flush()
                 if loop.time() >= next_renewal and self.runs:
                     async with self.db.transaction() as conn:
-                        await repo.renew_leases(conn, list(self.runs))
+                        stops = await repo.renew_leases(conn, list(self.runs))
                     next_renewal = loop.time() + renew_every
+                    for turn_id in stops:  # stopped through another instance
+                        run = self.runs.get(turn_id)
+                        if run is not None:
+                            run.request_stop()
             except DatabaseUnavailable:
                 # Kept in memory and retried every interval: an outage loses nothing. Logged
                 # once per outage, not once per interval.

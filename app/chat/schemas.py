@@ -16,8 +16,21 @@ MAX_MESSAGE_CHARS = 32_000
 ExportFormat = Literal["json", "markdown", "txt"]
 
 
+MAX_CLIENT_MESSAGE_ID_CHARS = 100
+
+# The client's id for one message (also accepted as the `Idempotency-Key` header).
+ClientMessageId = Annotated[PlainText, Field(min_length=1, max_length=MAX_CLIENT_MESSAGE_ID_CHARS)]
+
+
 class MessageIn(BaseModel):
     content: Annotated[PlainText, Field(min_length=1, max_length=MAX_MESSAGE_CHARS)]
+    client_message_id: ClientMessageId | None = Field(
+        None,
+        description="The client's id for this message. Sending it again (after a dropped "
+        "connection) attaches to the turn it made: its events from the first, then live; no "
+        "second turn, no second charge. The same id with other content is 409 "
+        "`idempotency_conflict`. Same value space as the `Idempotency-Key` header.",
+    )
 
 
 class TurnUsageOut(BaseModel):
@@ -105,7 +118,7 @@ class UsageEventOut(BaseModel):
 
 class DoneEventOut(BaseModel):
     turn_id: UUID
-    status: str
+    status: Literal["completed", "cancelled"]
 
 
 class StreamErrorEventOut(BaseModel):
@@ -133,7 +146,9 @@ for `Last-Event-ID`), `event:` and one JSON `data:` line:
 - `message` `{text, message_id}` (a completed assistant message)
 - `usage` `{model, prompt_tokens, completion_tokens, total_tokens, cost, estimated,
   remaining_budget}`
-- `done` `{turn_id, status}` — or instead of `usage`/`done`: `error` `{code, message, retryable}`
+- `done` `{turn_id, status}`: `completed`, or `cancelled` for a stopped turn (its `usage`,
+  when it produced anything, counts the partial reply) — or instead of `usage`/`done`:
+  `error` `{code, message, retryable}`
 
 Comment lines (`: ping`) keep idle connections open."""
 

@@ -44,8 +44,9 @@ from app.accounts.provisioning import Provisioner
 from app.chat import repository as repo
 from app.chat.events import TurnEvent, agent_event_data, error_data, turn_data
 from app.chat.runtime import ChatRuntime, TurnRun
+from app.chat.stream import POLL_SECONDS, EventBatches, TurnNotFound, follow_run, open_turn_events
 from app.config import Settings
-from app.errors import BudgetExceeded, Conflict, DatabaseUnavailable
+from app.errors import AppError, BudgetExceeded, Conflict, DatabaseUnavailable
 from app.providers.agents import (
     AgentNotFound,
     AgentProvider,
@@ -60,11 +61,42 @@ from app.usage.repository import add_usage
 logger = logging.getLogger(__name__)
 
 
+# Where a turn's stream is resumed (the `turn_events` route, under the app's /api/v1 prefix);
+# the 409s below point there. tests/chat/test_stop_retries.py follows it.
+RESUME_PATH = "/api/v1/chat/turns/{turn_id}/events"
+
+
+def resume_url(turn_id: UUID) -> str:
+    return RESUME_PATH.format(turn_id=turn_id)
+
+
 class TurnInProgress(Conflict):
     code = "turn_in_progress"
 
-    def __init__(self, message: str = "a reply to your previous message is still streaming"):
-        super().__init__(message)
+    def __init__(
+        self,
+        message: str = "a reply to your previous message is still streaming",
+        *,
+        turn_id: UUID | None = None,
+    ):
+        details = (
+            {"turn_id": str(turn_id), "resume_url": resume_url(turn_id)}
+            if turn_id is not None
+            else None
+        )
+        super().__init__(message, details=details)
+
+
+class IdempotencyConflict(Conflict):
+    """The client message id was used before, for a different message."""
+
+    code = "idempotency_conflict"
+
+    def __init__(self, turn_id: UUID):
+        super().__init__(
+            "this client message id was already used for a different message",
+            details={"turn_id": str(turn_id), "resume_url": resume_url(turn_id)},
+        )
 
 
 class AgentNotReady(Conflict):
@@ -87,13 +119,65 @@ class TurnDeps:
     provisioner: Provisioner
 
 
-async def start_turn(deps: TurnDeps, user_id: UUID, content: str) -> TurnRun:
+async def send_message(
+    deps: TurnDeps, user_id: UUID, content: str, client_message_id: str | None = None
+) -> EventBatches:
+    """The events of the turn for this message: a new turn's, or (a repeat of a client
+    message id) those of the turn that id made, from its first event, then live.
+
+    A refused admission (409, 402) costs one more read, to name the turn in the way or to find
+    the turn a repeated id made (the turn may have used up the budget: its repeat still
+    attaches). An admitted turn pays nothing for the client id: it is in the insert."""
+    try:
+        run = await start_turn(deps, user_id, content, client_message_id)
+    except (Conflict, BudgetExceeded) as refused:
+        return await _after_refusal(deps, user_id, content, client_message_id, refused)
+    return follow_run(run, 0)
+
+
+# A refused admission may have met another admission holding the user's lock, whose turn is
+# committed a moment later: look a few times before answering without naming it.
+_LOOKUPS = 5
+_LOOKUP_PAUSE = 0.02
+
+
+async def _after_refusal(
+    deps: TurnDeps,
+    user_id: UUID,
+    content: str,
+    client_message_id: str | None,
+    refused: AppError,
+) -> EventBatches:
+    if client_message_id is None and not isinstance(refused, TurnInProgress):
+        raise refused
+    for attempt in range(_LOOKUPS):
+        async with deps.runtime.db.acquire() as conn:
+            found = await repo.conflicting_turns(conn, user_id, client_message_id)
+        mine = found.by_client_id
+        if mine is not None:
+            if mine.user_message != content:
+                raise IdempotencyConflict(mine.id) from None
+            return await open_turn_events(deps.runtime, user_id, mine.id, 0)
+        if not isinstance(refused, TurnInProgress):
+            raise refused
+        if found.streaming_id is not None:
+            raise TurnInProgress(turn_id=found.streaming_id) from None
+        if attempt + 1 < _LOOKUPS:
+            await asyncio.sleep(_LOOKUP_PAUSE)
+    raise refused
+
+
+async def start_turn(
+    deps: TurnDeps, user_id: UUID, content: str, client_message_id: str | None = None
+) -> TurnRun:
     """Admit a turn and start running it; the caller subscribes to the returned run."""
     runtime = deps.runtime
     turn_id = uuid.uuid4()
     created_at = datetime.now(UTC)
     first = TurnEvent(1, "turn", turn_data(turn_id, created_at.isoformat()))
-    turn = repo.NewTurn(turn_id, user_id, content, runtime.instance_id, created_at, first)
+    turn = repo.NewTurn(
+        turn_id, user_id, content, runtime.instance_id, created_at, first, client_message_id
+    )
     admitted = await _admit_fast(deps, turn)
     if admitted is not None:
         agent_id, llm = admitted, None
@@ -179,6 +263,7 @@ class _Outcome:
     messages: list[str]
     usage: UsageEvent | None = None
     error: ErrorEvent | None = None
+    stopped: bool = False  # ended by a stop: `cancelled`
 
     @property
     def text(self) -> str:
@@ -192,33 +277,55 @@ async def _run_turn(
     outcome = _Outcome(deltas=[], messages=[])
     runtime = deps.runtime
     cancelled = False
+    # From here to the end of the agent's stream a stop cancels this task (see TurnRun).
+    run.stoppable = True
     try:
-        await _stream_into(deps, run, agent_id, content, llm, outcome)
-        if _agent_was_lost(outcome):
-            # The agent is gone upstream: noticed on first use, the user gets a new agent
-            # (recorded for /agent/status) and this message goes to it.
-            new_agent_id: str | None = None
-            try:
-                healed = await deps.provisioner.replace_lost_agent(run.user_id, agent_id)
-                new_agent_id = healed.agent_id
-            except Exception:  # noqa: BLE001 - the turn reports agent_not_found as it is
-                logger.warning("replacing the lost agent of %s failed", run.user_id)
-            if new_agent_id and new_agent_id != agent_id:
-                outcome.error = None
-                await _stream_into(deps, run, new_agent_id, content, llm, outcome)
+        if run.stop_requested:  # stopped before the agent was called: it never is
+            outcome.stopped = True
+        else:
+            await _run_agent(deps, run, agent_id, content, llm, outcome)
     except asyncio.CancelledError:
-        cancelled = True
-        outcome.error = ErrorEvent("interrupted", "the server is shutting down", True)
+        task = asyncio.current_task()
+        # A stop cancels once; anything more (shutdown) is still a cancellation to honour.
+        if run.stop_requested and task is not None and task.uncancel() == 0:
+            outcome.stopped = True
+        else:
+            cancelled = True
+            outcome.error = ErrorEvent("interrupted", "the server is shutting down", True)
     except Exception:
         # The port promises no raise mid-stream; a provider bug still ends the turn cleanly.
         logger.exception("agent stream failed for turn %s", run.turn_id)
         outcome.error = ErrorEvent("agent_error", "the agent failed to answer", True)
+    run.stoppable = False  # no await since the stream ended: a stop now waits for the end
     try:
         await _finish(deps, run, content, outcome)
     finally:
         runtime.forget(run.turn_id)
     if cancelled:
         raise asyncio.CancelledError()
+
+
+async def _run_agent(
+    deps: TurnDeps,
+    run: TurnRun,
+    agent_id: str,
+    content: str,
+    llm: LLMRoute | None,
+    outcome: _Outcome,
+) -> None:
+    await _stream_into(deps, run, agent_id, content, llm, outcome)
+    if _agent_was_lost(outcome):
+        # The agent is gone upstream: noticed on first use, the user gets a new agent
+        # (recorded for /agent/status) and this message goes to it.
+        new_agent_id: str | None = None
+        try:
+            healed = await deps.provisioner.replace_lost_agent(run.user_id, agent_id)
+            new_agent_id = healed.agent_id
+        except Exception:  # noqa: BLE001 - the turn reports agent_not_found as it is
+            logger.warning("replacing the lost agent of %s failed", run.user_id)
+        if new_agent_id and new_agent_id != agent_id:
+            outcome.error = None
+            await _stream_into(deps, run, new_agent_id, content, llm, outcome)
 
 
 def _agent_was_lost(outcome: _Outcome) -> bool:
@@ -271,8 +378,8 @@ def _usage_to_count(model: str, content: str, outcome: _Outcome) -> TokenUsage |
             cost=_reported_cost(u.extra),
         )
     text = outcome.text
-    if outcome.error is not None and not text:
-        return None
+    if (outcome.error is not None or outcome.stopped) and not text:
+        return None  # nothing produced: nothing to charge
     prompt, completion = estimate_tokens(content), estimate_tokens(text)
     return TokenUsage(model, prompt, completion, prompt + completion, estimated=True)
 
@@ -383,7 +490,21 @@ async def _store_final(
                     total_tokens=usage.total_tokens,
                     cost=cost,
                 )
-            if outcome.error is None:
+            if outcome.error is None and outcome.stopped:
+                # The partial reply and what it cost; `done` says the turn was stopped.
+                terminal = (
+                    []
+                    if usage is None
+                    else [run.make("usage", _usage_data(usage, cost, remaining))]
+                )
+                terminal.append(
+                    run.make(
+                        "done",
+                        {"turn_id": str(run.turn_id), "status": "cancelled"},
+                        offset=len(terminal),
+                    )
+                )
+            elif outcome.error is None:
                 assert usage is not None
                 terminal = [
                     run.make(
@@ -408,7 +529,7 @@ async def _store_final(
             finished = await repo.finish_turn(
                 conn,
                 run.turn_id,
-                status="completed" if outcome.error is None else "failed",
+                status=_status(outcome),
                 assistant_response=outcome.text,
                 error=outcome.error.code if outcome.error is not None else None,
                 model=usage.model if usage is not None else None,
@@ -430,3 +551,75 @@ async def _store_final(
             runtime.writer.add(row.turn_id, row.user_id, row.event)
         raise
     return terminal
+
+
+def _status(outcome: _Outcome) -> str:
+    if outcome.error is not None:
+        return "failed"
+    return "cancelled" if outcome.stopped else "completed"
+
+
+def _usage_data(usage: TokenUsage, cost: float, remaining: float | None) -> dict[str, Any]:
+    return {
+        "model": usage.model,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "cost": cost,
+        "estimated": usage.estimated,
+        "remaining_budget": remaining,
+    }
+
+
+# --- stop ------------------------------------------------------------------------------------
+
+
+async def stop_turn(deps: TurnDeps, user_id: UUID, turn_id: UUID) -> repo.TurnRow:
+    """Stop a turn and return it as stored (a finished one as it is: idempotent).
+
+    Run here: its task is cancelled (the agent's stream closed, and the provider stops the
+    run upstream), and this returns once the turn is stored as `cancelled` with its partial
+    reply and charge, so the user can send at once. Run by another instance: the stop is
+    recorded on the row; the owner reads it at its next lease renewal and stops the turn, and
+    this waits for that (one renewal interval, plus the final write), then returns the turn
+    as it is then."""
+    runtime = deps.runtime
+    run = runtime.runs.get(turn_id)
+    if run is not None and run.user_id == user_id:
+        run.request_stop()
+        if run.task is not None:
+            await asyncio.wait({run.task})  # never cancels the turn if this request goes away
+        return await _stored_turn(deps, user_id, turn_id)
+    async with runtime.db.transaction() as conn:
+        turn = await repo.get_turn(conn, user_id, turn_id)
+        if turn is None:
+            raise TurnNotFound()
+        if turn.status != "streaming":
+            return turn
+        await repo.request_cancel(conn, user_id, turn_id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + runtime.renew_seconds + _REMOTE_STOP_SLACK
+    while loop.time() < deadline:
+        await asyncio.sleep(POLL_SECONDS)
+        async with runtime.db.acquire() as conn:
+            status, stale = await repo.turn_progress(conn, turn_id, runtime.lease_seconds)
+        if status != "streaming":
+            break
+        if stale:  # its instance is gone: nobody will stop it, the sweep ends it
+            async with runtime.db.transaction() as conn:
+                await repo.fail_stale_turns(
+                    conn, lease_seconds=runtime.lease_seconds, user_id=user_id
+                )
+    return await _stored_turn(deps, user_id, turn_id)
+
+
+# Past the owner's next lease renewal, the time its final write may take.
+_REMOTE_STOP_SLACK = 5.0
+
+
+async def _stored_turn(deps: TurnDeps, user_id: UUID, turn_id: UUID) -> repo.TurnRow:
+    async with deps.runtime.db.acquire() as conn:
+        turn = await repo.get_turn(conn, user_id, turn_id)
+    if turn is None:
+        raise TurnNotFound()
+    return turn

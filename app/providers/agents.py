@@ -142,7 +142,11 @@ class AgentProvider(Protocol):
     def stream_turn(
         self, agent_id: str, content: str, *, llm: LLMRoute | None = None
     ) -> AsyncIterator[AgentEvent]:
-        """One turn. Ends with UsageEvent (success) or ErrorEvent; never raises mid-stream."""
+        """One turn. Ends with UsageEvent (success) or ErrorEvent; never raises mid-stream.
+
+        Closed or cancelled before its end (a user's stop), the provider stops the turn
+        upstream before the close completes: the model stream is closed, and a service whose
+        run outlives the connection (Letta) is told to cancel it."""
         ...
 
     async def state(self, agent_id: str) -> AgentState: ...

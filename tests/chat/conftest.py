@@ -80,6 +80,7 @@ class AgentTurn:
     def __init__(self) -> None:
         self.queue: asyncio.Queue[AgentEvent | Exception | None] = asyncio.Queue()
         self.started = asyncio.Event()
+        self.closed = asyncio.Event()  # the stream was closed, at its end or before (a stop)
         self.agent_id: str | None = None
         self.content: str | None = None
         self.llm: LLMRoute | None = None
@@ -128,13 +129,16 @@ class ControlledAgent:
         turn.agent_id, turn.content, turn.llm = agent_id, content, llm
         self.turns.append(turn)
         turn.started.set()
-        while True:
-            item = await turn.queue.get()
-            if item is None:
-                return
-            if isinstance(item, Exception):
-                raise item
-            yield item
+        try:
+            while True:
+                item = await turn.queue.get()
+                if item is None:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            turn.closed.set()
 
     async def check_health(self) -> None:
         return None

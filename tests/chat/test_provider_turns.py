@@ -3,9 +3,11 @@ OpenAI-compatible server, and Letta against its recorded 0.16.8 exchanges (respx
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import httpx
@@ -15,9 +17,9 @@ from asgi_lifespan import LifespanManager
 
 from app.config import Settings
 from app.main import create_app
-from app.providers.billing import TokenUsage
+from app.providers.billing import TokenUsage, estimate_tokens
 from app.providers.builtin.llm import estimate_prompt_tokens
-from tests.chat.conftest import UserFactory, parse_sse, stored_events, turn_rows
+from tests.chat.conftest import UserFactory, parse_sse, stored_events, turn_rows, wait_for
 from tests.providers.letta.conftest import (
     API_KEY,
     BASE_URL,
@@ -322,3 +324,122 @@ async def test_letta_broken_llm_stream_fails_the_turn_under_the_same_model_name(
     cost = application.state.services.billing.cost_of(estimate)
     assert cost > 0
     assert float(broken["cost"]) == pytest.approx(cost)
+
+
+async def test_builtin_agent_stop_mid_stream_closes_the_model_stream_and_charges_the_text(
+    settings_factory: Callable[..., Settings], scripted_llm: ScriptedLLM, db_pool: asyncpg.Pool
+) -> None:
+    """The scripted model sends a word every 0.3 s; a stop after the first word: the turn is
+    `cancelled` at once (long before the reply would end) with that word kept and charged."""
+    application = create_app(
+        settings_factory(
+            llm_base_url=scripted_llm.base_url,
+            llm_model="scripted-model",
+            chat_event_flush_seconds=0.02,
+        )
+    )
+    async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            registered = await client.post(
+                "/api/v1/auth/register",
+                json={"email": "ada@example.com", "password": "correct horse battery staple"},
+            )
+            token = registered.json()["access_token"]
+            headers = {"Authorization": f"Bearer {token}"}
+            user_id = uuid.UUID(registered.json()["user"]["id"])
+            words = [f"w{i} " for i in range(20)]
+            scripted_llm.push(Text("".join(words), chunks=words, pause=0.3))
+            posted = asyncio.create_task(
+                client.post("/api/v1/chat/message", json={"content": "count"}, headers=headers)
+            )
+            runtime = application.state.services.chat
+            await wait_for(lambda: any(len(r.events) >= 2 for r in runtime.runs.values()))
+            turn_id = next(iter(runtime.runs))
+            started = time.monotonic()
+            stopped = await client.post(f"/api/v1/chat/turns/{turn_id}/stop", headers=headers)
+            elapsed = time.monotonic() - started
+            response = await posted
+    assert stopped.status_code == 200 and stopped.json()["status"] == "cancelled"
+    assert elapsed < 1.0  # the rest of the reply (about 6 s) was not waited for
+    events = parse_sse(response.text)
+    assert [e.event for e in events][-2:] == ["usage", "done"]
+    assert events[-1].data["status"] == "cancelled"
+    text = "".join(e.data["text"] for e in events if e.event == "delta")
+    assert text and text != "".join(words)
+    turn = await _one_turn(db_pool, user_id)
+    assert turn["status"] == "cancelled" and turn["assistant_response"] == text
+    assert turn["completion_tokens"] == estimate_tokens(text) and turn["usage_estimated"]
+    assert float(turn["cost"]) > 0
+    async with db_pool.acquire() as conn:
+        spend = await conn.fetchval("select spend from budgets where user_id = $1", user_id)
+    assert float(spend) == pytest.approx(float(turn["cost"]))
+
+
+async def test_letta_stop_mid_stream_closes_the_stream_and_cancels_the_run_in_letta(
+    settings_factory: Callable[..., Settings], make_user: UserFactory, db_pool: asyncpg.Pool
+) -> None:
+    """Letta's run outlives our connection: a stop closes the stream and then calls
+    `POST /v1/agents/{id}/messages/cancel` with the run id (CancelAgentRunRequest in Letta
+    0.16.8's OpenAPI document; not exercised against a live Letta)."""
+    recording = Recording(FIXTURES)
+    frames = recording.sse("stream-tokens-with-tool-call.sse").split(b"\n\n")
+    # Up to the first assistant_message fragment, then nothing more until the connection goes.
+    first_text = next(i for i, f in enumerate(frames) if b'"assistant_message"' in f)
+    hang = asyncio.Event()
+    closed = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            for frame in frames[: first_text + 1]:
+                yield frame + b"\n\n"
+            await hang.wait()
+        finally:
+            closed.set()
+
+    application = create_app(_letta_settings(settings_factory))
+    user = await make_user(agent_id=RECORDED_AGENT)
+    with respx.mock(base_url=BASE_URL, assert_all_called=True) as letta:
+        letta.get(f"/v1/agents/{RECORDED_AGENT}").mock(
+            return_value=recording.find("GET", "/v1/agents/{agent}").response()
+        )
+        letta.post(f"/v1/agents/{RECORDED_AGENT}/messages/stream").mock(
+            return_value=httpx.Response(200, headers=SSE_HEADERS, content=body())
+        )
+        cancel = letta.post(f"/v1/agents/{RECORDED_AGENT}/messages/cancel").mock(
+            return_value=httpx.Response(
+                200, json={"run-b0635e3f-1cab-41ea-a596-ad0b1dea1ea0": "cancelled"}
+            )
+        )
+        async with LifespanManager(application, startup_timeout=30, shutdown_timeout=30):
+            transport = httpx.ASGITransport(app=application)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                posted = asyncio.create_task(
+                    client.post(
+                        "/api/v1/chat/message", json={"content": "hi"}, headers=user.headers
+                    )
+                )
+                runtime = application.state.services.chat
+                await wait_for(
+                    lambda: any(
+                        any(e.event == "delta" for e in r.events) for r in runtime.runs.values()
+                    )
+                )
+                turn_id = next(iter(runtime.runs))
+                stopped = await client.post(
+                    f"/api/v1/chat/turns/{turn_id}/stop", headers=user.headers
+                )
+                response = await posted
+    assert stopped.status_code == 200 and stopped.json()["status"] == "cancelled"
+    assert closed.is_set()  # our side of the stream was closed
+    assert cancel.call_count == 1
+    sent = cancel.calls[0].request
+    assert sent.headers["authorization"] == f"Bearer {API_KEY}"
+    assert json.loads(sent.content) == {"run_ids": ["run-b0635e3f-1cab-41ea-a596-ad0b1dea1ea0"]}
+    events = parse_sse(response.text)
+    assert [e.event for e in events] == ["turn", "tool", "tool", "delta", "usage", "done"]
+    assert events[-1].data["status"] == "cancelled"
+    turn = await _one_turn(db_pool, user.id)
+    assert turn["status"] == "cancelled"
+    assert turn["assistant_response"] == events[3].data["text"]
+    assert turn["usage_estimated"] and float(turn["cost"]) > 0

@@ -10,7 +10,9 @@
   findable by `conversation_search`). A new agent takes over the user's tag and, for a
   conversation reset, the old agent's blocks and archives; the old agent goes with its
   messages. The caller stores the new id.
-- Turns use `POST /v1/agents/{id}/messages/stream` with `stream_tokens: true` (see `stream.py`).
+- Turns use `POST /v1/agents/{id}/messages/stream` with `stream_tokens: true` (see `stream.py`);
+  a turn closed before its end (a stop) is also cancelled with
+  `POST /v1/agents/{id}/messages/cancel`, since Letta's run outlives the connection.
 - Reads are retried a bounded number of times on operational failures, all within
   `UPSTREAM_READ_DEADLINE_SECONDS`; sends and writes are made once (a retried message send
   would run the turn twice), within `UPSTREAM_WRITE_DEADLINE_SECONDS`.
@@ -44,6 +46,7 @@ from app.providers.agents import (
     AgentState,
     BlockLimitExceeded,
     BlockNotFound,
+    ErrorEvent,
     MemoryBlock,
     Passage,
     PassageNotFound,
@@ -67,6 +70,8 @@ LETTA_CLOUD_URL = "https://api.letta.com"
 BLOCK_ORDER = {"persona": 0, "human": 1}
 PASSAGE_SCAN_PAGE = 100
 MAX_PURGE_ROUNDS = 1000
+# A stop waits for Letta's cancel route at most this long.
+CANCEL_DEADLINE_SECONDS = 5.0
 
 
 def user_tag(user_id: UUID) -> str:
@@ -336,35 +341,53 @@ class LettaAgents:
         # `llm` is not needed: with LiteLLM billing the agent was bound to the user's key
         # when it was provisioned, so a turn is the stream request and nothing else.
         meta = self._meta.get(agent_id)
-        if meta is not None:
-            async for event in self._stream(agent_id, content, meta):
-                yield event
-            return
-        # Only the usage event needs the agent's model: look it up alongside the turn
-        # instead of before it (the first turn of an agent in this process).
-        lookup = asyncio.ensure_future(self._agent_meta(agent_id))
+        # Only the usage event needs the agent's model: on the first turn of an agent in this
+        # process it is looked up alongside the turn instead of before it.
+        lookup = asyncio.ensure_future(self._agent_meta(agent_id)) if meta is None else None
+        mapper = TurnMapper(
+            model=(meta or self._fallback_meta()).model,
+            model_handle=(meta or self._fallback_meta()).handle,
+        )
+
+        async def open_stream() -> LettaEventStream:
+            return await self._open_turn_stream(agent_id, content)
+
+        ended = False
         try:
-            async for event in self._stream(agent_id, content, self._fallback_meta()):
-                if isinstance(event, UsageEvent):
+            async for event in map_turn(open_stream, mapper):
+                if lookup is not None and isinstance(event, UsageEvent):
                     event = _with_meta(event, await self._settled(lookup))
+                ended = ended or isinstance(event, ErrorEvent)
                 yield event
+            ended = True
         finally:
-            if not lookup.done():
-                lookup.cancel()
-            with contextlib.suppress(BaseException):
-                await lookup
+            if lookup is not None:
+                if not lookup.done():
+                    lookup.cancel()
+                with contextlib.suppress(BaseException):
+                    await lookup
+            if not ended:
+                # Closed before its end (a stop, or shutdown): closing the connection does not
+                # stop Letta's run, so it is cancelled there too.
+                await self._cancel_run(agent_id, mapper.run_id)
+
+    async def _cancel_run(self, agent_id: str, run_id: str | None) -> None:
+        """`POST /v1/agents/{id}/messages/cancel` with `{"run_ids": [...]}` (Letta 0.16.8's
+        CancelAgentRunRequest; without a run id yet, every run of the agent: a user has one
+        turn running). Best effort, within CANCEL_DEADLINE_SECONDS: the turn is stopped on our
+        side whatever Letta answers."""
+        body: dict[str, Any] = {"run_ids": [run_id]} if run_id else {}
+        try:
+            async with asyncio.timeout(CANCEL_DEADLINE_SECONDS):
+                await self._post_json(f"/v1/agents/{agent_id}/messages/cancel", body)
+        except Exception as exc:  # noqa: BLE001 - logged; the stop itself has happened
+            logger.warning("cancelling letta run %s failed: %s", run_id, type(exc).__name__)
 
     async def _settled(self, lookup: asyncio.Future[_AgentMeta]) -> _AgentMeta:
         try:
             return await lookup
         except Exception:
             return self._fallback_meta()
-
-    def _stream(self, agent_id: str, content: str, meta: _AgentMeta) -> AsyncIterator[AgentEvent]:
-        async def open_stream() -> LettaEventStream:
-            return await self._open_turn_stream(agent_id, content)
-
-        return map_turn(open_stream, TurnMapper(model=meta.model, model_handle=meta.handle))
 
     async def _post_json(self, path: str, body: dict[str, Any]) -> Any:
         """A POST answered with JSON (the agent as Letta returns it, whatever its shape)."""

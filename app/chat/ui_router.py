@@ -8,7 +8,9 @@
   turn's whole stream from its first event (the transport's resumes are full replays).
 
 The SDK's stop only aborts its fetch: the turn goes on and completes server-side (a resume
-shows it). A server-side stop is a separate route.
+shows it). To end the turn too, the app calls `POST /chat/turns/{turn_id}/stop` with the
+`turn_id` of the reply's metadata. The user message's id is the turn's client message id, so a
+repeated POST of the same message attaches to its turn (no second turn, no second charge).
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from fastapi.responses import Response
 from app.auth.deps import CurrentUser
 from app.chat import repository as repo
 from app.chat.router import RuntimeDep, TurnsDep
-from app.chat.stream import follow_run, open_turn_events
-from app.chat.turns import start_turn
+from app.chat.stream import open_turn_events
+from app.chat.turns import send_message
 from app.chat.ui_schemas import UI_STREAM_RESPONSE, UIChatIn
 from app.chat.ui_stream import UIMessageStream
 from app.deps import SettingsDep
@@ -46,8 +48,10 @@ ChatId = Annotated[PlainText, Path(min_length=1, max_length=200, description="Th
 async def send_ui_message(body: UIChatIn, user: CurrentUser, turns: TurnsDep) -> UIMessageStream:
     # CONVERSATION: `body.id` is the SDK's chat id. Once turns belong to conversations, pass
     # it here (start_turn(..., conversation_id=...)); until then it is accepted and unused.
-    run = await start_turn(turns, user.sub, body.content)
-    return UIMessageStream(follow_run(run, 0), ping_seconds=turns.settings.sse_ping_seconds)
+    # From the turn's first event, also when the message repeats one already sent: then the
+    # stream is that turn's, as the SDK rebuilds a message from a full replay.
+    events = await send_message(turns, user.sub, body.content, body.client_message_id)
+    return UIMessageStream(events, ping_seconds=turns.settings.sse_ping_seconds)
 
 
 @router.get(

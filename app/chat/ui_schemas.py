@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.chat.schemas import MAX_MESSAGE_CHARS
+from app.chat.schemas import MAX_CLIENT_MESSAGE_ID_CHARS, MAX_MESSAGE_CHARS
 from app.platform.text import PlainText, check_text
 
 # How many messages a request may carry: the SDK sends the whole chat each time by default.
@@ -73,7 +73,19 @@ class UIChatIn(BaseModel):
         if len(text) > MAX_MESSAGE_CHARS:
             raise ValueError(f"the message is longer than {MAX_MESSAGE_CHARS} characters")
         check_text(text)
+        if len(last.id) > MAX_CLIENT_MESSAGE_ID_CHARS:
+            raise ValueError(f"the last message's id is longer than {MAX_CLIENT_MESSAGE_ID_CHARS}")
+        check_text(last.id)
         return self
+
+    @property
+    def client_message_id(self) -> str | None:
+        """The user message's id as the turn's client message id (safe retries: posting the
+        same message again attaches to its turn). Not for an edit (`messageId` set: the SDK
+        resends an edited message under its old id), which is a new message to us."""
+        if self.message_id is not None:
+            return None
+        return self.messages[-1].id or None
 
     @property
     def content(self) -> str:

@@ -309,3 +309,34 @@ async def test_tool_events_are_tool_parts(
     response = await client.post("/api/v1/chat/ui", json=_body("remember"), headers=user.headers)
     types = [c["type"] for c in _chunks(response.text) if c != "[DONE]"]
     assert types[:3] == ["start", "tool-input-available", "tool-output-available"]
+
+
+async def test_the_same_message_posted_again_attaches_to_its_turn(
+    client: httpx.AsyncClient, agent: ControlledAgent, make_user: UserFactory, db_pool: asyncpg.Pool
+) -> None:
+    """The user message's id is the turn's client message id: a repeat is the same turn's
+    stream from its start (no second turn, no second charge); other content under the same
+    id is 409; an edit (the SDK's `messageId`) is a new message."""
+    user = await make_user()
+    agent.next_turn().push(DeltaEvent("Hi"), MessageEvent("Hi"), USAGE).end()
+    first = await client.post("/api/v1/chat/ui", json=_body("hello"), headers=user.headers)
+    # Bounded: a second turn would wait forever for an agent turn nobody scripted.
+    again = await asyncio.wait_for(
+        client.post("/api/v1/chat/ui", json=_body("hello"), headers=user.headers), 5
+    )
+    assert first.status_code == again.status_code == 200
+    assert _chunks(again.text) == _chunks(first.text)
+    assert len(await turn_rows(db_pool, user.id)) == 1
+    assert len(agent.turns) == 1
+
+    other = await client.post("/api/v1/chat/ui", json=_body("goodbye"), headers=user.headers)
+    assert other.status_code == 409
+    assert other.json()["error"]["code"] == "idempotency_conflict"
+
+    agent.next_turn().push(DeltaEvent("Bye"), MessageEvent("Bye"), USAGE).end()
+    edited = await client.post(
+        "/api/v1/chat/ui", json=_body("goodbye", messageId="u1"), headers=user.headers
+    )
+    assert edited.status_code == 200
+    assert len(await turn_rows(db_pool, user.id)) == 2
+    assert agent.turns[1].content == "goodbye"

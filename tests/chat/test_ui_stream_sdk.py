@@ -261,6 +261,30 @@ async def test_resume_after_stop_rebuilds_the_whole_reply(
     assert await _messages_counted(db_pool, account.id) == 1
 
 
+async def test_stop_with_the_stop_route_cancels_the_turn_and_keeps_the_partial_reply(
+    sdk: None,
+    live_url: str,
+    account: Account,
+    scripted_llm: ScriptedLLM,
+    db_pool: asyncpg.Pool,
+) -> None:
+    scripted_llm.push(SLOW)
+    result = await _sdk(sdk, live_url, account, "cancel", "Count to twelve")
+    assert result["stopStatus"] == 200, result
+    assert result["stoppedTurn"]["status"] == "cancelled"
+    assert result["status"] == "ready" and result["error"] is None
+    (turn,) = await turn_rows(db_pool, account.id)
+    assert turn["status"] == "cancelled"
+    # The server kept what was produced up to the stop: what the client saw, perhaps a little
+    # more, never the whole reply; and the reconnect (204) left the client's reply as it was.
+    seen = result["stopped"]["replyText"]
+    assert seen and turn["assistant_response"].startswith(seen)
+    assert turn["assistant_response"] != SLOW_TEXT
+    assert result["replyText"] == seen
+    assert await _messages_counted(db_pool, account.id) == 1
+    assert await _spend(db_pool, account.id) == pytest.approx(float(turn["cost"]))
+
+
 async def test_an_error_mid_stream_is_the_chats_error(
     sdk: None,
     live_url: str,

@@ -6,7 +6,8 @@
 //
 //   AGENTMEM_URL=http://127.0.0.1:8000 AGENTMEM_TOKEN=... node check.mjs <scenario> [text]
 //
-// Scenarios: send, stop, resume, error (the same as send: the outcome is in the result). One
+// Scenarios: send, stop, resume, cancel (stop plus the server's stop route), error (the same
+// as send: the outcome is in the result). One
 // JSON line on stdout: {status, error, messages, ...}; tests/chat/test_ui_stream_sdk.py runs
 // each one and checks the result against the database.
 import { AbstractChat, DefaultChatTransport } from 'ai';
@@ -119,6 +120,25 @@ async function main() {
     const later = new NodeChat({ id: chatId, transport: transport(), onError });
     await later.resumeStream();
     return { ...resumed, later: result(later) };
+  }
+  if (scenario === 'cancel') {
+    // Stop as an app that wants the turn ended does it: the SDK's stop, then the server's.
+    const { seen, onChange } = firstText();
+    const chat = new NodeChat({ id: chatId, transport: transport(), onError, onChange });
+    const sending = chat.sendMessage({ text });
+    await seen;
+    await chat.stop();
+    await sending;
+    const turnId = lastReply(chat).metadata.turn_id;
+    const response = await fetch(`${base}/api/v1/chat/turns/${turnId}/stop`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${token}` },
+    });
+    const stoppedTurn = await response.json();
+    const stopped = { status: chat.status, replyText: replyText(lastReply(chat)) };
+    // Nothing runs any more: the reconnect is a 204 and leaves the chat as it is.
+    await chat.resumeStream();
+    return result(chat, { stopped, stopStatus: response.status, stoppedTurn, onError: errors });
   }
   throw new Error(`unknown scenario ${scenario}`);
 }

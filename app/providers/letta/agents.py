@@ -10,7 +10,10 @@
   findable by `conversation_search`). A new agent takes over the user's tag and, for a
   conversation reset, the old agent's blocks and archives; the old agent goes with its
   messages. The caller stores the new id.
-- Turns use `POST /v1/agents/{id}/messages/stream` with `stream_tokens: true` (see `stream.py`).
+- Turns use `POST /v1/agents/{id}/messages/stream` with `stream_tokens: true` (see `stream.py`),
+  or, in a conversation other than the user's default one, Letta's own conversation
+  (`POST /v1/conversations/?agent_id=`, created on its first turn) and
+  `POST /v1/conversations/{id}/messages`: its own message window, the agent's memory.
 - Reads are retried a bounded number of times on operational failures, all within
   `UPSTREAM_READ_DEADLINE_SECONDS`; sends and writes are made once (a retried message send
   would run the turn twice), within `UPSTREAM_WRITE_DEADLINE_SECONDS`.
@@ -44,6 +47,8 @@ from app.providers.agents import (
     AgentState,
     BlockLimitExceeded,
     BlockNotFound,
+    ConversationNotFound,
+    ConversationRef,
     MemoryBlock,
     Passage,
     PassageNotFound,
@@ -330,21 +335,58 @@ class LettaAgents:
     def _fallback_meta(self) -> _AgentMeta:
         return _AgentMeta(self.model_name, None, None)
 
+    # --- conversations ---
+
+    async def ensure_conversation(self, agent_id: str, conversation: ConversationRef) -> str | None:
+        # The default conversation is the agent's own message window: an existing user's
+        # context from before there were conversations stays where it was.
+        if conversation.default:
+            return None
+        if conversation.external_id is not None:
+            return conversation.external_id
+        # Letta's conversation: its own message window (in-context messages), the agent's
+        # blocks and archival memory (checked live, docs/letta-live.md).
+        created = await self._write(
+            self._client.post(
+                "/v1/conversations/",
+                cast_to=object,
+                body={},
+                options={"params": {"agent_id": agent_id}},
+            )
+        )
+        return str(_field(created, "id"))
+
+    async def delete_conversation(self, agent_id: str, external_id: str) -> None:
+        try:
+            await self._write(
+                self._client.delete(f"/v1/conversations/{external_id}", cast_to=object),
+                not_found=ConversationNotFound,
+            )
+        except ConversationNotFound:
+            return  # already gone (with its agent, after a reset)
+
+    # --- a turn ---
+
     async def stream_turn(
-        self, agent_id: str, content: str, *, llm: LLMRoute | None = None
+        self,
+        agent_id: str,
+        content: str,
+        *,
+        conversation: str | None = None,
+        llm: LLMRoute | None = None,
     ) -> AsyncIterator[AgentEvent]:
         # `llm` is not needed: with LiteLLM billing the agent was bound to the user's key
         # when it was provisioned, so a turn is the stream request and nothing else.
         meta = self._meta.get(agent_id)
         if meta is not None:
-            async for event in self._stream(agent_id, content, meta):
+            async for event in self._stream(agent_id, content, meta, conversation):
                 yield event
             return
         # Only the usage event needs the agent's model: look it up alongside the turn
         # instead of before it (the first turn of an agent in this process).
         lookup = asyncio.ensure_future(self._agent_meta(agent_id))
         try:
-            async for event in self._stream(agent_id, content, self._fallback_meta()):
+            async for event in self._stream(agent_id, content, self._fallback_meta(), conversation):
                 if isinstance(event, UsageEvent):
                     event = _with_meta(event, await self._settled(lookup))
                 yield event
@@ -360,11 +402,18 @@ class LettaAgents:
         except Exception:
             return self._fallback_meta()
 
-    def _stream(self, agent_id: str, content: str, meta: _AgentMeta) -> AsyncIterator[AgentEvent]:
+    def _stream(
+        self, agent_id: str, content: str, meta: _AgentMeta, conversation: str | None
+    ) -> AsyncIterator[AgentEvent]:
         async def open_stream() -> LettaEventStream:
-            return await self._open_turn_stream(agent_id, content)
+            return await self._open_turn_stream(agent_id, content, conversation)
 
-        return map_turn(open_stream, TurnMapper(model=meta.model, model_handle=meta.handle))
+        # A 404 on a conversation's stream is the conversation (the caller makes a new one),
+        # not the agent (which would be replaced).
+        not_found = AgentNotFound if conversation is None else ConversationNotFound
+        return map_turn(
+            open_stream, TurnMapper(model=meta.model, model_handle=meta.handle), not_found
+        )
 
     async def _post_json(self, path: str, body: dict[str, Any]) -> Any:
         """A POST answered with JSON (the agent as Letta returns it, whatever its shape)."""
@@ -379,9 +428,13 @@ class LettaAgents:
             raise self._client._make_status_error_from_response(response)  # noqa: SLF001
         return response.json()
 
-    async def _open_turn_stream(self, agent_id: str, content: str) -> LettaEventStream:
-        """`POST /v1/agents/{id}/messages/stream` (the body letta-client sends), answered as
-        an event stream; a non-2xx answer raises letta-client's APIStatusError for it."""
+    async def _open_turn_stream(
+        self, agent_id: str, content: str, conversation: str | None
+    ) -> LettaEventStream:
+        """`POST /v1/agents/{id}/messages/stream` (the body letta-client sends), or in a
+        conversation `POST /v1/conversations/{id}/messages` (streamed by default; the same
+        SSE frames), answered as an event stream; a non-2xx answer raises letta-client's
+        APIStatusError for it."""
         # What build_request(json=...) would make (same body encoding), without its merging.
         body = json.dumps(
             {"messages": [{"role": "user", "content": content}], "stream_tokens": True},
@@ -389,9 +442,14 @@ class LettaAgents:
             separators=(",", ":"),
             allow_nan=False,
         ).encode()
+        path = (
+            f"/v1/agents/{agent_id}/messages/stream"
+            if conversation is None
+            else f"/v1/conversations/{conversation}/messages"
+        )
         request = httpx.Request(
             "POST",
-            f"{self._stream_base}/v1/agents/{agent_id}/messages/stream",
+            f"{self._stream_base}{path}",
             content=body,
             headers=self._turn_headers,
             extensions=dict(self._turn_extensions),

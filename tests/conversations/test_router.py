@@ -316,3 +316,33 @@ async def test_a_conversation_gone_at_the_provider_is_made_again_once(
             "select external_id from conversations where id = $1", uuid.UUID(conv["id"])
         )
     assert stored == f"ext-{conv['id']}"
+
+
+async def test_a_conversation_deleted_between_resolve_and_admission_is_404(
+    client: httpx.AsyncClient,
+    agent: ControlledAgent,
+    make_user: UserFactory,
+    db_pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import app.chat.turns as turns_module
+
+    user = await make_user()
+    conv = (await client.post("/api/v1/conversations", json={}, headers=user.headers)).json()
+    resolve = turns_module.resolve
+
+    async def resolve_then_delete(conn: asyncpg.Connection, user_id: uuid.UUID, cid: object):  # type: ignore[no-untyped-def]
+        row = await resolve(conn, user_id, cid)  # type: ignore[arg-type]
+        async with db_pool.acquire() as other:
+            await other.execute("delete from conversations where id = $1", row.id)
+        return row
+
+    monkeypatch.setattr(turns_module, "resolve", resolve_then_delete)
+    sent = await client.post(
+        "/api/v1/chat/message",
+        json={"content": "hi", "conversation_id": conv["id"]},
+        headers=user.headers,
+    )
+    assert sent.status_code == 404
+    assert sent.json()["error"]["code"] == "conversation_not_found"
+    assert agent.turns == []

@@ -429,7 +429,7 @@ class LettaAgents:
         return response.json()
 
     async def _open_turn_stream(
-        self, agent_id: str, content: str, conversation: str | None
+        self, agent_id: str, content: str, conversation: str | None = None
     ) -> LettaEventStream:
         """`POST /v1/agents/{id}/messages/stream` (the body letta-client sends), or in a
         conversation `POST /v1/conversations/{id}/messages` (streamed by default; the same

@@ -5,6 +5,7 @@ what it makes of the answers."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import uuid
@@ -129,6 +130,40 @@ async def test_a_turn_in_a_conversation_streams_through_the_same_mapper(
     usage = events[-1]
     assert isinstance(usage, UsageEvent) and usage.total_tokens > 0
     assert not any(isinstance(e, ErrorEvent) for e in events)
+
+
+async def test_a_turn_in_a_conversation_closed_early_is_cancelled_there(
+    letta: LettaAgents, letta_api: respx.MockRouter
+) -> None:
+    """A stop closes the stream; Letta's run outlives the connection, so it is cancelled with
+    the conversation's cancel route (no body in Letta 0.16.8's OpenAPI document; not checked
+    live), not the agent-level one."""
+    letta_api.get(f"/v1/agents/{AGENT}").mock(return_value=response("create_agent"))
+    recorded_stream = recorded("turn_in_conversation_with_tool_call")["response"]
+    frames = recorded_stream.encode().split(b"\n\n")
+    first_text = next(i for i, f in enumerate(frames) if b'"assistant_message"' in f)
+
+    async def hanging() -> Any:
+        for frame in frames[: first_text + 1]:
+            yield frame + b"\n\n"
+        await asyncio.Event().wait()  # the run goes on upstream until it is cancelled
+
+    letta_api.post(f"/v1/conversations/{CONVERSATION}/messages").mock(
+        return_value=httpx.Response(200, headers=SSE_HEADERS, content=hanging())
+    )
+    cancel = letta_api.post(f"/v1/conversations/{CONVERSATION}/cancel").mock(
+        return_value=httpx.Response(200, json={})
+    )
+    agent_cancel = letta_api.post(f"/v1/agents/{AGENT}/messages/cancel")
+
+    turn = letta.stream_turn(AGENT, "I like green tea", conversation=CONVERSATION)
+    async for event in turn:
+        if isinstance(event, DeltaEvent):
+            break
+    await turn.aclose()  # type: ignore[attr-defined]
+
+    assert cancel.call_count == 1 and agent_cancel.call_count == 0
+    assert cancel.calls[0].request.headers["authorization"] == f"Bearer {API_KEY}"
 
 
 async def test_a_turn_in_a_deleted_conversation_is_an_error_event(

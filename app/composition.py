@@ -35,6 +35,7 @@ from app.chat.history import ChatHistory
 from app.chat.runtime import ChatRuntime
 from app.chat.turns import TurnDeps
 from app.config import Settings
+from app.conversations.service import Conversations
 from app.llm_proxy.service import LLMProxy
 from app.platform.database_server import resolve_database
 from app.platform.db import Database, apply_migrations
@@ -104,6 +105,7 @@ class AppState:
     llm_proxy: LLMProxy
     turns: TurnDeps
     chat_history: ChatHistory
+    conversations: Conversations
     account_service: AccountService
     agent_service: AgentService
     usage_service: UsageService
@@ -177,6 +179,7 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
         llm_proxy=LLMProxy(settings, db, billing, llm, background.spawn),
         turns=TurnDeps(settings, chat, agents, billing, provisioner),
         chat_history=ChatHistory(db),
+        conversations=Conversations(db, agents),
         account_service=AccountService(settings, identity, db, provisioner, revocations),
         agent_service=AgentService(settings, db, agents, provisioner),
         usage_service=UsageService(settings, db, billing),

@@ -113,7 +113,16 @@ def _api_routers() -> list[APIRouter]:
     from app.agents.router import router as agents_router
     from app.chat.router import router as chat_router
     from app.chat.ui_router import router as chat_ui_router
+    from app.conversations.router import router as conversations_router
     from app.llm_proxy.router import router as llm_router
     from app.usage.router import router as usage_router
 
-    return [accounts_router, agents_router, chat_router, chat_ui_router, llm_router, usage_router]
+    return [
+        accounts_router,
+        agents_router,
+        chat_router,
+        chat_ui_router,
+        conversations_router,
+        llm_router,
+        usage_router,
+    ]

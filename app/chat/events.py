@@ -55,9 +55,14 @@ class TurnEvent:
         return wire
 
 
-def turn_data(turn_id: UUID, created_at: str) -> dict[str, Any]:
+def turn_data(turn_id: UUID, created_at: str, conversation_id: UUID) -> dict[str, Any]:
     # The user message is stored on the turn row itself, so its id is the turn's id.
-    return {"turn_id": str(turn_id), "user_message_id": str(turn_id), "created_at": created_at}
+    return {
+        "turn_id": str(turn_id),
+        "user_message_id": str(turn_id),
+        "created_at": created_at,
+        "conversation_id": str(conversation_id),
+    }
 
 
 def agent_event_data(event: AgentEvent) -> tuple[EventName, dict[str, Any]] | None:

@@ -15,9 +15,11 @@ from fastapi import Depends, Request
 from app.chat import repository as repo
 from app.chat.repository import TurnRow
 from app.chat.schemas import ExportFormat, HistoryPageOut, SearchResultsOut, TurnOut
+from app.conversations.repository import exists as conversation_exists
 from app.deps import services
 from app.errors import ValidationFailed
-from app.platform.db import Database
+from app.platform.db import Conn, Database
+from app.providers.agents import ConversationNotFound
 
 
 class InvalidCursor(ValidationFailed):
@@ -45,10 +47,28 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
         raise InvalidCursor() from exc
 
 
-async def history(db: Database, user_id: UUID, *, limit: int, before: str | None) -> HistoryPageOut:
+async def _check_conversation(conn: Conn, user_id: UUID, conversation_id: UUID | None) -> None:
+    # A filter on someone else's (or no) conversation is a 404, not an empty page.
+    if conversation_id is not None and not await conversation_exists(
+        conn, user_id, conversation_id
+    ):
+        raise ConversationNotFound()
+
+
+async def history(
+    db: Database,
+    user_id: UUID,
+    *,
+    limit: int,
+    before: str | None,
+    conversation_id: UUID | None = None,
+) -> HistoryPageOut:
     position = decode_cursor(before) if before else None
     async with db.acquire() as conn:
-        rows = await repo.history_page(conn, user_id, limit=limit + 1, before=position)
+        await _check_conversation(conn, user_id, conversation_id)
+        rows = await repo.history_page(
+            conn, user_id, limit=limit + 1, before=position, conversation_id=conversation_id
+        )
     more = len(rows) > limit
     rows = rows[:limit]
     return HistoryPageOut(
@@ -57,9 +77,14 @@ async def history(db: Database, user_id: UUID, *, limit: int, before: str | None
     )
 
 
-async def search(db: Database, user_id: UUID, query: str, *, limit: int) -> SearchResultsOut:
+async def search(
+    db: Database, user_id: UUID, query: str, *, limit: int, conversation_id: UUID | None = None
+) -> SearchResultsOut:
     async with db.acquire() as conn:
-        rows = await repo.search_turns(conn, user_id, query, limit=limit)
+        await _check_conversation(conn, user_id, conversation_id)
+        rows = await repo.search_turns(
+            conn, user_id, query, limit=limit, conversation_id=conversation_id
+        )
     return SearchResultsOut(items=[TurnOut.from_row(r) for r in rows])
 
 
@@ -103,8 +128,19 @@ def _txt_turn(row: TurnRow) -> str:
     return out + "\n" + "-" * 40 + "\n\n"
 
 
+async def check_conversation(db: Database, user_id: UUID, conversation_id: UUID | None) -> None:
+    """404 before an export's 200 is sent, rather than an empty file."""
+    if conversation_id is not None:
+        async with db.acquire() as conn:
+            await _check_conversation(conn, user_id, conversation_id)
+
+
 async def export_stream(
-    db: Database, user_id: UUID, fmt: ExportFormat, now: datetime
+    db: Database,
+    user_id: UUID,
+    fmt: ExportFormat,
+    now: datetime,
+    conversation_id: UUID | None = None,
 ) -> AsyncIterator[bytes]:
     """The export file, produced batch by batch from a server-side cursor.
 
@@ -115,7 +151,7 @@ async def export_stream(
         yield f'{{"exported_at":"{now.isoformat()}","turns":['.encode()
         first = True
         async with db.transaction() as conn:
-            async for row in repo.export_turns(conn, user_id):
+            async for row in repo.export_turns(conn, user_id, conversation_id=conversation_id):
                 yield (("" if first else ",") + _json_turn(row)).encode()
                 first = False
         yield b"]}\n"
@@ -127,7 +163,7 @@ async def export_stream(
         yield f"Chat export, {_stamp(now)}\n\n".encode()
         render = _txt_turn
     async with db.transaction() as conn:
-        async for row in repo.export_turns(conn, user_id):
+        async for row in repo.export_turns(conn, user_id, conversation_id=conversation_id):
             yield render(row).encode()
 
 
@@ -137,14 +173,32 @@ class ChatHistory:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def page(self, user_id: UUID, *, limit: int, before: str | None) -> HistoryPageOut:
-        return await history(self._db, user_id, limit=limit, before=before)
+    async def page(
+        self,
+        user_id: UUID,
+        *,
+        limit: int,
+        before: str | None,
+        conversation_id: UUID | None = None,
+    ) -> HistoryPageOut:
+        return await history(
+            self._db, user_id, limit=limit, before=before, conversation_id=conversation_id
+        )
 
-    async def search(self, user_id: UUID, query: str, *, limit: int) -> SearchResultsOut:
-        return await search(self._db, user_id, query, limit=limit)
+    async def search(
+        self, user_id: UUID, query: str, *, limit: int, conversation_id: UUID | None = None
+    ) -> SearchResultsOut:
+        return await search(self._db, user_id, query, limit=limit, conversation_id=conversation_id)
 
-    def export(self, user_id: UUID, fmt: ExportFormat, now: datetime) -> AsyncIterator[bytes]:
-        return export_stream(self._db, user_id, fmt, now)
+    async def export(
+        self,
+        user_id: UUID,
+        fmt: ExportFormat,
+        now: datetime,
+        conversation_id: UUID | None = None,
+    ) -> AsyncIterator[bytes]:
+        await check_conversation(self._db, user_id, conversation_id)
+        return export_stream(self._db, user_id, fmt, now, conversation_id)
 
 
 async def _chat_history(request: Request) -> ChatHistory:

@@ -19,7 +19,8 @@ from app.platform.db import Conn
 
 _TURN_COLUMNS = """
     id, user_id, user_message, assistant_response, status, error, model, prompt_tokens,
-    completion_tokens, total_tokens, cost, usage_estimated, created_at, completed_at
+    completion_tokens, total_tokens, cost, usage_estimated, created_at, completed_at,
+    conversation_id
 """
 
 
@@ -39,6 +40,7 @@ class TurnRow:
     usage_estimated: bool
     created_at: datetime
     completed_at: datetime | None
+    conversation_id: UUID | None
 
     @classmethod
     def from_record(cls, r: asyncpg.Record) -> TurnRow:
@@ -57,6 +59,7 @@ class TurnRow:
             usage_estimated=r["usage_estimated"],
             created_at=r["created_at"],
             completed_at=r["completed_at"],
+            conversation_id=r["conversation_id"],
         )
 
 
@@ -107,14 +110,17 @@ class NewTurn:
     instance_id: str
     created_at: datetime
     first_event: TurnEvent
+    conversation_id: UUID
     client_message_id: str | None = None
 
     def params(self) -> tuple[object, ...]:
-        """$1..$8 of the turn + first-event inserts below."""
+        """$1..$10 of the turn + first-event inserts below ($9: the conversation, $10: the
+        client's message id)."""
         e = self.first_event
         return (
             self.id, self.user_id, self.content, self.instance_id, self.created_at,
             e.seq, e.event, e.json(),
+            self.conversation_id, self.client_message_id,
         )  # fmt: skip
 
 
@@ -137,8 +143,9 @@ async def admit_ready_turn(conn: Conn, turn: NewTurn) -> FastAdmission:
     has no streaming turn, take the user's turn lock and, if it was free, insert the turn and
     its first event. Raises asyncpg.UniqueViolationError when a streaming turn was inserted
     meanwhile (the partial unique index: the snapshot read here may predate the lock)."""
-    # The turn ($1..$5, client id $10) and its first event ($6..$8), inserted only when the
-    # lock ($9) was free; `insert_turn` below inserts the same two rows unconditionally.
+    # The turn ($1..$5, its conversation $9, the client's id $10) and its first event
+    # ($6..$8), inserted only when the lock ($11) was free; `insert_turn` below inserts the
+    # same two rows unconditionally.
     row = await conn.fetchrow(
         """
         with p as (
@@ -146,11 +153,11 @@ async def admit_ready_turn(conn: Conn, turn: NewTurn) -> FastAdmission:
             where p.id = $2 and p.provisioning_status = 'ready' and p.agent_id is not null
               and not exists (select 1 from turns t where t.user_id = $2 and t.status = 'streaming')
         ),
-        l as (select pg_try_advisory_xact_lock(hashtextextended($9, 0)) as locked from p),
+        l as (select pg_try_advisory_xact_lock(hashtextextended($11, 0)) as locked from p),
         turn as (
             insert into turns (id, user_id, user_message, instance_id, created_at, heartbeat_at,
-                               client_message_id)
-            select $1, $2, $3, $4, $5, now(), $10 from l where l.locked
+                               conversation_id, client_message_id)
+            select $1, $2, $3, $4, $5, now(), $9, $10 from l where l.locked
             returning id, user_id
         ),
         ev as (
@@ -162,7 +169,6 @@ async def admit_ready_turn(conn: Conn, turn: NewTurn) -> FastAdmission:
         """,
         *turn.params(),
         f"chat-turn:{turn.user_id}",
-        turn.client_message_id,
     )
     assert row is not None
     return FastAdmission(row["agent_id"], bool(row["inserted"]))
@@ -170,13 +176,13 @@ async def admit_ready_turn(conn: Conn, turn: NewTurn) -> FastAdmission:
 
 async def insert_turn(conn: Conn, turn: NewTurn) -> None:
     """The turn and its first event, in one statement. Raises asyncpg.UniqueViolationError
-    when the user already has a streaming turn."""
+    when the user already has a streaming turn (or a turn with the same client message id)."""
     await conn.execute(
         """
         with turn as (
             insert into turns (id, user_id, user_message, instance_id, created_at, heartbeat_at,
-                               client_message_id)
-            select $1, $2, $3, $4, $5, now(), $9 from (values (1)) as one_row
+                               conversation_id, client_message_id)
+            select $1, $2, $3, $4, $5, now(), $9, $10 from (values (1)) as one_row
             returning id, user_id
         ),
         ev as (
@@ -187,7 +193,6 @@ async def insert_turn(conn: Conn, turn: NewTurn) -> None:
         select
         """,
         *turn.params(),
-        turn.client_message_id,
     )
 
 
@@ -435,55 +440,77 @@ async def turn_progress(conn: Conn, turn_id: UUID, lease_seconds: float) -> tupl
 
 
 async def history_page(
-    conn: Conn, user_id: UUID, *, limit: int, before: tuple[datetime, UUID] | None
+    conn: Conn,
+    user_id: UUID,
+    *,
+    limit: int,
+    before: tuple[datetime, UUID] | None,
+    conversation_id: UUID | None = None,
 ) -> list[TurnRow]:
-    """Newest first; `before` is the (created_at, id) of the last row of the previous page."""
+    """Newest first, of one conversation or (None) all; `before` is the (created_at, id) of
+    the last row of the previous page."""
     if before is None:
         rows = await conn.fetch(
             f"""
-            select {_TURN_COLUMNS} from turns where user_id = $1
+            select {_TURN_COLUMNS} from turns
+            where user_id = $1 and ($3::uuid is null or conversation_id = $3)
             order by created_at desc, id desc limit $2
             """,  # noqa: S608
             user_id,
             limit,
+            conversation_id,
         )
     else:
         rows = await conn.fetch(
             f"""
             select {_TURN_COLUMNS} from turns
-            where user_id = $1 and (created_at, id) < ($3, $4)
+            where user_id = $1 and ($5::uuid is null or conversation_id = $5)
+              and (created_at, id) < ($3, $4)
             order by created_at desc, id desc limit $2
             """,  # noqa: S608
             user_id,
             limit,
             before[0],
             before[1],
+            conversation_id,
         )
     return [TurnRow.from_record(r) for r in rows]
 
 
-async def search_turns(conn: Conn, user_id: UUID, query: str, *, limit: int) -> list[TurnRow]:
-    """Full-text search over both sides of each turn, best match first."""
+async def search_turns(
+    conn: Conn, user_id: UUID, query: str, *, limit: int, conversation_id: UUID | None = None
+) -> list[TurnRow]:
+    """Full-text search over both sides of each turn, best match first (in one conversation,
+    or all)."""
     rows = await conn.fetch(
         f"""
         select {_TURN_COLUMNS} from turns, websearch_to_tsquery('english', $2) q
-        where user_id = $1 and search @@ q
+        where user_id = $1 and search @@ q and ($4::uuid is null or conversation_id = $4)
         order by ts_rank(search, q) desc, created_at desc
         limit $3
         """,  # noqa: S608
         user_id,
         query,
         limit,
+        conversation_id,
     )
     return [TurnRow.from_record(r) for r in rows]
 
 
-async def export_turns(conn: Conn, user_id: UUID, *, batch: int = 200) -> AsyncIterator[TurnRow]:
-    """All the user's turns, oldest first, through a server-side cursor (the caller holds the
-    transaction), so an export of any size needs only `batch` rows in memory."""
+async def export_turns(
+    conn: Conn, user_id: UUID, *, conversation_id: UUID | None = None, batch: int = 200
+) -> AsyncIterator[TurnRow]:
+    """All the user's turns (of one conversation, or all), oldest first, through a
+    server-side cursor (the caller holds the transaction), so an export of any size needs
+    only `batch` rows in memory."""
     cursor = conn.cursor(
-        f"select {_TURN_COLUMNS} from turns where user_id = $1 order by created_at, id",  # noqa: S608
+        f"""
+        select {_TURN_COLUMNS} from turns
+        where user_id = $1 and ($2::uuid is null or conversation_id = $2)
+        order by created_at, id
+        """,  # noqa: S608
         user_id,
+        conversation_id,
         prefetch=batch,
     )
     async for row in cursor:

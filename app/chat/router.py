@@ -84,7 +84,7 @@ async def send_message(
         if client_message_id is not None and client_message_id != idempotency_key:
             raise ValidationFailed("Idempotency-Key and client_message_id differ")
         client_message_id = idempotency_key
-    events = await send(turns, user.sub, body.content, client_message_id)
+    events = await send(turns, user.sub, body.content, client_message_id, body.conversation_id)
     return _sse(events, turns.settings.sse_ping_seconds)
 
 
@@ -131,57 +131,66 @@ async def stop_turn(turn_id: UUID, user: CurrentUser, turns: TurnsDep) -> TurnOu
     return TurnOut.from_row(await stop(turns, user.sub, turn_id))
 
 
+ConversationFilter = Annotated[
+    UUID | None,
+    Query(description="Only this conversation's turns (yours, else 404); all if left out"),
+]
+
+
 @router.get(
     "/history",
-    summary="The caller's turns, newest first",
+    summary="The caller's turns, newest first (all conversations, or one)",
     response_model=HistoryPageOut,
-    responses=error_responses(422),
+    responses=error_responses(404, 422),
 )
 async def history(
     user: CurrentUser,
     chats: ChatHistoryDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     before: Annotated[PlainText | None, Query(max_length=200, description="next_cursor")] = None,
+    conversation_id: ConversationFilter = None,
 ) -> HistoryPageOut:
-    return await chats.page(user.sub, limit=limit, before=before)
+    return await chats.page(user.sub, limit=limit, before=before, conversation_id=conversation_id)
 
 
 @router.get(
     "/history/search",
-    summary="Full-text search over both sides of the caller's turns",
+    summary="Full-text search over both sides of the caller's turns (all conversations, or one)",
     response_model=SearchResultsOut,
-    responses=error_responses(422),
+    responses=error_responses(404, 422),
 )
 async def search_history(
     user: CurrentUser,
     chats: ChatHistoryDep,
     q: Annotated[PlainText, Query(min_length=1, max_length=500)],
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    conversation_id: ConversationFilter = None,
 ) -> SearchResultsOut:
-    return await chats.search(user.sub, q, limit=limit)
+    return await chats.search(user.sub, q, limit=limit, conversation_id=conversation_id)
 
 
 @router.get(
     "/export",
-    summary="Download all of the caller's turns",
+    summary="Download the caller's turns (all conversations, or one)",
     response_class=StreamingResponse,
     responses={
         200: {
             "description": "The export file (attachment)",
             "content": {t: {} for t in history_service.MEDIA_TYPES.values()},
         },
-        **error_responses(422),
+        **error_responses(404, 422),
     },
 )
 async def export(
     user: CurrentUser,
     chats: ChatHistoryDep,
     format: Annotated[ExportFormat, Query()] = "json",  # noqa: A002 - the public query name
+    conversation_id: ConversationFilter = None,
 ) -> StreamingResponse:
     now = datetime.now(UTC)
     filename = history_service.export_filename(format, now)
     return StreamingResponse(
-        chats.export(user.sub, format, now),
+        await chats.export(user.sub, format, now, conversation_id),
         media_type=history_service.MEDIA_TYPES[format],
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )

@@ -24,6 +24,10 @@ ClientMessageId = Annotated[PlainText, Field(min_length=1, max_length=MAX_CLIENT
 
 class MessageIn(BaseModel):
     content: Annotated[PlainText, Field(min_length=1, max_length=MAX_MESSAGE_CHARS)]
+    conversation_id: UUID | None = Field(
+        default=None,
+        description="The conversation (yours, else 404); left out: your default conversation.",
+    )
     client_message_id: ClientMessageId | None = Field(
         None,
         description="The client's id for this message. Sending it again (after a dropped "
@@ -44,6 +48,7 @@ class TurnUsageOut(BaseModel):
 
 class TurnOut(BaseModel):
     id: UUID
+    conversation_id: UUID | None
     user_message: str
     assistant_response: str
     status: Literal["streaming", "completed", "failed", "cancelled"]
@@ -56,6 +61,7 @@ class TurnOut(BaseModel):
     def from_row(cls, row: TurnRow) -> TurnOut:
         return cls(
             id=row.id,
+            conversation_id=row.conversation_id,
             user_message=row.user_message,
             assistant_response=row.assistant_response,
             status=row.status,  # type: ignore[arg-type,unused-ignore]  # the check constraint
@@ -90,6 +96,7 @@ class TurnEventOut(BaseModel):
     turn_id: UUID
     user_message_id: UUID
     created_at: datetime
+    conversation_id: UUID
 
 
 class DeltaEventOut(BaseModel):
@@ -140,7 +147,7 @@ SSE_EVENTS: dict[str, type[BaseModel]] = {
 SSE_DESCRIPTION = """A `text/event-stream`. Each event has `id:` (the turn's sequence number,
 for `Last-Event-ID`), `event:` and one JSON `data:` line:
 
-- `turn` `{turn_id, user_message_id, created_at}`
+- `turn` `{turn_id, user_message_id, created_at, conversation_id}`
 - `delta` `{text}` (a fragment of the reply), any number
 - `tool` `{name, status}` (a memory tool the agent used), any number
 - `message` `{text, message_id}` (a completed assistant message)

@@ -22,6 +22,16 @@ final events and the budget charge:
   text was produced (the model did work that its upstream bills), nothing when none was.
 A failed turn counts in `usage_daily.messages` only when usage is recorded for it.
 
+Conversations: a message goes to one of the user's conversations (none given: their default
+one, created on first need; another user's or an unknown one: 404). Turns do NOT run in
+parallel in different conversations of one user: one turn in flight per user, across all their
+conversations, enforced by the same lock and partial unique index as before. The agent's memory
+(blocks, archival) is shared by every conversation, so two concurrent turns could each edit a
+block from the same stale copy; and the budget is per user (a turn is admitted on a check, so
+one turn in flight is what bounds overspend). After admission the turn's task records the
+message on its conversation (activity time; the title from the first message) and asks the
+agent provider for its own conversation (created on first use, stored on our row).
+
 Budget bound: a turn is admitted on a check (nothing left, counting the LLM route's
 reservations: 402), not reserved: its cost is unknown until the agent ends (tool steps, Letta's
 own loop), and a reservation would add a statement per turn. One streaming turn per user (the
@@ -46,10 +56,15 @@ from app.chat.events import TurnEvent, agent_event_data, error_data, turn_data
 from app.chat.runtime import ChatRuntime, TurnRun
 from app.chat.stream import POLL_SECONDS, EventBatches, TurnNotFound, follow_run, open_turn_events
 from app.config import Settings
-from app.errors import AppError, BudgetExceeded, Conflict, DatabaseUnavailable
+from app.conversations import repository as conversations_repo
+from app.conversations.repository import ConversationRow
+from app.conversations.service import auto_title, resolve
+from app.errors import AppError, BudgetExceeded, Conflict, DatabaseUnavailable, UpstreamUnavailable
 from app.providers.agents import (
     AgentNotFound,
     AgentProvider,
+    ConversationNotFound,
+    ConversationRef,
     DeltaEvent,
     ErrorEvent,
     MessageEvent,
@@ -120,7 +135,11 @@ class TurnDeps:
 
 
 async def send_message(
-    deps: TurnDeps, user_id: UUID, content: str, client_message_id: str | None = None
+    deps: TurnDeps,
+    user_id: UUID,
+    content: str,
+    client_message_id: str | None = None,
+    conversation_id: UUID | None = None,
 ) -> EventBatches:
     """The events of the turn for this message: a new turn's, or (a repeat of a client
     message id) those of the turn that id made, from its first event, then live.
@@ -129,7 +148,7 @@ async def send_message(
     the turn a repeated id made (the turn may have used up the budget: its repeat still
     attaches). An admitted turn pays nothing for the client id: it is in the insert."""
     try:
-        run = await start_turn(deps, user_id, content, client_message_id)
+        run = await start_turn(deps, user_id, content, client_message_id, conversation_id)
     except (Conflict, BudgetExceeded) as refused:
         return await _after_refusal(deps, user_id, content, client_message_id, refused)
     return follow_run(run, 0)
@@ -168,25 +187,43 @@ async def _after_refusal(
 
 
 async def start_turn(
-    deps: TurnDeps, user_id: UUID, content: str, client_message_id: str | None = None
+    deps: TurnDeps,
+    user_id: UUID,
+    content: str,
+    client_message_id: str | None = None,
+    conversation_id: UUID | None = None,
 ) -> TurnRun:
     """Admit a turn and start running it; the caller subscribes to the returned run."""
     runtime = deps.runtime
+    async with runtime.db.acquire() as conn:
+        conversation = await resolve(conn, user_id, conversation_id)  # 404: not the caller's
     turn_id = uuid.uuid4()
     created_at = datetime.now(UTC)
-    first = TurnEvent(1, "turn", turn_data(turn_id, created_at.isoformat()))
+    first = TurnEvent(1, "turn", turn_data(turn_id, created_at.isoformat(), conversation.id))
     turn = repo.NewTurn(
-        turn_id, user_id, content, runtime.instance_id, created_at, first, client_message_id
+        turn_id,
+        user_id,
+        content,
+        runtime.instance_id,
+        created_at,
+        first,
+        conversation.id,
+        client_message_id,
     )
-    admitted = await _admit_fast(deps, turn)
-    if admitted is not None:
-        agent_id, llm = admitted, None
-    else:
-        agent_id, llm = await _admit(deps, turn)
+    try:
+        admitted = await _admit_fast(deps, turn)
+        if admitted is not None:
+            agent_id, llm = admitted, None
+        else:
+            agent_id, llm = await _admit(deps, turn)
+    except asyncpg.ForeignKeyViolationError as exc:  # the conversation was deleted meanwhile
+        raise ConversationNotFound() from exc
 
     run = TurnRun(turn_id, user_id)
     run.publish(first)
-    task = asyncio.create_task(_run_turn(deps, run, agent_id, content, llm), name=f"turn-{turn_id}")
+    task = asyncio.create_task(
+        _run_turn(deps, run, agent_id, content, llm, conversation), name=f"turn-{turn_id}"
+    )
     runtime.register(run, task)
     return run
 
@@ -272,7 +309,12 @@ class _Outcome:
 
 
 async def _run_turn(
-    deps: TurnDeps, run: TurnRun, agent_id: str, content: str, llm: LLMRoute | None
+    deps: TurnDeps,
+    run: TurnRun,
+    agent_id: str,
+    content: str,
+    llm: LLMRoute | None,
+    conversation: ConversationRow,
 ) -> None:
     outcome = _Outcome(deltas=[], messages=[])
     runtime = deps.runtime
@@ -280,10 +322,11 @@ async def _run_turn(
     # From here to the end of the agent's stream a stop cancels this task (see TurnRun).
     run.stoppable = True
     try:
+        await _record_activity(deps, conversation, content)
         if run.stop_requested:  # stopped before the agent was called: it never is
             outcome.stopped = True
         else:
-            await _run_agent(deps, run, agent_id, content, llm, outcome)
+            await _run_agent(deps, run, agent_id, content, llm, outcome, conversation)
     except asyncio.CancelledError:
         task = asyncio.current_task()
         # A stop cancels once; anything more (shutdown) is still a cancellation to honour.
@@ -312,8 +355,9 @@ async def _run_agent(
     content: str,
     llm: LLMRoute | None,
     outcome: _Outcome,
+    conversation: ConversationRow,
 ) -> None:
-    await _stream_into(deps, run, agent_id, content, llm, outcome)
+    await _stream_into(deps, run, agent_id, content, llm, outcome, conversation)
     if _agent_was_lost(outcome):
         # The agent is gone upstream: noticed on first use, the user gets a new agent
         # (recorded for /agent/status) and this message goes to it.
@@ -325,7 +369,7 @@ async def _run_agent(
             logger.warning("replacing the lost agent of %s failed", run.user_id)
         if new_agent_id and new_agent_id != agent_id:
             outcome.error = None
-            await _stream_into(deps, run, new_agent_id, content, llm, outcome)
+            await _stream_into(deps, run, new_agent_id, content, llm, outcome, conversation)
 
 
 def _agent_was_lost(outcome: _Outcome) -> bool:
@@ -337,6 +381,32 @@ def _agent_was_lost(outcome: _Outcome) -> bool:
     )
 
 
+async def _record_activity(deps: TurnDeps, conversation: ConversationRow, content: str) -> None:
+    """The conversation's activity time, and its title from its first message. Best effort:
+    a failure here must not fail the turn that was admitted."""
+    try:
+        async with deps.runtime.db.acquire() as conn:
+            await conversations_repo.touch(conn, conversation.id, auto_title(content))
+    except Exception:  # noqa: BLE001
+        logger.warning("recording activity on conversation %s failed", conversation.id)
+
+
+async def _provider_conversation(
+    deps: TurnDeps, agent_id: str, conversation: ConversationRow, *, fresh: bool = False
+) -> str | None:
+    """The agent provider's conversation for this turn, created on first use and stored. One
+    made for another agent (before a reset, or before a lost agent was replaced) is not
+    reused, nor (`fresh`) one the provider no longer has."""
+    same_agent = conversation.external_agent_id == agent_id and not fresh
+    known = conversation.external_id if same_agent else None
+    ref = ConversationRef(conversation.id, conversation.is_default, known)
+    external = await deps.agents.ensure_conversation(agent_id, ref)
+    if external != known or conversation.external_agent_id != agent_id:
+        async with deps.runtime.db.acquire() as conn:
+            await conversations_repo.set_external(conn, conversation.id, external, agent_id)
+    return external
+
+
 async def _stream_into(
     deps: TurnDeps,
     run: TurnRun,
@@ -344,11 +414,37 @@ async def _stream_into(
     content: str,
     llm: LLMRoute | None,
     outcome: _Outcome,
+    conversation: ConversationRow,
 ) -> None:
     """Relay one agent stream to the turn's subscribers, noting what it produced in
     `outcome` as it goes (so an interruption keeps the partial reply)."""
+    for attempt in (1, 2):
+        try:
+            external = await _provider_conversation(deps, agent_id, conversation, fresh=attempt > 1)
+        except AppError as exc:
+            retryable = isinstance(exc, UpstreamUnavailable | DatabaseUnavailable)
+            outcome.error = ErrorEvent(exc.code, exc.message, retryable)
+            return
+        await _relay(deps, run, agent_id, content, llm, outcome, external)
+        # The provider's conversation is gone (deleted on its side) before anything was said:
+        # the message goes to a new one, once.
+        lost = outcome.error is not None and outcome.error.code == ConversationNotFound.code
+        if not (lost and external is not None and not outcome.deltas and not outcome.messages):
+            return
+        outcome.error = None
+
+
+async def _relay(
+    deps: TurnDeps,
+    run: TurnRun,
+    agent_id: str,
+    content: str,
+    llm: LLMRoute | None,
+    outcome: _Outcome,
+    external: str | None,
+) -> None:
     runtime = deps.runtime
-    async for event in deps.agents.stream_turn(agent_id, content, llm=llm):
+    async for event in deps.agents.stream_turn(agent_id, content, conversation=external, llm=llm):
         if isinstance(event, UsageEvent):
             outcome.usage = event
             continue

@@ -16,6 +16,13 @@ class AgentNotFound(NotFound):
     code = "agent_not_found"
 
 
+class ConversationNotFound(NotFound):
+    code = "conversation_not_found"
+
+    def __init__(self, message: str = "no such conversation") -> None:
+        super().__init__(message)
+
+
 class BlockNotFound(NotFound):
     code = "memory_block_not_found"
 
@@ -122,6 +129,17 @@ AgentEvent = DeltaEvent | ToolEvent | MessageEvent | UsageEvent | ErrorEvent
 ResetMode = Literal["conversation", "full"]
 
 
+@dataclass(frozen=True)
+class ConversationRef:
+    """One of the user's conversations, as the chat feature stores it: our id, whether it is
+    the user's default one, and the provider's own conversation id once there is one (None
+    before its first turn, or when it was made for an agent that has since been replaced)."""
+
+    id: UUID
+    default: bool
+    external_id: str | None = None
+
+
 class AgentProvider(Protocol):
     name: str
 
@@ -139,10 +157,29 @@ class AgentProvider(Protocol):
 
     async def find_agent(self, user_id: UUID) -> AgentInfo | None: ...
 
+    async def ensure_conversation(self, agent_id: str, conversation: ConversationRef) -> str | None:
+        """The provider's conversation for `conversation` (its `external_id` when set, else
+        created now): the value `stream_turn` takes. None: the agent's own message window
+        (Letta's agent-level messages, for the default conversation). The caller stores it.
+        Every conversation shares the agent's memory (blocks, archival); each has its own
+        message window."""
+        ...
+
+    async def delete_conversation(self, agent_id: str, external_id: str) -> None:
+        """Forget a conversation's messages (what `ensure_conversation` returned); a
+        conversation already gone is not an error."""
+        ...
+
     def stream_turn(
-        self, agent_id: str, content: str, *, llm: LLMRoute | None = None
+        self,
+        agent_id: str,
+        content: str,
+        *,
+        conversation: str | None = None,
+        llm: LLMRoute | None = None,
     ) -> AsyncIterator[AgentEvent]:
-        """One turn. Ends with UsageEvent (success) or ErrorEvent; never raises mid-stream.
+        """One turn, in `conversation` (from `ensure_conversation`; None: the agent's own
+        window). Ends with UsageEvent (success) or ErrorEvent; never raises mid-stream.
 
         Closed or cancelled before its end (a user's stop), the provider stops the turn
         upstream before the close completes: the model stream is closed, and a service whose

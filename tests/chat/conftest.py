@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from app.config import Settings
 from app.errors import UpstreamUnavailable
 from app.main import create_app
-from app.providers.agents import AgentEvent, AgentInfo
+from app.providers.agents import AgentEvent, AgentInfo, ConversationRef
 from app.providers.billing import LLMRoute
 from app.providers.factory import Overrides
 from tests.support.users import mint_token
@@ -84,6 +84,7 @@ class AgentTurn:
         self.agent_id: str | None = None
         self.content: str | None = None
         self.llm: LLMRoute | None = None
+        self.conversation: str | None = None
 
     def push(self, *events: AgentEvent) -> AgentTurn:
         for event in events:
@@ -108,6 +109,8 @@ class ControlledAgent:
     def __init__(self) -> None:
         self._scripted: deque[AgentTurn] = deque()
         self.turns: list[AgentTurn] = []
+        self.conversations_ensured: list[ConversationRef] = []
+        self.conversations_deleted: list[tuple[str, str]] = []
 
     def next_turn(self) -> AgentTurn:
         turn = AgentTurn()
@@ -122,11 +125,24 @@ class ControlledAgent:
     async def find_agent(self, user_id: uuid.UUID) -> AgentInfo | None:
         return None
 
+    async def ensure_conversation(self, agent_id: str, conversation: ConversationRef) -> str | None:
+        self.conversations_ensured.append(conversation)
+        return conversation.external_id or f"ext-{conversation.id}"
+
+    async def delete_conversation(self, agent_id: str, external_id: str) -> None:
+        self.conversations_deleted.append((agent_id, external_id))
+
     async def stream_turn(
-        self, agent_id: str, content: str, *, llm: LLMRoute | None = None
+        self,
+        agent_id: str,
+        content: str,
+        *,
+        conversation: str | None = None,
+        llm: LLMRoute | None = None,
     ) -> AsyncIterator[AgentEvent]:
         turn = self._scripted.popleft() if self._scripted else AgentTurn()
         turn.agent_id, turn.content, turn.llm = agent_id, content, llm
+        turn.conversation = conversation
         self.turns.append(turn)
         turn.started.set()
         try:

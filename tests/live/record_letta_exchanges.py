@@ -26,7 +26,11 @@ import httpx
 
 from tests.support.scripted_llm import Abort, ScriptedLLM, Text, ToolCall
 
-OUT = Path(__file__).resolve().parents[1] / "fixtures" / "letta-0.16.8" / "live-exchanges.jsonl"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "letta-0.16.8"
+OUT = FIXTURES / "live-exchanges.jsonl"
+# Conversations (`--conversations`): a file of their own, so the ids the other respx tests pin
+# stay as recorded.
+CONVERSATIONS_OUT = FIXTURES / "conversation-exchanges.jsonl"
 
 
 def fake_vector(text: str) -> list[float]:
@@ -299,14 +303,193 @@ async def record(letta: str, upstream_port: int) -> list[dict[str, Any]]:
     return rec.records
 
 
+def _llm_view(llm: ScriptedLLM, since: int, *needles: str) -> dict[str, Any]:
+    """What the model was shown in the chat calls since `since`: the user messages of each
+    call, and which of `needles` its system prompt contained (the memory blocks)."""
+    calls = []
+    for body in llm.bodies[since:]:
+        messages = body.get("messages") or []
+        system = " ".join(
+            str(m.get("content")) for m in messages if m.get("role") in ("system", "developer")
+        )
+        users = [str(m.get("content")) for m in messages if m.get("role") == "user"]
+        calls.append({"user_messages": users, "system_has": [n for n in needles if n in system]})
+    return {"calls": calls}
+
+
+async def record_conversations(letta: str, upstream_port: int) -> list[dict[str, Any]]:
+    """Letta's conversations: each its own message window, the agent's blocks and archival
+    memory shared; streaming into one; listing its messages; deleting it."""
+    llm = start_letta_upstream(upstream_port)
+    rec = Recorder(letta)
+    upstream = f"http://127.0.0.1:{upstream_port}/v1"
+    run = uuid.uuid4().hex[:8]
+    user = "00000000-0000-4000-8000-0000000000c1"
+    name = f"agentmem-user-{user}-{run}"
+    try:
+        _ok(
+            await rec.call(
+                "create_provider",
+                "POST",
+                "/v1/providers/",
+                json_body={
+                    "name": name,
+                    "provider_type": "openai",
+                    "api_key": "sk-live-user-c1",
+                    "base_url": upstream,
+                },
+            )
+        )
+        agent = _ok(
+            await rec.call(
+                "create_agent",
+                "POST",
+                "/v1/agents/",
+                json_body={
+                    "agent_type": "letta_v1_agent",
+                    "metadata": {"user_id": user},
+                    "name": f"user-{user}",
+                    "tags": [f"user:{user}-{run}"],
+                    "llm_config": {
+                        "model": "fake-model",
+                        "model_endpoint_type": "openai",
+                        "model_endpoint": upstream,
+                        "context_window": 32000,
+                        "handle": f"{name}/fake-model",
+                        "provider_name": name,
+                        "provider_category": "byok",
+                    },
+                    "embedding": "openai/text-embedding-3-small",
+                    "memory_blocks": [
+                        {"label": "persona", "value": "I am helpful.", "limit": 5000},
+                        {"label": "human", "value": "Nothing yet.", "limit": 5000},
+                    ],
+                },
+            )
+        )
+        a = agent["id"]
+        turn = {"stream_tokens": True}
+        since = len(llm.bodies)
+        await rec.stream(
+            "turn_in_agent_window",
+            f"/v1/agents/{a}/messages/stream",
+            {"messages": [{"role": "user", "content": "My name is Ada"}], **turn},
+        )
+        rec.records.append({"name": "llm_view_agent_window", **_llm_view(llm, since)})
+        conversation = _ok(
+            await rec.call(
+                "create_conversation", "POST", "/v1/conversations/", json_body={},
+                params={"agent_id": a},
+            )
+        )  # fmt: skip
+        c = conversation["id"]
+        # A memory edit made in the conversation: the blocks are the agent's.
+        llm.push(ToolCall("memory_insert", {"label": "human", "new_string": "Likes green tea."}))
+        llm.push(Text("Noted: you like green tea.", usage=(30, 8)))
+        since = len(llm.bodies)
+        await rec.stream(
+            "turn_in_conversation_with_tool_call",
+            f"/v1/conversations/{c}/messages",
+            {"messages": [{"role": "user", "content": "I like green tea"}], **turn},
+        )
+        rec.records.append(
+            {"name": "llm_view_conversation", **_llm_view(llm, since, "Likes green tea.")}
+        )
+        since = len(llm.bodies)
+        await rec.stream(
+            "turn_in_agent_window_after_conversation",
+            f"/v1/agents/{a}/messages/stream",
+            {"messages": [{"role": "user", "content": "What do I drink?"}], **turn},
+        )
+        rec.records.append(
+            {
+                "name": "llm_view_agent_window_after_conversation",
+                **_llm_view(llm, since, "Likes green tea."),
+            }
+        )
+        # Archival memory is the agent's (Letta has no archival route per conversation; the
+        # letta_v1_agent has no archival tool): inserted on the agent, listed from it.
+        _ok(
+            await rec.call(
+                "insert_passage",
+                "POST",
+                f"/v1/agents/{a}/archival-memory",
+                json_body={"text": "Ada's cat is called Miso", "tags": ["live"]},
+            )
+        )
+        await rec.call(
+            "search_passages_of_agent",
+            "GET",
+            f"/v1/agents/{a}/archival-memory/search",
+            params={"query": "cat"},
+        )
+        # Recall: conversation_search inside the conversation finds a message of the agent's
+        # own window ("My name is Ada").
+        llm.push(ToolCall("conversation_search", {"query": "Ada"}))
+        llm.push(Text("You are Ada.", usage=(40, 5)))
+        since = len(llm.bodies)
+        await rec.stream(
+            "turn_in_conversation_conversation_search",
+            f"/v1/conversations/{c}/messages",
+            {"messages": [{"role": "user", "content": "What is my name?"}], **turn},
+        )
+        tool_results = [
+            str(m.get("content"))
+            for body in llm.bodies[since:]
+            for m in body.get("messages") or []
+            if m.get("role") == "tool"
+        ]
+        rec.records.append({"name": "conversation_search_tool_results", "results": tool_results})
+        await rec.call("get_conversation", "GET", f"/v1/conversations/{c}")
+        await rec.call("list_conversations", "GET", "/v1/conversations/", params={"agent_id": a})
+        await rec.call("conversation_messages", "GET", f"/v1/conversations/{c}/messages")
+        await rec.call("agent_messages", "GET", f"/v1/agents/{a}/messages")
+        await rec.call("delete_conversation", "DELETE", f"/v1/conversations/{c}")
+        await rec.call("get_deleted_conversation", "GET", f"/v1/conversations/{c}")
+        await rec.call("delete_deleted_conversation", "DELETE", f"/v1/conversations/{c}")
+        await rec.call("messages_of_deleted_conversation", "GET", f"/v1/conversations/{c}/messages")
+        await rec.stream(
+            "turn_in_deleted_conversation",
+            f"/v1/conversations/{c}/messages",
+            {"messages": [{"role": "user", "content": "still there?"}], **turn},
+        )
+        await rec.call(
+            "blocks_after_conversation_deleted", "GET", f"/v1/agents/{a}/core-memory/blocks"
+        )
+        await rec.call(
+            "delete_conversation_of_missing",
+            "DELETE",
+            "/v1/conversations/conv-00000000-0000-4000-8000-000000000000",
+        )
+        await rec.call("delete_agent", "DELETE", f"/v1/agents/{a}")
+        providers = _ok(await rec.call("list_providers", "GET", "/v1/providers/"))
+        for provider in providers:
+            if provider["name"].endswith(run):
+                await rec.call("delete_provider", "DELETE", f"/v1/providers/{provider['id']}")
+    finally:
+        await rec.client.aclose()
+        llm.stop()
+    return rec.records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--letta", default="http://127.0.0.1:8283")
     parser.add_argument("--upstream-port", type=int, default=18101)
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--conversations",
+        action="store_true",
+        help=f"record conversations into {CONVERSATIONS_OUT.name}",
+    )
     args = parser.parse_args()
     started = time.monotonic()
-    records = asyncio.run(record(args.letta, args.upstream_port))
+    if args.conversations:
+        args.out = args.out or CONVERSATIONS_OUT
+        records = asyncio.run(record_conversations(args.letta, args.upstream_port))
+    else:
+        args.out = args.out or OUT
+        records = asyncio.run(record(args.letta, args.upstream_port))
     args.out.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     print(f"{len(records)} exchanges in {time.monotonic() - started:.1f} s -> {args.out}")
 

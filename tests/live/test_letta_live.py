@@ -358,6 +358,63 @@ async def test_the_product_on_a_live_letta(
     assert turns["failed"]["usage"]["model"] == turns["completed"]["usage"]["model"]
     assert turns["completed"]["usage"]["model"] == "fake-model"
 
+    # --- conversations: Letta's own, with their own message window; the agent's memory ---
+    with steps.timed("create a conversation"):
+        conv = _ok(
+            steps,
+            await api.post(
+                "/api/v1/conversations", json={"title": "Trip"}, headers=_auth(carol["token"])
+            ),
+            201,
+        )
+    before_llm = len(llm.requests)
+    with steps.timed("chat turn in a new conversation (Letta conversation created)"):
+        response = await api.post(
+            "/api/v1/chat/message",
+            json={"content": "Plan a trip to Lisbon", "conversation_id": conv["id"]},
+            headers=_auth(carol["token"]),
+        )
+    events = parse_sse(response.text)
+    assert events[0].data["conversation_id"] == conv["id"]
+    assert events[-1].event == "done", events
+    seen = [
+        m["content"]
+        for body in llm.bodies[before_llm:]
+        for m in body["messages"]
+        if m["role"] == "user"
+    ]
+    assert seen == ["Plan a trip to Lisbon"], seen  # not the default conversation's messages
+    status = _ok(steps, await api.get("/api/v1/agent/status", headers=_auth(carol["token"])))
+    listed = (await _letta_get(f"/v1/conversations/?agent_id={status['agent_id']}")).json()
+    assert len(listed) == 1
+    external = listed[0]["id"]
+    before_llm = len(llm.requests)
+    with steps.timed("chat turn in the default conversation"):
+        events = await _chat(api, carol["token"], "And in the default one?")
+    assert events[-1].event == "done", events
+    seen = [
+        m["content"]
+        for body in llm.bodies[before_llm:]
+        for m in body["messages"]
+        if m["role"] == "user"
+    ]
+    assert "Plan a trip to Lisbon" not in seen and "And in the default one?" in seen, seen
+    with steps.timed("one conversation's messages"):
+        page = _ok(
+            steps,
+            await api.get(
+                f"/api/v1/conversations/{conv['id']}/messages", headers=_auth(carol["token"])
+            ),
+        )
+    assert [t["user_message"] for t in page["items"]] == ["Plan a trip to Lisbon"]
+    with steps.timed("delete the conversation (Letta's too)"):
+        _ok(
+            steps,
+            await api.delete(f"/api/v1/conversations/{conv['id']}", headers=_auth(carol["token"])),
+            204,
+        )
+    assert (await _letta_get(f"/v1/conversations/{external}")).status_code == 404
+
     # --- every LLM call of the run carried exactly one user's key ---
     completions = [r for r in llm.requests if r.path.endswith("/chat/completions")]
     assert {r.headers.get("authorization") for r in completions} <= {

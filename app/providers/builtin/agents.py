@@ -34,6 +34,7 @@ from app.providers.agents import (
     AgentState,
     BlockLimitExceeded,
     BlockNotFound,
+    ConversationRef,
     DeltaEvent,
     ErrorEvent,
     MemoryBlock,
@@ -296,16 +297,33 @@ class BuiltinAgents:
     def _client(self, llm: LLMRoute | None) -> ChatClient:
         return self._llm.for_route(llm)
 
+    async def ensure_conversation(self, agent_id: str, conversation: ConversationRef) -> str | None:
+        # The window is keyed by our own conversation id: nothing to create.
+        return str(conversation.id)
+
+    async def delete_conversation(self, agent_id: str, external_id: str) -> None:
+        agent = await self._agent(agent_id)
+        key = _uuid(external_id)
+        if key is not None:
+            async with self._db.transaction() as conn:
+                await repository.delete_conversation_messages(conn, agent.id, key)
+
     async def stream_turn(
-        self, agent_id: str, content: str, *, llm: LLMRoute | None = None
+        self,
+        agent_id: str,
+        content: str,
+        *,
+        conversation: str | None = None,
+        llm: LLMRoute | None = None,
     ) -> AsyncIterator[AgentEvent]:
         usage = _Usage()
+        window = _uuid(conversation) if conversation is not None else None
         model = self._settings.llm_model
         try:
             agent = await self._agent(agent_id)
             client = self._client(llm)
             model = client.model
-            async for event in self._turn(agent, client, content, usage):
+            async for event in self._turn(agent, client, content, usage, window):
                 yield event
         except Exception as exc:  # noqa: BLE001 - a turn ends in an event, never an exception
             if not isinstance(exc, AppError):
@@ -321,7 +339,12 @@ class BuiltinAgents:
         yield _usage_event(model, usage)
 
     async def _turn(
-        self, agent: AgentRow, client: ChatClient, content: str, usage: _Usage
+        self,
+        agent: AgentRow,
+        client: ChatClient,
+        content: str,
+        usage: _Usage,
+        conversation: UUID | None,
     ) -> AsyncIterator[AgentEvent]:
         tools_on = client.supports_tools
         tools = TOOLS if tools_on else None
@@ -330,9 +353,13 @@ class BuiltinAgents:
         limit = self._settings.agent_auto_recall_limit
         if not tools_on and limit > 0:
             # Such a model never asks for memory: search it for the model, with its message.
-            recalled = await self._auto_recall(agent, content, limit=limit)
+            recalled = await self._auto_recall(
+                agent, content, limit=limit, conversation=conversation
+            )
             usage.recalled = 0
-        turn = await self._context(agent, client, user_message, tools, usage, recalled)
+        turn = await self._context(
+            agent, client, user_message, tools, usage, recalled, conversation
+        )
         summary = turn.summary
         messages: list[dict[str, Any]] = [turn.system, *turn.history, user_message]
         pending = _Pending()
@@ -388,7 +415,7 @@ class BuiltinAgents:
                 messages[0] = await self._system(agent, tools_on, summary, turn.recall)
         text = "\n\n".join(answer_parts)
         pending.add("assistant", text)
-        message_id = await self._save(agent, pending)
+        message_id = await self._save(agent, pending, conversation)
         yield MessageEvent(text=text, message_id=str(message_id))
 
     async def _step(
@@ -448,7 +475,7 @@ class BuiltinAgents:
         return {"role": "system", "content": prompt}
 
     async def _auto_recall(
-        self, agent: AgentRow, query: str, *, limit: int
+        self, agent: AgentRow, query: str, *, limit: int, conversation: UUID | None
     ) -> list[context.Recalled]:
         """Archival passages and summarized-away messages matching `query`, best first: the
         searches of `archival_memory_search` (vectors too, when on) and `conversation_search`."""
@@ -457,7 +484,12 @@ class BuiltinAgents:
         passages = await self._search_archival(agent, query, limit=limit)
         async with self._db.acquire() as conn:
             messages = await repository.search_messages(
-                conn, agent.id, query, limit=limit, out_of_context_only=True
+                conn,
+                agent.id,
+                query,
+                limit=limit,
+                out_of_context_only=True,
+                conversation_id=conversation,
             )
         return context.merge_recalled(
             [context.Recalled(p.text) for p in passages],
@@ -473,10 +505,11 @@ class BuiltinAgents:
         tools: list[dict[str, Any]] | None,
         usage: _Usage,
         recalled: list[context.Recalled],
+        conversation: UUID | None,
     ) -> _Context:
         """The system message and history for this turn, summarizing first if over budget."""
         async with self._db.acquire() as conn:
-            window = await repository.window(conn, agent.id)
+            window = await repository.window(conn, agent.id, conversation)
         summary_row = next((m for m in reversed(window) if m.role == "summary"), None)
         summary = summary_row.content if summary_row else None
         system = await self._system(agent, tools is not None, summary)
@@ -497,7 +530,9 @@ class BuiltinAgents:
                 fixed = context.message_tokens(system) + others
         evicted, kept = context.split_for_summary(window, fixed_tokens=fixed, budget=budget)
         if evicted:
-            summary = await self._summarize(agent, client, summary_row, evicted, usage)
+            summary = await self._summarize(
+                agent, client, summary_row, evicted, usage, conversation
+            )
             system = await self._system(agent, tools is not None, summary, recall)
         history = [m for m in (context.as_chat_message(row) for row in kept) if m is not None]
         return _Context(system, history, summary, recall)
@@ -509,6 +544,7 @@ class BuiltinAgents:
         previous: MessageRow | None,
         evicted: list[MessageRow],
         usage: _Usage,
+        conversation: UUID | None,
     ) -> str:
         budget = context.prompt_budget(self._settings.llm_context_tokens)
         # Each evicted message is cut so that the summary request itself fits the budget.
@@ -529,12 +565,17 @@ class BuiltinAgents:
         async with self._db.transaction() as conn:
             await repository.mark_summarized(conn, agent.id, out_of_context)
             await repository.insert_message(
-                conn, agent, "summary", summary, tokens=estimate_tokens(summary)
+                conn,
+                agent,
+                "summary",
+                summary,
+                tokens=estimate_tokens(summary),
+                conversation_id=conversation,
             )
         logger.info("agent %s: %d messages summarized", agent.id, len(evicted))
         return summary
 
-    async def _save(self, agent: AgentRow, pending: _Pending) -> int:
+    async def _save(self, agent: AgentRow, pending: _Pending, conversation: UUID | None) -> int:
         last_id = 0
         async with self._db.transaction() as conn:
             for row in pending.rows:
@@ -543,6 +584,12 @@ class BuiltinAgents:
                     {"content": row["content"], "tool_calls": row.get("tool_calls")}
                 )
                 last_id = await repository.insert_message(
-                    conn, agent, row["role"], row["content"], tokens=tokens, **message
+                    conn,
+                    agent,
+                    row["role"],
+                    row["content"],
+                    tokens=tokens,
+                    conversation_id=conversation,
+                    **message,
                 )
         return last_id

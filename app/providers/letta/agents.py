@@ -10,9 +10,12 @@
   findable by `conversation_search`). A new agent takes over the user's tag and, for a
   conversation reset, the old agent's blocks and archives; the old agent goes with its
   messages. The caller stores the new id.
-- Turns use `POST /v1/agents/{id}/messages/stream` with `stream_tokens: true` (see `stream.py`);
-  a turn closed before its end (a stop) is also cancelled with
-  `POST /v1/agents/{id}/messages/cancel`, since Letta's run outlives the connection.
+- Turns use `POST /v1/agents/{id}/messages/stream` with `stream_tokens: true` (see `stream.py`),
+  or, in a conversation other than the user's default one, Letta's own conversation
+  (`POST /v1/conversations/?agent_id=`, created on its first turn) and
+  `POST /v1/conversations/{id}/messages`: its own message window, the agent's memory. A turn
+  closed before its end (a stop) is also cancelled (`POST /v1/agents/{id}/messages/cancel`,
+  or `POST /v1/conversations/{id}/cancel`), since Letta's run outlives the connection.
 - Reads are retried a bounded number of times on operational failures, all within
   `UPSTREAM_READ_DEADLINE_SECONDS`; sends and writes are made once (a retried message send
   would run the turn twice), within `UPSTREAM_WRITE_DEADLINE_SECONDS`.
@@ -46,6 +49,8 @@ from app.providers.agents import (
     AgentState,
     BlockLimitExceeded,
     BlockNotFound,
+    ConversationNotFound,
+    ConversationRef,
     ErrorEvent,
     MemoryBlock,
     Passage,
@@ -335,8 +340,45 @@ class LettaAgents:
     def _fallback_meta(self) -> _AgentMeta:
         return _AgentMeta(self.model_name, None, None)
 
+    # --- conversations ---
+
+    async def ensure_conversation(self, agent_id: str, conversation: ConversationRef) -> str | None:
+        # The default conversation is the agent's own message window: an existing user's
+        # context from before there were conversations stays where it was.
+        if conversation.default:
+            return None
+        if conversation.external_id is not None:
+            return conversation.external_id
+        # Letta's conversation: its own message window (in-context messages), the agent's
+        # blocks and archival memory (checked live, docs/letta-live.md).
+        created = await self._write(
+            self._client.post(
+                "/v1/conversations/",
+                cast_to=object,
+                body={},
+                options={"params": {"agent_id": agent_id}},
+            )
+        )
+        return str(_field(created, "id"))
+
+    async def delete_conversation(self, agent_id: str, external_id: str) -> None:
+        try:
+            await self._write(
+                self._client.delete(f"/v1/conversations/{external_id}", cast_to=object),
+                not_found=ConversationNotFound,
+            )
+        except ConversationNotFound:
+            return  # already gone (with its agent, after a reset)
+
+    # --- a turn ---
+
     async def stream_turn(
-        self, agent_id: str, content: str, *, llm: LLMRoute | None = None
+        self,
+        agent_id: str,
+        content: str,
+        *,
+        conversation: str | None = None,
+        llm: LLMRoute | None = None,
     ) -> AsyncIterator[AgentEvent]:
         # `llm` is not needed: with LiteLLM billing the agent was bound to the user's key
         # when it was provisioned, so a turn is the stream request and nothing else.
@@ -350,11 +392,14 @@ class LettaAgents:
         )
 
         async def open_stream() -> LettaEventStream:
-            return await self._open_turn_stream(agent_id, content)
+            return await self._open_turn_stream(agent_id, content, conversation)
 
+        # A 404 on a conversation's stream is the conversation (the caller makes a new one),
+        # not the agent (which would be replaced).
+        not_found = AgentNotFound if conversation is None else ConversationNotFound
         ended = False
         try:
-            async for event in map_turn(open_stream, mapper):
+            async for event in map_turn(open_stream, mapper, not_found):
                 if lookup is not None and isinstance(event, UsageEvent):
                     event = _with_meta(event, await self._settled(lookup))
                 ended = ended or isinstance(event, ErrorEvent)
@@ -369,17 +414,25 @@ class LettaAgents:
             if not ended:
                 # Closed before its end (a stop, or shutdown): closing the connection does not
                 # stop Letta's run, so it is cancelled there too.
-                await self._cancel_run(agent_id, mapper.run_id)
+                await self._cancel_run(agent_id, conversation, mapper.run_id)
 
-    async def _cancel_run(self, agent_id: str, run_id: str | None) -> None:
+    async def _cancel_run(
+        self, agent_id: str, conversation: str | None, run_id: str | None
+    ) -> None:
         """`POST /v1/agents/{id}/messages/cancel` with `{"run_ids": [...]}` (Letta 0.16.8's
         CancelAgentRunRequest; without a run id yet, every run of the agent: a user has one
-        turn running). Best effort, within CANCEL_DEADLINE_SECONDS: the turn is stopped on our
-        side whatever Letta answers."""
-        body: dict[str, Any] = {"run_ids": [run_id]} if run_id else {}
+        turn running), or, for a turn in a Letta conversation, `POST /v1/conversations/{id}/
+        cancel` (no body in 0.16.8's OpenAPI document; not yet checked live). Best effort,
+        within CANCEL_DEADLINE_SECONDS: the turn is stopped on our side whatever Letta
+        answers."""
+        if conversation is None:
+            path = f"/v1/agents/{agent_id}/messages/cancel"
+            body: dict[str, Any] = {"run_ids": [run_id]} if run_id else {}
+        else:
+            path, body = f"/v1/conversations/{conversation}/cancel", {}
         try:
             async with asyncio.timeout(CANCEL_DEADLINE_SECONDS):
-                await self._post_json(f"/v1/agents/{agent_id}/messages/cancel", body)
+                await self._post_json(path, body)
         except Exception as exc:  # noqa: BLE001 - logged; the stop itself has happened
             logger.warning("cancelling letta run %s failed: %s", run_id, type(exc).__name__)
 
@@ -402,9 +455,13 @@ class LettaAgents:
             raise self._client._make_status_error_from_response(response)  # noqa: SLF001
         return response.json()
 
-    async def _open_turn_stream(self, agent_id: str, content: str) -> LettaEventStream:
-        """`POST /v1/agents/{id}/messages/stream` (the body letta-client sends), answered as
-        an event stream; a non-2xx answer raises letta-client's APIStatusError for it."""
+    async def _open_turn_stream(
+        self, agent_id: str, content: str, conversation: str | None = None
+    ) -> LettaEventStream:
+        """`POST /v1/agents/{id}/messages/stream` (the body letta-client sends), or in a
+        conversation `POST /v1/conversations/{id}/messages` (streamed by default; the same
+        SSE frames), answered as an event stream; a non-2xx answer raises letta-client's
+        APIStatusError for it."""
         # What build_request(json=...) would make (same body encoding), without its merging.
         body = json.dumps(
             {"messages": [{"role": "user", "content": content}], "stream_tokens": True},
@@ -412,9 +469,14 @@ class LettaAgents:
             separators=(",", ":"),
             allow_nan=False,
         ).encode()
+        path = (
+            f"/v1/agents/{agent_id}/messages/stream"
+            if conversation is None
+            else f"/v1/conversations/{conversation}/messages"
+        )
         request = httpx.Request(
             "POST",
-            f"{self._stream_base}/v1/agents/{agent_id}/messages/stream",
+            f"{self._stream_base}{path}",
             content=body,
             headers=self._turn_headers,
             extensions=dict(self._turn_extensions),

@@ -35,9 +35,11 @@ from typing import Any, Literal
 import httpx
 import letta_client
 
+from app.errors import NotFound
 from app.platform.http_transport import release_response
 from app.providers.agents import (
     AgentEvent,
+    AgentNotFound,
     DeltaEvent,
     ErrorEvent,
     MessageEvent,
@@ -357,24 +359,26 @@ def _as_dict(item: Any) -> Any:
     return to_dict() if callable(to_dict) else item
 
 
-def _failure_event(exc: BaseException) -> ErrorEvent:
+def _failure_event(exc: BaseException, not_found: type[NotFound] = AgentNotFound) -> ErrorEvent:
     if isinstance(exc, letta_client.APIStatusError) and exc.status_code < 300:
         # `event: error` inside a 200 stream: letta-client raises it with the frame's body.
         return error_event_from_frame(exc.body)
-    err = map_error(exc)
+    err = map_error(exc, not_found)
     return ErrorEvent(code=err.code, message=err.message, retryable=is_operational(exc))
 
 
 async def map_turn(
     open_stream: Callable[[], Awaitable[AsyncIterable[Any]]],
     mapper: TurnMapper,
+    not_found: type[NotFound] = AgentNotFound,
 ) -> AsyncIterator[AgentEvent]:
-    """Open the stream and yield port events; never raises (but lets cancellation through)."""
+    """Open the stream and yield port events; never raises (but lets cancellation through).
+    `not_found`: what a 404 at the start means (the agent, or the conversation streamed into)."""
     try:
         items = await open_stream()
     except Exception as exc:
         logger.info("letta stream could not start: %s", type(exc).__name__)
-        yield _failure_event(exc)
+        yield _failure_event(exc, not_found)
         return
     try:
         async for item in items:

@@ -405,12 +405,14 @@ async def insert_message(
     tool_calls: list[dict[str, Any]] | None = None,
     tool_call_id: str | None = None,
     tool_name: str | None = None,
+    conversation_id: UUID | None = None,
 ) -> int:
     message_id = await conn.fetchval(
         """
         insert into agent_messages
-            (agent_id, user_id, role, content, tool_calls, tool_call_id, tool_name, tokens)
-        values ($1, $2, $3, $4, $5, $6, $7, $8)
+            (agent_id, user_id, role, content, tool_calls, tool_call_id, tool_name, tokens,
+             conversation_id)
+        values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
         returning id
         """,
         agent.id,
@@ -421,6 +423,7 @@ async def insert_message(
         tool_call_id,
         tool_name,
         tokens,
+        conversation_id,
     )
     return int(message_id)
 
@@ -430,12 +433,15 @@ _MESSAGE_COLUMNS = (
 )
 
 
-async def window(conn: Conn, agent_id: UUID) -> list[MessageRow]:
-    """The in-context messages, oldest first (the recall summary, if any, among them)."""
+async def window(conn: Conn, agent_id: UUID, conversation_id: UUID | None) -> list[MessageRow]:
+    """One conversation's in-context messages, oldest first (its recall summary, if any,
+    among them). Each conversation has its own window; memory is the agent's."""
     rows = await conn.fetch(
         f"select {_MESSAGE_COLUMNS} from agent_messages "  # noqa: S608 - constant columns
-        "where agent_id = $1 and in_context order by id",
+        "where agent_id = $1 and conversation_id is not distinct from $2 and in_context "
+        "order by id",
         agent_id,
+        conversation_id,
     )
     return [_message(r) for r in rows]
 
@@ -459,11 +465,12 @@ async def search_messages(
     limit: int,
     offset: int = 0,
     out_of_context_only: bool = False,
+    conversation_id: UUID | None = None,
 ) -> list[MessageRow]:
-    """User and assistant messages, in the window or long summarized away.
+    """User and assistant messages of every conversation, in a window or long summarized away.
 
-    `out_of_context_only`: only those summarized away (automatic recall: the model already
-    sees the window)."""
+    `out_of_context_only`: only those not in the window of `conversation_id` (automatic
+    recall: the model already sees that window; other conversations' messages are recall)."""
     rows = await conn.fetch(
         f"""
         with q as (select {_ANY_WORD} as tsq)
@@ -471,7 +478,7 @@ async def search_messages(
         from agent_messages m, q
         where m.agent_id = $1 and m.role in ('user', 'assistant') and m.content <> ''
           and (m.tsv @@ q.tsq or m.content ilike '%' || $5 || '%' escape '\\')
-          and not ($6 and m.in_context)
+          and not ($6 and m.in_context and m.conversation_id is not distinct from $7)
         order by ts_rank_cd(m.tsv, q.tsq) desc, m.id desc
         limit $3 offset $4
         """,  # noqa: S608 - constant columns
@@ -481,6 +488,7 @@ async def search_messages(
         offset,
         _escape_like(query),
         out_of_context_only,
+        conversation_id,
     )
     return [_message(r) for r in rows]
 
@@ -496,3 +504,11 @@ async def count_messages(conn: Conn, agent_id: UUID) -> int:
 
 async def clear_messages(conn: Conn, agent_id: UUID) -> None:
     await conn.execute("delete from agent_messages where agent_id = $1", agent_id)
+
+
+async def delete_conversation_messages(conn: Conn, agent_id: UUID, conversation_id: UUID) -> None:
+    await conn.execute(
+        "delete from agent_messages where agent_id = $1 and conversation_id = $2",
+        agent_id,
+        conversation_id,
+    )

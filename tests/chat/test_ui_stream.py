@@ -340,3 +340,74 @@ async def test_the_same_message_posted_again_attaches_to_its_turn(
     assert edited.status_code == 200
     assert len(await turn_rows(db_pool, user.id)) == 2
     assert agent.turns[1].content == "goodbye"
+
+
+async def test_the_chat_id_names_the_conversation_and_its_resume(
+    app: FastAPI,
+    live_url: str,
+    agent: ControlledAgent,
+    make_user: UserFactory,
+    db_pool: asyncpg.Pool,
+) -> None:
+    """A conversation's id as the chat id: the turn goes there, and the resume of that chat
+    finds it (another chat's resume is 204). Another id (the SDK's own random ones): the
+    default conversation. A conversation that is not the caller's: 404."""
+    user = await make_user()
+    async with httpx.AsyncClient(base_url=live_url, timeout=5) as http:
+        created = await http.post("/api/v1/conversations", json={}, headers=user.headers)
+        assert created.status_code == 201, created.text
+        conversation = created.json()["id"]
+
+        agent.next_turn().push(DeltaEvent("a"), MessageEvent("a"), USAGE).end()
+        response = await http.post(
+            "/api/v1/chat/ui", json=_body("to the default", chat_id="xYz12"), headers=user.headers
+        )
+        assert response.status_code == 200
+
+        turn = agent.next_turn().push(DeltaEvent("b"))
+        async with http.stream(
+            "POST",
+            "/api/v1/chat/ui",
+            json={
+                **_body("to the new one", chat_id=conversation),
+                "messages": [
+                    {
+                        "id": "n1",
+                        "role": "user",
+                        "parts": [{"type": "text", "text": "to the new one"}],
+                    }
+                ],
+            },
+            headers=user.headers,
+        ) as streaming:
+            assert streaming.status_code == 200
+            async for line in streaming.aiter_lines():
+                if '"text-delta"' in line:
+                    break
+        other = await http.get("/api/v1/chat/ui/xYz12/stream", headers=user.headers)
+        assert other.status_code == 204
+        async with http.stream(
+            "GET", f"/api/v1/chat/ui/{conversation}/stream", headers=user.headers
+        ) as resumed:
+            assert resumed.status_code == 200
+            body = asyncio.create_task(resumed.aread())
+            await asyncio.sleep(0.05)
+            turn.push(MessageEvent("b"), USAGE).end()
+            replay = _chunks((await asyncio.wait_for(body, 5)).decode())
+        assert replay[-1] == "[DONE]"
+
+        stranger = await make_user()
+        refused = await http.post(
+            "/api/v1/chat/ui", json=_body("hi", chat_id=conversation), headers=stranger.headers
+        )
+        assert refused.status_code == 404
+
+    async with db_pool.acquire() as conn:
+        rows = await conn.fetch(
+            "select t.user_message, c.id, c.is_default from turns t"
+            " join conversations c on c.id = t.conversation_id where t.user_id = $1",
+            user.id,
+        )
+    placed = {r["user_message"]: (str(r["id"]), r["is_default"]) for r in rows}
+    assert placed["to the default"][1] is True
+    assert placed["to the new one"] == (conversation, False)

@@ -86,12 +86,31 @@ async def account(live_url: str) -> Account:
     return Account(uuid.UUID(body["user"]["id"]), body["access_token"])
 
 
-async def _sdk(sdk: None, live_url: str, account: Account, scenario: str, text: str) -> Any:
+async def _conversation(live_url: str, account: Account) -> str:
+    async with httpx.AsyncClient(base_url=live_url, timeout=10) as http:
+        response = await http.post(
+            "/api/v1/conversations",
+            json={},
+            headers={"Authorization": f"Bearer {account.token}"},
+        )
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+async def _sdk(
+    sdk: None,
+    live_url: str,
+    account: Account,
+    scenario: str,
+    text: str,
+    chat_id: str = "chat-sdk-check",  # not a conversation's id: the default conversation
+) -> Any:
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", ""),
         "AGENTMEM_URL": live_url,
         "AGENTMEM_TOKEN": account.token,
+        "AGENTMEM_CHAT_ID": chat_id,
     }
     process = await asyncio.create_subprocess_exec(
         "node",
@@ -145,13 +164,15 @@ async def test_send_streams_the_reply_with_usage_and_budget_in_metadata(
     db_pool: asyncpg.Pool,
 ) -> None:
     scripted_llm.push(Text("Hello Ada, nice to meet you", usage=(40, 6)))
-    result = await _sdk(sdk, live_url, account, "send", "Hello, I am Ada")
+    conversation = await _conversation(live_url, account)
+    result = await _sdk(sdk, live_url, account, "send", "Hello, I am Ada", conversation)
     assert result["status"] == "ready" and result["error"] is None, result
     user, reply = result["messages"]
     assert user["role"] == "user" and user["parts"] == [{"type": "text", "text": "Hello, I am Ada"}]
 
     (turn,) = await turn_rows(db_pool, account.id)
     assert turn["status"] == "completed"
+    assert str(turn["conversation_id"]) == conversation  # the chat id names the conversation
     assert _text(reply) == turn["assistant_response"] == "Hello Ada, nice to meet you"
     assert reply["id"] == f"reply-{turn['id']}"
     metadata = reply["metadata"]
@@ -243,7 +264,8 @@ async def test_resume_after_stop_rebuilds_the_whole_reply(
     db_pool: asyncpg.Pool,
 ) -> None:
     scripted_llm.push(SLOW)
-    result = await _sdk(sdk, live_url, account, "resume", "Count to twelve")
+    conversation = await _conversation(live_url, account)
+    result = await _sdk(sdk, live_url, account, "resume", "Count to twelve", conversation)
     assert result["status"] == "ready" and result["error"] is None, result
     partial = result["stopped"]["replyText"]
     assert partial and partial != SLOW_TEXT

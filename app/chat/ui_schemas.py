@@ -99,7 +99,7 @@ UI_STREAM_DESCRIPTION = """The reply as the Vercel AI SDK's UI message stream (p
 `x-vercel-ai-ui-message-stream: v1`), for `useChat` with `DefaultChatTransport`. Each event is
 one `data:` line with a JSON chunk (no `event:`, no `id:`), the last one `data: [DONE]`:
 
-- `start` `{messageId, messageMetadata: {turn_id, created_at}}`
+- `start` `{messageId, messageMetadata: {turn_id, created_at, conversation_id}}`
 - `text-start` / `text-delta` / `text-end` `{id, delta}` (the reply's text blocks)
 - `tool-input-available` `{toolCallId, toolName, input, providerExecuted}`,
   `tool-output-available` `{toolCallId, output, providerExecuted}`, `tool-output-error`

@@ -12,7 +12,7 @@ events give the same chunks, ids included. That is what makes the SDK's resume w
 a resume sends the turn's events again from `turn` on (stored or live, see stream.py), and the
 client rebuilds the same message in place (same message id, same part ids).
 
-    turn      -> start {messageId, messageMetadata: {turn_id, created_at}}
+    turn      -> start {messageId, messageMetadata: {turn_id, created_at, conversation_id}}
     delta     -> text-start (the first of a block), text-delta
     tool      -> text-end (if a block is open); started: tool-input-available; success:
                  tool-output-available; error: tool-output-error (a result without a start
@@ -90,6 +90,8 @@ class UIMessageMapper:
         if event.event == "turn":
             self.turn_id = str(data["turn_id"])
             metadata = {"turn_id": self.turn_id, "created_at": data.get("created_at")}
+            if "conversation_id" in data:  # turns stored before conversations have none
+                metadata["conversation_id"] = data["conversation_id"]
             return [
                 {
                     "type": "start",

@@ -173,6 +173,7 @@ async def test_send_streams_the_reply_with_usage_and_budget_in_metadata(
     (turn,) = await turn_rows(db_pool, account.id)
     assert turn["status"] == "completed"
     assert str(turn["conversation_id"]) == conversation  # the chat id names the conversation
+    assert reply["metadata"]["conversation_id"] == conversation
     assert _text(reply) == turn["assistant_response"] == "Hello Ada, nice to meet you"
     assert reply["id"] == f"reply-{turn['id']}"
     metadata = reply["metadata"]

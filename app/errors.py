@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -83,6 +83,13 @@ class ValidationFailed(AppError):
     code = "validation_error"
 
 
+class PreconditionFailed(AppError):
+    """An `If-Match` that names a version the resource no longer has."""
+
+    status_code = 412
+    code = "precondition_failed"
+
+
 class RateLimited(AppError):
     status_code = 429
     code = "rate_limited"
@@ -115,8 +122,55 @@ class DatabaseUnavailable(UpstreamUnavailable):
         super().__init__(message, details={"retryable": True}, headers={"Retry-After": "1"})
 
 
+# Every `code` an error envelope carries: the AppError tree's codes (tests/test_openapi_shape.py
+# checks each subclass's is here), the codes of ERROR_STATUSES, and the codes the providers set
+# per instance. An enum in the OpenAPI document, so a generated client can switch on it.
+ErrorCode = Literal[
+    "internal_error",
+    "http_error",
+    "bad_request",
+    "unauthorized",
+    "invalid_credentials",
+    "invalid_refresh_token",
+    "budget_exceeded",
+    "forbidden",
+    "not_found",
+    "agent_not_found",
+    "memory_block_not_found",
+    "passage_not_found",
+    "profile_not_found",
+    "turn_not_found",
+    "conversation_not_found",
+    "method_not_allowed",
+    "conflict",
+    "email_taken",
+    "agent_not_provisioned",
+    "turn_in_progress",
+    "idempotency_conflict",
+    "agent_not_ready",
+    "precondition_failed",
+    "payload_too_large",
+    "unsupported_media_type",
+    "validation_error",
+    "memory_block_limit_exceeded",
+    "invalid_cursor",
+    "rate_limited",
+    "upstream_error",
+    "agent_upstream_error",
+    "llm_request_rejected",
+    "upstream_unavailable",
+    "database_unavailable",
+    "agent_upstream_unavailable",
+    "agent_upstream_timeout",
+    "llm_unavailable",
+    "builtin_model_unavailable",
+    "not_implemented",
+    "passage_edit_unsupported",
+]
+
+
 class ErrorBody(BaseModel):
-    code: str
+    code: ErrorCode
     message: str
     request_id: str | None = None
     details: dict[str, Any] | list[Any] | None = None
@@ -163,11 +217,13 @@ ERROR_STATUSES: dict[int, ErrorStatus] = {
     404: ErrorStatus("not_found", "Not found"),
     405: ErrorStatus("method_not_allowed", "Method not allowed"),
     409: ErrorStatus("conflict", "Conflict"),
+    412: ErrorStatus("precondition_failed", "The If-Match version is not the current one"),
     413: ErrorStatus("payload_too_large", "Payload too large"),
     415: ErrorStatus("unsupported_media_type", "Unsupported media type"),
     422: ErrorStatus("validation_error", "Invalid input"),
     429: ErrorStatus("rate_limited", "Too many requests"),
     500: ErrorStatus("internal_error", "Unexpected server error"),
+    501: ErrorStatus("not_implemented", "Not supported by the configured provider"),
     502: ErrorStatus("upstream_error", "Upstream error"),
     503: ErrorStatus("upstream_unavailable", "Upstream unavailable"),
 }
@@ -184,8 +240,9 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-# Error responses documented on every route, so generated frontend types include them.
-COMMON_ERROR_RESPONSES = error_responses(401, 422, 500)
+# Error responses documented on every route, so generated frontend types include them. 401
+# is added only where an access token is read (app/openapi.py: document_auth_errors).
+COMMON_ERROR_RESPONSES = error_responses(422, 500)
 
 # What a route that reads a body may also answer before its handler runs: 400 for bytes that
 # are not JSON text (FastAPI's "error parsing the body"), 413 over MAX_REQUEST_BODY_BYTES

@@ -9,10 +9,12 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from pydantic import BaseModel
 
 from app.composition import Overrides, build_state
 from app.config import Settings, get_settings
 from app.errors import COMMON_ERROR_RESPONSES, install_error_handlers
+from app.openapi import document_auth_errors, install_openapi, operation_id
 from app.platform.client_address import ClientAddressMiddleware
 from app.platform.logging_setup import configure_logging
 from app.platform.middleware import (
@@ -64,6 +66,7 @@ def create_app(settings: Settings | None = None, overrides: Overrides | None = N
         description="Personal AI agents with long-term memory: accounts, budgets, streamed chat.",
         lifespan=lifespan,
         responses=COMMON_ERROR_RESPONSES,
+        generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
     app.state.overrides = overrides or Overrides()
@@ -103,8 +106,19 @@ def create_app(settings: Settings | None = None, overrides: Overrides | None = N
     for router in _api_routers():
         # The per-user rate limit of POST /chat/message is attached here: app/chat has none.
         limits = per_user_limit_on(router, send_message, send_ui_message)
+        document_auth_errors(router)
         app.include_router(router, prefix="/api/v1", dependencies=limits)
+    install_openapi(app, _component_models)
     return app
+
+
+def _component_models() -> list[type[BaseModel]]:
+    """Schemas no route returns as its response model, named in the OpenAPI document: each
+    SSE event's data, and the LLM route's answers."""
+    from app.chat.schemas import SSE_EVENTS
+    from app.llm_proxy.schemas import STREAM_MODELS
+
+    return [*SSE_EVENTS.values(), *STREAM_MODELS]
 
 
 def _api_routers() -> list[APIRouter]:

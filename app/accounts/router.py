@@ -17,7 +17,7 @@ from app.accounts.schemas import (
 )
 from app.accounts.service import AccountServiceDep
 from app.auth.deps import CurrentUser
-from app.errors import BODY_ERROR_STATUSES, error_responses
+from app.errors import BODY_ERROR_STATUSES, ErrorEnvelope, error_responses
 from app.ratelimit import RATE_LIMITED_RESPONSE, enforce_login_email_limit, ip_rate_limit
 
 router = APIRouter()
@@ -43,8 +43,10 @@ async def register(body: RegisterIn, service: AccountServiceDep) -> AuthOut:
     "/auth/login",
     response_model=AuthOut,
     tags=["auth"],
+    # No access token is read here; its 401 is the wrong password's (`invalid_credentials`).
     responses={
-        **error_responses(*BODY_ERROR_STATUSES, 401, 502, 503),
+        **error_responses(*BODY_ERROR_STATUSES, 502, 503),
+        401: {"model": ErrorEnvelope, "description": "Wrong email or password"},
         **RATE_LIMITED_RESPONSE,
     },
     dependencies=[Depends(ip_rate_limit("login"))],
@@ -63,7 +65,11 @@ async def login(
     response_model=TokenOut,
     tags=["auth"],
     responses={
-        **error_responses(*BODY_ERROR_STATUSES, 401, 502, 503),
+        **error_responses(*BODY_ERROR_STATUSES, 502, 503),
+        401: {
+            "model": ErrorEnvelope,
+            "description": "The refresh token is invalid, expired, revoked or already used",
+        },
         **RATE_LIMITED_RESPONSE,
     },
     dependencies=[Depends(ip_rate_limit("refresh"))],

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
 from app.platform.text import PlainText
-from app.providers.agents import AgentState, MemoryBlock, Passage, PassagePage
+from app.providers.agents import AgentState, MemoryBlock, Passage, PassagePage, block_version
 
 MAX_BLOCK_VALUE = 100_000  # the block's own limit (422) applies first; this bounds the body
 MAX_PASSAGE = 20_000
@@ -20,17 +21,35 @@ class BlockOut(BaseModel):
     value: str
     limit: int
     description: str | None = None
+    version: str = Field(
+        description="Changes with the value, whoever wrote it (you or the agent). Also the "
+        "block's `ETag`; send it back as `If-Match` so an edit never overwrites one you "
+        "have not seen (412 if the block changed)."
+    )
 
     @classmethod
     def of(cls, block: MemoryBlock) -> BlockOut:
         return cls(
-            label=block.label, value=block.value, limit=block.limit, description=block.description
+            label=block.label,
+            value=block.value,
+            limit=block.limit,
+            description=block.description,
+            version=block_version(block),
         )
 
 
 class MemoryOut(BaseModel):
     blocks: list[BlockOut]
     archival_passages: int
+
+    def etag(self) -> str:
+        """The whole memory's version (its `ETag`): changes when any block does."""
+        versions = ",".join(f"{b.label}={b.version}" for b in self.blocks)
+        return hashlib.sha256(versions.encode()).hexdigest()[:32]
+
+
+class BlockValueIn(BaseModel):
+    value: Annotated[PlainText, Field(max_length=MAX_BLOCK_VALUE)]
 
 
 class BlockIn(BaseModel):
@@ -54,6 +73,13 @@ class PassageOut(BaseModel):
 class PassageIn(BaseModel):
     text: Annotated[PlainText, Field(min_length=1, max_length=MAX_PASSAGE)]
     tags: Annotated[list[Tag], Field(max_length=20)] = []
+
+
+class PassagePatchIn(BaseModel):
+    """Either or both; what is left out stays as it is."""
+
+    text: Annotated[PlainText, Field(min_length=1, max_length=MAX_PASSAGE)] | None = None
+    tags: Annotated[list[Tag], Field(max_length=20)] | None = None
 
 
 class PassagePageOut(BaseModel):

@@ -113,25 +113,58 @@ class AgentService:
             archival_passages=state.archival_passages,
         )
 
-    async def update_block(self, user_id: UUID, label: str, value: str) -> BlockOut:
+    async def get_block(self, user_id: UUID, label: str) -> BlockOut:
+        agents = self._agents
+        return BlockOut.of(
+            await self._on_agent(user_id, lambda agent_id: agents.get_block(agent_id, label))
+        )
+
+    async def update_block(
+        self, user_id: UUID, label: str, value: str, *, if_version: str | None = None
+    ) -> BlockOut:
         agents = self._agents
         block = await self._on_agent(
-            user_id, lambda agent_id: agents.update_block(agent_id, label, value)
+            user_id,
+            lambda agent_id: agents.update_block(agent_id, label, value, if_version=if_version),
         )
         return BlockOut.of(block)
 
     async def archival(
-        self, user_id: UUID, *, query: str | None, limit: int, cursor: str | None
+        self,
+        user_id: UUID,
+        *,
+        query: str | None,
+        limit: int,
+        cursor: str | None,
+        tag: str | None = None,
     ) -> PassagePageOut:
         agents = self._agents
 
         async def read(agent_id: str) -> PassagePage:
             if query:
                 found = await agents.search_passages(agent_id, query, limit=limit)
+                if tag is not None:
+                    found = [p for p in found if tag in p.tags]
                 return PassagePage(items=found, next_cursor=None)
-            return await agents.list_passages(agent_id, limit=limit, cursor=cursor)
+            return await agents.list_passages(agent_id, limit=limit, cursor=cursor, tag=tag)
 
         return PassagePageOut.of(await self._on_agent(user_id, read))
+
+    async def get_passage(self, user_id: UUID, passage_id: str) -> PassageOut:
+        agents = self._agents
+        return PassageOut.of(
+            await self._on_agent(user_id, lambda agent_id: agents.get_passage(agent_id, passage_id))
+        )
+
+    async def update_passage(
+        self, user_id: UUID, passage_id: str, *, text: str | None, tags: list[str] | None
+    ) -> PassageOut:
+        agents = self._agents
+        passage = await self._on_agent(
+            user_id,
+            lambda agent_id: agents.update_passage(agent_id, passage_id, text=text, tags=tags),
+        )
+        return PassageOut.of(passage)
 
     async def insert_passage(self, user_id: UUID, text: str, tags: list[str]) -> PassageOut:
         agents = self._agents

@@ -173,7 +173,9 @@ def _event_schema(name: str, data: type[BaseModel]) -> dict[str, Any]:
             "data": {
                 "type": "string",
                 "contentMediaType": "application/json",
-                "contentSchema": data.model_json_schema(),
+                # A named component (app/openapi.py adds SSE_EVENTS' models): one type per
+                # event in generated clients.
+                "contentSchema": {"$ref": f"#/components/schemas/{data.__name__}"},
             },
         },
     }

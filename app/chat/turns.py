@@ -579,7 +579,8 @@ async def _store_final(
                 await add_usage(
                     conn,
                     run.user_id,
-                    datetime.now(UTC).date(),
+                    datetime.now(UTC),
+                    model=usage.model,
                     messages=1,
                     prompt_tokens=usage.prompt_tokens,
                     completion_tokens=usage.completion_tokens,

@@ -10,7 +10,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from app.auth.deps import CurrentUser
 from app.deps import LLMProxyDep
 from app.errors import BODY_ERROR_STATUSES, error_responses
-from app.llm_proxy.schemas import ChatCompletionIn
+from app.llm_proxy.schemas import (
+    ChatCompletionChunkOut,
+    ChatCompletionIn,
+    ChatCompletionOut,
+    ChatCompletionStreamErrorOut,
+)
+from app.openapi import component_ref
 from app.ratelimit import RATE_LIMITED_RESPONSE, user_rate_limit
 
 router = APIRouter(prefix="/llm", tags=["llm"])
@@ -18,18 +24,12 @@ router = APIRouter(prefix="/llm", tags=["llm"])
 _ANSWERS: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "A `chat.completion` object, or with `stream: true` a `text/event-stream` "
-        "of `data: {chat.completion.chunk}` lines ending with `data: [DONE]`",
+        "of `data: {chat.completion.chunk}` lines ending with `data: [DONE]` (or, when the "
+        "upstream fails mid-way, ending with one `data: {error}` line and no `[DONE]`)",
         "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "title": "chat.completion",
-                    "description": "The upstream's OpenAI `chat.completion` object, as it sent it",
-                    "required": ["choices"],
-                    "properties": {"choices": {"type": "array"}},
-                }
-            },
-            # OpenAPI 3.1: the schema of a `text/event-stream` describes one event.
+            "application/json": {"schema": component_ref(ChatCompletionOut)},
+            # OpenAPI 3.1: the schema of a `text/event-stream` describes one event; its data
+            # is JSON text whose shape is `contentSchema` (except the final `[DONE]`).
             "text/event-stream": {
                 "schema": {
                     "type": "object",
@@ -40,6 +40,19 @@ _ANSWERS: dict[int | str, dict[str, Any]] = {
                             "type": "string",
                             "description": "A `chat.completion.chunk` (or an `{error}` object) "
                             "as JSON; the last event's data is `[DONE]`",
+                            "anyOf": [
+                                # The end marker, not JSON (first: it is tried first).
+                                {"const": "[DONE]"},
+                                {
+                                    "contentMediaType": "application/json",
+                                    "contentSchema": {
+                                        "anyOf": [
+                                            component_ref(ChatCompletionChunkOut),
+                                            component_ref(ChatCompletionStreamErrorOut),
+                                        ]
+                                    },
+                                },
+                            ],
                         }
                     },
                 }

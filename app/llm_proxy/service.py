@@ -212,7 +212,8 @@ class LLMProxy:
             await add_usage(
                 conn,
                 user_id,
-                datetime.now(UTC).date(),
+                datetime.now(UTC),
+                model=usage.model,
                 messages=0,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,

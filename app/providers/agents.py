@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 from uuid import UUID
 
-from app.errors import NotFound, ValidationFailed
+from app.errors import AppError, NotFound, PreconditionFailed, ValidationFailed
 from app.providers.billing import LLMRoute
 
 
@@ -29,6 +30,13 @@ class BlockNotFound(NotFound):
 
 class PassageNotFound(NotFound):
     code = "passage_not_found"
+
+
+class PassageEditUnsupported(AppError):
+    """The agent service cannot change a passage in place (Letta 0.16.8 has no route for it)."""
+
+    status_code = 501
+    code = "passage_edit_unsupported"
 
 
 class BlockLimitExceeded(ValidationFailed):
@@ -55,6 +63,31 @@ class MemoryBlock:
     value: str
     limit: int
     description: str | None = None
+
+
+def block_version(block: MemoryBlock) -> str:
+    """A block's version: a hash of its label and value. Whoever wrote it (the user, or the
+    agent's own memory tools), a new value is a new version, and no provider has to keep a
+    counter for it."""
+    return hashlib.sha256(f"{block.label}\0{block.value}".encode()).hexdigest()[:32]
+
+
+class BlockVersionMismatch(PreconditionFailed):
+    """`If-Match` names a version the block no longer has; the current block is in details."""
+
+    def __init__(self, current: MemoryBlock) -> None:
+        super().__init__(
+            f"the {current.label} block changed since that version",
+            details={
+                "current": {
+                    "label": current.label,
+                    "value": current.value,
+                    "limit": current.limit,
+                    "description": current.description,
+                    "version": block_version(current),
+                }
+            },
+        )
 
 
 @dataclass(frozen=True)
@@ -190,13 +223,36 @@ class AgentProvider(Protocol):
 
     async def list_blocks(self, agent_id: str) -> list[MemoryBlock]: ...
 
-    async def update_block(self, agent_id: str, label: str, value: str) -> MemoryBlock:
-        """Raises BlockNotFound, BlockLimitExceeded."""
+    async def get_block(self, agent_id: str, label: str) -> MemoryBlock:
+        """Raises BlockNotFound."""
         ...
 
+    async def update_block(
+        self, agent_id: str, label: str, value: str, *, if_version: str | None = None
+    ) -> MemoryBlock:
+        """Raises BlockNotFound, BlockLimitExceeded, and BlockVersionMismatch when
+        `if_version` is given and is not the block's current `block_version`."""
+        ...
+
+    # Whether `update_passage` changes a passage in place, keeping its id.
+    edits_passages: bool
+
     async def list_passages(
-        self, agent_id: str, *, limit: int, cursor: str | None
-    ) -> PassagePage: ...
+        self, agent_id: str, *, limit: int, cursor: str | None, tag: str | None = None
+    ) -> PassagePage:
+        """Newest first; with `tag`, only the passages carrying it."""
+        ...
+
+    async def get_passage(self, agent_id: str, passage_id: str) -> Passage:
+        """Raises PassageNotFound when the passage is not this agent's."""
+        ...
+
+    async def update_passage(
+        self, agent_id: str, passage_id: str, *, text: str | None, tags: list[str] | None
+    ) -> Passage:
+        """Same id, new text and/or tags. Raises PassageNotFound; PassageEditUnsupported when
+        `edits_passages` is False."""
+        ...
 
     async def search_passages(self, agent_id: str, query: str, *, limit: int) -> list[Passage]: ...
 

@@ -16,8 +16,18 @@ class UsageTotalsOut(BaseModel):
     cost: float = Field(description="USD")
 
 
+class UsageModelOut(UsageTotalsOut):
+    model: str = Field(
+        description="The model that answered; `unknown` for usage counted "
+        "before models were recorded"
+    )
+
+
 class UsageDayOut(UsageTotalsOut):
-    date: dt.date
+    date: dt.date = Field(description="A day of the report's time zone (`tz`)")
+    models: list[UsageModelOut] = Field(
+        default_factory=list, description="The day's usage per model (models used that day)"
+    )
 
 
 class ProviderDayOut(BaseModel):
@@ -43,8 +53,12 @@ class BudgetOut(BaseModel):
 class UsageOut(BaseModel):
     start: dt.date
     end: dt.date
+    tz: str = Field(description="The IANA time zone whose days these are")
     totals: UsageTotalsOut
-    days: list[UsageDayOut] = Field(description="Every UTC day in [start, end], zeros included")
+    models: list[UsageModelOut] = Field(
+        default_factory=list, description="The range's usage per model"
+    )
+    days: list[UsageDayOut] = Field(description="Every day in [start, end], zeros included")
     budget: BudgetOut | None = Field(
         description="The current budget; null when the billing service cannot be reached"
     )

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from datetime import UTC, date, datetime, timedelta
+import zoneinfo
+from collections import defaultdict
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated
 from uuid import UUID
 
@@ -21,6 +24,7 @@ from app.usage.schemas import (
     BudgetOut,
     ProviderDayOut,
     UsageDayOut,
+    UsageModelOut,
     UsageOut,
     UsageTotalsOut,
 )
@@ -33,6 +37,27 @@ MAX_DAYS = 366
 
 def utc_today() -> date:
     return datetime.now(UTC).date()
+
+
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def resolve_zone(name: str) -> zoneinfo.ZoneInfo:
+    """An IANA time zone name (`Europe/Paris`, `UTC`), else 422. Checked against the list of
+    zones rather than by loading any name: ZoneInfo() would read a path such as `../x`."""
+    if name not in _zone_names():
+        raise ValidationFailed("tz must be an IANA time zone name", details={"tz": name[:64]})
+    return zoneinfo.ZoneInfo(name)
+
+
+def today_in(zone: zoneinfo.ZoneInfo) -> date:
+    return datetime.now(zone).date()
+
+
+def _midnight(day: date, zone: zoneinfo.ZoneInfo) -> datetime:
+    return datetime.combine(day, time(), zone)
 
 
 # The days a report may name. Outside them the range arithmetic below would overflow
@@ -90,11 +115,35 @@ def _provider_days(rows: list[DailySpend] | None) -> list[ProviderDayOut] | None
     ]
 
 
+def _model_out(model: str, rows: list[repository.UsageModelDay]) -> UsageModelOut:
+    return UsageModelOut(
+        model=model,
+        messages=sum(r.messages for r in rows),
+        prompt_tokens=sum(r.prompt_tokens for r in rows),
+        completion_tokens=sum(r.completion_tokens for r in rows),
+        total_tokens=sum(r.total_tokens for r in rows),
+        cost=round(sum(r.cost for r in rows), 10),
+    )
+
+
 async def _usage_report(
-    db: Database, billing: BillingProvider, user_id: UUID, start: date, end: date
+    db: Database,
+    billing: BillingProvider,
+    user_id: UUID,
+    start: date,
+    end: date,
+    zone: zoneinfo.ZoneInfo,
 ) -> UsageOut:
+    # The local days' bounds as instants (DST-aware); Postgres groups the quarter-hour
+    # buckets by their local day in the same zone.
+    first, after = _midnight(start, zone), _midnight(end + timedelta(days=1), zone)
     async with db.acquire() as conn:
-        stored = {row.day: row for row in await repository.usage_days(conn, user_id, start, end)}
+        rows = await repository.usage_model_days(conn, user_id, first, after, zone.key)
+    per_day: dict[date, list[repository.UsageModelDay]] = defaultdict(list)
+    per_model: dict[str, list[repository.UsageModelDay]] = defaultdict(list)
+    for row in rows:
+        per_day[row.day].append(row)
+        per_model[row.model].append(row)
 
     # The billing service is not needed to show our own rows: if it is down, say so with
     # nulls rather than fail the whole report.
@@ -118,15 +167,17 @@ async def _usage_report(
     days: list[UsageDayOut] = []
     current = start
     while current <= end:
-        row = stored.get(current)
+        models = [_model_out(r.model, [r]) for r in per_day.get(current, [])]
+        total = _model_out("", per_day.get(current, []))
         days.append(
             UsageDayOut(
                 date=current,
-                messages=row.messages if row else 0,
-                prompt_tokens=row.prompt_tokens if row else 0,
-                completion_tokens=row.completion_tokens if row else 0,
-                total_tokens=row.total_tokens if row else 0,
-                cost=row.cost if row else 0.0,
+                messages=total.messages,
+                prompt_tokens=total.prompt_tokens,
+                completion_tokens=total.completion_tokens,
+                total_tokens=total.total_tokens,
+                cost=total.cost,
+                models=models,
             )
         )
         current += timedelta(days=1)
@@ -140,7 +191,9 @@ async def _usage_report(
     return UsageOut(
         start=start,
         end=end,
+        tz=zone.key,
         totals=totals,
+        models=[_model_out(m, r) for m, r in sorted(per_model.items())],
         days=days,
         budget=budget,
         billing_provider=billing.name,
@@ -156,8 +209,10 @@ class UsageService:
         self._db = db
         self._billing = billing
 
-    async def report(self, user_id: UUID, start: date, end: date) -> UsageOut:
-        return await _usage_report(self._db, self._billing, user_id, start, end)
+    async def report(
+        self, user_id: UUID, start: date, end: date, zone: zoneinfo.ZoneInfo
+    ) -> UsageOut:
+        return await _usage_report(self._db, self._billing, user_id, start, end, zone)
 
     async def read_budget(self, user_id: UUID) -> BudgetOut:
         return budget_out(await self._billing.get_budget(user_id))

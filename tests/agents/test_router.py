@@ -102,6 +102,7 @@ async def test_memory_blocks(api: httpx.AsyncClient, make_account: MakeAccount) 
         "value": "Grace, 34",
         "limit": 5000,
         "description": human["description"],
+        "version": response.headers["ETag"].strip('"'),
     }
     again = (await api.get("/agent/memory", headers=account.headers)).json()
     assert next(b for b in again["blocks"] if b["label"] == "human")["value"] == "Grace, 34"
@@ -302,3 +303,136 @@ async def test_memory_survives_a_restart(
         {"role": "assistant", "content": "Nice to meet you, Grace."},
         {"role": "user", "content": "Who am I?"},
     ]
+
+
+# --- issue 13 item 6: block versions (ETag / If-Match), one passage, tags ---
+
+
+async def test_a_stale_if_match_is_412_and_overwrites_nothing(
+    api: httpx.AsyncClient, make_account: MakeAccount, agent_app: FastAPI
+) -> None:
+    account = await make_account()
+    memory = await api.get("/agent/memory", headers=account.headers)
+    memory_etag = memory.headers["ETag"]
+    block = await api.get("/agent/memory/blocks/human", headers=account.headers)
+    assert block.status_code == 200, block.text
+    etag = block.headers["ETag"]
+    assert etag == f'"{block.json()["version"]}"'
+    listed = next(b for b in memory.json()["blocks"] if b["label"] == "human")
+    assert listed == block.json()
+
+    # The agent edits the block itself (its memory tool's write) after the user read it.
+    assert account.agent_id
+    agents = agent_app.state.services.agents
+    await agents.update_block(account.agent_id, "human", "Grace, written by the agent")
+
+    stale = await api.patch(
+        "/agent/memory/blocks/human",
+        json={"value": "Grace, written by the user"},
+        headers={**account.headers, "If-Match": etag},
+    )
+    body = _error(stale, 412, "precondition_failed")
+    current = body["details"]["current"]
+    assert current["value"] == "Grace, written by the agent"
+    assert (await agents.get_block(account.agent_id, "human")).value == current["value"]
+    # The same through POST /agent/memory.
+    _error(
+        await api.post(
+            "/agent/memory",
+            json={"label": "human", "value": "Grace, written by the user"},
+            headers={**account.headers, "If-Match": etag},
+        ),
+        412,
+        "precondition_failed",
+    )
+    again = await api.get("/agent/memory", headers=account.headers)
+    assert again.headers["ETag"] != memory_etag
+
+    # With the current version: made, and the answer carries the new one.
+    ok = await api.patch(
+        "/agent/memory/blocks/human",
+        json={"value": "Grace, written by the user"},
+        headers={**account.headers, "If-Match": f'"{current["version"]}"'},
+    )
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["value"] == "Grace, written by the user"
+    assert ok.headers["ETag"] == f'"{ok.json()["version"]}"' != f'"{current["version"]}"'
+    # Without If-Match (or with *): made whatever the version (the compatible default).
+    for headers in ({}, {"If-Match": "*"}):
+        free = await api.patch(
+            "/agent/memory/blocks/human",
+            json={"value": "no precondition"},
+            headers={**account.headers, **headers},
+        )
+        assert free.status_code == 200, free.text
+    _error(
+        await api.patch(
+            "/agent/memory/blocks/human",
+            json={"value": "x"},
+            headers={**account.headers, "If-Match": "not-quoted"},
+        ),
+        422,
+        "validation_error",
+    )
+    _error(
+        await api.get("/agent/memory/blocks/diary", headers=account.headers),
+        404,
+        "memory_block_not_found",
+    )
+
+
+async def test_one_passage_edited_in_place_and_tag_filter(
+    api: httpx.AsyncClient, make_account: MakeAccount
+) -> None:
+    account = await make_account()
+    other = await make_account()
+    ids = []
+    for text, tags in [("green tea", ["drinks"]), ("Lisbon", []), ("March", ["work", "drinks"])]:
+        response = await api.post(
+            "/agent/memory/archival", json={"text": text, "tags": tags}, headers=account.headers
+        )
+        ids.append(response.json()["id"])
+
+    one = await api.get(f"/agent/memory/archival/{ids[0]}", headers=account.headers)
+    assert one.status_code == 200 and one.json()["text"] == "green tea"
+    _error(
+        await api.get(f"/agent/memory/archival/{ids[0]}", headers=other.headers),
+        404,
+        "passage_not_found",
+    )
+
+    edited = await api.patch(
+        f"/agent/memory/archival/{ids[0]}",
+        json={"text": "jasmine tea"},
+        headers=account.headers,
+    )
+    assert edited.status_code == 200, edited.text
+    assert edited.json()["id"] == ids[0]
+    assert edited.json()["text"] == "jasmine tea" and edited.json()["tags"] == ["drinks"]
+    retagged = await api.patch(
+        f"/agent/memory/archival/{ids[0]}", json={"tags": ["tea"]}, headers=account.headers
+    )
+    assert retagged.json()["text"] == "jasmine tea" and retagged.json()["tags"] == ["tea"]
+    # The new text is what search finds.
+    found = (await api.get("/agent/memory/archival?q=jasmine", headers=account.headers)).json()
+    assert [p["id"] for p in found["items"]] == [ids[0]]
+    _error(
+        await api.patch(
+            f"/agent/memory/archival/{ids[0]}", json={"text": "mine"}, headers=other.headers
+        ),
+        404,
+        "passage_not_found",
+    )
+    assert (await api.get(f"/agent/memory/archival/{ids[0]}", headers=account.headers)).json()[
+        "text"
+    ] == "jasmine tea"
+
+    tagged = await api.get("/agent/memory/archival?tag=drinks", headers=account.headers)
+    assert [p["id"] for p in tagged.json()["items"]] == [ids[2]]
+    first = (
+        await api.get("/agent/memory/archival?tag=tea&limit=1", headers=account.headers)
+    ).json()
+    assert [p["id"] for p in first["items"]] == [ids[0]] and first["next_cursor"] is None
+    assert (await api.get("/agent/memory/archival?tag=tea", headers=other.headers)).json()[
+        "items"
+    ] == []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import date
+from datetime import UTC, date, datetime, time
 
 import asyncpg
 import pytest
@@ -24,7 +24,8 @@ async def _add(pool: asyncpg.Pool, user_id: object, day: date = DAY, **kw: objec
     }
     amounts.update(kw)
     async with pool.acquire() as conn, conn.transaction():
-        await add_usage(conn, user_id, day, **amounts)  # type: ignore[arg-type]
+        at = datetime.combine(day, time(12), UTC)
+        await add_usage(conn, user_id, at, model="m", **amounts)  # type: ignore[arg-type]
 
 
 async def test_add_usage_creates_then_adds(db_pool: asyncpg.Pool) -> None:
@@ -54,7 +55,8 @@ async def test_add_usage_rolls_back_with_the_callers_transaction(db_pool: asyncp
                 await add_usage(
                     conn,
                     user_id,
-                    DAY,
+                    datetime.combine(DAY, time(12), UTC),
+                    model="m",
                     messages=1,
                     prompt_tokens=1,
                     completion_tokens=1,
@@ -63,6 +65,7 @@ async def test_add_usage_rolls_back_with_the_callers_transaction(db_pool: asyncp
                 )
                 raise RuntimeError("turn failed after counting")
         assert await usage_days(conn, user_id, DAY, DAY) == []
+        assert await conn.fetchval("select count(*) from usage_by_model") == 0
 
 
 async def test_add_usage_concurrent_increments_are_not_lost(db_pool: asyncpg.Pool) -> None:
@@ -92,3 +95,32 @@ async def test_add_usage_refuses_negative_amounts(db_pool: asyncpg.Pool) -> None
     user_id, _ = await insert_user(db_pool)
     with pytest.raises(ValueError):
         await _add(db_pool, user_id, cost=-1.0)
+
+
+async def test_quarter_hour_buckets_per_model_in_the_same_statement(db_pool: asyncpg.Pool) -> None:
+    user_id, _ = await insert_user(db_pool)
+    async with db_pool.acquire() as conn:
+        for minute, model in ((1, "a"), (14, "a"), (15, "a"), (20, "b")):
+            await add_usage(
+                conn,
+                user_id,
+                datetime(2026, 11, 20, 23, minute, 30, tzinfo=UTC),
+                model=model,
+                messages=1,
+                prompt_tokens=1,
+                completion_tokens=1,
+                total_tokens=2,
+                cost=0.5,
+            )
+        rows = await conn.fetch(
+            "select bucket, model, messages from usage_by_model where user_id = $1 "
+            "order by bucket, model",
+            user_id,
+        )
+        (daily,) = await usage_days(conn, user_id, DAY, DAY)
+    assert [(r["bucket"].minute, r["model"], r["messages"]) for r in rows] == [
+        (0, "a", 2),
+        (15, "a", 1),
+        (15, "b", 1),
+    ]
+    assert daily.messages == 4

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -37,7 +37,8 @@ async def add(
         await add_usage(
             conn,
             user_id,
-            day,
+            datetime.combine(day, time(12), UTC),
+            model="test-model",
             messages=messages,
             prompt_tokens=tokens,
             completion_tokens=tokens * 2,
@@ -121,6 +122,16 @@ async def test_usage_totals_are_the_sum_of_the_days_and_only_the_callers(
         "completion_tokens": 220,
         "total_tokens": 330,
         "cost": pytest.approx(0.3),
+        "models": [
+            {
+                "model": "test-model",
+                "messages": 3,
+                "prompt_tokens": 110,
+                "completion_tokens": 220,
+                "total_tokens": 330,
+                "cost": pytest.approx(0.3),
+            }
+        ],
     }
     assert by_date["2026-10-03"]["messages"] == 0  # bob's day is not alice's
     assert by_date["2026-10-05"]["messages"] == 4
@@ -418,3 +429,139 @@ async def test_litellm_down_still_shows_our_usage_rows(
     assert usage.json()["totals"]["messages"] == 1
     assert usage.json()["budget"] is None and usage.json()["provider_days"] is None
     assert_envelope(budget, 503, "upstream_unavailable")
+
+
+# --- days in the caller's time zone, per model (issue 13 item 6) ------------------------------
+
+
+async def _add_at(pool: asyncpg.Pool, user_id: UUID, at: datetime, model: str, n: int) -> None:
+    async with pool.acquire() as conn:
+        await add_usage(
+            conn,
+            user_id,
+            at,
+            model=model,
+            messages=n,
+            prompt_tokens=n,
+            completion_tokens=n,
+            total_tokens=2 * n,
+            cost=n / 100,
+        )
+
+
+@pytest.mark.parametrize(
+    ("tz", "expected"),
+    [
+        # 2026-10-02 22:30 UTC and 23:50 UTC; 2026-10-03 03:00 UTC.
+        ("UTC", {"2026-10-02": {"a": 1, "b": 2}, "2026-10-03": {"a": 4}}),
+        # +02:00 (CEST): all three fall on the 3rd.
+        ("Europe/Paris", {"2026-10-02": {}, "2026-10-03": {"a": 5, "b": 2}}),
+        # -07:00 (PDT): all on the 2nd.
+        ("America/Los_Angeles", {"2026-10-02": {"a": 5, "b": 2}, "2026-10-03": {}}),
+        # +05:30: local midnight is 18:30 UTC: the 22:30 and 23:50 usage is the 3rd's.
+        ("Asia/Kolkata", {"2026-10-02": {}, "2026-10-03": {"a": 5, "b": 2}}),
+        # +12:45: 03:00 UTC is 15:45 on the 3rd; 22:30 UTC is 11:15 on the 3rd.
+        ("Pacific/Chatham", {"2026-10-02": {}, "2026-10-03": {"a": 5, "b": 2}}),
+    ],
+)
+async def test_usage_days_in_the_callers_time_zone_per_model(
+    client: httpx.AsyncClient,
+    make_user: MakeUser,
+    db_pool: asyncpg.Pool,
+    tz: str,
+    expected: dict[str, dict[str, int]],
+) -> None:
+    user = await make_user()
+    await _add_at(db_pool, user.id, datetime(2026, 10, 2, 22, 30, tzinfo=UTC), "a", 1)
+    await _add_at(db_pool, user.id, datetime(2026, 10, 2, 23, 50, tzinfo=UTC), "b", 2)
+    await _add_at(db_pool, user.id, datetime(2026, 10, 3, 3, 0, tzinfo=UTC), "a", 4)
+    response = await client.get(
+        USAGE,
+        params={"start": "2026-10-02", "end": "2026-10-03", "tz": tz},
+        headers=user.headers,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["tz"] == tz
+    got = {d["date"]: {m["model"]: m["messages"] for m in d["models"]} for d in body["days"]}
+    assert got == expected
+    for day in body["days"]:
+        assert day["messages"] == sum(m["messages"] for m in day["models"])
+    assert {m["model"]: m["messages"] for m in body["models"]} == {"a": 5, "b": 2}
+    assert body["totals"]["messages"] == 7
+
+
+@pytest.mark.parametrize(
+    ("tz", "at", "day"),
+    [
+        # 18:40 UTC is 00:10 on the 3rd in Kolkata (+5:30); an hourly bucket (18:00 UTC,
+        # 23:30 local) would put it on the 2nd.
+        ("Asia/Kolkata", datetime(2026, 10, 2, 18, 40, tzinfo=UTC), "2026-10-03"),
+        ("Asia/Kolkata", datetime(2026, 10, 2, 18, 29, tzinfo=UTC), "2026-10-02"),
+        # 18:15 UTC is 00:00 on the 3rd in Kathmandu (+5:45).
+        ("Asia/Kathmandu", datetime(2026, 10, 2, 18, 15, tzinfo=UTC), "2026-10-03"),
+        ("Asia/Kathmandu", datetime(2026, 10, 2, 18, 14, tzinfo=UTC), "2026-10-02"),
+    ],
+)
+async def test_half_and_quarter_hour_zones_are_exact(
+    client: httpx.AsyncClient,
+    make_user: MakeUser,
+    db_pool: asyncpg.Pool,
+    tz: str,
+    at: datetime,
+    day: str,
+) -> None:
+    user = await make_user()
+    await _add_at(db_pool, user.id, at, "a", 1)
+    response = await client.get(
+        USAGE, params={"start": "2026-10-02", "end": "2026-10-03", "tz": tz}, headers=user.headers
+    )
+    assert {d["date"]: d["messages"] for d in response.json()["days"]}[day] == 1
+
+
+async def test_dst_day_in_local_time(
+    client: httpx.AsyncClient, make_user: MakeUser, db_pool: asyncpg.Pool
+) -> None:
+    # Europe/Paris, 2026-10-25: 25 hours (CEST to CET at 01:00 UTC). 22:30 UTC on the 25th is
+    # 23:30 CET, still the 25th; 22:30 UTC on the 24th is 00:30 CEST on the 25th.
+    user = await make_user()
+    await _add_at(db_pool, user.id, datetime(2026, 10, 24, 22, 30, tzinfo=UTC), "a", 1)
+    await _add_at(db_pool, user.id, datetime(2026, 10, 25, 22, 30, tzinfo=UTC), "a", 2)
+    await _add_at(db_pool, user.id, datetime(2026, 10, 25, 23, 15, tzinfo=UTC), "a", 4)
+    response = await client.get(
+        USAGE,
+        params={"start": "2026-10-25", "end": "2026-10-26", "tz": "Europe/Paris"},
+        headers=user.headers,
+    )
+    assert [d["messages"] for d in response.json()["days"]] == [3, 4]
+
+
+@pytest.mark.parametrize("tz", ["Mars/Olympus", "../etc/passwd", "utc ", "Europe/Paris\x00"])
+async def test_unknown_time_zone_is_422(
+    client: httpx.AsyncClient, make_user: MakeUser, tz: str
+) -> None:
+    user = await make_user()
+    response = await client.get(USAGE, params={"tz": tz}, headers=user.headers)
+    assert_envelope(response, 422, "validation_error")
+
+
+async def test_days_parameter_and_its_limit_in_the_schema(
+    client: httpx.AsyncClient, make_user: MakeUser, app: FastAPI
+) -> None:
+    user = await make_user()
+    response = await client.get(
+        USAGE, params={"days": 3, "end": "2026-10-03"}, headers=user.headers
+    )
+    assert response.status_code == 200, response.text
+    assert [d["date"] for d in response.json()["days"]] == [
+        "2026-10-01",
+        "2026-10-02",
+        "2026-10-03",
+    ]
+    too_many = await client.get(USAGE, params={"days": 367}, headers=user.headers)
+    assert_envelope(too_many, 422, "validation_error")
+    both = await client.get(USAGE, params={"days": 3, "start": "2026-10-01"}, headers=user.headers)
+    assert_envelope(both, 422, "validation_error")
+    params = {p["name"]: p for p in app.openapi()["paths"][USAGE]["get"]["parameters"]}
+    assert params["days"]["schema"]["anyOf"][0]["maximum"] == 366
+    assert params["tz"]["schema"]["maxLength"] == 64

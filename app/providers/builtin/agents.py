@@ -34,6 +34,7 @@ from app.providers.agents import (
     AgentState,
     BlockLimitExceeded,
     BlockNotFound,
+    BlockVersionMismatch,
     ConversationRef,
     DeltaEvent,
     ErrorEvent,
@@ -45,6 +46,7 @@ from app.providers.agents import (
     ResetMode,
     ToolEvent,
     UsageEvent,
+    block_version,
 )
 from app.providers.billing import LLMRoute, estimate_tokens
 from app.providers.builtin.agent import context, repository
@@ -139,6 +141,7 @@ def _calls_text(calls: dict[int, dict[str, Any]]) -> str:
 
 class BuiltinAgents:
     name = "builtin"
+    edits_passages = True
 
     @property
     def model_name(self) -> str:
@@ -206,12 +209,24 @@ class BuiltinAgents:
         async with self._db.acquire() as conn:
             return [b.block() for b in await repository.list_blocks(conn, agent.id)]
 
-    async def update_block(self, agent_id: str, label: str, value: str) -> MemoryBlock:
+    async def get_block(self, agent_id: str, label: str) -> MemoryBlock:
+        for block in await self.list_blocks(agent_id):
+            if block.label == label:
+                return block
+        raise BlockNotFound(f"no memory block {label!r}")
+
+    async def update_block(
+        self, agent_id: str, label: str, value: str, *, if_version: str | None = None
+    ) -> MemoryBlock:
         agent = await self._agent(agent_id)
         async with self._db.transaction() as conn:
+            # The row lock is also what the agent's own memory tools take: the version
+            # checked here is the one replaced, with no write in between.
             block = await repository.lock_block(conn, agent.id, label)
             if block is None:
                 raise BlockNotFound(f"no memory block {label!r}")
+            if if_version is not None and block_version(block.block()) != if_version:
+                raise BlockVersionMismatch(block.block())
             if len(value) > block.limit:
                 raise BlockLimitExceeded(
                     f"the value has {len(value)} characters; block {label!r} holds {block.limit}",
@@ -219,11 +234,15 @@ class BuiltinAgents:
                 )
             return (await repository.set_block_value(conn, agent.id, label, value)).block()
 
-    async def list_passages(self, agent_id: str, *, limit: int, cursor: str | None) -> PassagePage:
+    async def list_passages(
+        self, agent_id: str, *, limit: int, cursor: str | None, tag: str | None = None
+    ) -> PassagePage:
         agent = await self._agent(agent_id)
         after = repository.decode_cursor(cursor) if cursor else None
         async with self._db.acquire() as conn:
-            items = await repository.list_passages(conn, agent.id, limit=limit + 1, after=after)
+            items = await repository.list_passages(
+                conn, agent.id, limit=limit + 1, after=after, tag=tag
+            )
         more = len(items) > limit
         items = items[:limit]
         next_cursor = repository.encode_cursor(items[-1]) if more and items else None
@@ -249,6 +268,34 @@ class BuiltinAgents:
         embedding = await self._vectors.passage(text)  # None: stored without a vector
         async with self._db.transaction() as conn:
             return await repository.insert_passage(conn, agent, text, tags, embedding=embedding)
+
+    async def get_passage(self, agent_id: str, passage_id: str) -> Passage:
+        agent = await self._agent(agent_id)
+        key = _uuid(passage_id)
+        found = None
+        if key is not None:
+            async with self._db.acquire() as conn:
+                found = await repository.get_passage(conn, agent.id, key)
+        if found is None:
+            raise PassageNotFound("no such passage")
+        return found
+
+    async def update_passage(
+        self, agent_id: str, passage_id: str, *, text: str | None, tags: list[str] | None
+    ) -> Passage:
+        agent = await self._agent(agent_id)
+        key = _uuid(passage_id)
+        if key is None:
+            raise PassageNotFound("no such passage")
+        # New text, new vector (computed before taking a connection: a network call).
+        embedding = await self._vectors.passage(text) if text is not None else None
+        async with self._db.transaction() as conn:
+            updated = await repository.update_passage(
+                conn, agent.id, key, text=text, tags=tags, embedding=embedding
+            )
+        if updated is None:
+            raise PassageNotFound("no such passage")
+        return updated
 
     async def delete_passage(self, agent_id: str, passage_id: str) -> None:
         agent = await self._agent(agent_id)

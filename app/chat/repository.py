@@ -515,3 +515,21 @@ async def export_turns(
     )
     async for row in cursor:
         yield TurnRow.from_record(row)
+
+
+async def streaming_turn_id(conn: Conn, user_id: UUID, conversation_id: UUID | None) -> UUID | None:
+    """The user's streaming turn in a conversation (None: their default one), if any (at most
+    one per user: the partial unique index)."""
+    turn_id: UUID | None = await conn.fetchval(
+        """
+        select t.id from turns t
+        where t.user_id = $1 and t.status = 'streaming'
+          and t.conversation_id = coalesce(
+                $2::uuid,
+                (select c.id from conversations c where c.user_id = $1 and c.is_default))
+        limit 1
+        """,
+        user_id,
+        conversation_id,
+    )
+    return turn_id

@@ -15,14 +15,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
+from typing import Protocol
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from app.chat.events import TurnEvent
-
 PING = b": ping\n\n"
+
+
+class Frame(Protocol):
+    """What a stream sends: our TurnEvent, or an AI SDK UI message chunk (app/chat/ui_stream)."""
+
+    def encode(self) -> bytes: ...
 
 
 class TurnEventStream(Response):
@@ -32,7 +37,7 @@ class TurnEventStream(Response):
 
     def __init__(
         self,
-        events: AsyncGenerator[list[TurnEvent], None],
+        events: AsyncGenerator[Sequence[Frame], None],
         *,
         ping_seconds: float,
         status_code: int = 200,

@@ -71,6 +71,11 @@ export function ChatPage({ chatId }: { chatId: string | null }) {
           </p>
         )}
         {chatId && <ChatLoader key={chatId} chatId={chatId} onTurnDone={reload} />}
+        {!chatId && conversations?.length === 0 && (
+          <p>
+            No conversations yet. <button type="button" onClick={create}>Start a chat</button>
+          </p>
+        )}
       </section>
     </div>
   );

@@ -110,7 +110,7 @@ function Chart(props: {
   const models = (usage.models ?? []).map((m) => m.model);
   const totals = usage.days.map((d) => (d.models ?? []).reduce((sum, m) => sum + value(m), 0));
   const max = Math.max(...totals, 0) || 1;
-  const width = 600;
+  const width = 1000;
   const height = 160;
   const slot = width / Math.max(usage.days.length, 1);
   const color = (model: string) => COLORS[models.indexOf(model) % COLORS.length];
@@ -133,7 +133,7 @@ function Chart(props: {
                 );
               })}
               {usage.days.length <= 31 && (
-                <text x={i * slot + slot / 2} y={height + 14} textAnchor="middle" fontSize="10">
+                <text x={i * slot + slot / 2} y={height + 14} textAnchor="middle" fontSize="14">
                   {day.date.slice(8)}
                 </text>
               )}

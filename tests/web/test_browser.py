@@ -149,7 +149,8 @@ async def test_the_issues_scenario_in_chromium(live_url: str, scripted_llm: Scri
     # Stopped short of the whole story.
     assert "(stopped)" in notes["stoppedText"]
     assert len(notes["stoppedText"]) < len(STORY)
-    # The reply that was running at the reload came back whole.
+    # The reply that was running at the reload came back (still partial), then finished.
+    assert "THE END." not in notes["afterReloadText"]
     assert SECOND_STORY in notes["resumedText"]
     # Every turn counted: today's usage on the dashboard (greeting, story, second story, tea).
     assert int(notes["messagesCard"]) >= 4

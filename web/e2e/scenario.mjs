@@ -103,6 +103,8 @@ try {
   await send("Tell me another story");
   await assistant().getByText("Meanwhile").waitFor();
   await page.reload();
+  await assistant().getByText("Meanwhile").waitFor();
+  result.notes.afterReloadText = await assistant().innerText();
   await page.getByText("THE END.").waitFor({ timeout: 30_000 });
   result.notes.resumedText = await assistant().innerText();
   step("resumed after reload");

@@ -152,6 +152,8 @@ async def test_the_issues_scenario_in_chromium(live_url: str, scripted_llm: Scri
     # The reply that was running at the reload came back (still partial), then finished.
     assert "THE END." not in notes["afterReloadText"]
     assert SECOND_STORY in notes["resumedText"]
+    # A dead access token: refreshed once (not once per request), still signed in.
+    assert notes["refreshes"] == 1 and notes["signedIn"]
     # Every turn counted: today's usage on the dashboard (greeting, story, second story, tea).
     assert int(notes["messagesCard"]) >= 4
     # The stale edit was refused (the other tab's 200 came first), then merged by the user.

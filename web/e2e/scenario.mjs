@@ -115,11 +115,24 @@ try {
   await page.getByText("Noted: you like green tea.").waitFor();
   step("tool activity");
 
+  // Silent refresh: with a dead access token the first call gets a 401, the app refreshes the
+  // tokens once and retries; the user sees nothing of it.
+  const refreshes = [];
+  page.on("request", (r) => r.url().endsWith("/api/v1/auth/refresh") && refreshes.push(r.url()));
+  await page.evaluate(() => {
+    const session = JSON.parse(localStorage.getItem("agentmem.session"));
+    localStorage.setItem("agentmem.session", JSON.stringify({ ...session, access: "expired" }));
+  });
+  await page.reload();
+  await page.getByLabel("Message", { exact: true }).waitFor();
+
   // The dashboard shows today's usage.
   await page.getByRole("link", { name: "Usage" }).click();
   await page.getByRole("heading", { name: "Usage" }).waitFor();
   await page.locator("figure.chart rect").first().waitFor();
   result.notes.messagesCard = await page.locator("dl[aria-label='Totals for the range'] dd").first().innerText();
+  result.notes.refreshes = refreshes.length;
+  result.notes.signedIn = await page.getByRole("button", { name: "Sign out" }).isVisible();
   await axe("dashboard");
   await shot("dashboard");
   step("dashboard");

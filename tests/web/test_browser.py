@@ -141,6 +141,7 @@ async def test_the_issues_scenario_in_chromium(live_url: str, scripted_llm: Scri
         "human block edited with a conflict merged",
         "archival add, find, edit, delete",
         "agent used the human block",
+        "conversations renamed, created, deleted",
         "375 px",
         "budget used up",
     ]
@@ -162,6 +163,8 @@ async def test_the_issues_scenario_in_chromium(live_url: str, scripted_llm: Scri
         "Name: Grace. Favourite animal: cats. Lives in Lisbon. Plays chess."
     )
     assert notes["found"] and all("Miso" in text for text in notes["found"])
+    # Newest first: the chat just started above the renamed one.
+    assert notes["conversations"] == ["New chat", "Grace's chat"]
     assert notes["mobileOverflow"] <= 0
     assert "resets" in notes["budgetAlert"]
     assert result["axe"] and all(not v for v in result["axe"].values()), result["axe"]

@@ -180,11 +180,29 @@ try {
   await shot("memory");
   step("archival add, find, edit, delete");
 
-  // The agent uses the edited human block.
+  // The agent uses the edited human block (the message typed and sent from the keyboard).
   await page.getByRole("link", { name: "Chat" }).click();
-  await send("What is my favourite animal?");
+  await page.getByLabel("Message", { exact: true }).focus();
+  await page.keyboard.type("What is my favourite animal?");
+  await page.keyboard.press("Enter");
   await page.getByText("Your favourite animal is cats.").waitFor();
   step("agent used the human block");
+
+  // Conversations: rename this one, start another (listed first), delete it.
+  const sidebar = page.getByRole("navigation", { name: "Conversations" });
+  await sidebar.getByRole("button", { name: "Rename Hello there" }).click();
+  await page.getByLabel("New title").fill("Grace's chat");
+  await page.keyboard.press("Enter");
+  await sidebar.getByRole("link", { name: "Grace's chat" }).waitFor();
+  await sidebar.getByRole("button", { name: "New chat" }).click();
+  await sidebar.getByRole("link", { name: "New chat" }).waitFor();
+  result.notes.conversations = await sidebar.getByRole("link").allInnerTexts();
+  page.once("dialog", (dialog) => dialog.accept());
+  await sidebar.getByRole("button", { name: "Delete New chat" }).click();
+  await sidebar.getByRole("link", { name: "New chat" }).waitFor({ state: "detached" });
+  await sidebar.getByRole("link", { name: "Grace's chat" }).click();
+  await page.getByText("Your favourite animal is cats.").waitFor();
+  step("conversations renamed, created, deleted");
 
   // 375 px wide: nothing wider than the screen.
   await page.setViewportSize({ width: 375, height: 740 });

@@ -128,7 +128,9 @@ async def test_the_issues_scenario_in_chromium(live_url: str, scripted_llm: Scri
         raise
     assert process.returncode == 0, (out.decode(), err.decode())
     result = json.loads(out.decode().strip().splitlines()[-1])
-    assert "error" not in result, f"{result['error']}\nsteps done: {result['steps']}"
+    assert "error" not in result, (
+        f"{result['error']}\nsteps done: {result['steps']}\npage errors: {result['pageErrors']}"
+    )
     notes = result["notes"]
 
     assert result["steps"] == [

@@ -1,4 +1,4 @@
-import { useCallback, useEffect, useState, type FormEvent } from "react";
+import { useCallback, useEffect, useRef, useState, type FormEvent } from "react";
 import { useChat } from "@ai-sdk/react";
 import { DefaultChatTransport, type UIMessage } from "ai";
 import { api, authFetch, describeError, type Schemas } from "../api/client";
@@ -236,6 +236,11 @@ function Chat(props: { chatId: string; initial: ChatMessage[]; onTurnDone: () =>
     onFinish: () => props.onTurnDone(),
   });
   const [input, setInput] = useState("");
+  const end = useRef<HTMLDivElement>(null);
+  // Follow the conversation: the newest text (or the error under it) stays in view.
+  useEffect(() => {
+    end.current?.scrollIntoView({ block: "end" });
+  }, [messages, error]);
   const busy = status === "submitted" || status === "streaming";
 
   const submit = (event: FormEvent) => {
@@ -284,6 +289,7 @@ function Chat(props: { chatId: string; initial: ChatMessage[]; onTurnDone: () =>
           {describeError(error)}
         </p>
       )}
+      <div ref={end} className="chat-end" />
       <form className="composer" onSubmit={submit}>
         <label htmlFor="message" className="sr-only">
           Message

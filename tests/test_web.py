@@ -6,6 +6,7 @@ the app's document, so the types cannot drift from the API."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -94,4 +95,27 @@ def test_committed_openapi_document_is_the_apps() -> None:
     """`make openapi` rewrites web/openapi.json; then `cd web && npm run gen`."""
     assert json.loads(OUT.read_text()) == json.loads(document()), (
         "web/openapi.json is stale: run `make openapi` and `cd web && npm run gen`"
+    )
+
+
+GENERATOR = OUT.parent / "node_modules" / ".bin" / "openapi-typescript"
+
+
+@pytest.mark.skipif(
+    not GENERATOR.exists(), reason="web/node_modules is not installed (make web installs it)"
+)
+def test_committed_types_are_generated_from_the_committed_document(tmp_path: Path) -> None:
+    """web/src/api/schema.d.ts is `npm run gen`'s output for web/openapi.json, not edited."""
+    out = tmp_path / "schema.d.ts"
+    done = subprocess.run(
+        [str(GENERATOR), str(OUT), "-o", str(out)],
+        cwd=OUT.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    committed = OUT.parent / "src" / "api" / "schema.d.ts"
+    assert committed.read_text() == out.read_text(), (
+        "web/src/api/schema.d.ts is stale: run `make openapi`"
     )

@@ -54,6 +54,8 @@ def _responder(body: dict[str, Any]) -> Script | None:
         return Text(STORY, pause=0.15)
     if "another story" in said:
         return Text(SECOND_STORY, pause=0.1)
+    if "Other tab story" in said:
+        return Text(" ".join(f"Elsewhere{i}." for i in range(30)), pause=0.05)
     if "green tea" in said:
         return ToolCall("core_memory_append", {"label": "human", "content": "Likes green tea."})
     if "favourite animal" in said:
@@ -138,6 +140,7 @@ async def test_the_issues_scenario_in_chromium(live_url: str, scripted_llm: Scri
         "reply streamed",
         "stopped",
         "resumed after reload",
+        "409 shown",
         "tool activity",
         "dashboard",
         "human block edited with a conflict merged",
@@ -155,6 +158,9 @@ async def test_the_issues_scenario_in_chromium(live_url: str, scripted_llm: Scri
     # The reply that was running at the reload came back (still partial), then finished.
     assert "THE END." not in notes["afterReloadText"]
     assert SECOND_STORY in notes["resumedText"]
+    # 409 while another tab's reply runs: said in words, not a raw error.
+    assert notes["conflict"]["otherTab"] == 200
+    assert notes["conflict"]["alert"].startswith("Conflict: ")
     # A dead access token: refreshed once (not once per request), still signed in.
     assert notes["refreshes"] == 1 and notes["signedIn"]
     # Every turn counted: today's usage on the dashboard (greeting, story, second story, tea).

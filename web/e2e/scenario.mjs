@@ -109,6 +109,30 @@ try {
   result.notes.resumedText = await assistant().innerText();
   step("resumed after reload");
 
+  // 409: another tab's reply is running in this conversation; this tab's message is refused
+  // with a clear message, and the next one, once that reply is done, goes through.
+  const otherTab = await page.evaluate(async () => {
+    const { access } = JSON.parse(localStorage.getItem("agentmem.session"));
+    const id = window.location.pathname.split("/").pop();
+    const res = await fetch("/api/v1/chat/ui", {
+      method: "POST",
+      headers: { Authorization: `Bearer ${access}`, "Content-Type": "application/json" },
+      body: JSON.stringify({
+        id,
+        trigger: "submit-message",
+        messages: [{ id: "other-tab", role: "user", parts: [{ type: "text", text: "Other tab story" }] }],
+      }),
+    });
+    window.otherTabDone = res.text();
+    return res.status;
+  });
+  await send("Am I interrupting?");
+  const conflict = page.getByRole("alert").filter({ hasText: "Conflict" });
+  await conflict.waitFor();
+  result.notes.conflict = { otherTab, alert: await conflict.innerText() };
+  await page.evaluate(() => window.otherTabDone);
+  step("409 shown");
+
   // The agent edits its memory: the tool call is shown.
   await send("Remember that I like green tea");
   await page.getByText(/Memory: core memory append ✓/).waitFor();

@@ -85,6 +85,8 @@ async def live_url(
             chat_event_flush_seconds=0.02,
             sse_ping_seconds=0.5,
             web_dist_dir=WEB / "dist",
+            # Low enough for the scenario's last step to reach it, above what it sends before.
+            rate_limit="15/minute",
         )
     )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -149,6 +151,7 @@ async def test_the_issues_scenario_in_chromium(live_url: str, scripted_llm: Scri
         "conversations renamed, created, deleted",
         "375 px",
         "budget used up",
+        "429 shown",
     ]
     # Streamed: the page showed the reply at several lengths before it was whole.
     assert notes["partialLengths"] >= 3
@@ -175,6 +178,7 @@ async def test_the_issues_scenario_in_chromium(live_url: str, scripted_llm: Scri
     assert notes["conversations"] == ["New chat", "Grace's chat"]
     assert notes["mobileOverflow"] <= 0
     assert "resets" in notes["budgetAlert"]
+    assert notes["rateLimited"].startswith("Too many messages")
     assert result["axe"] and all(not v for v in result["axe"].values()), result["axe"]
     assert result["pageErrors"] == []
     for name in ("signup", "chat", "dashboard", "memory", "chat-375", "budget-used-up"):

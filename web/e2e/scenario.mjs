@@ -248,6 +248,15 @@ try {
   result.notes.budgetAlert = await alert.innerText();
   await shot("budget-used-up");
   step("budget used up");
+
+  // 429: messages past the per-user rate limit are refused with words, not a raw error.
+  const limited = page.getByRole("alert").filter({ hasText: "Too many" });
+  for (let i = 0; i < 30 && !(await limited.count()); i++) {
+    await send(`Again ${i}`);
+    await page.getByRole("alert").filter({ hasText: /budget|Too many/ }).waitFor();
+  }
+  result.notes.rateLimited = await limited.innerText();
+  step("429 shown");
 } catch (error) {
   result.error = String(error?.stack ?? error);
   await shot("failure").catch(() => undefined);

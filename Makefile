@@ -15,7 +15,7 @@ export TEST_DATABASE_URL
 # The Supabase CLI, pinned by its npm lock file, for the tests of `supabase db push` against
 # the app's own migration runner (tests/test_supabase_cli.py).
 SUPABASE_CLI_DIR := tools/supabase-cli
-SUPABASE_CLI := $(SUPABASE_CLI_DIR)/node_modules $(OPENAPI_TS_DIR)/node_modules/.package-lock.json
+SUPABASE_CLI := $(SUPABASE_CLI_DIR)/node_modules/.package-lock.json
 # TypeScript generators and tsc, pinned, for tests/test_openapi_typescript.py.
 OPENAPI_TS_DIR := tools/openapi-ts
 OPENAPI_TS := $(OPENAPI_TS_DIR)/node_modules/.package-lock.json

@@ -119,9 +119,10 @@ def _component_models() -> list[type[BaseModel]]:
     """Schemas no route returns as its response model, named in the OpenAPI document: each
     SSE event's data, and the LLM route's answers."""
     from app.chat.schemas import SSE_EVENTS
+    from app.chat.ui_schemas import UI_CHUNKS
     from app.llm_proxy.schemas import STREAM_MODELS
 
-    return [*SSE_EVENTS.values(), *STREAM_MODELS]
+    return [*SSE_EVENTS.values(), *STREAM_MODELS, *UI_CHUNKS]
 
 
 def _api_routers() -> list[APIRouter]:

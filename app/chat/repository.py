@@ -112,15 +112,17 @@ class NewTurn:
     first_event: TurnEvent
     conversation_id: UUID
     client_message_id: str | None = None
+    # The conversation's title if it has none yet (from its first message; '' for none).
+    auto_title: str = ""
 
     def params(self) -> tuple[object, ...]:
-        """$1..$10 of the turn + first-event inserts below ($9: the conversation, $10: the
-        client's message id)."""
+        """$1..$11 of the turn + first-event inserts below ($9: the conversation, $10: the
+        client's message id, $11: the conversation's title if it has none)."""
         e = self.first_event
         return (
             self.id, self.user_id, self.content, self.instance_id, self.created_at,
             e.seq, e.event, e.json(),
-            self.conversation_id, self.client_message_id,
+            self.conversation_id, self.client_message_id, self.auto_title,
         )  # fmt: skip
 
 
@@ -144,8 +146,9 @@ async def admit_ready_turn(conn: Conn, turn: NewTurn) -> FastAdmission:
     its first event. Raises asyncpg.UniqueViolationError when a streaming turn was inserted
     meanwhile (the partial unique index: the snapshot read here may predate the lock)."""
     # The turn ($1..$5, its conversation $9, the client's id $10) and its first event
-    # ($6..$8), inserted only when the lock ($11) was free; `insert_turn` below inserts the
-    # same two rows unconditionally.
+    # ($6..$8), inserted only when the lock ($12) was free, and the conversation's activity
+    # (its title $11 if it has none) in the same statement: no round trip of its own before
+    # the first event. `insert_turn` below writes the same rows unconditionally.
     row = await conn.fetchrow(
         """
         with p as (
@@ -153,7 +156,7 @@ async def admit_ready_turn(conn: Conn, turn: NewTurn) -> FastAdmission:
             where p.id = $2 and p.provisioning_status = 'ready' and p.agent_id is not null
               and not exists (select 1 from turns t where t.user_id = $2 and t.status = 'streaming')
         ),
-        l as (select pg_try_advisory_xact_lock(hashtextextended($11, 0)) as locked from p),
+        l as (select pg_try_advisory_xact_lock(hashtextextended($12, 0)) as locked from p),
         turn as (
             insert into turns (id, user_id, user_message, instance_id, created_at, heartbeat_at,
                                conversation_id, client_message_id)
@@ -164,6 +167,12 @@ async def admit_ready_turn(conn: Conn, turn: NewTurn) -> FastAdmission:
             insert into turn_events (turn_id, seq, user_id, event, data)
             select id, $6, user_id, $7, $8::text::jsonb from turn
             returning 1
+        ),
+        touched as (
+            update conversations
+            set last_activity_at = greatest(last_activity_at, now()),
+                title = coalesce(title, nullif($11, ''))
+            where id = $9 and exists (select 1 from turn)
         )
         select (select agent_id from p) as agent_id, (select count(*) from ev) = 1 as inserted
         """,
@@ -189,6 +198,12 @@ async def insert_turn(conn: Conn, turn: NewTurn) -> None:
             insert into turn_events (turn_id, seq, user_id, event, data)
             select id, $6, user_id, $7, $8::text::jsonb from turn
             returning 1
+        ),
+        touched as (
+            update conversations
+            set last_activity_at = greatest(last_activity_at, now()),
+                title = coalesce(title, nullif($11, ''))
+            where id = $9 and exists (select 1 from turn)
         )
         select
         """,

@@ -28,9 +28,9 @@ parallel in different conversations of one user: one turn in flight per user, ac
 conversations, enforced by the same lock and partial unique index as before. The agent's memory
 (blocks, archival) is shared by every conversation, so two concurrent turns could each edit a
 block from the same stale copy; and the budget is per user (a turn is admitted on a check, so
-one turn in flight is what bounds overspend). After admission the turn's task records the
-message on its conversation (activity time; the title from the first message) and asks the
-agent provider for its own conversation (created on first use, stored on our row).
+one turn in flight is what bounds overspend). The admission statement itself records the
+message on its conversation (activity time; the title from the first message); the turn's task
+asks the agent provider for its own conversation (created on first use, stored on our row).
 
 Budget bound: a turn is admitted on a check (nothing left, counting the LLM route's
 reservations: 402), not reserved: its cost is unknown until the agent ends (tool steps, Letta's
@@ -209,6 +209,7 @@ async def start_turn(
         first,
         conversation.id,
         client_message_id,
+        auto_title(content),
     )
     try:
         admitted = await _admit_fast(deps, turn)
@@ -322,7 +323,6 @@ async def _run_turn(
     # From here to the end of the agent's stream a stop cancels this task (see TurnRun).
     run.stoppable = True
     try:
-        await _record_activity(deps, conversation, content)
         if run.stop_requested:  # stopped before the agent was called: it never is
             outcome.stopped = True
         else:
@@ -379,16 +379,6 @@ def _agent_was_lost(outcome: _Outcome) -> bool:
         and not outcome.deltas
         and not outcome.messages
     )
-
-
-async def _record_activity(deps: TurnDeps, conversation: ConversationRow, content: str) -> None:
-    """The conversation's activity time, and its title from its first message. Best effort:
-    a failure here must not fail the turn that was admitted."""
-    try:
-        async with deps.runtime.db.acquire() as conn:
-            await conversations_repo.touch(conn, conversation.id, auto_title(content))
-    except Exception:  # noqa: BLE001
-        logger.warning("recording activity on conversation %s failed", conversation.id)
 
 
 async def _provider_conversation(

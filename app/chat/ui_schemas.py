@@ -9,11 +9,14 @@ README).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.chat.schemas import MAX_CLIENT_MESSAGE_ID_CHARS, MAX_MESSAGE_CHARS
+from app.chat.schemas import MAX_CLIENT_MESSAGE_ID_CHARS, MAX_MESSAGE_CHARS, StreamErrorEventOut
+from app.openapi import component_ref
 from app.platform.text import PlainText, check_text
 
 # How many messages a request may carry: the SDK sends the whole chat each time by default.
@@ -114,57 +117,110 @@ Comment lines (`: ping`) keep idle connections open. A client that goes away doe
 the turn; `GET /chat/ui/{chat_id}/stream` replays it."""
 
 
-def _chunk(kind: str, **properties: Any) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["type", *[k for k in properties if not k.endswith("?")]],
-        "properties": {
-            "type": {"const": kind},
-            **{k.rstrip("?"): v for k, v in properties.items()},
-        },
-    }
+class UIUsageOut(BaseModel):
+    model: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost: float
+    estimated: bool
 
 
-_STR = {"type": "string"}
-_ANY: dict[str, Any] = {}
-_METADATA = {"type": "object"}
+class UIMessageMetadataOut(BaseModel):
+    """The reply's `metadata`, merged by the SDK from the chunks that carry some (`start`,
+    `message-metadata`, `finish`): a TypeScript app's `UIMessage<UIMessageMetadataOut>`."""
 
-UI_CHUNK_SCHEMA: dict[str, Any] = {
-    "oneOf": [
-        _chunk("start", messageId=_STR, messageMetadata=_METADATA),
-        _chunk("text-start", id=_STR),
-        _chunk("text-delta", id=_STR, delta=_STR),
-        _chunk("text-end", id=_STR),
-        _chunk(
-            "tool-input-available",
-            toolCallId=_STR,
-            toolName=_STR,
-            input=_ANY,
-            providerExecuted={"type": "boolean"},
-        ),
-        _chunk(
-            "tool-output-available",
-            toolCallId=_STR,
-            output=_ANY,
-            providerExecuted={"type": "boolean"},
-        ),
-        _chunk(
-            "tool-output-error",
-            toolCallId=_STR,
-            errorText=_STR,
-            providerExecuted={"type": "boolean"},
-        ),
-        _chunk("message-metadata", messageMetadata=_METADATA),
-        _chunk("error", errorText=_STR),
-        _chunk(
-            "finish",
-            finishReason={
-                "enum": ["stop", "length", "content-filter", "tool-calls", "error", "other"]
-            },
-            **{"messageMetadata?": _METADATA},
-        ),
-    ]
-}
+    turn_id: UUID | None = None
+    created_at: datetime | None = None
+    conversation_id: UUID | None = None
+    usage: UIUsageOut | None = None
+    remaining_budget: float | None = None
+    error: StreamErrorEventOut | None = None
+    status: str | None = Field(None, description="The turn's end: completed, cancelled, ...")
+
+
+class _Chunk(BaseModel):
+    # The SDK's own field names (camelCase), as its `uiMessageChunkSchema` checks them.
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class UIStartChunkOut(_Chunk):
+    type: Literal["start"]
+    message_id: str = Field(alias="messageId")
+    message_metadata: UIMessageMetadataOut = Field(alias="messageMetadata")
+
+
+class UITextStartChunkOut(_Chunk):
+    type: Literal["text-start"]
+    id: str
+
+
+class UITextDeltaChunkOut(_Chunk):
+    type: Literal["text-delta"]
+    id: str
+    delta: str
+
+
+class UITextEndChunkOut(_Chunk):
+    type: Literal["text-end"]
+    id: str
+
+
+class UIToolInputAvailableChunkOut(_Chunk):
+    type: Literal["tool-input-available"]
+    tool_call_id: str = Field(alias="toolCallId")
+    tool_name: str = Field(alias="toolName", description="The memory tool")
+    input: Any
+    provider_executed: bool = Field(alias="providerExecuted")
+
+
+class UIToolOutputAvailableChunkOut(_Chunk):
+    type: Literal["tool-output-available"]
+    tool_call_id: str = Field(alias="toolCallId")
+    output: Any
+    provider_executed: bool = Field(alias="providerExecuted")
+
+
+class UIToolOutputErrorChunkOut(_Chunk):
+    type: Literal["tool-output-error"]
+    tool_call_id: str = Field(alias="toolCallId")
+    error_text: str = Field(alias="errorText")
+    provider_executed: bool = Field(alias="providerExecuted")
+
+
+class UIMessageMetadataChunkOut(_Chunk):
+    type: Literal["message-metadata"]
+    message_metadata: UIMessageMetadataOut = Field(alias="messageMetadata")
+
+
+class UIErrorChunkOut(_Chunk):
+    type: Literal["error"]
+    error_text: str = Field(alias="errorText")
+
+
+class UIFinishChunkOut(_Chunk):
+    type: Literal["finish"]
+    finish_reason: Literal["stop", "length", "content-filter", "tool-calls", "error", "other"] = (
+        Field(alias="finishReason")
+    )
+    message_metadata: UIMessageMetadataOut | None = Field(None, alias="messageMetadata")
+
+
+# Each chunk type the stream sends, named in the OpenAPI document (app/main.py adds them).
+UI_CHUNKS: tuple[type[BaseModel], ...] = (
+    UIStartChunkOut,
+    UITextStartChunkOut,
+    UITextDeltaChunkOut,
+    UITextEndChunkOut,
+    UIToolInputAvailableChunkOut,
+    UIToolOutputAvailableChunkOut,
+    UIToolOutputErrorChunkOut,
+    UIMessageMetadataChunkOut,
+    UIErrorChunkOut,
+    UIFinishChunkOut,
+)
+
+UI_CHUNK_SCHEMA: dict[str, Any] = {"oneOf": [component_ref(m) for m in UI_CHUNKS]}
 
 UI_STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {

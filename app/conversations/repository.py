@@ -62,8 +62,20 @@ async def get(conn: Conn, user_id: UUID, conversation_id: UUID) -> ConversationR
 
 
 async def default_for(conn: Conn, user_id: UUID) -> ConversationRow:
-    """The user's default conversation, created on first need (one statement; the partial
-    unique index settles two concurrent creations: the loser reads the winner's row)."""
+    """The user's default conversation, created on first need. Read first: this is on every
+    message's path and the row almost always exists (a plain indexed read, not an insert
+    attempt). Creation is one statement; the partial unique index settles two concurrent
+    creations: the loser reads the winner's row."""
+    row = await conn.fetchrow(
+        """
+        select id, user_id, title, is_default, external_id, external_agent_id, created_at,
+               last_activity_at
+        from conversations where user_id = $1 and is_default
+        """,
+        user_id,
+    )
+    if row is not None:
+        return ConversationRow.from_record(row)
     row = await conn.fetchrow(
         f"""
         with created as (
@@ -129,21 +141,6 @@ async def rename(
         title,
     )
     return ConversationRow.from_record(row) if row is not None else None
-
-
-async def touch(conn: Conn, conversation_id: UUID, auto_title: str) -> None:
-    """A message went to the conversation: its activity time, and its title from this
-    message if it has none yet."""
-    await conn.execute(
-        """
-        update conversations
-        set last_activity_at = greatest(last_activity_at, now()),
-            title = coalesce(title, nullif($2, ''))
-        where id = $1
-        """,
-        conversation_id,
-        auto_title,
-    )
 
 
 async def set_external(

@@ -381,7 +381,7 @@ async def test_letta_stop_mid_stream_closes_the_stream_and_cancels_the_run_in_le
 ) -> None:
     """Letta's run outlives our connection: a stop closes the stream and then calls
     `POST /v1/agents/{id}/messages/cancel` with the run id (CancelAgentRunRequest in Letta
-    0.16.8's OpenAPI document; not exercised against a live Letta)."""
+    0.16.8's OpenAPI document; checked live: docs/letta-live.md)."""
     recording = Recording(FIXTURES)
     frames = recording.sse("stream-tokens-with-tool-call.sse").split(b"\n\n")
     # Up to the first assistant_message fragment, then nothing more until the connection goes.

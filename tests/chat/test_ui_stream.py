@@ -411,3 +411,40 @@ async def test_the_chat_id_names_the_conversation_and_its_resume(
     placed = {r["user_message"]: (str(r["id"]), r["is_default"]) for r in rows}
     assert placed["to the default"][1] is True
     assert placed["to the new one"] == (conversation, False)
+
+
+def test_every_chunk_the_mapping_makes_is_a_documented_chunk_and_the_route_names_them() -> None:
+    from app.chat.ui_schemas import UI_CHUNKS, UIMessageMetadataOut
+    from app.main import create_app
+
+    models = {m.model_fields["type"].annotation.__args__[0]: m for m in UI_CHUNKS}  # type: ignore[union-attr]
+    chunks = _map(
+        ("delta", {"text": "a"}),
+        ("tool", {"name": "core_memory_append", "status": "started"}),
+        ("tool", {"name": "core_memory_append", "status": "success"}),
+        ("tool", {"name": "archival_memory_search", "status": "error"}),
+        ("message", {"text": "a", "message_id": None}),
+        ("usage", {"model": "m", "prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3,
+                   "cost": 0.5, "estimated": False, "remaining_budget": 9.5}),
+        ("done", {"turn_id": TURN_ID, "status": "completed"}),
+    ) + _map(("error", {"code": "c", "message": "m", "retryable": False}))  # fmt: skip
+    metadata_fields = set(UIMessageMetadataOut.model_fields)
+    for chunk in chunks:
+        model = models[chunk["type"]]
+        model.model_validate(chunk)
+        # Nothing undocumented: every field by the SDK's name, every metadata key ours.
+        documented = {f.alias or name for name, f in model.model_fields.items()}
+        assert set(chunk) <= documented, chunk
+        assert set(chunk.get("messageMetadata") or {}) <= metadata_fields, chunk
+    assert {c["type"] for c in chunks} == set(models)
+
+    document = create_app().openapi()
+    for path, method in (("/api/v1/chat/ui", "post"), ("/api/v1/chat/ui/{chat_id}/stream", "get")):
+        stream = document["paths"][path][method]["responses"]["200"]["content"]["text/event-stream"]
+        done, chunk_branch = stream["schema"]["oneOf"]
+        assert done["properties"]["data"] == {"const": "[DONE]"}
+        refs = chunk_branch["properties"]["data"]["contentSchema"]["oneOf"]
+        names = {r["$ref"].removeprefix("#/components/schemas/") for r in refs}
+        assert names == {m.__name__ for m in UI_CHUNKS}
+        assert names <= set(document["components"]["schemas"])
+    assert "UIMessageMetadataOut" in document["components"]["schemas"]

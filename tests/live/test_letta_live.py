@@ -16,6 +16,7 @@ fake of the saga tests; the Letta server is reached for real (respx passes it th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -134,6 +135,26 @@ async def _chat(api: httpx.AsyncClient, token: str, content: str) -> list[Any]:
     return parse_sse(response.text)
 
 
+async def _stop_after_first_delta(
+    api: httpx.AsyncClient, app: FastAPI, token: str, body: dict[str, Any]
+) -> tuple[dict[str, Any], list[Any]]:
+    """Send, wait for the turn's first delta (the in-process ASGI client returns a response
+    only once it has ended, so the running turn is watched in the app's runtime), stop the
+    turn; the stop's answer and the whole stream."""
+    posted = asyncio.create_task(api.post("/api/v1/chat/message", json=body, headers=_auth(token)))
+    runtime = app.state.services.chat
+    deadline = time.monotonic() + 30
+    while not any(any(e.event == "delta" for e in r.events) for r in runtime.runs.values()):
+        assert time.monotonic() < deadline and not posted.done(), "no delta"
+        await asyncio.sleep(0.02)
+    turn_id = next(iter(runtime.runs))
+    stop = await api.post(f"/api/v1/chat/turns/{turn_id}/stop", headers=_auth(token))
+    assert stop.status_code == 200, stop.text
+    response = await posted
+    assert response.status_code == 200, response.text
+    return stop.json(), parse_sse(response.text)
+
+
 def _auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -171,6 +192,7 @@ async def _letta_get(path: str) -> httpx.Response:
 
 
 async def test_the_product_on_a_live_letta(
+    live_app: FastAPI,
     api: httpx.AsyncClient,
     llm: ScriptedLLM,
     litellm: tuple[FakeLiteLLM, respx.MockRouter],
@@ -415,6 +437,55 @@ async def test_the_product_on_a_live_letta(
         )
     assert (await _letta_get(f"/v1/conversations/{external}")).status_code == 404
 
+    # --- stop mid-reply: our stream closes, Letta's run is cancelled there, the user sends
+    # again at once; in the default conversation and in a Letta conversation ---
+    runs_after_stop: dict[str, str] = {}
+    for where in ("default", "conversation"):
+        body: dict[str, Any] = {"content": f"Tell me a long story ({where})"}
+        if where == "conversation":
+            conv = _ok(
+                steps,
+                await api.post("/api/v1/conversations", json={}, headers=_auth(carol["token"])),
+                201,
+            )
+            body["conversation_id"] = conv["id"]
+        words = " ".join(f"word{n}" for n in range(40))
+        llm.push(Text(words, pause=0.25))  # ~10 s if nobody stops it
+        status = _ok(steps, await api.get("/api/v1/agent/status", headers=_auth(carol["token"])))
+        before_letta = len(router.calls)
+        with steps.timed(f"stop mid-reply ({where})"):
+            stopped, rest = await _stop_after_first_delta(api, live_app, carol["token"], body)
+        cancels = [w for w in _letta_writes(router, before_letta) if w.endswith("/cancel")]
+        expected = (
+            f"/v1/agents/{status['agent_id']}/messages/cancel"
+            if where == "default"
+            else "/v1/conversations/"
+        )
+        # (One request reaches Letta; the client may have resent it once over a fresh
+        # connection: a cancel is idempotent.)
+        assert cancels and all(expected in c for c in cancels), cancels
+        assert stopped["status"] == "cancelled", stopped
+        assert rest[-1].event == "done" and rest[-1].data["status"] == "cancelled", rest
+        assert 0 < len(stopped["assistant_response"]) < len(words)
+        runs = (
+            await _letta_get(f"/v1/runs/?agent_id={status['agent_id']}&order=desc&limit=1")
+        ).json()
+        deadline = time.monotonic() + 10
+        while runs[0]["status"] not in ("cancelled", "completed", "failed"):
+            assert time.monotonic() < deadline, runs
+            await asyncio.sleep(0.2)
+            runs = (await _letta_get(f"/v1/runs/{runs[0]['id']}")).json()
+            runs = [runs]
+        runs_after_stop[where] = runs[0]["status"]
+        assert runs[0]["status"] == "cancelled", runs[0]
+        llm.push(Text("Short answer."))
+        with steps.timed(f"send right after the stop ({where})"):
+            response = await api.post(
+                "/api/v1/chat/message", json=body, headers=_auth(carol["token"])
+            )
+        assert response.status_code == 200, response.text
+        assert parse_sse(response.text)[-1].event == "done"
+
     # --- every LLM call of the run carried exactly one user's key ---
     completions = [r for r in llm.requests if r.path.endswith("/chat/completions")]
     assert {r.headers.get("authorization") for r in completions} <= {
@@ -425,6 +496,7 @@ async def test_the_product_on_a_live_letta(
         "letta": LETTA_URL,
         "steps": steps.figures,
         "errors": steps.errors,
+        "letta_runs_after_stop": runs_after_stop,
         "llm_calls": len(completions),
         "keys_per_user": {
             u["id"]: sorted(

@@ -428,7 +428,7 @@ class LettaAgents:
         """`POST /v1/agents/{id}/messages/cancel` with `{"run_ids": [...]}` (Letta 0.16.8's
         CancelAgentRunRequest; without a run id yet, every run of the agent: a user has one
         turn running), or, for a turn in a Letta conversation, `POST /v1/conversations/{id}/
-        cancel` (no body in 0.16.8's OpenAPI document; not yet checked live). Best effort,
+        cancel` (no body). Both checked live: the run ends `cancelled`. Best effort,
         within CANCEL_DEADLINE_SECONDS: the turn is stopped on our side whatever Letta
         answers."""
         if conversation is None:

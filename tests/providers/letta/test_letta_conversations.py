@@ -136,8 +136,8 @@ async def test_a_turn_in_a_conversation_closed_early_is_cancelled_there(
     letta: LettaAgents, letta_api: respx.MockRouter
 ) -> None:
     """A stop closes the stream; Letta's run outlives the connection, so it is cancelled with
-    the conversation's cancel route (no body in Letta 0.16.8's OpenAPI document; not checked
-    live), not the agent-level one."""
+    the conversation's cancel route (no body; checked live, docs/letta-live.md), not the
+    agent-level one."""
     letta_api.get(f"/v1/agents/{AGENT}").mock(return_value=response("create_agent"))
     recorded_stream = recorded("turn_in_conversation_with_tool_call")["response"]
     frames = recorded_stream.encode().split(b"\n\n")

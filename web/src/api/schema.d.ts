@@ -1430,6 +1430,182 @@ export interface components {
              */
             conversation_id: string;
         };
+        /** UIErrorChunkOut */
+        UIErrorChunkOut: {
+            /**
+             * Type
+             * @constant
+             */
+            type: "error";
+            /** Errortext */
+            errorText: string;
+        };
+        /** UIFinishChunkOut */
+        UIFinishChunkOut: {
+            /**
+             * Type
+             * @constant
+             */
+            type: "finish";
+            /**
+             * Finishreason
+             * @enum {string}
+             */
+            finishReason: "stop" | "length" | "content-filter" | "tool-calls" | "error" | "other";
+            /** @default null */
+            messageMetadata: components["schemas"]["UIMessageMetadataOut"] | null;
+        };
+        /** UIMessageMetadataChunkOut */
+        UIMessageMetadataChunkOut: {
+            /**
+             * Type
+             * @constant
+             */
+            type: "message-metadata";
+            messageMetadata: components["schemas"]["UIMessageMetadataOut"];
+        };
+        /**
+         * UIMessageMetadataOut
+         * @description The reply's `metadata`, merged by the SDK from the chunks that carry some (`start`,
+         *     `message-metadata`, `finish`): a TypeScript app's `UIMessage<UIMessageMetadataOut>`.
+         */
+        UIMessageMetadataOut: {
+            /**
+             * Turn Id
+             * @default null
+             */
+            turn_id: string | null;
+            /**
+             * Created At
+             * @default null
+             */
+            created_at: string | null;
+            /**
+             * Conversation Id
+             * @default null
+             */
+            conversation_id: string | null;
+            /** @default null */
+            usage: components["schemas"]["UIUsageOut"] | null;
+            /**
+             * Remaining Budget
+             * @default null
+             */
+            remaining_budget: number | null;
+            /** @default null */
+            error: components["schemas"]["StreamErrorEventOut"] | null;
+            /**
+             * Status
+             * @description The turn's end: completed, cancelled, ...
+             * @default null
+             */
+            status: string | null;
+        };
+        /** UIStartChunkOut */
+        UIStartChunkOut: {
+            /**
+             * Type
+             * @constant
+             */
+            type: "start";
+            /** Messageid */
+            messageId: string;
+            messageMetadata: components["schemas"]["UIMessageMetadataOut"];
+        };
+        /** UITextDeltaChunkOut */
+        UITextDeltaChunkOut: {
+            /**
+             * Type
+             * @constant
+             */
+            type: "text-delta";
+            /** Id */
+            id: string;
+            /** Delta */
+            delta: string;
+        };
+        /** UITextEndChunkOut */
+        UITextEndChunkOut: {
+            /**
+             * Type
+             * @constant
+             */
+            type: "text-end";
+            /** Id */
+            id: string;
+        };
+        /** UITextStartChunkOut */
+        UITextStartChunkOut: {
+            /**
+             * Type
+             * @constant
+             */
+            type: "text-start";
+            /** Id */
+            id: string;
+        };
+        /** UIToolInputAvailableChunkOut */
+        UIToolInputAvailableChunkOut: {
+            /**
+             * Type
+             * @constant
+             */
+            type: "tool-input-available";
+            /** Toolcallid */
+            toolCallId: string;
+            /**
+             * Toolname
+             * @description The memory tool
+             */
+            toolName: string;
+            /** Input */
+            input: unknown;
+            /** Providerexecuted */
+            providerExecuted: boolean;
+        };
+        /** UIToolOutputAvailableChunkOut */
+        UIToolOutputAvailableChunkOut: {
+            /**
+             * Type
+             * @constant
+             */
+            type: "tool-output-available";
+            /** Toolcallid */
+            toolCallId: string;
+            /** Output */
+            output: unknown;
+            /** Providerexecuted */
+            providerExecuted: boolean;
+        };
+        /** UIToolOutputErrorChunkOut */
+        UIToolOutputErrorChunkOut: {
+            /**
+             * Type
+             * @constant
+             */
+            type: "tool-output-error";
+            /** Toolcallid */
+            toolCallId: string;
+            /** Errortext */
+            errorText: string;
+            /** Providerexecuted */
+            providerExecuted: boolean;
+        };
+        /** UIUsageOut */
+        UIUsageOut: {
+            /** Model */
+            model: string | null;
+            /** Prompt Tokens */
+            prompt_tokens: number;
+            /** Completion Tokens */
+            completion_tokens: number;
+            /** Total Tokens */
+            total_tokens: number;
+            /** Cost */
+            cost: number;
+            /** Estimated */
+            estimated: boolean;
+        };
         /** UsageEventOut */
         UsageEventOut: {
             /** Model */

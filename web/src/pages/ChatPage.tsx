@@ -4,14 +4,9 @@ import { DefaultChatTransport, type UIMessage } from "ai";
 import { api, authFetch, describeError, type Schemas } from "../api/client";
 import { navigate } from "../router";
 
-/** What the server puts in a reply's metadata (the UI stream's `start`, `message-metadata`,
- * `finish` chunks). */
-type ReplyMetadata = {
-  turn_id?: string;
-  conversation_id?: string;
-  status?: string;
-  remaining_budget?: number | null;
-};
+/** The reply's metadata as the server documents it (UIMessageMetadataOut); partial, as the
+ * stream's `start`, `message-metadata` and `finish` chunks each bring some of it. */
+type ReplyMetadata = Partial<Schemas["UIMessageMetadataOut"]>;
 type ChatMessage = UIMessage<ReplyMetadata>;
 type Conversation = Schemas["ConversationOut"];
 

@@ -230,11 +230,17 @@ try {
 
   // 375 px wide: nothing wider than the screen.
   await page.setViewportSize({ width: 375, height: 740 });
-  await page.waitForTimeout(200);
-  result.notes.mobileOverflow = await page.evaluate(
-    () => document.documentElement.scrollWidth - document.documentElement.clientWidth,
-  );
-  await axe("chat-375");
+  result.notes.mobileOverflow = {};
+  for (const [link, heading] of [["Usage", "Usage"], ["Memory", "Memory"], ["Chat", null]]) {
+    await page.getByRole("link", { name: link }).click();
+    if (heading) await page.getByRole("heading", { name: heading, exact: true }).waitFor();
+    else await page.getByText("Your favourite animal is cats.").waitFor();
+    await page.waitForTimeout(200);
+    result.notes.mobileOverflow[link] = await page.evaluate(
+      () => document.documentElement.scrollWidth - document.documentElement.clientWidth,
+    );
+    await axe(`${link.toLowerCase()}-375`);
+  }
   await shot("chat-375");
   await page.setViewportSize({ width: 1280, height: 800 });
   step("375 px");

@@ -152,6 +152,7 @@ async def test_the_issues_scenario_in_chromium(live_url: str, scripted_llm: Scri
         "375 px",
         "budget used up",
         "429 shown",
+        "signed out everywhere",
     ]
     # Streamed: the page showed the reply at several lengths before it was whole.
     assert notes["partialLengths"] >= 3

@@ -263,6 +263,14 @@ try {
   }
   result.notes.rateLimited = await limited.innerText();
   step("429 shown");
+
+  // Signing out in another tab signs this one out too (the session is shared).
+  const second = await context.newPage();
+  await second.goto(`${BASE}/usage`);
+  await second.getByRole("button", { name: "Sign out" }).click();
+  await page.getByRole("heading", { name: "Create your account" }).waitFor();
+  await second.close();
+  step("signed out everywhere");
 } catch (error) {
   result.error = String(error?.stack ?? error);
   await shot("failure").catch(() => undefined);

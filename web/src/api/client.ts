@@ -31,6 +31,13 @@ function save(next: Session | null): void {
   listeners.forEach((listener) => listener());
 }
 
+// Another tab signed in, out, or refreshed (the old refresh token is then spent): follow it.
+window.addEventListener("storage", (event) => {
+  if (event.key !== KEY) return;
+  session = load();
+  listeners.forEach((listener) => listener());
+});
+
 export function currentSession(): Session | null {
   return session;
 }

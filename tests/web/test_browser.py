@@ -175,6 +175,7 @@ async def test_the_issues_scenario_in_chromium(live_url: str, scripted_llm: Scri
         "Name: Grace. Favourite animal: cats. Lives in Lisbon. Plays chess."
     )
     assert notes["found"] and all("Miso" in text for text in notes["found"])
+    assert notes["passagesAfterPaging"] == 11  # 10, then 1 more
     # Newest first: the chat just started above the renamed one.
     assert notes["conversations"] == ["New chat", "Grace's chat"]
     # 375 px wide: no page scrolls sideways.

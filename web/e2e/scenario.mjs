@@ -200,6 +200,12 @@ try {
   await page.getByRole("button", { name: "Search", exact: true }).click();
   await page.getByRole("button", { name: "Delete: Grace takes the tram to work" }).click();
   await page.locator("ul.passages").getByText("tram").waitFor({ state: "detached" });
+  // Paging: 10 a page, the rest behind "Load more".
+  for (let i = 0; i < 10; i++) await api("POST", "/api/v1/agent/memory/archival", { text: `Note ${i}`, tags: [] });
+  await page.getByRole("button", { name: "Search", exact: true }).click();
+  await page.getByRole("button", { name: "Load more" }).click();
+  await page.getByRole("button", { name: "Load more" }).waitFor({ state: "detached" });
+  result.notes.passagesAfterPaging = await page.locator("ul.passages li").count();
   await axe("memory");
   await shot("memory");
   step("archival add, find, edit, delete");

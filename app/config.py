@@ -159,6 +159,8 @@ class Settings(BaseSettings):
     # Strict-Transport-Security max-age, sent only on requests that came over TLS (scheme https,
     # which uvicorn takes from X-Forwarded-Proto of a trusted proxy); 0: no HSTS header.
     hsts_max_age_seconds: int = Field(365 * 24 * 3600, ge=0)
+    # The built web app served at / (app/web.py); without a build / says how to make one.
+    web_dist_dir: Path = Path(__file__).resolve().parent.parent / "web" / "dist"
 
     # --- process ---
     # After startup: freeze the startup heap out of the garbage collector and collect the

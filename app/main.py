@@ -109,6 +109,9 @@ def create_app(settings: Settings | None = None, overrides: Overrides | None = N
         document_auth_errors(router)
         app.include_router(router, prefix="/api/v1", dependencies=limits)
     install_openapi(app, _component_models)
+    from app.web import install_web
+
+    install_web(app, settings.web_dist_dir)
     return app
 
 

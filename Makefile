@@ -24,7 +24,7 @@ OPENAPI_TS := $(OPENAPI_TS_DIR)/node_modules/.package-lock.json
 AI_SDK_CHECK_DIR := tools/ai-sdk-check
 AI_SDK_CHECK := $(AI_SDK_CHECK_DIR)/node_modules/.package-lock.json
 
-.PHONY: run test test-letta-live bench check lint format install install-dev model supabase-cli openapi-ts ai-sdk-check web openapi clean
+.PHONY: screenshots run test test-letta-live bench check lint format install install-dev model supabase-cli openapi-ts ai-sdk-check web openapi clean
 
 # `make run` builds the built-in model only when the app would use it: not when LLM_BASE_URL
 # is set, in the environment (which wins, as in the app's settings) or in .env (last line wins;
@@ -109,6 +109,10 @@ web/dist/index.html: web/node_modules/.package-lock.json $(WEB_SOURCES)
 	cd web && npm run build
 
 # The API's OpenAPI document for the web app's generated types (tests/test_web.py checks it).
+# The README's screenshots, taken by the browser test (tests/web/test_browser.py).
+screenshots: install-dev web
+	SCREENSHOT_DIR=$(CURDIR)/docs/screenshots $(UV) run --no-sync pytest -q tests/web
+
 openapi: install-dev
 	$(UV) run --no-sync python -m tools.dump_openapi
 	cd web && npm run gen

@@ -1,7 +1,8 @@
 """The web app in a real browser (issue 14): web/e2e/scenario.mjs drives Debian's chromium with
 playwright-core through the issue's scenario against the backend served here by uvicorn, with
-the built-in providers and the scripted model. The screenshots it takes go to
-docs/screenshots/ (the README shows them). Skipped only without /usr/bin/chromium or node."""
+the built-in providers and the scripted model. The screenshots it takes go to a temporary
+folder (so `make test` leaves the tree clean), or with `make screenshots` (SCREENSHOT_DIR) to
+docs/screenshots/, which the README shows. Skipped only without /usr/bin/chromium or node."""
 
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ from tests.support.scripted_llm import Script, ScriptedLLM, Text, ToolCall
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "web"
-SCREENSHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 SCENARIO_SECONDS = 240
 
@@ -108,12 +108,15 @@ async def live_url(
     sock.close()
 
 
-async def test_the_issues_scenario_in_chromium(live_url: str, scripted_llm: ScriptedLLM) -> None:
+async def test_the_issues_scenario_in_chromium(
+    live_url: str, scripted_llm: ScriptedLLM, tmp_path: Path
+) -> None:
+    screenshots = Path(os.environ.get("SCREENSHOT_DIR") or tmp_path)
     env = {
         "PATH": os.environ.get("PATH", ""),
         "HOME": os.environ.get("HOME", ""),
         "AGENTMEM_URL": live_url,
-        "SCREENSHOT_DIR": str(SCREENSHOTS),
+        "SCREENSHOT_DIR": str(screenshots),
         "CHROMIUM": CHROMIUM,
     }
     process = await asyncio.create_subprocess_exec(
@@ -185,4 +188,4 @@ async def test_the_issues_scenario_in_chromium(live_url: str, scripted_llm: Scri
     assert result["axe"] and all(not v for v in result["axe"].values()), result["axe"]
     assert result["pageErrors"] == []
     for name in ("signup", "chat", "dashboard", "memory", "chat-375", "budget-used-up"):
-        assert (SCREENSHOTS / f"{name}.png").stat().st_size > 0
+        assert (screenshots / f"{name}.png").stat().st_size > 0

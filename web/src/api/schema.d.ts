@@ -240,7 +240,10 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Forget the conversation (`conversation`) or also restore memory (`full`) */
+        /**
+         * Forget the conversation (`conversation`) or also restore memory (`full`)
+         * @description 409 `turn_in_progress` (with `details.turn_id`) while a reply streams; a message sent while the reset runs gets 409 too.
+         */
         post: operations["reset_agent"];
         delete?: never;
         options?: never;

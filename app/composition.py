@@ -165,6 +165,7 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
     await chat.start()
     stack.push_async_callback(chat.stop)
     usage_service = UsageService(settings, db, billing)
+    turns = TurnDeps(settings, chat, agents, billing, provisioner)
     return AppState(
         settings=settings,
         db=db,
@@ -180,11 +181,13 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
         llm=llm,
         background=background,
         llm_proxy=LLMProxy(settings, db, billing, llm, background.spawn),
-        turns=TurnDeps(settings, chat, agents, billing, provisioner),
+        turns=turns,
         chat_history=ChatHistory(db),
         conversations=Conversations(db, agents),
         account_service=AccountService(settings, identity, db, provisioner, revocations),
         agent_service=AgentService(settings, db, agents, provisioner),
         usage_service=usage_service,
-        admin_service=AdminService(db, billing, usage_service, provisioner),
+        admin_service=AdminService(
+            settings, db, billing, usage_service, provisioner, revocations, turns
+        ),
     )

@@ -73,26 +73,27 @@ async def get_user(conn: Conn, user_id: UUID) -> UserRow | None:
     return UserRow(**dict(row)) if row is not None else None
 
 
-async def set_disabled(conn: Conn, user_id: UUID, disabled: bool) -> datetime | None:
-    """Sets or clears disabled_at (kept when already set); returns the new value."""
-    value: datetime | None = await conn.fetchval(
+async def disable(conn: Conn, user_id: UUID) -> tuple[datetime, float]:
+    """Sets disabled_at (kept when already set) and ends the user's sessions now; returns
+    disabled_at and the epoch before which the user's tokens are refused."""
+    row = await conn.fetchrow(
         """
         update profiles
-        set disabled_at = case when $2 then coalesce(disabled_at, clock_timestamp()) end,
+        set disabled_at = coalesce(disabled_at, clock_timestamp()),
+            sessions_revoked_at = clock_timestamp(),
             updated_at = now()
         where id = $1
-        returning disabled_at
+        returning disabled_at, extract(epoch from sessions_revoked_at)::float8 as revoked_before
         """,
         user_id,
-        disabled,
     )
-    return value
+    return row["disabled_at"], float(row["revoked_before"])
 
 
-async def disabled_users(conn: Conn) -> list[UUID]:
-    return [
-        r["id"] for r in await conn.fetch("select id from profiles where disabled_at is not null")
-    ]
+async def enable(conn: Conn, user_id: UUID) -> None:
+    await conn.execute(
+        "update profiles set disabled_at = null, updated_at = now() where id = $1", user_id
+    )
 
 
 async def insert_audit(

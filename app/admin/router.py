@@ -93,6 +93,31 @@ async def admin_reprovision(
     return await service.reprovision(admin.sub, user_id)
 
 
+@router.post(
+    "/users/{user_id}/disable",
+    response_model=AdminUserOut,
+    responses=error_responses(403, 404),
+    summary="Disable an account: 403 account_disabled on every route, sessions ended, "
+    "running turn stopped; audited",
+)
+async def admin_disable_user(
+    user_id: UUID, admin: AdminUser, service: AdminServiceDep
+) -> AdminUserOut:
+    return await service.disable(admin.sub, user_id)
+
+
+@router.post(
+    "/users/{user_id}/enable",
+    response_model=AdminUserOut,
+    responses=error_responses(403, 404),
+    summary="Re-enable an account: new logins work, ended sessions stay ended; audited",
+)
+async def admin_enable_user(
+    user_id: UUID, admin: AdminUser, service: AdminServiceDep
+) -> AdminUserOut:
+    return await service.enable(admin.sub, user_id)
+
+
 @router.get(
     "/usage",
     response_model=PlatformUsageOut,

@@ -27,11 +27,17 @@ from app.admin.schemas import (
     PlatformModelOut,
     PlatformUsageOut,
 )
+from app.auth import repository as auth_repository
+from app.auth.revocations import SessionRevocations
+from app.chat import repository as chat_repository
 from app.chat.history import InvalidCursor
+from app.chat.turns import TurnDeps, stop_turn
+from app.config import Settings
 from app.deps import services
 from app.errors import UpstreamError, UpstreamUnavailable
 from app.platform.db import Database
 from app.providers.billing import BillingProvider, Budget
+from app.providers.builtin import identity_repository
 from app.usage.schemas import BudgetOut
 from app.usage.service import UsageService, budget_out
 
@@ -68,6 +74,10 @@ def decode_audit_cursor(cursor: str) -> int:
     return value
 
 
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat()
+
+
 def _budget_dict(budget: BudgetOut) -> dict[str, Any]:
     return {"max_budget": budget.max_budget, "spend": budget.spend}
 
@@ -77,11 +87,17 @@ class AdminService:
 
     def __init__(
         self,
+        settings: Settings,
         db: Database,
         billing: BillingProvider,
         usage: UsageService,
         provisioner: Provisioner,
+        revocations: SessionRevocations,
+        turns: TurnDeps,
     ) -> None:
+        self._settings = settings
+        self._revocations = revocations
+        self._turns = turns
         self._db = db
         self._billing = billing
         self._usage = usage
@@ -159,6 +175,64 @@ class AdminService:
         after = {"status": done.status, "error": done.error}
         async with self._db.transaction() as conn:
             await repository.insert_audit(conn, admin_id, "reprovision", user_id, before, after)
+        (out,) = await self._out([await self._row(user_id)])
+        return out
+
+    async def disable(self, admin_id: UUID, user_id: UUID) -> AdminUserOut:
+        """Disable the account and end its sessions, in one transaction with the audit row:
+        the built-in identity's sessions are revoked (refresh tokens too) and, for any
+        identity, the user's tokens issued before now are refused. Then its running turns are
+        stopped. Idempotent: disabling a disabled account ends its sessions again."""
+        # How long a revoked session's access tokens may still be unexpired.
+        keep = float(
+            self._settings.access_token_ttl_seconds + self._settings.jwt_iat_leeway_seconds
+        )
+        async with self._db.transaction() as conn:
+            before = await repository.get_user(conn, user_id)
+            if before is None:
+                raise ProfileNotFound("no such user")
+            disabled_at, revoked_before = await repository.disable(conn, user_id)
+            sessions = await identity_repository.revoke_user_sessions(
+                conn, user_id, "account_disabled"
+            )
+            for session_id in sessions:
+                await auth_repository.insert_revocation(
+                    conn, session_id, user_id, "account_disabled", keep
+                )
+            await repository.insert_audit(
+                conn,
+                admin_id,
+                "disable",
+                user_id,
+                {"disabled_at": _iso(before.disabled_at)},
+                {"disabled_at": _iso(disabled_at), "sessions_ended": len(sessions)},
+            )
+        self._revocations.disable_here(user_id, revoked_before)
+        for session_id in sessions:
+            self._revocations.remember(session_id, keep)
+        async with self._db.acquire() as conn:
+            streaming = await chat_repository.streaming_turn_ids(conn, user_id)
+        for turn_id in streaming:
+            await stop_turn(self._turns, user_id, turn_id)
+        (out,) = await self._out([await self._row(user_id)])
+        return out
+
+    async def enable(self, admin_id: UUID, user_id: UUID) -> AdminUserOut:
+        """New logins work again; the sessions ended by the disable stay ended."""
+        async with self._db.transaction() as conn:
+            before = await repository.get_user(conn, user_id)
+            if before is None:
+                raise ProfileNotFound("no such user")
+            await repository.enable(conn, user_id)
+            await repository.insert_audit(
+                conn,
+                admin_id,
+                "enable",
+                user_id,
+                {"disabled_at": _iso(before.disabled_at)},
+                {"disabled_at": None},
+            )
+        self._revocations.enable_here(user_id)
         (out,) = await self._out([await self._row(user_id)])
         return out
 

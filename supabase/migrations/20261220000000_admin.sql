@@ -22,3 +22,11 @@ create index if not exists admin_audit_target_idx on public.admin_audit (target_
 -- RLS on and no policy: the API roles see nothing; only the backend reads and writes it.
 alter table public.admin_audit enable row level security;
 revoke all on public.admin_audit from anon, authenticated;
+
+-- When an admin last ended all of a user's sessions (disabling the account): access tokens of
+-- that user issued before it are refused (Supabase's sessions are not in our tables, so this
+-- is how theirs end). Kept after re-enabling: old sessions stay ended. Every instance loads
+-- the rows with a time or a disabled_at into memory and polls them (app/auth/revocations.py).
+alter table public.profiles add column if not exists sessions_revoked_at timestamptz;
+create index if not exists profiles_blocked_idx on public.profiles (id)
+    where disabled_at is not null or sessions_revoked_at is not null;

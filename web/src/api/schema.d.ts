@@ -209,6 +209,40 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/admin/users/{user_id}/disable": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Disable an account: 403 account_disabled on every route, sessions ended, running turn stopped; audited */
+        post: operations["admin_disable_user"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/admin/users/{user_id}/enable": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Re-enable an account: new logins work, ended sessions stay ended; audited */
+        post: operations["admin_enable_user"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/admin/usage": {
         parameters: {
             query?: never;
@@ -980,7 +1014,7 @@ export interface components {
              * Code
              * @enum {string}
              */
-            code: "internal_error" | "http_error" | "bad_request" | "unauthorized" | "invalid_credentials" | "invalid_refresh_token" | "budget_exceeded" | "forbidden" | "not_found" | "agent_not_found" | "memory_block_not_found" | "passage_not_found" | "profile_not_found" | "turn_not_found" | "conversation_not_found" | "method_not_allowed" | "conflict" | "email_taken" | "agent_not_provisioned" | "turn_in_progress" | "idempotency_conflict" | "agent_not_ready" | "precondition_failed" | "payload_too_large" | "unsupported_media_type" | "validation_error" | "memory_block_limit_exceeded" | "invalid_cursor" | "rate_limited" | "upstream_error" | "agent_upstream_error" | "llm_request_rejected" | "upstream_unavailable" | "database_unavailable" | "agent_upstream_unavailable" | "agent_upstream_timeout" | "llm_unavailable" | "builtin_model_unavailable" | "not_implemented" | "passage_edit_unsupported";
+            code: "internal_error" | "http_error" | "bad_request" | "unauthorized" | "invalid_credentials" | "invalid_refresh_token" | "budget_exceeded" | "forbidden" | "account_disabled" | "not_found" | "agent_not_found" | "memory_block_not_found" | "passage_not_found" | "profile_not_found" | "turn_not_found" | "conversation_not_found" | "method_not_allowed" | "conflict" | "email_taken" | "agent_not_provisioned" | "turn_in_progress" | "idempotency_conflict" | "agent_not_ready" | "precondition_failed" | "payload_too_large" | "unsupported_media_type" | "validation_error" | "memory_block_limit_exceeded" | "invalid_cursor" | "rate_limited" | "upstream_error" | "agent_upstream_error" | "llm_request_rejected" | "upstream_unavailable" | "database_unavailable" | "agent_upstream_unavailable" | "agent_upstream_timeout" | "llm_unavailable" | "builtin_model_unavailable" | "not_implemented" | "passage_edit_unsupported";
             /** Message */
             message: string;
             /** Request Id */
@@ -2169,6 +2203,15 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
+            /** @description An administrator disabled the account */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
             /** @description Payload too large */
             413: {
                 headers: {
@@ -2260,6 +2303,15 @@ export interface operations {
             };
             /** @description The refresh token is invalid, expired, revoked or already used */
             401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description An administrator disabled the account */
+            403: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2844,6 +2896,140 @@ export interface operations {
         };
     };
     admin_reprovision: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminUserOut"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unexpected server error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    admin_disable_user: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                user_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminUserOut"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unexpected server error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    admin_enable_user: {
         parameters: {
             query?: never;
             header?: never;

@@ -1,4 +1,5 @@
-"""`python -m app`: serve the API with uvicorn, as `make run` and the Dockerfile do."""
+"""`python -m app`: serve the API with uvicorn, as `make run` and the Dockerfile do.
+`python -m app admin create --email E [--password P]`: create or promote an admin."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ def server_options(settings: Settings) -> dict[str, Any]:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["admin"]:
+        from app.admin.cli import main as admin_main
+
+        sys.exit(admin_main(sys.argv[2:]))
     try:
         settings = get_settings()
     except ConfigError as exc:

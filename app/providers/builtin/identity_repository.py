@@ -156,3 +156,17 @@ async def revoke_user_sessions(conn: Conn, user_id: UUID, reason: str) -> list[U
         reason,
     )
     return [r["id"] for r in rows]
+
+
+async def grant_admin(conn: Conn, email: str) -> UUID | None:
+    """Adds role "admin" to the account's app metadata; its id, or None without an account."""
+    user_id: UUID | None = await conn.fetchval(
+        """
+        update auth.users
+        set raw_app_meta_data = coalesce(raw_app_meta_data, '{}'::jsonb) || '{"role": "admin"}'
+        where lower(email) = lower($1)
+        returning id
+        """,
+        email,
+    )
+    return user_id

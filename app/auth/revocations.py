@@ -66,6 +66,9 @@ class SessionRevocations:
         # (an admin ended all their sessions): reloaded whole on each poll (few rows).
         self._disabled: set[UUID] = set()
         self._revoked_before: dict[UUID, float] = {}
+        # Disables and enables made here, with when: a poll whose query ran before one of
+        # them committed must not undo it (its result replaces the sets).
+        self._local_changes: dict[UUID, tuple[float, bool]] = {}
 
     def is_revoked(self, session_id: str) -> bool:
         return session_id in self._revoked
@@ -86,9 +89,11 @@ class SessionRevocations:
         """Honour a disable at once on this instance (others: at their next poll)."""
         self._disabled.add(user_id)
         self._revoked_before[user_id] = max(revoked_before, self._revoked_before.get(user_id, 0))
+        self._local_changes[user_id] = (time.monotonic(), True)
 
     def enable_here(self, user_id: UUID) -> None:
         self._disabled.discard(user_id)
+        self._local_changes[user_id] = (time.monotonic(), False)
 
     def remember(self, session_id: UUID, keep_seconds: float) -> None:
         """A revocation already written (in the caller's transaction), honoured here at once."""
@@ -112,16 +117,28 @@ class SessionRevocations:
     async def poll(self) -> None:
         """Load the sessions revoked since the last poll (all of them the first time)."""
         since = None if self._polled_at is None else self._polled_at - POLL_OVERLAP
+        started = time.monotonic()
         async with self._db.acquire() as conn:
             polled_at = await repository.database_now(conn)
             rows = await repository.revocations_since(conn, since)
             blocks = await repository.user_blocks(conn)
-        self._disabled = {row["id"] for row in blocks if row["disabled"]}
-        self._revoked_before = {
+        disabled = {row["id"] for row in blocks if row["disabled"]}
+        revoked_before = {
             row["id"]: float(row["revoked_before"])
             for row in blocks
             if row["revoked_before"] is not None
         }
+        for user_id, (at, is_disabled) in list(self._local_changes.items()):
+            if at < started:
+                del self._local_changes[user_id]  # this poll's query saw it committed
+            elif is_disabled:
+                disabled.add(user_id)
+                revoked_before[user_id] = max(
+                    revoked_before.get(user_id, 0), self._revoked_before.get(user_id, 0)
+                )
+            else:
+                disabled.discard(user_id)
+        self._disabled, self._revoked_before = disabled, revoked_before
         for row in rows:
             self._remember(str(row["session_id"]), float(row["remaining"]))
         self._polled_at = polled_at

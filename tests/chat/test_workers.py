@@ -176,7 +176,7 @@ async def test_two_workers_share_turns_resume_stop_and_admission(
 ) -> None:
     # A stop asked on the worker that does not run the turn reaches the owner through the
     # database, read when it renews its leases (every eighth of the lease): 0.25 s here.
-    app = await cluster.start("api", workers=2, CHAT_TURN_LEASE_SECONDS="2")
+    app = await cluster.start("api", workers=2, CHAT_TURN_LEASE_SECONDS="2", RATE_LIMIT="6/minute")
     async with contextlib.AsyncExitStack() as stack:
         workers = await _workers_serving(app, stack)
         names = {pid: _index_of(pid) for pid in workers}
@@ -230,6 +230,17 @@ async def test_two_workers_share_turns_resume_stop_and_admission(
                 "/api/v1/chat/message", json={"content": "x"}, headers=headers
             )
             assert freed.status_code == 200, freed.text
+
+        # The per-user limit (6/minute) counts on both workers together (through Redis).
+        limited = await _register((await _client_on(app, workers[0], stack)).http)
+        statuses = []
+        for worker in workers * 4:
+            pinned = await _client_on(app, worker, stack)
+            async with pinned.http.stream(
+                "POST", "/api/v1/chat/message", json={"content": "hi"}, headers=limited
+            ) as response:
+                statuses.append(response.status_code)
+        assert statuses == [200, 409, 409, 409, 409, 409, 429, 429]
     print(f"\ntwo workers: a stop from the other worker took {stop_seconds:.2f} s")
 
 

@@ -44,6 +44,11 @@ def _redis_reachable() -> bool:
 pytestmark = pytest.mark.skipif(not _redis_reachable(), reason="needs Redis on 6379")
 
 
+# Every worker pid the test saw, killed at teardown if still running (a worker whose
+# supervisor died is no longer found as its child).
+_SEEN: set[int] = set()
+
+
 def _worker_pids(supervisor: int) -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):
@@ -52,6 +57,7 @@ def _worker_pids(supervisor: int) -> list[int]:
                 stat = Path(f"/proc/{entry}/stat").read_text()
                 if int(stat.rsplit(")", 1)[1].split()[1]) == supervisor:
                     pids.append(int(entry))
+    _SEEN.update(pids)
     return sorted(pids)
 
 
@@ -164,9 +170,12 @@ async def cluster(database_url: str, tmp_path: Path) -> AsyncIterator[AppCluster
         finally:
             # The workers die with their supervisor (SIGTERM on its death); kill them too.
             for app in apps.processes:
-                for pid in _worker_pids(app.process.pid):
-                    with contextlib.suppress(ProcessLookupError):
+                _worker_pids(app.process.pid)
+            for pid in _SEEN:
+                with contextlib.suppress(OSError):
+                    if b"--worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
                         os.kill(pid, signal.SIGKILL)
+            _SEEN.clear()
             kill_leftovers(apps.processes)
             apps.stop_all()
 
@@ -285,6 +294,13 @@ async def test_a_killed_worker_is_restarted_and_fails_only_its_own_turn(
         restarted = _worker_pids(app.process.pid)
         assert len(restarted) == 2 and victim not in restarted
         assert sorted(_index_of(pid) for pid in restarted) == ["api#0", "api#1"]
+
+    # No worker outlives its supervisor, even one killed with SIGKILL.
+    app.kill()
+    deadline = time.monotonic() + DEADLINE
+    while any(_alive(pid) for pid in restarted):
+        assert time.monotonic() < deadline, "a worker outlived its supervisor"
+        await asyncio.sleep(0.1)
     print(
         f"\nkilled worker restarted; its orphaned turn failed {failed_after:.2f} s after the kill"
     )
@@ -295,3 +311,11 @@ def _index_of(pid: int) -> str:
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     index = next(e for e in environ if e.startswith(b"WORKER_INDEX=")).split(b"=", 1)[1]
     return f"api#{index.decode()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

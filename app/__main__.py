@@ -113,6 +113,8 @@ class Supervisor:
             self.workers,
         )
         for index in range(self.workers):
+            if self.stopping:  # a signal during the start: start no more
+                break
             self._spawn(index)
         due: dict[int, float] = {}  # index -> when a dead worker is started again
         while not self.stopping:

@@ -80,4 +80,6 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=40s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/live' % os.environ.get('PORT', '8000'), timeout=4)"]
 # uvicorn drains on SIGTERM (30 s graceful shutdown); give `docker stop -t 40` or similar.
 STOPSIGNAL SIGTERM
+# WORKERS processes on PORT (unset: every CPU when REDIS_URL and DATABASE_URL are set, else 1;
+# set it under a CPU quota). The supervisor passes SIGTERM on and waits for them to drain.
 CMD ["python", "-m", "app"]

@@ -7,6 +7,7 @@ with a placeholder secret or a missing required value, naming the variable.
 from __future__ import annotations
 
 import json
+import os
 import socket
 from functools import lru_cache
 from pathlib import Path
@@ -46,6 +47,14 @@ class Settings(BaseSettings):
     # streaming at once, instead of waiting out their lease. Unset: `<hostname>:<PORT>`. No
     # "/": turns record `<instance_id>/<boot id>`.
     instance_id: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[^/]+$")
+    # Worker processes `python -m app` runs on PORT (one socket, the kernel spreads the
+    # connections). Unset: the CPUs this process may use when REDIS_URL and DATABASE_URL are
+    # set, else 1. More than 1 requires both: rate-limit counts kept in a worker's memory would
+    # multiply every limit by the workers, and only one process may run the embedded Postgres.
+    workers: int | None = Field(None, ge=1, le=256)
+    # Set by `python -m app` in each worker it starts (0, 1, ...), never by hand: the worker's
+    # instance name is then `<instance name>#<index>`, the same across the worker's restarts.
+    worker_index: int | None = Field(None, ge=0)
     # Proxies in front of the app that append to X-Forwarded-For (Railway: 1). The client is the
     # entry this many places from the right; 0: the header is ignored, the socket peer counts.
     # app/platform/client_address.py
@@ -209,9 +218,19 @@ class Settings(BaseSettings):
 
     @property
     def instance_name(self) -> str:
-        if self.instance_id:
-            return self.instance_id
-        return f"{socket.gethostname()}:{self.port}"
+        base = self.instance_id or f"{socket.gethostname()}:{self.port}"
+        # Each worker its own name: at startup a worker fails the turns left streaming under
+        # its name, which must not be its live siblings' turns (app/chat/runtime.py).
+        return base if self.worker_index is None else f"{base}#{self.worker_index}"
+
+    @property
+    def worker_count(self) -> int:
+        """WORKERS, or its default (see `workers`)."""
+        if self.workers is not None:
+            return self.workers
+        if not (self.redis_url and self.database_url):
+            return 1
+        return max(1, len(os.sched_getaffinity(0)))
 
     @property
     def gc_tuning_enabled(self) -> bool:

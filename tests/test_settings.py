@@ -198,3 +198,39 @@ def test_the_server_refuses_to_start_in_production_without_cors_origins(tmp_path
     assert result.returncode != 0
     assert "CORS_ORIGINS is required in production" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_workers_default_to_the_cpus_only_when_several_are_correct() -> None:
+    from app.__main__ import check_workers
+
+    cpus = len(os.sched_getaffinity(0))
+    assert Settings(_env_file=None).worker_count == 1  # type: ignore[call-arg]
+    assert production().worker_count == 1  # no REDIS_URL: counts in one process only
+    assert production(redis_url="redis://cache:6379/0").worker_count == cpus
+    assert check_workers(production(redis_url="redis://cache:6379/0", workers=3)) == 3
+    assert check_workers(production(workers=1)) == 1
+
+
+def test_several_workers_require_redis_and_a_database_url() -> None:
+    from app.__main__ import check_workers
+
+    with pytest.raises(ConfigError, match="WORKERS > 1 requires REDIS_URL"):
+        check_workers(production(workers=2))
+    no_database = Settings(_env_file=None, workers=2, redis_url="redis://cache:6379/0")  # type: ignore[call-arg]
+    with pytest.raises(ConfigError, match="WORKERS > 1 requires DATABASE_URL"):
+        check_workers(no_database)
+
+
+def test_each_worker_has_its_own_stable_instance_name() -> None:
+    assert production(instance_id="api").instance_name == "api"
+    assert production(instance_id="api", worker_index=0).instance_name == "api#0"
+    assert production(port=8000, worker_index=3).instance_name.endswith(":8000#3")
+
+
+def test_the_server_refuses_several_workers_without_redis(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    env.update({"PORT": "9", "WORKERS": "2", "DATABASE_URL": "postgresql://app@127.0.0.1:9/app"})
+    result = _start_server(env, tmp_path)
+    assert result.returncode != 0
+    assert "WORKERS > 1 requires REDIS_URL" in result.stderr
+    assert "Traceback" not in result.stderr

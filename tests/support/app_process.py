@@ -64,8 +64,9 @@ class AppCluster:
     env: dict[str, str] = field(default_factory=dict)
     processes: list[AppProcess] = field(default_factory=list)
 
-    async def start(self, name: str, **env: str) -> AppProcess:
-        """Start `name` (its INSTANCE_ID) and wait until it serves."""
+    async def start(self, name: str, *, workers: int | None = None, **env: str) -> AppProcess:
+        """Start `name` (its INSTANCE_ID) and wait until it serves. With `workers`: as
+        deployed, `python -m app` with WORKERS (its supervisor is the process)."""
         port = free_port()
         child_env = {
             k: v
@@ -108,6 +109,9 @@ class AppCluster:
             "--timeout-graceful-shutdown",
             "2",
         ]
+        if workers is not None:
+            args = [sys.executable, "-m", "app"]
+            child_env.update({"HOST": "127.0.0.1", "PORT": str(port), "WORKERS": str(workers)})
         log = self.log_dir / f"{name}-{len(self.processes)}.log"
         spawned_at = time.monotonic()
         process = ManagedProcess(name, args, child_env, log)

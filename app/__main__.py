@@ -1,4 +1,5 @@
 """`python -m app`: serve the API with uvicorn, as `make run` and the Dockerfile do.
+`python -m app admin create --email E [--password P]`: create or promote an admin.
 
 With WORKERS > 1 this process is a small supervisor: it binds PORT once, starts WORKERS
 processes (`python -m app --worker INDEX --fd FD`) that serve that one socket (the kernel
@@ -175,6 +176,10 @@ def _run_worker(settings: Settings, fd: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["admin"]:
+        from app.admin.cli import main as admin_main
+
+        sys.exit(admin_main(args[1:]))
     try:
         settings = get_settings()
         if args[:1] == ["--worker"] and len(args) == 4 and args[2] == "--fd":

@@ -28,6 +28,7 @@ import httpx
 from app.accounts.passwords import common_passwords
 from app.accounts.provisioning import Provisioner
 from app.accounts.service import AccountService
+from app.admin.service import AdminService
 from app.agents.service import AgentService
 from app.auth.revocations import SessionRevocations
 from app.auth.tokens import TokenVerifier
@@ -109,6 +110,7 @@ class AppState:
     account_service: AccountService
     agent_service: AgentService
     usage_service: UsageService
+    admin_service: AdminService
 
 
 def http_client(settings: Settings) -> httpx.AsyncClient:
@@ -162,6 +164,8 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
     chat = ChatRuntime(settings, db)
     await chat.start()
     stack.push_async_callback(chat.stop)
+    usage_service = UsageService(settings, db, billing)
+    turns = TurnDeps(settings, chat, agents, billing, provisioner)
     return AppState(
         settings=settings,
         db=db,
@@ -177,10 +181,13 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
         llm=llm,
         background=background,
         llm_proxy=LLMProxy(settings, db, billing, llm, background.spawn),
-        turns=TurnDeps(settings, chat, agents, billing, provisioner),
+        turns=turns,
         chat_history=ChatHistory(db),
         conversations=Conversations(db, agents),
         account_service=AccountService(settings, identity, db, provisioner, revocations),
         agent_service=AgentService(settings, db, agents, provisioner),
-        usage_service=UsageService(settings, db, billing),
+        usage_service=usage_service,
+        admin_service=AdminService(
+            settings, db, billing, usage_service, provisioner, revocations, turns
+        ),
     )

@@ -68,6 +68,15 @@ class Forbidden(AppError):
     code = "forbidden"
 
 
+class AccountDisabled(Forbidden):
+    """An administrator disabled the account: every authenticated route refuses it."""
+
+    code = "account_disabled"
+
+    def __init__(self, message: str = "this account has been disabled") -> None:
+        super().__init__(message)
+
+
 class NotFound(AppError):
     status_code = 404
     code = "not_found"
@@ -134,6 +143,7 @@ ErrorCode = Literal[
     "invalid_refresh_token",
     "budget_exceeded",
     "forbidden",
+    "account_disabled",
     "not_found",
     "agent_not_found",
     "memory_block_not_found",

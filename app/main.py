@@ -128,6 +128,7 @@ def _component_models() -> list[type[BaseModel]]:
 def _api_routers() -> list[APIRouter]:
     """Feature routers, each mounted under /api/v1."""
     from app.accounts.router import router as accounts_router
+    from app.admin.router import router as admin_router
     from app.agents.router import router as agents_router
     from app.chat.router import router as chat_router
     from app.chat.ui_router import router as chat_ui_router
@@ -137,6 +138,7 @@ def _api_routers() -> list[APIRouter]:
 
     return [
         accounts_router,
+        admin_router,
         agents_router,
         chat_router,
         chat_ui_router,

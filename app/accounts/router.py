@@ -47,6 +47,7 @@ async def register(body: RegisterIn, service: AccountServiceDep) -> AuthOut:
     responses={
         **error_responses(*BODY_ERROR_STATUSES, 502, 503),
         401: {"model": ErrorEnvelope, "description": "Wrong email or password"},
+        403: {"model": ErrorEnvelope, "description": "An administrator disabled the account"},
         **RATE_LIMITED_RESPONSE,
     },
     dependencies=[Depends(ip_rate_limit("login"))],
@@ -70,6 +71,7 @@ async def login(
             "model": ErrorEnvelope,
             "description": "The refresh token is invalid, expired, revoked or already used",
         },
+        403: {"model": ErrorEnvelope, "description": "An administrator disabled the account"},
         **RATE_LIMITED_RESPONSE,
     },
     dependencies=[Depends(ip_rate_limit("refresh"))],

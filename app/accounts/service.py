@@ -32,6 +32,7 @@ from app.auth.revocations import SessionRevocations
 from app.auth.tokens import TokenClaims
 from app.config import Settings
 from app.deps import services
+from app.errors import AccountDisabled
 from app.platform.db import Database
 from app.providers.identity import AuthSession, IdentityProvider
 
@@ -229,10 +230,18 @@ class AccountService:
         return await register(body, self._identity, self._db, self._provisioner)
 
     async def login(self, body: LoginIn) -> AuthOut:
-        return await login(body, self._identity, self._db, self._provisioner)
+        # The password was right, but the tokens would be refused everywhere: say why here.
+        # (The session the identity opened is never handed out.)
+        out = await login(body, self._identity, self._db, self._provisioner)
+        if self._revocations.is_disabled(out.user.id):
+            raise AccountDisabled()
+        return out
 
     async def refresh(self, refresh_token: str) -> TokenOut:
-        return await refresh(refresh_token, self._identity, self._db)
+        out = await refresh(refresh_token, self._identity, self._db)
+        if self._revocations.is_disabled(out.user.id):
+            raise AccountDisabled()
+        return out
 
     async def logout(self, access_token: str, claims: TokenClaims) -> None:
         await logout(self._settings, self._identity, self._revocations, access_token, claims)

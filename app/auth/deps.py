@@ -9,7 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth.tokens import TokenClaims, TokenVerifier
 from app.deps import services
-from app.errors import Unauthorized
+from app.errors import Forbidden, Unauthorized
 
 _bearer = HTTPBearer(auto_error=False, description="Access token from /api/v1/auth/login")
 
@@ -27,3 +27,13 @@ async def current_claims(
 
 
 CurrentUser = Annotated[TokenClaims, Depends(current_claims)]
+
+
+async def admin_claims(claims: CurrentUser) -> TokenClaims:
+    """The caller, who must carry the admin role claim (`app_metadata.role == "admin"`)."""
+    if not claims.is_admin:
+        raise Forbidden("this needs an administrator")
+    return claims
+
+
+AdminUser = Annotated[TokenClaims, Depends(admin_claims)]

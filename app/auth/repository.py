@@ -52,3 +52,18 @@ async def revocations_since(conn: Conn, since: datetime | None) -> list[asyncpg.
         since,
     )
     return rows
+
+
+async def user_blocks(conn: Conn) -> list[asyncpg.Record]:
+    """Users an admin disabled or whose sessions an admin ended: the id, whether disabled now,
+    and the epoch before which their tokens are refused (null if never). Rows of users ever
+    disabled only: few, so the whole set is read on each poll (a partial index finds them)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        """
+        select id, disabled_at is not null as disabled,
+               extract(epoch from sessions_revoked_at)::float8 as revoked_before
+        from public.profiles
+        where disabled_at is not null or sessions_revoked_at is not null
+        """
+    )
+    return rows

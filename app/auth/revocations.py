@@ -12,6 +12,11 @@ the last poll (one small indexed query per instance per interval, whatever the t
 While the database cannot be reached the set is not refreshed (what it held stays): a
 revocation written just before an outage may reach other instances only after it.
 
+Accounts an admin disabled (`profiles.disabled_at`: 403 account_disabled) and users whose
+sessions an admin ended (`profiles.sessions_revoked_at`: their tokens issued before it are
+refused, which is how Supabase's sessions end too) are loaded by the same poll, whole each
+time (rows of ever-disabled users only), with the same bound for other instances.
+
 A row is kept only while a token of its session can still be unexpired (`forget_after`), so
 the set holds the sessions revoked within about one access-token lifetime.
 
@@ -34,6 +39,7 @@ from datetime import datetime, timedelta
 from uuid import UUID
 
 from app.auth import repository
+from app.errors import AccountDisabled, Unauthorized
 from app.platform.db import Database
 
 logger = logging.getLogger(__name__)
@@ -56,9 +62,42 @@ class SessionRevocations:
         self._polled_at: datetime | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_failure_log = -math.inf
+        # Accounts an admin disabled, and per user the epoch before which tokens are refused
+        # (an admin ended all their sessions): reloaded whole on each poll (few rows).
+        self._disabled: set[UUID] = set()
+        self._revoked_before: dict[UUID, float] = {}
+        # Disables and enables made here, with when: a poll whose query ran before one of
+        # them committed must not undo it (its result replaces the sets).
+        self._local_changes: dict[UUID, tuple[float, bool]] = {}
 
     def is_revoked(self, session_id: str) -> bool:
         return session_id in self._revoked
+
+    def is_disabled(self, user_id: UUID) -> bool:
+        return user_id in self._disabled
+
+    def check_user(self, user_id: UUID, issued_at: float) -> None:
+        """Refuses a disabled account (403) and a token issued before its sessions were ended
+        (401). Tokens carry whole seconds: one issued in the second of the revocation passes."""
+        if user_id in self._disabled:
+            raise AccountDisabled()
+        before = self._revoked_before.get(user_id)
+        if before is not None and issued_at < math.floor(before):
+            raise Unauthorized("session has ended")
+
+    def disable_here(self, user_id: UUID, revoked_before: float) -> None:
+        """Honour a disable at once on this instance (others: at their next poll)."""
+        self._disabled.add(user_id)
+        self._revoked_before[user_id] = max(revoked_before, self._revoked_before.get(user_id, 0))
+        self._local_changes[user_id] = (time.monotonic(), True)
+
+    def enable_here(self, user_id: UUID) -> None:
+        self._disabled.discard(user_id)
+        self._local_changes[user_id] = (time.monotonic(), False)
+
+    def remember(self, session_id: UUID, keep_seconds: float) -> None:
+        """A revocation already written (in the caller's transaction), honoured here at once."""
+        self._remember(str(session_id), keep_seconds)
 
     def __len__(self) -> int:
         return len(self._revoked)
@@ -78,9 +117,28 @@ class SessionRevocations:
     async def poll(self) -> None:
         """Load the sessions revoked since the last poll (all of them the first time)."""
         since = None if self._polled_at is None else self._polled_at - POLL_OVERLAP
+        started = time.monotonic()
         async with self._db.acquire() as conn:
             polled_at = await repository.database_now(conn)
             rows = await repository.revocations_since(conn, since)
+            blocks = await repository.user_blocks(conn)
+        disabled = {row["id"] for row in blocks if row["disabled"]}
+        revoked_before = {
+            row["id"]: float(row["revoked_before"])
+            for row in blocks
+            if row["revoked_before"] is not None
+        }
+        for user_id, (at, is_disabled) in list(self._local_changes.items()):
+            if at < started:
+                del self._local_changes[user_id]  # this poll's query saw it committed
+            elif is_disabled:
+                disabled.add(user_id)
+                revoked_before[user_id] = max(
+                    revoked_before.get(user_id, 0), self._revoked_before.get(user_id, 0)
+                )
+            else:
+                disabled.discard(user_id)
+        self._disabled, self._revoked_before = disabled, revoked_before
         for row in rows:
             self._remember(str(row["session_id"]), float(row["remaining"]))
         self._polled_at = polled_at

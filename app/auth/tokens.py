@@ -119,8 +119,11 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> TokenClaims:
         claims = await self._verified(token)
-        if self._revocations is not None and self._revocations.is_revoked(claims.session_id):
-            raise Unauthorized("session has ended")
+        if self._revocations is not None:
+            # A disabled account first: its ended sessions would otherwise say only 401.
+            self._revocations.check_user(claims.sub, float(claims.raw["iat"]))
+            if self._revocations.is_revoked(claims.session_id):
+                raise Unauthorized("session has ended")
         return claims
 
     async def _verified(self, token: str) -> TokenClaims:

@@ -548,3 +548,11 @@ async def streaming_turn_id(conn: Conn, user_id: UUID, conversation_id: UUID | N
         conversation_id,
     )
     return turn_id
+
+
+async def streaming_turn_ids(conn: Conn, user_id: UUID) -> list[UUID]:
+    """Every streaming turn of the user, in any conversation (an account being disabled)."""
+    rows = await conn.fetch(
+        "select id from turns where user_id = $1 and status = 'streaming'", user_id
+    )
+    return [r["id"] for r in rows]

@@ -77,6 +77,11 @@ class IdentityProvider(Protocol):
         """Revoke the session the access token belongs to."""
         ...
 
+    async def grant_admin(self, email: str) -> UUID | None:
+        """Give the account the admin role (`app_metadata.role = "admin"`, in its next
+        tokens); None when there is no account with this email."""
+        ...
+
     async def check(self) -> None:
         """Health probe; raises on failure."""
         ...

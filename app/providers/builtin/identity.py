@@ -211,6 +211,12 @@ class BuiltinIdentity:
         async with self._db.transaction() as conn:
             await repository.revoke_session_on_logout(conn, session, user_id)
 
+    async def grant_admin(self, email: str) -> UUID | None:
+        # The role is kept where Supabase keeps it (auth.users.raw_app_meta_data), and read
+        # into each access token's app_metadata at sign-in and refresh.
+        async with self._db.transaction() as conn:
+            return await repository.grant_admin(conn, normalize_email(email))
+
     async def check(self) -> None:
         async with self._db.acquire() as conn:
             await repository.probe(conn)

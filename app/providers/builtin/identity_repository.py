@@ -141,3 +141,32 @@ async def mark_rotated(conn: Conn, token_hash: str) -> None:
 async def probe(conn: Conn) -> None:
     """Health: the credentials table is there and readable."""
     await conn.fetchval("select 1 from public.identity_credentials limit 1")
+
+
+async def revoke_user_sessions(conn: Conn, user_id: UUID, reason: str) -> list[UUID]:
+    """End every open session of the user (their refresh tokens stop working); returns the
+    ended sessions' ids, whose access tokens the caller revokes."""
+    rows = await conn.fetch(
+        """
+        update public.identity_sessions set revoked_at = now(), revoked_reason = $2
+        where user_id = $1 and revoked_at is null
+        returning id
+        """,
+        user_id,
+        reason,
+    )
+    return [r["id"] for r in rows]
+
+
+async def grant_admin(conn: Conn, email: str) -> UUID | None:
+    """Adds role "admin" to the account's app metadata; its id, or None without an account."""
+    user_id: UUID | None = await conn.fetchval(
+        """
+        update auth.users
+        set raw_app_meta_data = coalesce(raw_app_meta_data, '{}'::jsonb) || '{"role": "admin"}'
+        where lower(email) = lower($1)
+        returning id
+        """,
+        email,
+    )
+    return user_id

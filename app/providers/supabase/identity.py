@@ -189,6 +189,29 @@ class SupabaseIdentity:
                 raise UpstreamUnavailable("identity service unavailable") from exc
             raise UpstreamError("identity service refused the sign-out") from exc
 
+    async def grant_admin(self, email: str) -> UUID | None:
+        """Through the Auth admin API: list users page by page (GET /admin/users) to find the
+        email, then PUT /admin/users/{id} with the merged app_metadata (writable only with the
+        service-role key, so a user cannot make themselves admin)."""
+        wanted = email.strip().lower()
+        page, per_page = 1, 1000
+        while True:
+            users = await self._call(
+                "list_users", self._admin.list_users(page=page, per_page=per_page), UpstreamError
+            )
+            for user in users:
+                if (user.email or "").lower() == wanted:
+                    meta = {**(user.app_metadata or {}), "role": "admin"}
+                    await self._call(
+                        "update_user",
+                        self._admin.update_user_by_id(user.id, {"app_metadata": meta}),
+                        UpstreamError,
+                    )
+                    return UUID(user.id)
+            if len(users) < per_page:
+                return None
+            page += 1
+
     async def check(self) -> None:
         response = await self._http.get(
             f"{self._auth_url}/health", headers={"apikey": self._anon_headers["apikey"]}

@@ -1,0 +1,1 @@
+"""The admin API (issue #15): users, budgets, platform usage and the audit trail."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from uuid import UUID
 
+from app.chat.turn_lock import hold_turn_lock
 from app.platform.db import Conn
 
 
@@ -29,9 +30,7 @@ async def hold_turns_and_find_streaming(conn: Conn, user_id: UUID) -> UUID | Non
     """Take the user's turn lock (the one chat admission takes; released when the caller's
     transaction ends: no turn is admitted meanwhile) and return a turn of theirs that is
     still streaming, if any."""
-    await conn.execute(
-        "select pg_advisory_xact_lock(hashtextextended($1, 0))", f"chat-turn:{user_id}"
-    )
+    await hold_turn_lock(conn, user_id)
     turn_id: UUID | None = await conn.fetchval(
         "select id from turns where user_id = $1 and status = 'streaming' limit 1", user_id
     )

@@ -15,6 +15,7 @@ from uuid import UUID
 import asyncpg
 
 from app.chat.events import EventName, TurnEvent, error_data
+from app.chat.turn_lock import turn_lock_key
 from app.platform.db import Conn
 
 _TURN_COLUMNS = """
@@ -92,7 +93,7 @@ async def admission_check(conn: Conn, user_id: UUID, lease_seconds: float) -> Ad
                (select heartbeat_at < now() - make_interval(secs => $3)
                 from turns where user_id = $2 and status = 'streaming') as stale
         """,
-        f"chat-turn:{user_id}",
+        turn_lock_key(user_id),
         user_id,
         lease_seconds,
     )
@@ -177,7 +178,7 @@ async def admit_ready_turn(conn: Conn, turn: NewTurn) -> FastAdmission:
         select (select agent_id from p) as agent_id, (select count(*) from ev) = 1 as inserted
         """,
         *turn.params(),
-        f"chat-turn:{turn.user_id}",
+        turn_lock_key(turn.user_id),
     )
     assert row is not None
     return FastAdmission(row["agent_id"], bool(row["inserted"]))

@@ -10,6 +10,7 @@ from uuid import UUID
 
 import asyncpg
 
+from app.chat.turn_lock import hold_turn_lock
 from app.platform.db import Conn
 
 _COLUMNS = """
@@ -164,9 +165,7 @@ async def delete(
     is streaming. Call in a transaction: the user's turn lock (the one admission takes) is
     held to its end, so no turn is admitted into the conversation between the check and the
     delete; an admission that comes after finds the conversation gone (foreign key: 404)."""
-    await conn.execute(
-        "select pg_advisory_xact_lock(hashtextextended($1, 0))", f"chat-turn:{user_id}"
-    )
+    await hold_turn_lock(conn, user_id)
     row = await conn.fetchrow(
         f"""
         select {_COLUMNS},

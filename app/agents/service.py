@@ -18,6 +18,8 @@ from app.agents.schemas import (
     PassageOut,
     PassagePageOut,
 )
+from app.chat import repository as chat_repository
+from app.chat.turn_lock import hold_turn_lock
 from app.config import Settings
 from app.deps import services
 from app.errors import Conflict
@@ -194,9 +196,10 @@ class AgentService:
         # admitted while it runs: the user's turn lock is held to the end (a message sent
         # meanwhile gets 409; a reset takes about a second with Letta).
         async with self._db.transaction() as conn:
-            streaming = await repository.hold_turns_and_find_streaming(conn, user_id)
-            if streaming is not None:
-                raise AgentBusy(streaming)
+            await hold_turn_lock(conn, user_id)
+            streaming = await chat_repository.streaming_turn_ids(conn, user_id)
+            if streaming:
+                raise AgentBusy(streaming[0])
             new = await self._agents.reset(
                 agent_id,
                 mode,

@@ -184,3 +184,20 @@ async def platform_model_days(
         tz,
     )
     return [PlatformModelDay(**{**dict(r), "cost": float(r["cost"])}) for r in rows]
+
+
+# Who an anonymised audit row names as its admin when that admin deleted their own account.
+ANONYMOUS_ADMIN = UUID(int=0)
+
+
+async def anonymise_user(conn: Conn, user_id: UUID) -> None:
+    """Account deletion keeps the audit trail of admin actions but forgets the account: as
+    their subject the row names no one (null), as the acting admin the nil UUID."""
+    await conn.execute(
+        "update admin_audit set target_user_id = null where target_user_id = $1", user_id
+    )
+    await conn.execute(
+        "update admin_audit set admin_user_id = $2 where admin_user_id = $1",
+        user_id,
+        ANONYMOUS_ADMIN,
+    )

@@ -19,6 +19,8 @@ class UserRow:
     created_at: datetime
     disabled_at: datetime | None
     last_activity_at: datetime | None
+    deletion_requested_at: datetime | None
+    deletion_error: str | None
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,10 @@ class AuditRow:
 # turn or LLM call, at quarter-hour precision, found through usage_by_model's primary key.
 _USER_COLUMNS = """p.id, p.email, p.provisioning_status, p.provisioning_error, p.created_at,
     p.disabled_at,
-    (select max(u.bucket) from usage_by_model u where u.user_id = p.id) as last_activity_at"""
+    (select max(u.bucket) from usage_by_model u where u.user_id = p.id) as last_activity_at,
+    d.requested_at as deletion_requested_at, d.last_error as deletion_error"""
+# The account's deletion, while it runs (the profile is gone once it is done).
+_DELETION_JOIN = "left join account_deletions d on d.user_id = p.id"
 
 
 async def list_users(
@@ -51,7 +56,7 @@ async def list_users(
     rows = await conn.fetch(
         f"""
         select {_USER_COLUMNS}
-        from profiles p
+        from profiles p {_DELETION_JOIN}
         where ($1::text is null or lower(p.email) like $1 escape '\\')
           and ($2::text is null or (lower(p.email), p.id) > ($2, $3::uuid))
         order by lower(p.email), p.id
@@ -67,7 +72,7 @@ async def list_users(
 
 async def get_user(conn: Conn, user_id: UUID) -> UserRow | None:
     row = await conn.fetchrow(
-        f"select {_USER_COLUMNS} from profiles p where p.id = $1",  # noqa: S608 - constant
+        f"select {_USER_COLUMNS} from profiles p {_DELETION_JOIN} where p.id = $1",  # noqa: S608
         user_id,
     )
     return UserRow(**dict(row)) if row is not None else None

@@ -284,18 +284,23 @@ class AccountDeletion:
     async def retry_due(self) -> int:
         """One pass: run the due deletions nobody holds, forget the expired finished ones.
         Returns how many deletions were run."""
-        async with self._db.transaction() as conn:
-            rows = await repository.claim_due(
-                conn, self._settings.account_deletion_lease_seconds, RETRY_BATCH
-            )
+        rows = await self._claim_due()
         for row in rows:
             await self._steps(row)
-        async with self._db.transaction() as conn:
-            await repository.purge_expired(conn)
         return len(rows)
 
+    async def _claim_due(self) -> list[DeletionRow]:
+        async with self._db.transaction() as conn:
+            await repository.purge_expired(conn)
+            return await repository.claim_due(
+                conn, self._settings.account_deletion_lease_seconds, RETRY_BATCH
+            )
+
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="account-deletions")
+        """Claim what is due now (deletions a stopped instance left unfinished), before the
+        app serves; their steps, and the later passes, run in the retry task."""
+        due = await self._claim_due()
+        self._task = asyncio.create_task(self._loop(due), name="account-deletions")
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -304,18 +309,21 @@ class AccountDeletion:
                 await self._task
             self._task = None
 
-    async def _loop(self) -> None:
-        # At once (deletions a stopped instance left unfinished), then on the schedule.
+    async def _loop(self, due: list[DeletionRow]) -> None:
         while True:
             try:
-                while await self.retry_due() == RETRY_BATCH:
-                    pass  # more are due
+                for row in due:
+                    await self._steps(row)
+                if len(due) < RETRY_BATCH:  # a full batch: more may be due, no wait
+                    await asyncio.sleep(self._settings.account_deletion_retry_seconds)
+                due = await self._claim_due()
             except Exception as exc:  # noqa: BLE001 - keep retrying whatever the failure
+                due = []
                 now = time.monotonic()
                 if now - self._last_failure_log >= FAILURE_LOG_INTERVAL_SECONDS:
                     self._last_failure_log = now
                     logger.warning("account deletion retries failed: %s", type(exc).__name__)
-            await asyncio.sleep(self._settings.account_deletion_retry_seconds)
+                await asyncio.sleep(self._settings.account_deletion_retry_seconds)
 
 
 async def _account_deletion(request: Request) -> AccountDeletion:

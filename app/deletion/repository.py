@@ -28,6 +28,7 @@ class DeletionRow:
     completed_at: datetime | None
     attempts: int
     last_error: str | None
+    swept_at: datetime | None
 
     def done(self, step: Step) -> bool:
         return {
@@ -43,7 +44,7 @@ class DeletionRow:
 
 
 _COLUMNS = """user_id, status, agent_id, agent_done_at, billing_done_at, identity_done_at,
-    data_done_at, requested_at, completed_at, attempts, last_error"""
+    data_done_at, requested_at, completed_at, attempts, last_error, swept_at"""
 
 # A step's column, from the fixed list above (never from input).
 _DONE_COLUMN: dict[Step, str] = {s: f"{s}_done_at" for s in STEPS}
@@ -111,8 +112,8 @@ async def claim(conn: Conn, user_id: UUID, lease_seconds: float) -> DeletionRow 
 
 
 async def claim_due(conn: Conn, lease_seconds: float, limit: int) -> list[DeletionRow]:
-    """Pending deletions whose retry time has come and that nobody holds, leased to the
-    caller. SKIP LOCKED: workers of several instances polling at once each get other rows."""
+    """Deletions whose retry (or final sweep) time has come and that nobody holds, leased to
+    the caller. SKIP LOCKED: workers of several instances polling at once get other rows."""
     rows = await conn.fetch(
         f"""
         update account_deletions
@@ -120,7 +121,7 @@ async def claim_due(conn: Conn, lease_seconds: float, limit: int) -> list[Deleti
             attempts = attempts + 1
         where user_id in (
             select user_id from account_deletions
-            where status = 'pending' and next_attempt_at <= clock_timestamp()
+            where swept_at is null and next_attempt_at <= clock_timestamp()
               and (lease_until is null or lease_until < clock_timestamp())
             order by next_attempt_at
             limit $2
@@ -145,18 +146,33 @@ async def mark_done(conn: Conn, user_id: UUID, step: Step) -> None:
     )
 
 
-async def finish(conn: Conn, user_id: UUID) -> DeletionRow | None:
+async def finish(conn: Conn, user_id: UUID, sweep_after_seconds: float) -> DeletionRow | None:
+    """Every step done; the final sweep is due `sweep_after_seconds` after the request."""
     return _row(
         await conn.fetchrow(
             f"""
             update account_deletions
             set status = 'done', completed_at = clock_timestamp(), lease_until = null,
-                last_error = null
+                last_error = null,
+                next_attempt_at = greatest(
+                    clock_timestamp(), requested_at + make_interval(secs => $2))
             where user_id = $1
             returning {_COLUMNS}
             """,  # noqa: S608 - constant columns
             user_id,
+            sweep_after_seconds,
         )
+    )
+
+
+async def mark_swept(conn: Conn, user_id: UUID) -> None:
+    await conn.execute(
+        """
+        update account_deletions
+        set swept_at = clock_timestamp(), lease_until = null, last_error = null
+        where user_id = $1
+        """,
+        user_id,
     )
 
 
@@ -181,8 +197,11 @@ async def release(
 
 
 async def purge_expired(conn: Conn) -> int:
-    """Forget finished deletions whose user's tokens have all expired."""
+    """Forget finished, swept deletions whose user's tokens have all expired."""
     result: str = await conn.execute(
-        "delete from account_deletions where status = 'done' and forget_after < clock_timestamp()"
+        """
+        delete from account_deletions
+        where status = 'done' and swept_at is not null and forget_after < clock_timestamp()
+        """
     )
     return int(result.split()[-1])

@@ -22,6 +22,8 @@ service down) leave the deletion `pending`: the request answers 202 and a task o
 instance (`start`) retries due deletions every ACCOUNT_DELETION_RETRY_SECONDS and once at
 startup. A run holds the row under a lease (`claim`, `claim_due` with SKIP LOCKED), so two
 workers or instances never run one deletion at once, and a crashed worker's lease runs out.
+Once done, a final sweep (`_sweep`) runs the billing and agent deletes again after every
+instance has learnt of the deletion; the row is purged when the user's tokens have expired.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import Depends, Request
@@ -90,7 +92,7 @@ def signed_in_at(claims: TokenClaims) -> float:
     return max(times) if times else float(claims.raw["iat"])
 
 
-def _error_code(step: Step, exc: BaseException) -> str:
+def _error_code(step: Step | Literal["sweep"], exc: BaseException) -> str:
     # AppError codes are fixed identifiers; anything else is summarised by its type only.
     return f"{step}:{exc.code if isinstance(exc, AppError) else 'error'}"
 
@@ -210,6 +212,8 @@ class AccountDeletion:
         return await self._steps(row)
 
     async def _steps(self, row: DeletionRow) -> DeletionRow:
+        if row.status == "done":
+            return await self._sweep(row)
         user_id = row.user_id
         errors: list[str] = []
 
@@ -242,12 +246,38 @@ class AccountDeletion:
                     conn, user_id, ",".join(sorted(errors)), self.retry_seconds
                 )
             else:
-                saved = await repository.finish(conn, user_id)
+                saved = await repository.finish(conn, user_id, self._sweep_after)
         assert saved is not None
         if errors:
             logger.warning("account deletion of %s waits: %s", user_id, saved.last_error)
         else:
             logger.info("account deletion of %s done", user_id)
+        return saved
+
+    @property
+    def _sweep_after(self) -> float:
+        # Two polls: by then every instance refuses the user's tokens.
+        return 2 * self._settings.revocation_poll_seconds
+
+    async def _sweep(self, row: DeletionRow) -> DeletionRow:
+        """The billing and agent deletes once more, after every instance has learnt of the
+        deletion: one that had not yet could have read the LiteLLM budget of the account and
+        so made its LiteLLM user again (a new agent cannot be made: provisioning refuses an
+        account being deleted)."""
+        try:
+            await self._billing.delete_account(row.user_id)
+            await self._delete_agents(row.user_id, row.agent_id)
+        except Exception as exc:  # noqa: BLE001 - retried like a step
+            logger.warning("account deletion of %s: sweep failed: %r", row.user_id, type(exc))
+            async with self._db.transaction() as conn:
+                saved = await repository.release(
+                    conn, row.user_id, _error_code("sweep", exc), self.retry_seconds
+                )
+        else:
+            async with self._db.transaction() as conn:
+                await repository.mark_swept(conn, row.user_id)
+                saved = await repository.get(conn, row.user_id)
+        assert saved is not None
         return saved
 
     async def _delete_agents(self, user_id: UUID, agent_id: str | None) -> None:

@@ -4,8 +4,8 @@
 -- personal data (no email): the user's id, the agent id to delete upstream, and the steps'
 -- progress. While the saga runs, every instance refuses the user's tokens (403
 -- account_disabled, app/auth/revocations.py reads these rows). Once every step is done the
--- row stays only until the user's last access token has expired (`forget_after`), so those
--- tokens keep being refused, and is then purged by the retry task.
+-- row stays only until the user's last access token has expired (`forget_after`) and the last
+-- sweep ran (`swept_at`), so those tokens keep being refused; the retry task then purges it.
 create table if not exists public.account_deletions (
     user_id uuid primary key,
     status text not null default 'pending' check (status in ('pending', 'done')),
@@ -23,12 +23,16 @@ create table if not exists public.account_deletions (
     -- Short error codes of the last attempt's failed steps (never a message).
     last_error text,
     next_attempt_at timestamptz not null default clock_timestamp(),
+    -- After the saga, one more pass of the billing and agent deletes once every instance has
+    -- learnt of the deletion (an instance that had not could have made the LiteLLM user again
+    -- by reading its budget); the row is purged only after it.
+    swept_at timestamptz,
     -- A worker (request or retry task, any instance) claims a row until lease_until.
     lease_until timestamptz
 );
 
 create index if not exists account_deletions_due_idx
-    on public.account_deletions (next_attempt_at) where status = 'pending';
+    on public.account_deletions (next_attempt_at) where swept_at is null;
 
 alter table public.account_deletions enable row level security;
 

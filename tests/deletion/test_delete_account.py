@@ -131,10 +131,16 @@ async def test_deleting_an_account_leaves_nothing_of_it_anywhere(
     # ... while it refuses her tokens everywhere (the retry task then forgets it).
     profile = await api.get("/user/profile", headers=alice.headers)
     assert profile.status_code == 403 and profile.json()["error"]["code"] == "account_disabled"
+    # Two retry passes later: the final sweep (once every instance knows), then, the tokens'
+    # lifetime past, the row is forgotten.
     async with db_pool.acquire() as conn:
         await conn.execute(
-            "update account_deletions set forget_after = now() - interval '1 second'"
+            "update account_deletions set next_attempt_at = now(),"
+            " forget_after = now() - interval '1 second'"
         )
+    await app.state.services.account_deletion.retry_due()
+    async with db_pool.acquire() as conn:
+        assert await conn.fetchval("select swept_at from account_deletions") is not None
     await app.state.services.account_deletion.retry_due()
     assert await leftovers(db_pool, alice.id, alice.email) == {}
 

@@ -183,6 +183,8 @@ def settings(settings_factory: Callable[..., Settings]) -> Settings:
         supabase_service_role_key=SERVICE,
         supabase_jwt_secret=SUPABASE_JWT_SECRET,
         account_deletion_retry_seconds=0.2,
+        # The final sweep comes two polls after a deletion: only when a test brings it on.
+        revocation_poll_seconds=30,
     )
 
 
@@ -383,3 +385,36 @@ async def test_supabase_down_keeps_the_data_until_the_identity_is_gone(
     assert await leftovers(db_pool, uuid.UUID(user_id), EMAIL) == {
         "public.account_deletions.user_id": 1
     }
+
+
+async def test_the_final_sweep_deletes_a_billing_user_made_again_meanwhile(
+    api: httpx.AsyncClient, services: Services, db_pool: asyncpg.Pool
+) -> None:
+    user_id, agent_id, token = await registered(api, services)
+    r = await api.delete("/user", headers=bearer(token))
+    assert r.status_code == 200, r.text
+    # An instance that had not yet polled the deletion read the budget, and LiteLLM's
+    # user was made again (`LiteLLMBilling._info`).
+    services.litellm.users[user_id] = {"user_id": user_id}
+    services.litellm._make_key(user_id, f"user:{user_id}")
+    async with db_pool.acquire() as conn:
+        await conn.execute("update account_deletions set next_attempt_at = now()")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        async with db_pool.acquire() as conn:
+            swept = await conn.fetchval("select swept_at from account_deletions")
+        if swept is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert swept is not None
+    assert services.litellm.users == {} and services.litellm.keys == []
+    assert len(services.sent("POST", "/user/delete")) == 2
+    # Letta was asked again too, and had nothing left to delete.
+    assert len(services.sent("DELETE", "/v1/agents/")) == 1
+    # Then, the tokens' lifetime past, the row goes.
+    async with db_pool.acquire() as conn:
+        await conn.execute("update account_deletions set forget_after = now() - interval '1 s'")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and await leftovers(db_pool, uuid.UUID(user_id), EMAIL):
+        await asyncio.sleep(0.05)
+    assert await leftovers(db_pool, uuid.UUID(user_id), EMAIL) == {}

@@ -150,7 +150,10 @@ async def test_deleting_an_account_leaves_nothing_of_it_anywhere(
     await chat(api, bob, "Bob is still here", None)
     assert (await api.get("/agent/memory", headers=bob.headers)).status_code == 200
 
-    # The identity is gone, and the email can register again, as a new account.
+    # The identity is gone (sign-in and sessions), and the email can register again, as a
+    # new account.
+    r = await api.post("/auth/refresh", json={"refresh_token": alice.refresh_token})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_refresh_token"
     r = await api.post("/auth/login", json={"email": alice.email, "password": PASSWORD})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_credentials"
     again = await register(api, alice.email)

@@ -37,6 +37,7 @@ from app.chat.runtime import ChatRuntime
 from app.chat.turns import TurnDeps
 from app.config import Settings
 from app.conversations.service import Conversations
+from app.deletion.service import AccountDeletion
 from app.llm_proxy.service import LLMProxy
 from app.platform.database_server import resolve_database
 from app.platform.db import Database, apply_migrations
@@ -111,6 +112,7 @@ class AppState:
     agent_service: AgentService
     usage_service: UsageService
     admin_service: AdminService
+    account_deletion: AccountDeletion
 
 
 def http_client(settings: Settings) -> httpx.AsyncClient:
@@ -166,6 +168,11 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
     stack.push_async_callback(chat.stop)
     usage_service = UsageService(settings, db, billing)
     turns = TurnDeps(settings, chat, agents, billing, provisioner)
+    # Retries unfinished account deletions now and on a schedule; stopped before the chat
+    # runtime and the providers it uses.
+    account_deletion = AccountDeletion(settings, db, identity, billing, agents, revocations, turns)
+    await account_deletion.start()
+    stack.push_async_callback(account_deletion.aclose)
     return AppState(
         settings=settings,
         db=db,
@@ -190,4 +197,5 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
         admin_service=AdminService(
             settings, db, billing, usage_service, provisioner, revocations, turns
         ),
+        account_deletion=account_deletion,
     )

@@ -88,6 +88,13 @@ class Settings(BaseSettings):
     # longest a revoked session's access token still works elsewhere (app/auth/revocations.py).
     revocation_poll_seconds: float = Field(5.0, gt=0, le=300)
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    # Deleting one's account (DELETE /user) without the password needs a fresh token: its
+    # sign-in (Supabase's `amr` time, else the token's `iat`) at most this many seconds ago.
+    account_deletion_fresh_seconds: int = Field(300, ge=0, le=86400)
+    # A deletion whose outside steps failed (a service down) is retried this often by a task
+    # of every instance (and at startup); a claimed deletion is leased for this long.
+    account_deletion_retry_seconds: float = Field(30.0, gt=0, le=3600)
+    account_deletion_lease_seconds: float = Field(120.0, gt=0, le=3600)
     # argon2id cost (built-in identity); defaults are argon2-cffi's RFC 9106 low-memory profile
     password_hash_time_cost: int = 3
     password_hash_memory_kib: int = 65536

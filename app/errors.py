@@ -77,6 +77,27 @@ class AccountDisabled(Forbidden):
         super().__init__(message)
 
 
+class ReauthenticationRequired(Forbidden):
+    """Deleting the account needs the password, or a token from a recent sign-in. 403, not
+    401: the token is valid, and a client must not take this for an expired session."""
+
+    code = "reauthentication_required"
+
+    def __init__(
+        self, message: str = "send your password (or sign in again) to delete your account"
+    ) -> None:
+        super().__init__(message)
+
+
+class InvalidPassword(Forbidden):
+    """The password sent to confirm an account deletion is not the account's."""
+
+    code = "invalid_password"
+
+    def __init__(self, message: str = "the password is not correct") -> None:
+        super().__init__(message)
+
+
 class NotFound(AppError):
     status_code = 404
     code = "not_found"
@@ -144,6 +165,8 @@ ErrorCode = Literal[
     "budget_exceeded",
     "forbidden",
     "account_disabled",
+    "reauthentication_required",
+    "invalid_password",
     "not_found",
     "agent_not_found",
     "memory_block_not_found",

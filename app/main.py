@@ -133,6 +133,7 @@ def _api_routers() -> list[APIRouter]:
     from app.chat.router import router as chat_router
     from app.chat.ui_router import router as chat_ui_router
     from app.conversations.router import router as conversations_router
+    from app.deletion.router import router as deletion_router
     from app.llm_proxy.router import router as llm_router
     from app.usage.router import router as usage_router
 
@@ -143,6 +144,7 @@ def _api_routers() -> list[APIRouter]:
         chat_router,
         chat_ui_router,
         conversations_router,
+        deletion_router,
         llm_router,
         usage_router,
     ]

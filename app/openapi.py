@@ -23,7 +23,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from app.auth.deps import current_claims
+from app.auth.deps import current_claims, deleting_claims
 from app.errors import error_responses
 
 REF_TEMPLATE = "#/components/schemas/{model}"
@@ -35,7 +35,10 @@ def operation_id(route: APIRoute) -> str:
 
 
 def _reads_token(dependant: Dependant) -> bool:
-    return any(dep.call is current_claims or _reads_token(dep) for dep in dependant.dependencies)
+    return any(
+        dep.call in (current_claims, deleting_claims) or _reads_token(dep)
+        for dep in dependant.dependencies
+    )
 
 
 def document_auth_errors(router: APIRouter) -> None:

@@ -43,6 +43,7 @@ async def test_the_lifespan_builds_one_state_and_closes_it_in_reverse_order(
         assert closed == []
     ours = [name for name in closed if not name.startswith("LifespanManager")]
     assert ours == [
+        "AccountDeletion.aclose",  # its retry task, which uses the chat runtime's stop
         "ChatRuntime.stop",
         "Limiter.aclose",
         "SessionRevocations.aclose",  # its polling task

@@ -27,9 +27,10 @@ from app.accounts import repository
 from app.accounts.repository import ProfileRow
 from app.accounts.schemas import AgentStatus, ProvisioningStatus
 from app.config import Settings
+from app.deletion import repository as deletion_repository
 from app.deps import services
-from app.errors import AppError, NotFound
-from app.platform.db import Database
+from app.errors import AccountDisabled, AppError, NotFound
+from app.platform.db import Conn, Database
 from app.providers.agents import AgentInfo, AgentProvider
 from app.providers.billing import BillingAccount, BillingProvider, LLMRoute
 
@@ -71,6 +72,14 @@ def _provisioned(row: ProfileRow) -> Provisioned:
     )
 
 
+async def _refuse_deleted(conn: Conn, user_id: UUID) -> None:
+    """Never make an agent or billing account for an account being deleted (a request that
+    passed the token check just before the deletion started, on another instance). Checked
+    under the provisioning lock, which the deletion's agent step holds too."""
+    if await deletion_repository.exists(conn, user_id):
+        raise AccountDisabled()
+
+
 class Provisioner:
     def __init__(
         self,
@@ -103,6 +112,7 @@ class Provisioner:
         # calls; the providers use their own connections and never lock the profile row.
         async with self._db.transaction() as conn:
             await repository.lock_provisioning(conn, user_id)
+            await _refuse_deleted(conn, user_id)
             row = await repository.get_profile(conn, user_id)
             if row is None:
                 raise ProfileNotFound("no profile for this account")
@@ -135,6 +145,7 @@ class Provisioner:
         serialized with provisioning: concurrent callers get the one replacement."""
         async with self._db.transaction() as conn:
             await repository.lock_provisioning(conn, user_id)
+            await _refuse_deleted(conn, user_id)
             row = await repository.get_profile(conn, user_id)
             if row is None:
                 raise ProfileNotFound("no profile for this account")

@@ -19,6 +19,8 @@ class UserRow:
     created_at: datetime
     disabled_at: datetime | None
     last_activity_at: datetime | None
+    deletion_requested_at: datetime | None
+    deletion_error: str | None
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,10 @@ class AuditRow:
 # turn or LLM call, at quarter-hour precision, found through usage_by_model's primary key.
 _USER_COLUMNS = """p.id, p.email, p.provisioning_status, p.provisioning_error, p.created_at,
     p.disabled_at,
-    (select max(u.bucket) from usage_by_model u where u.user_id = p.id) as last_activity_at"""
+    (select max(u.bucket) from usage_by_model u where u.user_id = p.id) as last_activity_at,
+    d.requested_at as deletion_requested_at, d.last_error as deletion_error"""
+# The account's deletion, while it runs (the profile is gone once it is done).
+_DELETION_JOIN = "left join account_deletions d on d.user_id = p.id"
 
 
 async def list_users(
@@ -51,7 +56,7 @@ async def list_users(
     rows = await conn.fetch(
         f"""
         select {_USER_COLUMNS}
-        from profiles p
+        from profiles p {_DELETION_JOIN}
         where ($1::text is null or lower(p.email) like $1 escape '\\')
           and ($2::text is null or (lower(p.email), p.id) > ($2, $3::uuid))
         order by lower(p.email), p.id
@@ -67,7 +72,7 @@ async def list_users(
 
 async def get_user(conn: Conn, user_id: UUID) -> UserRow | None:
     row = await conn.fetchrow(
-        f"select {_USER_COLUMNS} from profiles p where p.id = $1",  # noqa: S608 - constant
+        f"select {_USER_COLUMNS} from profiles p {_DELETION_JOIN} where p.id = $1",  # noqa: S608
         user_id,
     )
     return UserRow(**dict(row)) if row is not None else None
@@ -184,3 +189,20 @@ async def platform_model_days(
         tz,
     )
     return [PlatformModelDay(**{**dict(r), "cost": float(r["cost"])}) for r in rows]
+
+
+# Who an anonymised audit row names as its admin when that admin deleted their own account.
+ANONYMOUS_ADMIN = UUID(int=0)
+
+
+async def anonymise_user(conn: Conn, user_id: UUID) -> None:
+    """Account deletion keeps the audit trail of admin actions but forgets the account: as
+    their subject the row names no one (null), as the acting admin the nil UUID."""
+    await conn.execute(
+        "update admin_audit set target_user_id = null where target_user_id = $1", user_id
+    )
+    await conn.execute(
+        "update admin_audit set admin_user_id = $2 where admin_user_id = $1",
+        user_id,
+        ANONYMOUS_ADMIN,
+    )

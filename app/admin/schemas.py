@@ -24,6 +24,14 @@ class AdminUserOut(BaseModel):
     )
     spend: float | None = Field(description="USD this budget period; null if billing is down")
     max_budget: float | None = Field(description="USD per period; null if billing is down")
+    deletion_requested_at: dt.datetime | None = Field(
+        None,
+        description="Set while the user's account deletion runs (DELETE /user): it is disabled, "
+        "and steps waiting on an outside service are retried; the last step removes it",
+    )
+    deletion_error: str | None = Field(
+        None, description="The deletion's failed steps at its last attempt (short codes)"
+    )
 
 
 class AdminUserPageOut(BaseModel):

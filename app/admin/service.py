@@ -112,7 +112,14 @@ class AdminService:
             return None
 
     async def _out(self, rows: list[repository.UserRow]) -> list[AdminUserOut]:
-        budgets = await asyncio.gather(*(self._budget_or_none(r.id) for r in rows))
+        budgets = await asyncio.gather(
+            # Not for an account being deleted: reading a budget LiteLLM no longer has would
+            # make the billing user again (`LiteLLMBilling._info`).
+            *(self._budget_or_none(r.id) for r in rows if r.deletion_requested_at is None)
+        )
+        budget_of = dict(
+            zip([r.id for r in rows if r.deletion_requested_at is None], budgets, strict=True)
+        )
         return [
             AdminUserOut(
                 id=r.id,
@@ -122,10 +129,12 @@ class AdminService:
                 created_at=r.created_at,
                 disabled_at=r.disabled_at,
                 last_activity_at=r.last_activity_at,
-                spend=None if b is None else round(b.spend, 10),
+                deletion_requested_at=r.deletion_requested_at,
+                deletion_error=r.deletion_error,
+                spend=None if (b := budget_of.get(r.id)) is None else round(b.spend, 10),
                 max_budget=None if b is None else b.max_budget,
             )
-            for r, b in zip(rows, budgets, strict=True)
+            for r in rows
         ]
 
     async def list_users(

@@ -29,6 +29,23 @@ async def current_claims(
 CurrentUser = Annotated[TokenClaims, Depends(current_claims)]
 
 
+async def deleting_claims(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> TokenClaims:
+    """As `current_claims`, but an account whose deletion has started passes: asking to
+    delete it again answers the deletion's state instead of 403 (deleting twice is fine)."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("missing bearer token")
+    verifier: TokenVerifier = services(request).verifier
+    claims = await verifier.verify(credentials.credentials, deleting_ok=True)
+    request.state.access_token = credentials.credentials
+    return claims
+
+
+DeletingUser = Annotated[TokenClaims, Depends(deleting_claims)]
+
+
 async def admin_claims(claims: CurrentUser) -> TokenClaims:
     """The caller, who must carry the admin role claim (`app_metadata.role == "admin"`)."""
     if not claims.is_admin:

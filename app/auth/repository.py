@@ -56,14 +56,26 @@ async def revocations_since(conn: Conn, since: datetime | None) -> list[asyncpg.
 
 async def user_blocks(conn: Conn) -> list[asyncpg.Record]:
     """Users an admin disabled or whose sessions an admin ended: the id, whether disabled now,
-    and the epoch before which their tokens are refused (null if never). Rows of users ever
-    disabled only: few, so the whole set is read on each poll (a partial index finds them)."""
+    the epoch before which their tokens are refused (null if never), and whether the account
+    is being (or was just) deleted: an `account_deletions` row, which outlives the profile
+    until the user's last token has expired. Rows of users ever disabled or deleted only: few,
+    so the whole set is read on each poll (a partial index finds the profiles)."""
     rows: list[asyncpg.Record] = await conn.fetch(
         """
         select id, disabled_at is not null as disabled,
-               extract(epoch from sessions_revoked_at)::float8 as revoked_before
+               extract(epoch from sessions_revoked_at)::float8 as revoked_before,
+               false as deleting
         from public.profiles
         where disabled_at is not null or sessions_revoked_at is not null
+        union all
+        select user_id, true, extract(epoch from requested_at)::float8, true
+        from public.account_deletions
         """
     )
     return rows
+
+
+async def forget_user(conn: Conn, user_id: UUID) -> None:
+    """The user's revoked sessions (account deletion: the deletion row refuses every token of
+    theirs from now on, so these are no longer needed)."""
+    await conn.execute("delete from public.revoked_sessions where user_id = $1", user_id)

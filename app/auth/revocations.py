@@ -12,10 +12,12 @@ the last poll (one small indexed query per instance per interval, whatever the t
 While the database cannot be reached the set is not refreshed (what it held stays): a
 revocation written just before an outage may reach other instances only after it.
 
-Accounts an admin disabled (`profiles.disabled_at`: 403 account_disabled) and users whose
-sessions an admin ended (`profiles.sessions_revoked_at`: their tokens issued before it are
-refused, which is how Supabase's sessions end too) are loaded by the same poll, whole each
-time (rows of ever-disabled users only), with the same bound for other instances.
+Accounts being deleted (`account_deletions`, app/deletion) are disabled the same way, until
+their last token has expired. Accounts an admin disabled (`profiles.disabled_at`: 403
+account_disabled) and users whose sessions an admin ended (`profiles.sessions_revoked_at`:
+their tokens issued before it are refused, which is how Supabase's sessions end too) are
+loaded by the same poll, whole each time (rows of ever-disabled users only), with the same
+bound for other instances.
 
 A row is kept only while a token of its session can still be unexpired (`forget_after`), so
 the set holds the sessions revoked within about one access-token lifetime.
@@ -66,6 +68,10 @@ class SessionRevocations:
         # (an admin ended all their sessions): reloaded whole on each poll (few rows).
         self._disabled: set[UUID] = set()
         self._revoked_before: dict[UUID, float] = {}
+        # Accounts being deleted (also in _disabled): only DELETE /user still takes their
+        # tokens, to answer the deletion's state (deleting twice is fine).
+        self._deleting: set[UUID] = set()
+        self._local_deletions: dict[UUID, float] = {}
         # Disables and enables made here, with when: a poll whose query ran before one of
         # them committed must not undo it (its result replaces the sets).
         self._local_changes: dict[UUID, tuple[float, bool]] = {}
@@ -76,9 +82,15 @@ class SessionRevocations:
     def is_disabled(self, user_id: UUID) -> bool:
         return user_id in self._disabled
 
-    def check_user(self, user_id: UUID, issued_at: float) -> None:
+    def is_deleting(self, user_id: UUID) -> bool:
+        return user_id in self._deleting
+
+    def check_user(self, user_id: UUID, issued_at: float, *, deleting_ok: bool = False) -> None:
         """Refuses a disabled account (403) and a token issued before its sessions were ended
-        (401). Tokens carry whole seconds: one issued in the second of the revocation passes."""
+        (401). Tokens carry whole seconds: one issued in the second of the revocation passes.
+        `deleting_ok`: an account being deleted passes (the deletion route only)."""
+        if deleting_ok and user_id in self._deleting:
+            return
         if user_id in self._disabled:
             raise AccountDisabled()
         before = self._revoked_before.get(user_id)
@@ -91,8 +103,16 @@ class SessionRevocations:
         self._revoked_before[user_id] = max(revoked_before, self._revoked_before.get(user_id, 0))
         self._local_changes[user_id] = (time.monotonic(), True)
 
+    def deleting_here(self, user_id: UUID, since: float) -> None:
+        """Honour an account deletion at once on this instance (others: at their next poll):
+        every token of the user issued before `since` is refused, 403 account_disabled."""
+        self._deleting.add(user_id)
+        self.disable_here(user_id, since)
+        self._local_deletions[user_id] = time.monotonic()
+
     def enable_here(self, user_id: UUID) -> None:
-        self._disabled.discard(user_id)
+        if user_id not in self._deleting:
+            self._disabled.discard(user_id)
         self._local_changes[user_id] = (time.monotonic(), False)
 
     def remember(self, session_id: UUID, keep_seconds: float) -> None:
@@ -123,11 +143,17 @@ class SessionRevocations:
             rows = await repository.revocations_since(conn, since)
             blocks = await repository.user_blocks(conn)
         disabled = {row["id"] for row in blocks if row["disabled"]}
-        revoked_before = {
-            row["id"]: float(row["revoked_before"])
-            for row in blocks
-            if row["revoked_before"] is not None
-        }
+        deleting = {row["id"] for row in blocks if row["deleting"]}
+        revoked_before: dict[UUID, float] = {}
+        for row in blocks:
+            if row["revoked_before"] is not None:
+                at = float(row["revoked_before"])
+                revoked_before[row["id"]] = max(at, revoked_before.get(row["id"], at))
+        for user_id, at in list(self._local_deletions.items()):
+            if at < started:
+                del self._local_deletions[user_id]
+            else:
+                deleting.add(user_id)
         for user_id, (at, is_disabled) in list(self._local_changes.items()):
             if at < started:
                 del self._local_changes[user_id]  # this poll's query saw it committed
@@ -136,9 +162,12 @@ class SessionRevocations:
                 revoked_before[user_id] = max(
                     revoked_before.get(user_id, 0), self._revoked_before.get(user_id, 0)
                 )
-            else:
+            elif user_id not in deleting:
                 disabled.discard(user_id)
+        # A deletion is never undone (an admin's enable does not reopen the account).
+        disabled |= deleting
         self._disabled, self._revoked_before = disabled, revoked_before
+        self._deleting = deleting
         for row in rows:
             self._remember(str(row["session_id"]), float(row["remaining"]))
         self._polled_at = polled_at

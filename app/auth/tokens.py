@@ -117,11 +117,15 @@ class TokenVerifier:
         self._cache_size = cache_size
         self._cache_seconds = cache_seconds
 
-    async def verify(self, token: str) -> TokenClaims:
+    async def verify(self, token: str, *, deleting_ok: bool = False) -> TokenClaims:
+        """The claims of a valid token of a session not ended, of an account not disabled.
+        `deleting_ok`: an account being deleted passes (DELETE /user answers its state)."""
         claims = await self._verified(token)
         if self._revocations is not None:
             # A disabled account first: its ended sessions would otherwise say only 401.
-            self._revocations.check_user(claims.sub, float(claims.raw["iat"]))
+            self._revocations.check_user(
+                claims.sub, float(claims.raw["iat"]), deleting_ok=deleting_ok
+            )
             if self._revocations.is_revoked(claims.session_id):
                 raise Unauthorized("session has ended")
         return claims

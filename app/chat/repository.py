@@ -557,3 +557,10 @@ async def streaming_turn_ids(conn: Conn, user_id: UUID) -> list[UUID]:
         "select id from turns where user_id = $1 and status = 'streaming'", user_id
     )
     return [r["id"] for r in rows]
+
+
+async def delete_user_turns(conn: Conn, user_id: UUID) -> None:
+    """Every turn of the user with its events (account deletion; the caller holds the turn
+    lock and has checked that none is streaming)."""
+    await conn.execute("delete from turn_events where user_id = $1", user_id)
+    await conn.execute("delete from turns where user_id = $1", user_id)

@@ -193,3 +193,8 @@ async def exists(conn: Conn, user_id: UUID, conversation_id: UUID) -> bool:
             user_id,
         )
     )
+
+
+async def delete_user_conversations(conn: Conn, user_id: UUID) -> None:
+    """Every conversation of the user (account deletion, after their turns)."""
+    await conn.execute("delete from conversations where user_id = $1", user_id)

@@ -271,4 +271,11 @@ class AgentProvider(Protocol):
 
     async def delete(self, agent_id: str) -> None: ...
 
+    async def delete_user(self, user_id: UUID, agent_id: str | None) -> None:
+        """Delete everything the provider keeps for the user (account deletion): `agent_id`
+        and every other agent of theirs (found by user id or tag), with their memory (blocks,
+        archival passages, messages), and per-user extras (Letta's BYOK provider). Idempotent:
+        what is already gone is done."""
+        ...
+
     async def check_health(self) -> None: ...

@@ -152,6 +152,12 @@ class BillingProvider(Protocol):
         """The provider's own per-day spend, when it keeps one (LiteLLM); None otherwise."""
         ...
 
+    async def delete_account(self, user_id: UUID) -> None:
+        """Delete what billing keeps for the user (account deletion): the budget and its
+        reservations, the provider's user and keys. Idempotent: what is already gone is done;
+        raises UpstreamUnavailable/UpstreamError when the service cannot do it now."""
+        ...
+
     async def check_health(self) -> None: ...
 
 

@@ -170,3 +170,10 @@ async def usage_model_days(
         )
         for r in rows
     ]
+
+
+async def delete_user_usage(conn: Conn, user_id: UUID) -> None:
+    """The user's usage rows (account deletion: usage is deleted, not anonymised, so the
+    platform totals from then on leave the account out; README "Deleting an account")."""
+    await conn.execute("delete from usage_by_model where user_id = $1", user_id)
+    await conn.execute("delete from usage_daily where user_id = $1", user_id)

@@ -48,7 +48,10 @@ async def test_a_poll_racing_a_local_disable_or_enable_does_not_undo_it(
     async def enable_during_the_query(conn: Any) -> list[asyncpg.Record]:
         rows = await real(conn)
         revocations.enable_here(user)
-        return [*rows, {"id": user, "disabled": True, "revoked_before": time.time()}]
+        return [
+            *rows,
+            {"id": user, "disabled": True, "revoked_before": time.time(), "deleting": False},
+        ]
 
     monkeypatch.setattr(repository, "user_blocks", enable_during_the_query)
     await revocations.poll()

@@ -111,6 +111,7 @@ class ControlledAgent:
         self.turns: list[AgentTurn] = []
         self.conversations_ensured: list[ConversationRef] = []
         self.conversations_deleted: list[tuple[str, str]] = []
+        self.users_deleted: list[tuple[uuid.UUID, str | None]] = []
 
     def next_turn(self) -> AgentTurn:
         turn = AgentTurn()
@@ -131,6 +132,9 @@ class ControlledAgent:
 
     async def delete_conversation(self, agent_id: str, external_id: str) -> None:
         self.conversations_deleted.append((agent_id, external_id))
+
+    async def delete_user(self, user_id: uuid.UUID, agent_id: str | None) -> None:
+        self.users_deleted.append((user_id, agent_id))
 
     async def stream_turn(
         self,

@@ -333,6 +333,11 @@ class BuiltinAgents:
                     return
         raise AgentNotFound("no such agent")
 
+    async def delete_user(self, user_id: UUID, agent_id: str | None) -> None:
+        # One agent per user here (agents.user_id is unique): the named one is theirs.
+        async with self._db.transaction() as conn:
+            await repository.delete_user_agents(conn, user_id)
+
     async def check_health(self) -> None:
         try:
             await self._db.ping()

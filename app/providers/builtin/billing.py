@@ -409,6 +409,10 @@ class BuiltinBilling:
     async def daily_activity(self, user_id: UUID, start: Any, end: Any) -> list[DailySpend] | None:
         return None  # our own usage_daily rows are the only record
 
+    async def delete_account(self, user_id: UUID) -> None:
+        async with self._db.transaction() as conn:
+            await repository.delete_account(conn, user_id)
+
     async def check_health(self) -> None:
         async with self._db.acquire() as conn:
             await repository.probe(conn)

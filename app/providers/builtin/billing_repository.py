@@ -149,3 +149,9 @@ async def release_expired(conn: Conn, user_id: UUID) -> int:
             user_id,
         )
     )
+
+
+async def delete_account(conn: Conn, user_id: UUID) -> None:
+    """The user's budget and reservations (account deletion)."""
+    await conn.execute("delete from budget_reservations where user_id = $1", user_id)
+    await conn.execute("delete from budgets where user_id = $1", user_id)

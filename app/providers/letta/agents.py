@@ -327,6 +327,32 @@ class LettaAgents:
             # The user's BYOK provider holds their key: it goes with their agent.
             await self._providers.remove(meta.user_id)
 
+    async def delete_user(self, user_id: UUID, agent_id: str | None) -> None:
+        """As a full reset forgets (passages, blocks, archives: Letta keeps blocks and archives
+        after their agent is deleted), for every agent under the user's tag and the one named,
+        then the user's BYOK provider (it holds their LiteLLM key)."""
+        ids = [str(a.id) for a in await self._tagged(user_id)]
+        if agent_id is not None and agent_id not in ids:
+            ids.append(agent_id)
+        for one in ids:
+            try:
+                await self._delete_with_memory(one)
+            except AgentNotFound:
+                continue  # already gone: its memory went with an earlier attempt
+        await self._providers.remove(user_id)
+
+    async def _delete_with_memory(self, agent_id: str) -> None:
+        await self._purge_passages(agent_id)
+        blocks = (await self._read(lambda: self._client.agents.blocks.list(agent_id))).items
+        archives = await self._archive_ids(agent_id)
+        await self._delete_agent(agent_id)
+        for block in blocks:
+            with contextlib.suppress(NotFound):
+                await self._write(self._client.blocks.delete(str(block.id)), NotFound)
+        for archive_id in archives:
+            with contextlib.suppress(NotFound):
+                await self._write(self._client.archives.delete(archive_id), NotFound)
+
     async def check_health(self) -> None:
         try:
             async with asyncio.timeout(self._deadlines.read):

@@ -33,6 +33,7 @@ from app.providers.litellm.client import LiteLLMClient
 from app.providers.litellm.errors import LiteLLMBudgetExceeded, LiteLLMRequestError
 from app.providers.litellm.schemas import (
     DeleteKeysRequest,
+    DeleteUserRequest,
     GenerateKeyRequest,
     NewUserRequest,
     UpdateUserRequest,
@@ -254,6 +255,16 @@ class LiteLLMBilling:
                 break
             page += 1
         return [by_day[d] for d in sorted(by_day) if start <= d <= end]
+
+    async def delete_account(self, user_id: UUID) -> None:
+        """The user's key (by its alias: we may not hold it, see `_generate_key`), then the
+        user, which LiteLLM deletes with any other key of theirs ("delete user and associated
+        user keys", its /user/delete description). Each step looks up or tolerates 404, so a
+        retry after a lost answer is done, not an error. The key we hold goes with the
+        profile (account deletion's data step)."""
+        await self.client.delete_keys(DeleteKeysRequest(key_aliases=[key_alias(user_id)]))
+        if await self.client.user_info(str(user_id)) is not None:
+            await self.client.delete_users(DeleteUserRequest(user_ids=[str(user_id)]))
 
     async def check_health(self) -> None:
         await self.client.liveliness()

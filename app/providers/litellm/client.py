@@ -5,8 +5,8 @@ are validated into the models in `schemas.py` here, at the boundary. Only idempo
 (GET) are retried, on operational failures only, a bounded number of times with exponential
 backoff, honouring `Retry-After`, all within a total read deadline (a hung proxy answers 503 in
 `UPSTREAM_READ_DEADLINE_SECONDS`, not timeout x attempts). Writes (/user/new, /key/generate,
-/user/update) are sent once, within the write deadline: a timed-out write may have happened,
-and the caller's idempotent flow (look up first) decides.
+/user/update, /key/delete, /user/delete) are sent once, within the write deadline: a timed-out
+write may have happened, and the caller's idempotent flow (look up first) decides.
 
 Nothing here logs a request or response body: /user/new and /key/generate answers hold keys.
 """
@@ -30,6 +30,7 @@ from app.providers.litellm.errors import (
 )
 from app.providers.litellm.schemas import (
     DeleteKeysRequest,
+    DeleteUserRequest,
     GenerateKeyRequest,
     GenerateKeyResponse,
     LiteLLMErrorEnvelope,
@@ -215,6 +216,11 @@ class LiteLLMClient:
     async def delete_keys(self, request: DeleteKeysRequest) -> bool:
         """Delete keys by alias; False when LiteLLM had none of them (404)."""
         response = await self._send("POST", "/key/delete", json=request.body())
+        return response.status_code != 404
+
+    async def delete_users(self, request: DeleteUserRequest) -> bool:
+        """Delete users with their keys; False when LiteLLM had none of them (404)."""
+        response = await self._send("POST", "/user/delete", json=request.body())
         return response.status_code != 404
 
     async def update_user(self, request: UpdateUserRequest) -> None:

@@ -62,6 +62,12 @@ class DeleteKeysRequest(_Request):
     key_aliases: list[str]
 
 
+class DeleteUserRequest(_Request):
+    """`/user/delete` (DeleteUserRequest): LiteLLM deletes the users and their keys."""
+
+    user_ids: list[str]
+
+
 class UpdateUserRequest(_Request):
     user_id: str
     max_budget: float | None = None

@@ -580,6 +580,41 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/user": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /**
+         * Delete my account and everything it has
+         * @description Deletes the caller's account and everything it has here and upstream: the
+         *     identity (sign-in, sessions), profile, conversations, turns and their events, the agent with
+         *     its memory (blocks, archival passages, messages; the Letta agent), the budget and its
+         *     reservations (the LiteLLM user and key), and usage. Usage rows are deleted, not anonymised:
+         *     platform totals from then on leave the account out. Admin audit rows about the account are
+         *     kept with their subject anonymised (null; the nil UUID where the account was the acting admin).
+         *
+         *     Confirm with the account's password in the body, or call with an access token from a sign-in
+         *     made within ACCOUNT_DELETION_FRESH_SECONDS (default 300 s); otherwise 403
+         *     `reauthentication_required`. A wrong password is 403 `invalid_password`.
+         *
+         *     The account is disabled at once (every other route answers 403 `account_disabled`; sessions
+         *     end). **200** `deleted`: nothing is left, and the email can register again. **202** `pending`:
+         *     an outside service (agent, billing or identity) is down; the steps listed in `pending_steps`
+         *     are retried by the server (every ACCOUNT_DELETION_RETRY_SECONDS) until done, nothing more to
+         *     do for the client. Calling again is safe: it answers the deletion's state (and pushes it on).
+         */
+        delete: operations["delete_account"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/llm/chat/completions": {
         parameters: {
             query?: never;
@@ -636,6 +671,35 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** AccountDeletionIn */
+        AccountDeletionIn: {
+            /**
+             * Password
+             * @description The account's password. Needed unless the access token comes from a sign-in made within ACCOUNT_DELETION_FRESH_SECONDS.
+             */
+            password?: string | null;
+        };
+        /** AccountDeletionOut */
+        AccountDeletionOut: {
+            /**
+             * Status
+             * @description deleted: nothing of the account is left. pending: the account is disabled and some steps wait on an outside service; they are retried until done.
+             * @enum {string}
+             */
+            status: "pending" | "deleted";
+            /**
+             * Requested At
+             * Format: date-time
+             */
+            requested_at: string;
+            /** Completed At */
+            completed_at: string | null;
+            /**
+             * Pending Steps
+             * @description What is still to delete: the agent (with its memory), the billing account (budget, LiteLLM user and key), the identity (sign-in, sessions), the data kept here (profile, conversations, turns, usage).
+             */
+            pending_steps: ("agent" | "billing" | "identity" | "data")[];
+        };
         /** AdminBudgetIn */
         AdminBudgetIn: {
             /**
@@ -685,6 +749,16 @@ export interface components {
              * @description USD per period; null if billing is down
              */
             max_budget: number | null;
+            /**
+             * Deletion Requested At
+             * @description Set while the user's account deletion runs (DELETE /user): it is disabled, and steps waiting on an outside service are retried; the last step removes it
+             */
+            deletion_requested_at?: string | null;
+            /**
+             * Deletion Error
+             * @description The deletion's failed steps at its last attempt (short codes)
+             */
+            deletion_error?: string | null;
             /** @description Usage by day and model, as GET /user/usage shows it */
             usage: components["schemas"]["UsageOut"];
         };
@@ -729,6 +803,16 @@ export interface components {
              * @description USD per period; null if billing is down
              */
             max_budget: number | null;
+            /**
+             * Deletion Requested At
+             * @description Set while the user's account deletion runs (DELETE /user): it is disabled, and steps waiting on an outside service are retried; the last step removes it
+             */
+            deletion_requested_at?: string | null;
+            /**
+             * Deletion Error
+             * @description The deletion's failed steps at its last attempt (short codes)
+             */
+            deletion_error?: string | null;
         };
         /** AdminUserPageOut */
         AdminUserPageOut: {
@@ -1014,7 +1098,7 @@ export interface components {
              * Code
              * @enum {string}
              */
-            code: "internal_error" | "http_error" | "bad_request" | "unauthorized" | "invalid_credentials" | "invalid_refresh_token" | "budget_exceeded" | "forbidden" | "account_disabled" | "not_found" | "agent_not_found" | "memory_block_not_found" | "passage_not_found" | "profile_not_found" | "turn_not_found" | "conversation_not_found" | "method_not_allowed" | "conflict" | "email_taken" | "agent_not_provisioned" | "turn_in_progress" | "idempotency_conflict" | "agent_not_ready" | "precondition_failed" | "payload_too_large" | "unsupported_media_type" | "validation_error" | "memory_block_limit_exceeded" | "invalid_cursor" | "rate_limited" | "upstream_error" | "agent_upstream_error" | "llm_request_rejected" | "upstream_unavailable" | "database_unavailable" | "agent_upstream_unavailable" | "agent_upstream_timeout" | "llm_unavailable" | "builtin_model_unavailable" | "not_implemented" | "passage_edit_unsupported";
+            code: "internal_error" | "http_error" | "bad_request" | "unauthorized" | "invalid_credentials" | "invalid_refresh_token" | "budget_exceeded" | "forbidden" | "account_disabled" | "reauthentication_required" | "invalid_password" | "not_found" | "agent_not_found" | "memory_block_not_found" | "passage_not_found" | "profile_not_found" | "turn_not_found" | "conversation_not_found" | "method_not_allowed" | "conflict" | "email_taken" | "agent_not_provisioned" | "turn_in_progress" | "idempotency_conflict" | "agent_not_ready" | "precondition_failed" | "payload_too_large" | "unsupported_media_type" | "validation_error" | "memory_block_limit_exceeded" | "invalid_cursor" | "rate_limited" | "upstream_error" | "agent_upstream_error" | "llm_request_rejected" | "upstream_unavailable" | "database_unavailable" | "agent_upstream_unavailable" | "agent_upstream_timeout" | "llm_unavailable" | "builtin_model_unavailable" | "not_implemented" | "passage_edit_unsupported";
             /** Message */
             message: string;
             /** Request Id */
@@ -5419,6 +5503,113 @@ export interface operations {
             };
             /** @description Unexpected server error */
             500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    delete_account: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["AccountDeletionIn"] | null;
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AccountDeletionOut"];
+                };
+            };
+            /** @description Disabled; some steps wait on an outside service and are retried */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AccountDeletionOut"];
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description reauthentication_required (no password and a token not fresh), invalid_password */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Payload too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Too many requests (error code `rate_limited`) */
+            429: {
+                headers: {
+                    /** @description Seconds until the limit lets a request through again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unexpected server error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Upstream unavailable */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -104,6 +104,11 @@ async def delete_agent(conn: Conn, agent_id: UUID) -> bool:
     return await conn.fetchval("delete from agents where id = $1 returning true", agent_id) is True
 
 
+async def delete_user_agents(conn: Conn, user_id: UUID) -> None:
+    """Every agent of the user, with its blocks, passages and messages (cascades)."""
+    await conn.execute("delete from agents where user_id = $1", user_id)
+
+
 # --- blocks ---
 
 

@@ -1,0 +1,1 @@
+"""Deleting one's account (DELETE /user): a resumable, idempotent saga (service.py)."""

@@ -269,6 +269,15 @@ def assert_deleted_upstream(services: Services, user_id: str, agent_id: str) -> 
     ]
     assert services.sent("DELETE", "/v1/blocks/"), "the agent's blocks outlive it in Letta"
     assert services.sent("DELETE", "/v1/archives/")
+    # The agent goes last: a deletion cut off half-way leaves it for the retry to find the
+    # blocks and archives still to delete (they are found through it).
+    deletes = [
+        c.request.url.path
+        for c in services.router.calls
+        if c.request.method == "DELETE" and c.request.url.path.startswith("/v1/")
+        and not c.request.url.path.startswith("/v1/providers/")
+    ]
+    assert deletes[-1] == f"/v1/agents/{agent_id}", deletes
     assert len(services.sent("DELETE", "/v1/providers/")) == 1
     assert services.letta.agents == {} and services.letta.providers == {}
     # Supabase: the admin delete, with the service key.

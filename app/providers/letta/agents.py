@@ -342,16 +342,20 @@ class LettaAgents:
         await self._providers.remove(user_id)
 
     async def _delete_with_memory(self, agent_id: str) -> None:
+        # Memory first, the agent last: the agent is how its blocks and archives are found, so
+        # a deletion cut off half-way (Letta down) must leave it in place for the retry to find
+        # what is left. Letta 0.16.8 deletes a block or an archive still attached to its agent
+        # (checked live: the agent then has no blocks; deleting the archive deletes its
+        # passages), so nothing here needs the agent gone first.
         await self._purge_passages(agent_id)
         blocks = (await self._read(lambda: self._client.agents.blocks.list(agent_id))).items
-        archives = await self._archive_ids(agent_id)
-        await self._delete_agent(agent_id)
         for block in blocks:
             with contextlib.suppress(NotFound):
                 await self._write(self._client.blocks.delete(str(block.id)), NotFound)
-        for archive_id in archives:
+        for archive_id in await self._archive_ids(agent_id):
             with contextlib.suppress(NotFound):
                 await self._write(self._client.archives.delete(archive_id), NotFound)
+        await self._delete_agent(agent_id)
 
     async def check_health(self) -> None:
         try:

@@ -32,6 +32,7 @@ from openai.resources.chat.completions import AsyncCompletions
 
 from app.config import Settings
 from app.errors import AppError, BudgetExceeded, UpstreamError, UpstreamUnavailable
+from app.platform.http_transport import sdk_transport
 from app.providers.billing import LLMRoute, estimate_tokens
 from app.providers.builtin.openai_chunks import dump_chunk
 
@@ -321,6 +322,8 @@ class OpenAIChatClient:
 
 
 _MAX_CACHED_CLIENTS = 128
+# The openai SDK's default connection limits (openai._constants.DEFAULT_CONNECTION_LIMITS).
+_SDK_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
 # An evicted client may still be streaming a reply; it is closed once it has been out of the
 # cache this long (at a later eviction, or at shutdown).
 _RETIRED_GRACE_SECONDS = 600.0
@@ -384,6 +387,11 @@ class LLMClients:
             timeout=timeout,
             # A chat call is not retried blindly: the caller decides (and may have billed it).
             max_retries=0,
+            # The SDK's own default client (its limits, redirects, proxies from the
+            # environment), its connections on the asyncio backend (app/platform/http_transport).
+            http_client=openai.DefaultAsyncHttpxClient(
+                timeout=timeout, transport=sdk_transport(_SDK_LIMITS)
+            ),
         )
         self._clients[key] = client
         if len(self._clients) > _MAX_CACHED_CLIENTS:

@@ -7,9 +7,9 @@ with the order of the compared targets rotated from one repetition to the next:
 
 1. chat (C=100): the backend's chat route (one uvicorn worker) and the bare FastAPI + httpx
    relay of the same stream (`bench.floor_apps:stack`, the floor), the same load one after the
-   other; also the backend's LLM route on the OpenAI stream and, with `--app-root`, the chat
-   route of another checkout (the baseline). CPU per stream of each process, net of what it
-   burns idle.
+   other; also the LLM route (on a second backend process, so that the chat backend serves
+   only chat turns) on the OpenAI stream and, with `--app-root`, the chat route of another
+   checkout (the baseline). CPU per stream of each process, net of what it burns idle.
 2. C=1000: one chat turn per user, 1000 at once, through the one worker: zero errors.
 3. LLM route vs LiteLLM 1.106.2 (one worker each, no database for LiteLLM) on the same
    OpenAI-compatible load, C=1 and C=10, each repetition with the upstream read straight:
@@ -295,7 +295,15 @@ async def bench(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 - one l
 
         chat = chat_target("chat backend", users, backend)
         floor = Target("floor relay", floor_make, floor_process)
-        llm_route = llm_route_target("llm route", users, backend.port, backend.process)
+        # The LLM route on a backend of its own (the same code and settings): the chat
+        # backend's CPU per turn is then measured on a process that served only chat turns,
+        # as the baseline's is.
+        llm_backend = await start_backend(
+            dsn=dsn, letta_port=letta_port, llm_port=openai_port, jwt_secret=jwt_secret,
+            log_dir=log_dir, name="backend-llm",
+        )  # fmt: skip
+        run.keep(llm_backend.process)
+        llm_route = llm_route_target("llm route", users, llm_backend.port, llm_backend.process)
         chat_targets = [chat, floor, llm_route]
         if args.app_root is not None:
             baseline_backend = await start_backend(
@@ -346,6 +354,8 @@ async def bench(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 - one l
                     ramp=CHAT_EVENTS * CHAT_INTERVAL_MS / 1000, stream_timeout=args.stream_timeout,
                 ))  # fmt: skip
 
+        run.stop(backend.process)
+
         # 3. LLM route vs LiteLLM.
         if "llm" in phases:
             print(f"\n3. LLM route vs LiteLLM {LITELLM_VERSION}, C={args.llm_c}", flush=True)
@@ -370,9 +380,9 @@ async def bench(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 - one l
 
             llm_targets = [
                 Target("direct", openai_direct, expected_fragments=LLM_EVENTS),
-                llm_route_target("agentmem", users, backend.port, backend.process),
+                llm_route_target("agentmem", users, llm_backend.port, llm_backend.process),
             ]
-            llm_targets[1].idle_ms_per_s = chat.idle_ms_per_s
+            llm_targets[1].idle_ms_per_s = llm_route.idle_ms_per_s
             if peer is not None:
                 peer_port, peer_key, peer_process = peer.port, peer.key, peer.process
 
@@ -401,7 +411,7 @@ async def bench(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 - one l
                         ))  # fmt: skip
             if peer is not None:
                 run.stop(peer.process)
-        run.stop(backend.process)
+        run.stop(llm_backend.process)
 
         # 4. workers: saturation with WORKERS=1 and WORKERS=cores.
         print(f"\n4. chat at saturation (C={args.saturation_c}), WORKERS=1 and {cores}",

@@ -32,11 +32,28 @@ class Sample:
     # The whole machine's busy CPU per stream during the run (every party: backend, upstream
     # simulators, Postgres, Redis, the load generator, and anything else running).
     machine_cpu_ms_per_stream: float | None = None
+    # Streams/s while the load was steady (see `steady_rate`); None: the whole run's rate.
+    steady_throughput: float | None = None
 
     @property
     def throughput(self) -> float:
+        if self.steady_throughput is not None:
+            return self.steady_throughput
         s = self.summary
         return s.streams / s.wall_seconds if s.wall_seconds > 0 else 0.0
+
+
+def steady_rate(ended_ns: Iterable[int], trim: float = 0.1) -> float | None:
+    """Streams completed per second between the first and the last `trim` of completions:
+    the rate at saturation without the ramp-up (first starts spread out) and the tail (fewer
+    streams left in flight than clients), which weigh more the faster the target is, so would
+    bias a comparison of a fast target with a slow one."""
+    ends = sorted(ended_ns)
+    cut = int(len(ends) * trim)
+    first, last = cut, len(ends) - 1 - cut
+    if last - first < 10 or ends[last] <= ends[first]:
+        return None
+    return (last - first) / ((ends[last] - ends[first]) / 1e9)
 
 
 def median(values: Iterable[float | None]) -> float | None:

@@ -67,6 +67,7 @@ from bench.report import (
     cpu_ratio_check,
     render_checks,
     render_samples,
+    steady_rate,
     throughput_ratio_check,
     zero_errors_check,
 )
@@ -155,6 +156,7 @@ async def measure(
     rounds: int,
     ramp: float,
     stream_timeout: float,
+    steady_throughput: bool = False,
 ) -> Sample:
     cpu_before = target.process.cpu_seconds() if target.process else 0.0
     machine_before = machine_cpu_seconds()
@@ -169,7 +171,10 @@ async def measure(
         spent = (target.process.cpu_seconds() - cpu_before) * 1000
         net = max(0.0, spent - target.idle_ms_per_s * summary.wall_seconds)
         cpu_ms = net / summary.streams
-    sample = Sample(phase, target.name, concurrency, repetition, summary, cpu_ms, machine_ms)
+    steady = steady_rate(r.ended_ns for r in load.results) if steady_throughput else None
+    sample = Sample(
+        phase, target.name, concurrency, repetition, summary, cpu_ms, machine_ms, steady
+    )
     cpu = "" if cpu_ms is None else f", CPU {cpu_ms:.2f} ms/stream"
     ttfe = "-" if summary.ttfe_p50_ms is None else f"{summary.ttfe_p50_ms:.2f}"
     print(
@@ -449,6 +454,7 @@ async def bench(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 - one l
                     samples.append(await measure(
                         "workers", t, concurrency=args.saturation_c, repetition=rep,
                         rounds=rounds, ramp=0.5, stream_timeout=args.stream_timeout,
+                        steady_throughput=True,
                     ))  # fmt: skip
     finally:
         run.stop_all()

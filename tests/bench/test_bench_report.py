@@ -21,6 +21,7 @@ from bench.report import (
     ratio,
     render_checks,
     scaling_ceiling,
+    steady_rate,
     throughput_ratio_check,
     zero_errors_check,
 )
@@ -112,6 +113,19 @@ def test_throughput_ratio_is_a_floor_and_shows_the_ceiling() -> None:
     ]
     assert throughput_ratio_check(slow, name="(c)", phase="workers", numerator="workers=2",
                                   denominator="workers=1", limit=1.6).passed is False  # fmt: skip
+
+
+def test_steady_rate_leaves_out_the_ramp_and_the_tail() -> None:
+    # 100 streams ending 10 ms apart in the middle, with a slow start and a slow tail.
+    ends = [0, 500_000_000] + [1_000_000_000 + i * 10_000_000 for i in range(96)]
+    ends += [3_000_000_000, 5_000_000_000]
+    rate = steady_rate(ends)
+    assert rate == pytest.approx(100.0, rel=0.02)
+    assert len(ends) / 5.0 < 25  # the whole run's rate, which the ends would drag down
+    assert steady_rate([1, 2, 3]) is None  # too few to tell
+    steady = Sample("workers", "w", 100, 1, _summary(wall=10.0), steady_throughput=80.0)
+    assert steady.throughput == 80.0
+    assert _sample("workers", "w", 1, wall=2.0).throughput == 50.0
 
 
 def test_zero_errors_and_the_summary_line() -> None:

@@ -47,8 +47,11 @@ LETTA_LIVE_URL ?= http://127.0.0.1:8283
 test-letta-live: install-dev
 	LETTA_LIVE_URL=$(LETTA_LIVE_URL) $(UV) run --no-sync pytest -q -s tests/live
 
+# The performance targets as ratios measured in one run (bench/run_bench.py, docs/performance.md):
+# about 6-8 minutes; `make bench BENCH_ARGS=--quick` for one repetition (2-3 minutes).
+BENCH_ARGS ?=
 bench: install-dev
-	$(UV) run --no-sync python -m bench.run_stream_bench
+	$(UV) run --no-sync python -m bench.run_bench $(BENCH_ARGS)
 
 check: install-dev
 	$(UV) run --no-sync ruff check app tests bench

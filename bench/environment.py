@@ -175,6 +175,29 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process and of its live descendants (`python -m app` with WORKERS > 1 is
+    a supervisor whose workers do the work)."""
+    total, todo, seen = 0.0, [pid], set()
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        total += process_cpu_seconds(current)
+        todo += _children(current)
+    return total
+
+
 async def database_backend_pids(dsn: str) -> list[int]:
     """The Postgres server processes serving connections to `dsn`'s database (the backend's
     pool), to count their CPU. The bench's Postgres is on this host (127.0.0.1)."""
@@ -216,8 +239,8 @@ class ManagedProcess:
         return self.proc.pid
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the process so far (Linux /proc)."""
-        return process_cpu_seconds(self.pid)
+        """User + system CPU time of the process and its children so far (Linux /proc)."""
+        return process_tree_cpu_seconds(self.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -245,7 +268,9 @@ def _child_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def start_simulator(events: int, interval_ms: float, log_dir: Path) -> tuple[ManagedProcess, int]:
+def start_simulator(
+    events: int, interval_ms: float, log_dir: Path, name: str = "sim-letta"
+) -> tuple[ManagedProcess, int]:
     args = [
         sys.executable,
         "-m",
@@ -257,9 +282,7 @@ def start_simulator(events: int, interval_ms: float, log_dir: Path) -> tuple[Man
         "--max-seconds",
         "900",
     ]
-    sim = ManagedProcess(
-        "sim-letta", args, _child_env({}), log_dir / "sim-letta.log", pipe_stdout=True
-    )
+    sim = ManagedProcess(name, args, _child_env({}), log_dir / f"{name}.log", pipe_stdout=True)
     assert sim.proc.stdout is not None
     line = sim.proc.stdout.readline().decode().strip()
     if not line.startswith("READY "):
@@ -282,11 +305,18 @@ async def start_backend(
     log_dir: Path,
     pool_max: int | None = None,
     app_root: Path | None = None,
+    llm_port: int | None = None,
+    workers: int | None = None,
+    redis_url: str | None = None,
+    name: str = "backend",
 ) -> Backend:
     """One uvicorn worker (uvloop + httptools, as `python -m app` picks), log level WARNING.
 
     `app_root`: run the `app` package of another copy of the tree (to measure a change
-    against the same simulator and load) instead of this one."""
+    against the same simulator and load) instead of this one. `llm_port`: the LLM route's
+    upstream (a simulator's OpenAI-compatible endpoint). `workers`: run `python -m app` with
+    WORKERS (its own supervisor and sockets, as in production) instead of one bare uvicorn
+    process; `redis_url` is then required for WORKERS > 1."""
     port = free_port()
     env = _child_env(
         {
@@ -297,12 +327,17 @@ async def start_backend(
             "AGENT_PROVIDER": "letta",
             "LETTA_BASE_URL": f"http://127.0.0.1:{letta_port}",
             "LETTA_API_KEY": "bench-local-simulator",
-            # Nothing should reach a model; if something tries, it fails fast on loopback.
-            "LLM_BASE_URL": "http://127.0.0.1:9/v1",
+            # The LLM route's upstream, when measured; otherwise nothing should reach a model,
+            # and if something tries, it fails fast on loopback.
+            "LLM_BASE_URL": f"http://127.0.0.1:{llm_port or 9}/v1",
+            "LLM_API_KEY": "bench-local-simulator",
+            "LLM_MODEL": "bench-model",
             "JWT_SECRET": jwt_secret,
             "JWT_ISSUER": JWT_ISSUER,
             "JWT_AUDIENCE": JWT_AUDIENCE,
             "LOG_LEVEL": "WARNING",
+            # Several backends share the bench's database: each its own instance name.
+            "INSTANCE_ID": f"bench-{name}",
             # Every bench client comes from 127.0.0.1: a per-IP limit would refuse the load.
             "RATE_LIMIT": "1000000/minute",
         }
@@ -311,7 +346,20 @@ async def start_backend(
         env["DATABASE_POOL_MAX"] = str(pool_max)
     if app_root is not None:
         env["PYTHONPATH"] = str(app_root)
-    args = [
+    if redis_url is not None:
+        env["REDIS_URL"] = redis_url
+    if workers is not None:
+        env.update({"WORKERS": str(workers), "HOST": "127.0.0.1", "PORT": str(port)})
+        args = [sys.executable, "-m", "app"]
+    else:
+        args = _uvicorn_args(port)
+    process = ManagedProcess(name, args, env, log_dir / f"{name}.log", cwd=app_root)
+    await wait_until_serving(process, f"http://127.0.0.1:{port}/health/live", seconds=60)
+    return Backend(process, port)
+
+
+def _uvicorn_args(port: int) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "uvicorn",
@@ -333,9 +381,6 @@ async def start_backend(
         "--timeout-graceful-shutdown",
         "5",
     ]
-    process = ManagedProcess("backend", args, env, log_dir / "backend.log", cwd=app_root)
-    await wait_until_serving(process, f"http://127.0.0.1:{port}/health/live", seconds=60)
-    return Backend(process, port)
 
 
 async def wait_until_serving(process: ManagedProcess, url: str, *, seconds: float) -> None:

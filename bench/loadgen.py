@@ -26,7 +26,10 @@ from typing import Literal
 
 MARKER = re.compile(rb"w(\d+)@(\d+)@")
 FRAME_SEP = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-Mode = Literal["direct", "backend"]
+# "direct": Letta frames; "backend": the chat route's SSE events; "openai": OpenAI
+# `chat.completion.chunk` data lines ending with `[DONE]` (the simulator's OpenAI endpoint,
+# the LLM route, LiteLLM).
+Mode = Literal["direct", "backend", "openai"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class StreamRequest:
     port: int
     path: str
     body: bytes
-    mode: Mode  # "direct": Letta frames; "backend": our SSE events
+    mode: Mode
     headers: tuple[tuple[str, str], ...] = ()
 
     def raw(self) -> bytes:
@@ -58,6 +61,16 @@ def letta_stream_request(port: int, agent_id: str, content: str) -> StreamReques
     body = {"messages": [{"role": "user", "content": content}], "stream_tokens": True}
     path = f"/v1/agents/{agent_id}/messages/stream"
     return StreamRequest("127.0.0.1", port, path, json.dumps(body).encode(), "direct")
+
+
+def openai_stream_request(
+    port: int, path: str, content: str, token: str, model: str = "bench-model"
+) -> StreamRequest:
+    """A streamed OpenAI chat completion (what the openai SDK sends), the same body to every
+    OpenAI-compatible target; `token` is the bearer key."""
+    body = {"model": model, "messages": [{"role": "user", "content": content}], "stream": True}
+    auth = (("authorization", f"Bearer {token}"),)
+    return StreamRequest("127.0.0.1", port, path, json.dumps(body).encode(), "openai", auth)
 
 
 @dataclass
@@ -118,6 +131,12 @@ class _FrameReader:
                 result.done = True
             elif event == b"error":
                 result.error = "error event: " + data.decode(errors="replace")[:200]
+        elif self.mode == "openai":
+            is_text = True  # a chunk; it counts as text when it carries a marker
+            if data == b"[DONE]":
+                result.done = True
+            elif data.startswith(b'{"error"'):
+                result.error = "error line: " + data.decode(errors="replace")[:200]
         else:
             is_text = b'"assistant_message"' in data
             if data == b"[DONE]":

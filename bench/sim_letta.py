@@ -233,6 +233,15 @@ class SimLetta:
         elif len(parts) == 4 and parts[3] == "messages" and method == "POST":
             self.stats.requests["POST /v1/agents/{id}/messages"] += 1
             await self.send_json(writer, 200, self.non_stream_body())
+        elif parts == ["v1", "chat", "completions"] and method == "POST":
+            payload = json.loads(body or b"{}")
+            if payload.get("stream"):
+                self.stats.requests["POST /v1/chat/completions (stream)"] += 1
+                include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+                await self.stream_openai(writer, str(payload.get("model") or ""), include_usage)
+            else:
+                self.stats.requests["POST /v1/chat/completions"] += 1
+                await self.send_json(writer, 200, self.openai_body(str(payload.get("model"))))
         elif parts == ["_bench", "stats"]:
             await self.send_json(writer, 200, self.stats.as_dict())
         else:
@@ -270,6 +279,77 @@ class SimLetta:
             "stop_reason": {"message_type": "stop_reason", "stop_reason": "end_turn"},
             "usage": self._usage(),
         }
+
+    def openai_body(self, model: str) -> dict[str, Any]:
+        text = "".join(
+            MARKER_FORMAT.format(k=k, ns=time.monotonic_ns()) for k in range(self.config.events)
+        )
+        message = {"role": "assistant", "content": text}
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": self._openai_usage(),
+        }
+
+    def _openai_usage(self) -> dict[str, int]:
+        n, p = self.config.events, self.config.prompt_tokens
+        return {"prompt_tokens": p, "completion_tokens": n, "total_tokens": n + p}
+
+    async def stream_openai(
+        self, writer: asyncio.StreamWriter, model: str, include_usage: bool
+    ) -> None:
+        """An OpenAI chat-completions stream (`chat.completion.chunk` data lines, as OpenAI and
+        llama.cpp's server send them): `events` content chunks on the same schedule as the
+        Letta stream, a last chunk with `finish_reason`, the usage chunk when asked for, and
+        `[DONE]`."""
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        head = json.dumps(
+            {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "system_fingerprint": None,
+            },
+            separators=(",", ":"),
+        )[:-1]
+        self.stats.streams_open += 1
+        self.stats.streams_max = max(self.stats.streams_max, self.stats.streams_open)
+        try:
+            writer.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+                b"transfer-encoding: chunked\r\nserver: sim-openai\r\n\r\n"
+            )
+            interval = self.config.interval
+            for k in range(self.config.events):
+                delay = t0 + k * interval - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                content = MARKER_FORMAT.format(k=k, ns=time.monotonic_ns())
+                role = '"role":"assistant",' if k == 0 else ""
+                frame = (
+                    f'data: {head},"choices":[{{"index":0,"delta":{{{role}"content":"{content}"}},'
+                    f'"logprobs":null,"finish_reason":null}}]}}\n\n'
+                )
+                writer.write(_chunk(frame.encode()))
+                await writer.drain()
+            tail = (
+                f'data: {head},"choices":[{{"index":0,"delta":{{}},"logprobs":null,'
+                f'"finish_reason":"stop"}}]}}\n\n'
+            )
+            if include_usage:
+                usage = json.dumps(self._openai_usage(), separators=(",", ":"))
+                tail += f'data: {head},"choices":[],"usage":{usage}}}\n\n'
+            tail += "data: [DONE]\n\n"
+            writer.write(_chunk(tail.encode()) + b"0\r\n\r\n")
+            await writer.drain()
+            self.stats.streams_done += 1
+        finally:
+            self.stats.streams_open -= 1
 
     async def stream(self, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()

@@ -20,6 +20,7 @@ from app.platform.http_transport import (
     AsyncioBackend,
     ShardedTransport,
     release_response,
+    sdk_transport,
 )
 
 
@@ -136,6 +137,32 @@ async def test_asyncio_backend_streams_reuses_connections_and_times_out() -> Non
             await client.get(f"{base}/slow", timeout=httpx.Timeout(5, read=0.05))
         with pytest.raises(httpx.ConnectError):
             await client.get("http://127.0.0.1:1/")
+
+
+async def test_the_sdk_transport_streams_reuses_and_maps_errors_as_httpx2() -> None:
+    """The openai SDK's httpx2 on the same backend (sdk_transport): its errors are httpx2's,
+    which the SDK and map_llm_error know, since the backend raises httpcore2's classes."""
+    import httpcore2
+    import httpx2
+
+    server = _Server()
+    transport = sdk_transport(httpx2.Limits(max_connections=8, max_keepalive_connections=4))
+    pool = transport._pool
+    assert isinstance(pool._network_backend, AsyncioBackend)
+    async with server as base, httpx2.AsyncClient(transport=transport) as client:
+        async with client.stream("GET", f"{base}/stream") as response:
+            chunks = [c async for c in response.aiter_bytes()]
+        assert b"".join(chunks) == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"
+        big = await client.get(f"{base}/big")
+        assert big.content == b"x" * 300_000 and server.connections == 1
+        with pytest.raises(httpx2.ReadTimeout):
+            await client.get(f"{base}/slow", timeout=httpx2.Timeout(5, read=0.05))
+        with pytest.raises(httpx2.ConnectError):
+            await client.get("http://127.0.0.1:1/")
+    # httpcore2's classes, not httpcore's (httpx2 maps only its own fork's).
+    backend = AsyncioBackend(core=httpcore2)
+    with pytest.raises(httpcore2.ConnectError):
+        await backend.connect_tcp("127.0.0.1", 1)
 
 
 async def test_asyncio_backend_speaks_tls(tmp_path: Path) -> None:

@@ -34,7 +34,9 @@ from importlib.metadata import version
 from typing import Any, cast
 
 import httpcore
+import httpcore2
 import httpx
+import httpx2
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ READ_BUFFER_LIMIT = 256 * 1024
 # The versions the backend swap below was written against and measured with (pyproject pins
 # them). It sets a private attribute of httpcore's pool: another version may lay the pool out
 # differently, and then the swap silently does nothing, or worse.
-MEASURED_WITH = {"httpx": "0.28.1", "httpcore": "1.0.9"}
+MEASURED_WITH = {"httpx": "0.28.1", "httpcore": "1.0.9", "httpx2": "2.16.2", "httpcore2": "2.16.2"}
 
 
 class _Protocol(asyncio.Protocol):
@@ -140,13 +142,21 @@ def _expire(waiter: asyncio.Future[None], exc: Exception) -> None:
 
 
 class AsyncioStream(httpcore.AsyncNetworkStream):
+    """One connection. `core` is the httpcore whose pool uses it (httpcore, or httpcore2 under
+    the openai SDK's httpx2): its errors are the ones that pool's transport maps."""
+
     def __init__(
-        self, transport: asyncio.Transport, protocol: _Protocol, ssl_object: Any = None
+        self,
+        transport: asyncio.Transport,
+        protocol: _Protocol,
+        ssl_object: Any = None,
+        core: Any = httpcore,
     ) -> None:
         self._transport = transport
         self._protocol = protocol
         # Kept: a closed TLS transport no longer answers get_extra_info.
         self._ssl_object = ssl_object
+        self._core = core
 
     async def _wait(self, attr: str, seconds: float | None, exc: Exception) -> None:
         loop = asyncio.get_running_loop()
@@ -163,7 +173,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         protocol = self._protocol
         if not protocol.chunks and not protocol.eof:
-            await self._wait("read_waiter", timeout, httpcore.ReadTimeout("read timed out"))
+            await self._wait("read_waiter", timeout, self._core.ReadTimeout("read timed out"))
         chunks = protocol.chunks
         if chunks:
             data = chunks.popleft()
@@ -176,7 +186,7 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
                 self._transport.resume_reading()
             return data
         if protocol.exc is not None:
-            raise httpcore.ReadError(str(protocol.exc) or type(protocol.exc).__name__)
+            raise self._core.ReadError(str(protocol.exc) or type(protocol.exc).__name__)
         return b""  # end of stream
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
@@ -184,12 +194,12 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             return
         protocol = self._protocol
         if self._transport.is_closing() or protocol.exc is not None:
-            raise httpcore.WriteError("the connection is closed")
+            raise self._core.WriteError("the connection is closed")
         self._transport.write(buffer)
         if protocol.write_paused:
-            await self._wait("drain_waiter", timeout, httpcore.WriteTimeout("write timed out"))
+            await self._wait("drain_waiter", timeout, self._core.WriteTimeout("write timed out"))
             if protocol.exc is not None:
-                raise httpcore.WriteError(str(protocol.exc))
+                raise self._core.WriteError(str(protocol.exc))
 
     async def aclose(self) -> None:
         self._transport.close()
@@ -208,14 +218,15 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
                 )
         except TimeoutError as exc:
             self._transport.abort()
-            raise httpcore.ConnectTimeout("TLS handshake timed out") from exc
+            raise self._core.ConnectTimeout("TLS handshake timed out") from exc
         except (OSError, ssl.SSLError) as exc:
             self._transport.abort()
-            raise httpcore.ConnectError(str(exc)) from exc
+            raise self._core.ConnectError(str(exc)) from exc
         if transport is None:
-            raise httpcore.ConnectError("the connection closed during the TLS handshake")
+            raise self._core.ConnectError("the connection closed during the TLS handshake")
         self._protocol.transport = transport
-        return AsyncioStream(transport, self._protocol, transport.get_extra_info("ssl_object"))
+        ssl_object = transport.get_extra_info("ssl_object")
+        return AsyncioStream(transport, self._protocol, ssl_object, self._core)
 
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable":
@@ -231,10 +242,13 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
 
 
 class AsyncioBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network backend on plain asyncio streams (see the module docstring)."""
+    """httpcore's network backend on plain asyncio streams (see the module docstring); with
+    `core=httpcore2`, the same for the httpcore2 under the openai SDK (a fork with the same
+    interfaces and its own exception classes)."""
 
-    def __init__(self) -> None:
-        self._fallback = httpcore.AnyIOBackend()
+    def __init__(self, core: Any = httpcore) -> None:
+        self._core = core
+        self._fallback = core.AnyIOBackend()
 
     async def connect_tcp(
         self,
@@ -254,14 +268,14 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
                     local_addr=(local_address, 0) if local_address else None,
                 )
         except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(f"connecting to {host}:{port} timed out") from exc
+            raise self._core.ConnectTimeout(f"connecting to {host}:{port} timed out") from exc
         except OSError as exc:
-            raise httpcore.ConnectError(str(exc)) from exc
+            raise self._core.ConnectError(str(exc)) from exc
         sock: socket.socket | None = transport.get_extra_info("socket")
         if sock is not None:
             for option in socket_options or ():
                 sock.setsockopt(*option)
-        return AsyncioStream(transport, protocol)
+        return AsyncioStream(transport, protocol, core=self._core)
 
     async def connect_unix_socket(
         self,
@@ -269,7 +283,10 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         timeout: float | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        return await self._fallback.connect_unix_socket(path, timeout, socket_options)
+        stream: httpcore.AsyncNetworkStream = await self._fallback.connect_unix_socket(
+            path, timeout, socket_options
+        )
+        return stream
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
@@ -284,6 +301,20 @@ def _use_backend(transport: httpx.AsyncHTTPTransport, backend: AsyncioBackend) -
         return False
     pool._network_backend = backend  # noqa: SLF001
     return getattr(pool, "_network_backend", None) is backend
+
+
+def sdk_transport(limits: httpx2.Limits, **options: Any) -> httpx2.AsyncHTTPTransport:
+    """The openai SDK's transport (httpx2) on the asyncio backend: an LLM-route stream reads
+    one chunk per event, like a chat turn's, and anyio's read per chunk was a tenth of the
+    LLM route's CPU. When the pool is not the one this was written for, the transport is
+    returned as httpx2 built it (it works, on anyio)."""
+    transport = httpx2.AsyncHTTPTransport(limits=limits, **options)
+    pool = getattr(transport, "_pool", None)
+    if type(pool) is httpcore2.AsyncConnectionPool and hasattr(pool, "_network_backend"):
+        pool._network_backend = cast(Any, AsyncioBackend(core=httpcore2))  # noqa: SLF001
+    else:
+        logger.warning("http transport: httpcore2's pool changed; the LLM client uses anyio")
+    return transport
 
 
 def check_backend(transport: httpx.AsyncBaseTransport) -> bool:

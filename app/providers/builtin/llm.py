@@ -32,7 +32,9 @@ from openai.resources.chat.completions import AsyncCompletions
 
 from app.config import Settings
 from app.errors import AppError, BudgetExceeded, UpstreamError, UpstreamUnavailable
+from app.platform.http_transport import sdk_transport
 from app.providers.billing import LLMRoute, estimate_tokens
+from app.providers.builtin.openai_chunks import dump_chunk
 
 
 class LLMUnavailable(UpstreamUnavailable):
@@ -244,6 +246,16 @@ class OpenAIChatClient:
         request.setdefault("messages", [])
         return request
 
+    @staticmethod
+    def _body(request: dict[str, Any], stream_options: dict[str, Any]) -> dict[str, Any]:
+        """The JSON body `create(**request, stream=True, stream_options=...)` sends: the named
+        parameters, then `extra_body` merged over them (the SDK's order)."""
+        body = {k: v for k, v in request.items() if k != "extra_body"}
+        body["stream"] = True
+        body["stream_options"] = stream_options
+        body.update(request.get("extra_body") or {})
+        return body
+
     async def stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         request = self._request(body)
         stream_options = dict(body.get("stream_options") or {})
@@ -256,9 +268,20 @@ class OpenAIChatClient:
         finished: dict[int, bool] = {}
         completion_id, model = f"chatcmpl-{uuid.uuid4().hex[:12]}", str(request["model"])
         try:
-            stream = await self._create(**request, stream=True, stream_options=stream_options)
-            async for chunk in stream:
-                data = chunk.model_dump(exclude_unset=True, exclude_none=True)
+            # The SDK's transport, errors and SSE decoding, but each chunk as the dict it
+            # decoded (`cast_to=object`) rather than a model dumped back to a dict: same
+            # result (`dump_chunk`), a fraction of the CPU per chunk.
+            stream = await self._client.post(
+                "/chat/completions",
+                body=self._body(request, stream_options),
+                cast_to=object,
+                stream=True,
+                stream_cls=openai.AsyncStream[object],
+            )
+            async for raw in stream:
+                if not isinstance(raw, dict):
+                    raise LLMUnavailable("the model's server sent a chunk that is not an object")
+                data = dump_chunk(raw)
                 completion_id = data.get("id") or completion_id
                 model = data.get("model") or model
                 if data.get("usage"):
@@ -299,6 +322,8 @@ class OpenAIChatClient:
 
 
 _MAX_CACHED_CLIENTS = 128
+# The openai SDK's default connection limits (openai._constants.DEFAULT_CONNECTION_LIMITS).
+_SDK_LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
 # An evicted client may still be streaming a reply; it is closed once it has been out of the
 # cache this long (at a later eviction, or at shutdown).
 _RETIRED_GRACE_SECONDS = 600.0
@@ -362,6 +387,11 @@ class LLMClients:
             timeout=timeout,
             # A chat call is not retried blindly: the caller decides (and may have billed it).
             max_retries=0,
+            # The SDK's own default client (its limits, redirects, proxies from the
+            # environment), its connections on the asyncio backend (app/platform/http_transport).
+            http_client=openai.DefaultAsyncHttpxClient(
+                timeout=timeout, transport=sdk_transport(_SDK_LIMITS)
+            ),
         )
         self._clients[key] = client
         if len(self._clients) > _MAX_CACHED_CLIENTS:

@@ -274,7 +274,8 @@ def assert_deleted_upstream(services: Services, user_id: str, agent_id: str) -> 
     deletes = [
         c.request.url.path
         for c in services.router.calls
-        if c.request.method == "DELETE" and c.request.url.path.startswith("/v1/")
+        if c.request.method == "DELETE"
+        and c.request.url.path.startswith("/v1/")
         and not c.request.url.path.startswith("/v1/providers/")
     ]
     assert deletes[-1] == f"/v1/agents/{agent_id}", deletes

@@ -134,6 +134,7 @@ def _api_routers() -> list[APIRouter]:
     from app.chat.ui_router import router as chat_ui_router
     from app.conversations.router import router as conversations_router
     from app.llm_proxy.router import router as llm_router
+    from app.memory.router import router as memory_router
     from app.usage.router import router as usage_router
 
     return [
@@ -144,5 +145,6 @@ def _api_routers() -> list[APIRouter]:
         chat_ui_router,
         conversations_router,
         llm_router,
+        memory_router,
         usage_router,
     ]

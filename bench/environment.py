@@ -299,6 +299,9 @@ async def start_backend(
             "LETTA_API_KEY": "bench-local-simulator",
             # Nothing should reach a model; if something tries, it fails fast on loopback.
             "LLM_BASE_URL": "http://127.0.0.1:9/v1",
+            # This benchmark measures the relay of turns; the memory pass (a model call after
+            # each turn) is measured by `make bench-memory`.
+            "MEMORY_PASS": "off",
             "JWT_SECRET": jwt_secret,
             "JWT_ISSUER": JWT_ISSUER,
             "JWT_AUDIENCE": JWT_AUDIENCE,

@@ -23,8 +23,8 @@ OpName = Literal["add", "update", "delete", "archive"]
 
 # A block line longer than this is not a "fact" but a story: it goes to archival memory.
 MAX_FACT_CHARS = 200
-MAX_ARCHIVE_CHARS = 2000
-MAX_OPERATIONS = 12
+MAX_ARCHIVE_CHARS = 600
+MAX_OPERATIONS = 6
 # Each exchange is cut to this many characters in the request (a long reply says little
 # about the user, and the request must fit the model's context).
 MAX_EXCHANGE_CHARS = 1200
@@ -51,6 +51,7 @@ OPERATIONS_SCHEMA: dict[str, Any] = {
     "properties": {
         "operations": {
             "type": "array",
+            "maxItems": MAX_OPERATIONS,
             "items": {
                 "type": "object",
                 "additionalProperties": False,
@@ -58,16 +59,19 @@ OPERATIONS_SCHEMA: dict[str, Any] = {
                 "properties": {
                     "op": {"type": "string", "enum": ["add", "update", "delete", "archive"]},
                     "line": {"type": "integer"},
-                    "fact": {"type": "string"},
+                    "fact": {"type": "string", "maxLength": MAX_ARCHIVE_CHARS},
                 },
             },
         }
     },
 }
 
+# Not `strict`: OpenAI's strict mode refuses `maxItems`/`maxLength`, which bound what a small
+# local model can ramble (llama.cpp compiles them into the grammar; vLLM and llama.cpp's server
+# enforce the schema either way). The answer is validated here whatever the server did.
 RESPONSE_FORMAT: dict[str, Any] = {
     "type": "json_schema",
-    "json_schema": {"name": "memory_operations", "strict": True, "schema": OPERATIONS_SCHEMA},
+    "json_schema": {"name": "memory_operations", "strict": False, "schema": OPERATIONS_SCHEMA},
 }
 
 

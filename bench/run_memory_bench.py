@@ -51,7 +51,14 @@ from bench.memory_llm import (
     builtin_forward,
     upstream_forward,
 )
-from bench.memory_scenario import CORRECTED_KEYS, QUESTIONS, SESSIONS, Question, Turn
+from bench.memory_scenario import (
+    CORRECTED_KEYS,
+    QUESTIONS,
+    SESSIONS,
+    Question,
+    Turn,
+    latest_statements,
+)
 
 MODES = ("window", "recall", "pass")
 FINISHED = ("completed", "failed", "refused", "abandoned")
@@ -176,8 +183,10 @@ def _turns(args: argparse.Namespace) -> list[Turn]:
 def _questions(args: argparse.Namespace) -> list[Question]:
     if not args.smoke:
         return list(QUESTIONS)
-    planted = {s.key for turn in _turns(args) for s in turn.statements}
-    return [q for q in QUESTIONS if q.key in planted]
+    # Only facts whose latest value is told in the turns run (not corrected later).
+    planted = {s for turn in _turns(args) for s in turn.statements}
+    latest = latest_statements()
+    return [q for q in QUESTIONS if latest[q.key] in planted]
 
 
 async def run_mode(

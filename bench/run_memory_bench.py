@@ -81,6 +81,7 @@ class ModeResult:
     tokens: dict[str, int] = field(default_factory=dict)  # per call kind: prompt+completion
     calls: dict[str, int] = field(default_factory=dict)
     turn_seconds: list[float] = field(default_factory=list)
+    question_seconds: list[float] = field(default_factory=list)  # the questions' turns only
     pass_ms: list[int] = field(default_factory=list)
     pass_status: dict[str, int] = field(default_factory=dict)
     wall_seconds: float = 0.0
@@ -235,7 +236,9 @@ async def run_mode(
                 for planted in _turns(args):
                     await turn(planted.message)
                 for question in questions:
+                    asked_at = len(result.turn_seconds)
                     _, reply = await turn(question.text)
+                    result.question_seconds.append(result.turn_seconds[asked_at])
                     asked = [r for r in llm.calls("chat") if _last(r) == question.text]
                     prompt = _prompt_without_question(asked[-1].body) if asked else ""
                     result.questions.append(
@@ -277,7 +280,7 @@ def render(results: list[ModeResult]) -> str:
     head = (
         f"{'mode':<7} {'extractor':<9} {'answerer':<8} {'(a) all':>8} {'(a) corr.':>9} "
         f"{'(b) all':>8} {'turns':>5} {'chat tok':>9} {'pass tok':>9} {'done p50':>9} "
-        f"{'pass p50':>9} {'wall':>7}"
+        f"{'q done':>8} {'pass p50':>9} {'wall':>7}"
     )
     lines = [head, "-" * len(head)]
     for r in results:
@@ -285,18 +288,21 @@ def render(results: list[ModeResult]) -> str:
         chat_tokens = r.tokens.get("chat", 0) + r.tokens.get("summary", 0)
         pass_tokens = r.tokens.get("pass", 0)
         done = statistics.median(r.turn_seconds) if r.turn_seconds else 0.0
+        asked = statistics.median(r.question_seconds) if r.question_seconds else 0.0
         pass_p50 = f"{statistics.median(r.pass_ms) / 1000:.2f}s" if r.pass_ms else "-"
         lines.append(
             f"{r.mode:<7} {r.extractor:<9} {r.answerer:<8} {_pct(r.share()):>8} "
             f"{_pct(r.share(set(CORRECTED_KEYS))):>9} {_pct(r.share(answered=True)):>8} "
             f"{turns:>5} {chat_tokens / max(1, turns):>9.0f} {pass_tokens / max(1, turns):>9.0f} "
-            f"{done:>8.2f}s {pass_p50:>9} {r.wall_seconds:>6.0f}s"
+            f"{done:>8.2f}s {asked:>7.2f}s {pass_p50:>9} {r.wall_seconds:>6.0f}s"
         )
     lines.append("")
     lines.append(
         "(a) all / corr.: questions whose latest fact is in the answering prompt (all of them / "
         "the corrected ones); (b): answers containing it (real answering model only). Tokens "
-        "per turn: chat = replies + recall summaries, pass = the memory pass's calls."
+        "per turn: chat = replies + recall summaries, pass = the memory pass's calls. done p50: "
+        "time to `done` over all turns (plantings are answered by the script), q done: over the "
+        "questions' turns (answered by the answering model)."
     )
     for r in results:
         missed = [q.key for q in r.questions if not q.in_prompt]
@@ -399,6 +405,9 @@ def _as_dict(result: ModeResult) -> dict[str, Any]:
         "calls": result.calls,
         "turns": len(result.turn_seconds),
         "done_p50_seconds": statistics.median(result.turn_seconds) if result.turn_seconds else None,
+        "question_done_p50_seconds": (
+            statistics.median(result.question_seconds) if result.question_seconds else None
+        ),
         "pass_p50_ms": statistics.median(result.pass_ms) if result.pass_ms else None,
         "pass_status": result.pass_status,
         "wall_seconds": result.wall_seconds,

@@ -44,6 +44,7 @@ async def test_the_lifespan_builds_one_state_and_closes_it_in_reverse_order(
     ours = [name for name in closed if not name.startswith("LifespanManager")]
     assert ours == [
         "ChatRuntime.stop",
+        "MemoryPasses.stop",  # after the runtime: its last turns still queue their passes
         "Limiter.aclose",
         "SessionRevocations.aclose",  # its polling task
         "BackgroundTasks.aclose",

@@ -58,8 +58,32 @@ create table if not exists public.memory_changes (
 
 create index if not exists memory_changes_user_idx on public.memory_changes (user_id, id);
 
--- RLS on and no policy: the API roles see nothing; only the backend reads and writes them.
-alter table public.memory_passes enable row level security;
-alter table public.memory_changes enable row level security;
-revoke all on public.memory_passes from anon, authenticated;
-revoke all on public.memory_changes from anon, authenticated;
+-- As for the other tables (20261121000800_api_role_grants.sql): RLS with one policy per
+-- operation, the owner's own rows; the API roles may read their own and write none (only the
+-- backend writes: the queue's states and the record of changes are its invariants).
+do $$
+declare
+    name text;
+begin
+    foreach name in array array['memory_passes', 'memory_changes'] loop
+        execute format('alter table public.%I enable row level security', name);
+        execute format(
+            'create policy %I on public.%I for select to authenticated '
+            'using ((select auth.uid()) = user_id)', name || '_select_own', name);
+        execute format(
+            'create policy %I on public.%I for insert to authenticated '
+            'with check ((select auth.uid()) = user_id)', name || '_insert_own', name);
+        execute format(
+            'create policy %I on public.%I for update to authenticated '
+            'using ((select auth.uid()) = user_id) with check ((select auth.uid()) = user_id)',
+            name || '_update_own', name);
+        execute format(
+            'create policy %I on public.%I for delete to authenticated '
+            'using ((select auth.uid()) = user_id)', name || '_delete_own', name);
+        execute format('revoke all on public.%I from anon', name);
+        execute format(
+            'revoke insert, update, delete, truncate on public.%I from anon, authenticated', name);
+        execute format('grant select on public.%I to authenticated', name);
+    end loop;
+end
+$$;

@@ -33,8 +33,8 @@ SYSTEM_PROMPT = (
     "You maintain the long-term memory of a personal assistant about its user. You get the "
     "facts known so far (numbered lines) and the latest exchange. Answer with JSON "
     '{"operations": [...]}, each operation {"op", "line", "fact"}:\n'
-    '- "add": a new lasting fact about the user (line 0). One short sentence in the third '
-    'person, e.g. "Their name is Ana." or "They have a dog called Rex."\n'
+    '- "add": a new lasting fact about the user (line 0): one short sentence in the third '
+    'person ("Their ...", "They ..."), using only words of the exchange.\n'
     '- "update": the user corrected or changed a known fact: "line" is its number, "fact" '
     "the new sentence. Never add a second fact that contradicts a known one: update it.\n"
     '- "delete": a known fact is no longer true and nothing replaces it ("line" is its '
@@ -211,10 +211,13 @@ def apply(facts: list[str], planned: list[Planned], *, limit: int) -> Applied:
     fits: condensed, not lost."""
     lines = list(facts)
     changes: list[Change] = []
+    archived: set[str] = set()
     for item in planned:
         if item.op == "archive":
             assert item.new is not None
-            changes.append(Change("archive", None, item.new))
+            if _key(item.new) not in archived:  # a model repeating itself stores it once
+                archived.add(_key(item.new))
+                changes.append(Change("archive", None, item.new))
             continue
         known = {_key(line): i for i, line in enumerate(lines)}
         if item.op == "add":

@@ -65,6 +65,12 @@ def test_apply_skips_facts_that_changed_and_never_duplicates() -> None:
     assert applied.changes == [Change("update", "They live in Lisbon.", "They live in Porto.")]
 
 
+def test_a_repeated_archive_is_stored_once() -> None:
+    story = Planned("archive", None, "A long story.")
+    applied = apply([], [story, Planned("archive", None, "a long story"), story], limit=100)
+    assert applied.changes == [Change("archive", None, "A long story.")]
+
+
 def test_an_update_to_an_existing_fact_merges_the_two_lines() -> None:
     applied = apply(["A is 1.", "A is 2."], [Planned("update", "A is 1.", "A is 2.")], limit=100)
     assert applied.facts == ["A is 2."]

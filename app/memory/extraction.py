@@ -157,17 +157,64 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def plan(ops: list[_Op], facts: list[str]) -> list[Planned]:
-    """Operations as a plan over fact texts. An operation naming a line that does not exist
-    is dropped (a small model's miscount must not edit another fact); an added fact too long
-    for a line is archived instead; an update of a line with no text is a delete."""
+# Words that say nothing about what a fact is about (its frame, not its content).
+_STOPWORDS = frozenset(
+    word
+    for line in (
+        "the and but for are was were been being have has had not now their they them this that",
+        "with from into onto who whom whose which what when where why how its his her hers our",
+        "ours your yours you she him any all some more most very also just than then there here",
+        "called named is am an of on in at to by as or it he we me my mine i a so do does did",
+        "person user users",
+    )
+    for word in line.split()
+)
+# A written fact must take at least this share of its content words from what the user said.
+GROUNDED_SHARE = 0.5
+
+
+def _stems(text: str) -> list[str]:
+    words = re.findall(r"\w+", text.casefold())
+    return [w[:5] for w in words if len(w) >= 3 and w not in _STOPWORDS]
+
+
+def grounded(fact: str, said: str, *, share: float = GROUNDED_SHARE) -> bool:
+    """Whether `fact` is about what the user said: at least `share` of its content words (by
+    their first five letters, so "hiked" meets "hikes") occur in `said`. A fact with none of
+    its words in the exchange is the model's invention (a small model copies examples,
+    invents details, or answers the user's question instead of noting a fact)."""
+    stems = _stems(fact)
+    if not stems:
+        return False
+    heard = set(_stems(said))
+    return sum(stem in heard for stem in stems) >= share * len(stems)
+
+
+def _about(text: str, said: str) -> bool:
+    """At least one content word of `text` is in `said`."""
+    return grounded(text, said, share=1e-9)
+
+
+def plan(ops: list[_Op], facts: list[str], said: str) -> list[Planned]:
+    """Operations as a plan over fact texts, kept only when they follow from `said` (the
+    user's messages): a fact written must be about it (a word of it) and made of its words or
+    of the known facts' (`grounded`: a correction restates the fact it corrects), and a fact
+    updated or deleted must be about it too (the user talked about it). An operation naming a
+    line that does not exist is dropped (a small model's miscount must not edit another
+    fact); an added fact too long for a line is archived instead; an update with no text is a
+    delete."""
+    known = said + "\n" + "\n".join(facts)
     planned: list[Planned] = []
     for op in ops:
         fact = one_line(op.fact)
+        if fact and not (_about(fact, said) and grounded(fact, known)):
+            continue
         if op.op in ("update", "delete"):
             if not 1 <= op.line <= len(facts):
                 continue
             old = facts[op.line - 1]
+            if not _about(old, said):
+                continue
             if op.op == "delete" or not fact:
                 planned.append(Planned("delete", old, None))
             elif len(fact) > MAX_FACT_CHARS:

@@ -256,7 +256,7 @@ class MemoryPasses:
             operations = extraction.parse_answer(extraction.answer_text(answer))
         except InvalidOperations:
             return record.result("failed", "invalid_output")
-        planned = extraction.plan(operations, facts)
+        planned = extraction.plan(operations, facts, "\n".join(e.user for e in said))
         try:
             await self._apply(agent_id, block, planned, claimed.turn_id, record)
         except VersionConflict:

@@ -89,7 +89,9 @@ async def test_another_provider_gets_the_same_pass(
             MessageEvent("Hello Dana."), UsageEvent("remote-model", 10, 3, 13)
         ).end()
         response = await client.post(
-            "/api/v1/chat/message", json={"content": "I'm Dana."}, headers=user.headers
+            "/api/v1/chat/message",
+            json={"content": "I'm Dana. A long story."},
+            headers=user.headers,
         )
         events = parse_sse(response.text)
         assert events[-1].event == "done"

@@ -47,10 +47,29 @@ def test_line_numbers_become_texts_and_bad_ones_are_dropped() -> None:
             ("add", 0, "   "),
         )
     )
-    assert plan(ops, facts) == [
+    said = "We moved from Lisbon to Porto; the dog went to my mother. " + "x" * 300
+    assert plan(ops, facts, said) == [
         Planned("update", "They live in Lisbon.", "They live in Porto."),
         Planned("delete", "They have a dog.", None),
         Planned("archive", None, "x" * (MAX_FACT_CHARS + 1)),
+    ]
+
+
+def test_only_facts_about_what_the_user_said_are_planned() -> None:
+    facts = ["Their name is Dana.", "They play the cello on Thursdays."]
+    ops = parse_answer(
+        _ops(
+            ("add", 0, "They have a dog named Rex."),  # invented
+            ("add", 0, "Dana Okafor"),  # an answer to the question, not a fact told
+            ("delete", 1, ""),  # the user did not talk about their name
+            ("update", 2, "They play the cello on Tuesdays."),  # restates the old fact
+            ("add", 0, "They love octopuses."),
+        )
+    )
+    said = "Actually, my cello group moved to Tuesdays. Who am I, again? I love octopuses."
+    assert plan(ops, facts, said) == [
+        Planned("update", "They play the cello on Thursdays.", "They play the cello on Tuesdays."),
+        Planned("add", None, "They love octopuses."),
     ]
 
 

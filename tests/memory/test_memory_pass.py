@@ -175,7 +175,10 @@ async def test_a_longer_fact_is_written_to_archival_memory(
     )
     model.chat.append(Text("What a lovely memory."))
     model.passes.append(operations(("archive", 0, story)))
-    turn_id, _ = await s.chat("My favourite holiday memory: the cabin near Geres...")
+    turn_id, _ = await s.chat(
+        "My favourite holiday memory: the summer in a tiny cabin near Geres, hiking to a "
+        "waterfall every morning while Tomas burned the bread every night."
+    )
     await s.finished_pass(turn_id)
 
     listed = await s.client.get(
@@ -275,7 +278,7 @@ async def test_an_edit_made_during_the_pass_is_never_overwritten(
     model.passes.append(
         operations(("update", 2, "They live in Porto."), ("add", 0, "They have a cat."))
     )
-    second, _ = await s.chat("We moved to Porto and got a cat.")
+    second, _ = await s.chat("We moved from Lisbon to Porto and got a cat.")
     done = await s.finished_pass(second)
 
     assert await s.human() == "Their name is Dana Okafor.\nThey have a cat."
@@ -364,7 +367,7 @@ async def test_changes_and_passes_page_newest_first(session: SessionFactory, mod
     s = await session()
     model.chat.append(Text("Hello."))
     model.passes.append(operations(*[("add", 0, f"Fact number {i}.") for i in range(5)]))
-    turn_id, _ = await s.chat("Five facts.")
+    turn_id, _ = await s.chat("Fact number 0 to fact number 4.")
     await s.finished_pass(turn_id)
     first = await s.client.get(
         "/api/v1/agent/memory/changes", params={"limit": 2}, headers=s.headers

@@ -24,7 +24,7 @@ OPENAPI_TS := $(OPENAPI_TS_DIR)/node_modules/.package-lock.json
 AI_SDK_CHECK_DIR := tools/ai-sdk-check
 AI_SDK_CHECK := $(AI_SDK_CHECK_DIR)/node_modules/.package-lock.json
 
-.PHONY: screenshots run test test-letta-live bench check lint format install install-dev model supabase-cli openapi-ts ai-sdk-check web openapi clean
+.PHONY: screenshots run test test-letta-live bench bench-memory check lint format install install-dev model supabase-cli openapi-ts ai-sdk-check web openapi clean
 
 # `make run` builds the built-in model only when the app would use it: not when LLM_BASE_URL
 # is set, in the environment (which wins, as in the app's settings) or in .env (last line wins;
@@ -52,6 +52,12 @@ test-letta-live: install-dev
 BENCH_ARGS ?=
 bench: install-dev
 	$(UV) run --no-sync python -m bench.run_bench $(BENCH_ARGS)
+
+# The memory benchmark (bench/run_memory_bench.py): facts planted, corrected and asked back,
+# window vs automatic recall vs the memory pass. With the built-in model installed (make model)
+# it also answers the questions (metric b); BENCH_MEMORY_ARGS passes options (--help).
+bench-memory: install-dev
+	$(UV) run --no-sync python -m bench.run_memory_bench $(BENCH_MEMORY_ARGS)
 
 check: install-dev
 	$(UV) run --no-sync ruff check app tests bench

@@ -39,6 +39,8 @@ from app.config import Settings
 from app.conversations.service import Conversations
 from app.deletion.service import AccountDeletion
 from app.llm_proxy.service import LLMProxy
+from app.memory.runner import MemoryPasses
+from app.memory.service import MemoryService
 from app.platform.database_server import resolve_database
 from app.platform.db import Database, apply_migrations
 from app.platform.http_transport import AppHTTPClient, ShardedTransport, check_backend
@@ -105,6 +107,8 @@ class AppState:
     llm: LLMClients
     background: BackgroundTasks
     llm_proxy: LLMProxy
+    memory_passes: MemoryPasses
+    memory_service: MemoryService
     turns: TurnDeps
     chat_history: ChatHistory
     conversations: Conversations
@@ -162,12 +166,18 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
     stack.push_async_callback(limiter.aclose)
     logger.info("rate limits: %s storage", limiter.backend)
     provisioner = Provisioner(settings, db, billing, agents)
-    # Fails turns orphaned by a crashed process, then runs turns, event writer and leases.
     chat = ChatRuntime(settings, db)
+    llm_proxy = LLMProxy(settings, db, billing, llm, background.spawn)
+    # Stopped after the chat runtime (registered before it): turns finishing at shutdown still
+    # queue their passes. Its running passes are given back to the queue at its stop.
+    memory_passes = MemoryPasses(settings, db, agents, llm_proxy, chat.instance_id)
+    await memory_passes.start()
+    stack.push_async_callback(memory_passes.stop)
+    # Fails turns orphaned by a crashed process, then runs turns, event writer and leases.
     await chat.start()
     stack.push_async_callback(chat.stop)
     usage_service = UsageService(settings, db, billing)
-    turns = TurnDeps(settings, chat, agents, billing, provisioner)
+    turns = TurnDeps(settings, chat, agents, billing, provisioner, memory=memory_passes)
     # Retries unfinished account deletions now and on a schedule; stopped before the chat
     # runtime and the providers it uses.
     account_deletion = AccountDeletion(settings, db, identity, billing, agents, revocations, turns)
@@ -187,7 +197,9 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
         limiter=limiter,
         llm=llm,
         background=background,
-        llm_proxy=LLMProxy(settings, db, billing, llm, background.spawn),
+        llm_proxy=llm_proxy,
+        memory_passes=memory_passes,
+        memory_service=MemoryService(db),
         turns=turns,
         chat_history=ChatHistory(db),
         conversations=Conversations(db, agents),

@@ -125,6 +125,16 @@ class Settings(BaseSettings):
     # Built-in agent, models without tool calling: archival passages and old messages matching
     # the user's message put into the system prompt before the call; 0 turns it off.
     agent_auto_recall_limit: int = Field(default=3, ge=0, le=20)
+    # The memory pass (app/memory/): after a turn, in the background, a model call reads the
+    # exchange and the human block and adds, updates or deletes facts there (longer ones go to
+    # archival memory). every_n: after every MEMORY_PASS_EVERY-th completed turn of a user,
+    # reading the last MEMORY_PASS_EVERY exchanges.
+    memory_pass: Literal["off", "every_turn", "every_n"] = "every_turn"
+    memory_pass_every: int = Field(default=3, ge=1, le=50)
+    memory_pass_concurrency: int = Field(default=2, ge=1, le=64)  # passes run at once, per process
+    memory_pass_timeout_seconds: float = Field(default=120.0, gt=0)  # one pass, model call included
+    memory_pass_max_tokens: int = Field(default=384, ge=32, le=4096)  # the model's answer
+    memory_pass_poll_seconds: float = Field(default=5.0, gt=0)  # pending passes of other processes
     letta_base_url: str | None = None
     letta_api_key: SecretStr | None = None
     letta_model: str = "openai/gpt-4o-mini"

@@ -135,6 +135,7 @@ def _api_routers() -> list[APIRouter]:
     from app.conversations.router import router as conversations_router
     from app.deletion.router import router as deletion_router
     from app.llm_proxy.router import router as llm_router
+    from app.memory.router import router as memory_router
     from app.usage.router import router as usage_router
 
     return [
@@ -146,5 +147,6 @@ def _api_routers() -> list[APIRouter]:
         conversations_router,
         deletion_router,
         llm_router,
+        memory_router,
         usage_router,
     ]

@@ -332,6 +332,9 @@ async def start_backend(
             "LLM_BASE_URL": f"http://127.0.0.1:{llm_port or 9}/v1",
             "LLM_API_KEY": "bench-local-simulator",
             "LLM_MODEL": "bench-model",
+            # This benchmark measures the relay of turns; the memory pass (a model call after
+            # each turn) is measured by `make bench-memory`.
+            "MEMORY_PASS": "off",
             "JWT_SECRET": jwt_secret,
             "JWT_ISSUER": JWT_ISSUER,
             "JWT_AUDIENCE": JWT_AUDIENCE,

@@ -87,6 +87,9 @@ def settings_factory(database_url: str) -> Callable[..., Settings]:
             "database_url": database_url,
             "log_level": "WARNING",
             "llm_base_url": "http://127.0.0.1:9/v1",  # nothing listens: tests set their own
+            # The memory pass makes a model call after each turn: tests of other features
+            # script only their own calls (tests/memory turns it on).
+            "memory_pass": "off",
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]

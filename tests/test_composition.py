@@ -45,6 +45,7 @@ async def test_the_lifespan_builds_one_state_and_closes_it_in_reverse_order(
     assert ours == [
         "AccountDeletion.aclose",  # its retry task, which uses the chat runtime's stop
         "ChatRuntime.stop",
+        "MemoryPasses.stop",  # after the runtime: its last turns still queue their passes
         "Limiter.aclose",
         "SessionRevocations.aclose",  # its polling task
         "BackgroundTasks.aclose",

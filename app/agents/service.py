@@ -23,6 +23,7 @@ from app.chat.turn_lock import hold_turn_lock
 from app.config import Settings
 from app.deps import services
 from app.errors import Conflict
+from app.memory import repository as memory_repository
 from app.platform.db import Database
 from app.providers.agents import AgentNotFound, AgentProvider, PassagePage, ResetMode
 
@@ -200,6 +201,9 @@ class AgentService:
             streaming = await chat_repository.streaming_turn_ids(conn, user_id)
             if streaming:
                 raise AgentBusy(streaming[0])
+            if mode == "full":
+                # Passes still queued would write what was said before the reset back.
+                await memory_repository.skip_pending(conn, user_id)
             new = await self._agents.reset(
                 agent_id,
                 mode,

@@ -60,6 +60,7 @@ from app.conversations import repository as conversations_repo
 from app.conversations.repository import ConversationRow
 from app.conversations.service import DefaultConversations, auto_title, resolve
 from app.errors import AppError, BudgetExceeded, Conflict, DatabaseUnavailable, UpstreamUnavailable
+from app.memory.runner import MemoryPasses
 from app.providers.agents import (
     AgentNotFound,
     AgentProvider,
@@ -133,6 +134,9 @@ class TurnDeps:
     billing: BillingProvider
     provisioner: Provisioner
     default_conversations: DefaultConversations = field(default_factory=DefaultConversations)
+    # The memory pass, queued after a completed turn's `done` (None: no pass, as in tests
+    # that build the deps by hand).
+    memory: MemoryPasses | None = None
 
 
 async def send_message(
@@ -352,9 +356,12 @@ async def _run_turn(
         outcome.error = ErrorEvent("agent_error", "the agent failed to answer", True)
     run.stoppable = False  # no await since the stream ended: a stop now waits for the end
     try:
-        await _finish(deps, run, content, outcome)
+        stored = await _finish(deps, run, content, outcome)
     finally:
         runtime.forget(run.turn_id)
+    if stored and _status(outcome) == "completed" and deps.memory is not None:
+        # After `done` was published: the pass never delays the reply.
+        deps.memory.after_turn(run.user_id, run.turn_id)
     if cancelled:
         raise asyncio.CancelledError()
 
@@ -489,7 +496,8 @@ def _reported_cost(extra: dict[str, Any]) -> float | None:
     return float(cost) if isinstance(cost, int | float) else None
 
 
-async def _finish(deps: TurnDeps, run: TurnRun, content: str, outcome: _Outcome) -> None:
+async def _finish(deps: TurnDeps, run: TurnRun, content: str, outcome: _Outcome) -> bool:
+    """Store the turn's end and publish its terminal events; True when it was stored."""
     usage = _usage_to_count(deps.agents.model_name, content, outcome)
     budget: Budget | None = None
     # A ledger answers the budget from its charge: no read before the final transaction.
@@ -498,9 +506,10 @@ async def _finish(deps: TurnDeps, run: TurnRun, content: str, outcome: _Outcome)
             budget = await deps.billing.get_budget(run.user_id)
         except Exception:  # the remaining budget is informative; never fail a turn for it
             logger.warning("budget lookup failed after turn %s", run.turn_id)
-    terminal = await _store_final_retrying(deps, run, content, outcome, usage, budget)
+    terminal, stored = await _store_final_retrying(deps, run, content, outcome, usage, budget)
     for event in terminal:
         run.publish(event)
+    return stored
 
 
 # Backoff between attempts of a final write while the database is unreachable: short, so the
@@ -519,7 +528,7 @@ async def _store_final_retrying(
     outcome: _Outcome,
     usage: TokenUsage | None,
     budget: Budget | None,
-) -> list[TurnEvent]:
+) -> tuple[list[TurnEvent], bool]:
     """The final write, retried until it is stored: the reply (or partial reply) and its
     usage stay in memory through a database outage of up to `chat_final_write_seconds`.
 
@@ -533,10 +542,11 @@ async def _store_final_retrying(
     errors = 0
     while True:
         try:
-            return await _store_final(deps, run, content, outcome, usage, budget)
+            return await _store_final(deps, run, content, outcome, usage, budget), True
         except TurnLost:
             logger.warning("turn %s was taken over as interrupted; not stored", run.turn_id)
-            return [run.make("error", error_data("interrupted", "the turn was lost", True))]
+            lost = run.make("error", error_data("interrupted", "the turn was lost", True))
+            return [lost], False
         except DatabaseUnavailable:
             if loop.time() >= deadline:
                 logger.error("turn %s not stored: the database stayed unavailable", run.turn_id)
@@ -552,7 +562,7 @@ async def _store_final_retrying(
         delay = min(delay * 2, _FINAL_RETRY_MAX)
     # The turn stays `streaming` in the database; once this process forgets it, its lease runs
     # out and the crash sweep marks it interrupted. Live subscribers are told now.
-    return [run.make("error", error_data("internal_error", "the reply was not saved", True))]
+    return [run.make("error", error_data("internal_error", "the reply was not saved", True))], False
 
 
 async def _store_final(

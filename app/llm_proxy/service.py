@@ -97,6 +97,14 @@ class LLMProxy:
         return TokenUsage(str(body.get("model")), prompt, completion, prompt + completion)
 
     async def complete(self, user_id: UUID, body: dict[str, Any]) -> dict[str, Any]:
+        answer, _, _ = await self.complete_billed(user_id, body)
+        return answer
+
+    async def complete_billed(
+        self, user_id: UUID, body: dict[str, Any]
+    ) -> tuple[dict[str, Any], TokenUsage, float]:
+        """`complete`, also answering what the call used and cost (the memory pass, a call
+        of the app's own, is billed to the user through here like any other)."""
         client, body, reservation = await self._prepare(user_id, body)
         try:
             answer: dict[str, Any] = await client.complete(body)
@@ -104,8 +112,8 @@ class LLMProxy:
             await self._release_detached(reservation)
             raise
         usage = _usage_from(answer.get("usage"), answer.get("model") or body["model"])
-        await self._record(user_id, usage, reservation)
-        return answer
+        cost = await self._record(user_id, usage, reservation)
+        return answer, usage, cost
 
     async def open_stream(self, user_id: UUID, body: dict[str, Any]) -> AsyncIterator[bytes]:
         """Starts the upstream call now, so that a refusal before the first chunk is an HTTP
@@ -202,7 +210,7 @@ class LLMProxy:
 
     async def _record(
         self, user_id: UUID, usage: TokenUsage, reservation: Reservation | None = None
-    ) -> None:
+    ) -> float:
         async with self._db.transaction() as conn:
             ledger = self._billing.ledger
             if reservation is not None and ledger is not None:
@@ -220,6 +228,7 @@ class LLMProxy:
                 total_tokens=usage.total_tokens,
                 cost=cost,
             )
+        return cost
 
 
 async def _aclose(chunks: AsyncGenerator[dict[str, Any], None]) -> None:

@@ -83,6 +83,7 @@ class AppCluster:
                 "LETTA_BASE_URL": f"http://127.0.0.1:{self.letta_port}",
                 "LETTA_API_KEY": "fault-test-simulator",
                 "LLM_BASE_URL": "http://127.0.0.1:9/v1",
+                "MEMORY_PASS": "off",  # no model here (the pass has tests of its own)
                 "JWT_SECRET": self.jwt_secret,
                 "JWT_ISSUER": JWT_ISSUER,
                 "JWT_AUDIENCE": JWT_AUDIENCE,

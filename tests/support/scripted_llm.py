@@ -56,6 +56,7 @@ class Text:
     usage: tuple[int, int] | None = (11, 7)
     finish_reason: str = "stop"
     pause: float = 0.0  # seconds between streamed chunks
+    delay: float = 0.0  # seconds before the answer starts (streamed or not)
 
     def pieces(self) -> list[str]:
         if self.chunks is not None:
@@ -233,6 +234,8 @@ class ScriptedLLM:
                 status_code=script.status,
                 headers=script.headers,
             )
+        if isinstance(script, Text) and script.delay:
+            await asyncio.sleep(script.delay)
         model = str(body.get("model") or self.model)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:12]}"
         if body.get("stream"):

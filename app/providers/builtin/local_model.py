@@ -173,6 +173,22 @@ def _sanitize(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return clean
 
 
+def llama_response_format(response_format: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's `response_format` as llama-cpp-python takes it: a JSON schema becomes
+    `{"type": "json_object", "schema": ...}`, which it compiles into a grammar that constrains
+    every sampled token (how a model that cannot call tools still answers in the shape the
+    memory pass asks for)."""
+    if response_format.get("type") == "json_schema":
+        spec = response_format.get("json_schema") or {}
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if isinstance(schema, dict):
+            return {"type": "json_object", "schema": schema}
+        return {"type": "json_object"}
+    if response_format.get("type") == "json_object":
+        return {key: response_format[key] for key in ("type", "schema") if key in response_format}
+    return {"type": "text"}
+
+
 class LocalChatClient:
     """`ChatClient` over the built-in model. It cannot call tools: tools are dropped."""
 
@@ -200,6 +216,9 @@ class LocalChatClient:
             or body.get("max_completion_tokens")
             or DEFAULT_MAX_TOKENS,
         }
+        response_format = body.get("response_format")
+        if isinstance(response_format, dict):
+            request["response_format"] = llama_response_format(response_format)
         for key in (
             "temperature",
             "top_p",

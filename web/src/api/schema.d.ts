@@ -632,6 +632,40 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/agent/memory/changes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Changes the memory pass made to memory, newest first, each with its turn */
+        get: operations["list_memory_changes"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/agent/memory/passes": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Memory passes (one per turn, or per N turns), newest first: status, cost, changes */
+        get: operations["list_memory_passes"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/user/usage": {
         parameters: {
             query?: never;
@@ -1151,12 +1185,119 @@ export interface components {
              */
             created_at: string;
         };
+        /**
+         * MemoryChangeOut
+         * @description One change the memory pass made, and the turn it came from.
+         */
+        MemoryChangeOut: {
+            /** Id */
+            id: number;
+            /**
+             * Turn Id
+             * Format: uuid
+             */
+            turn_id: string;
+            /** Pass Id */
+            pass_id: number | null;
+            /**
+             * Op
+             * @description add/update/delete: a fact (a line) of the block in `target`; archive: a new archival passage (`passage_id`); condense: a fact moved out of a full block into the archival passage `passage_id`
+             * @enum {string}
+             */
+            op: "add" | "update" | "delete" | "archive" | "condense";
+            /**
+             * Target
+             * @description The block label (`human`) or `archival`
+             */
+            target: string;
+            /**
+             * Before
+             * @description The fact replaced, deleted or moved
+             */
+            before: string | null;
+            /**
+             * After
+             * @description The fact or passage text written
+             */
+            after: string | null;
+            /** Passage Id */
+            passage_id: string | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+        };
+        /** MemoryChangePageOut */
+        MemoryChangePageOut: {
+            /** Items */
+            items: components["schemas"]["MemoryChangeOut"][];
+            /** Next Cursor */
+            next_cursor?: string | null;
+        };
         /** MemoryOut */
         MemoryOut: {
             /** Blocks */
             blocks: components["schemas"]["BlockOut"][];
             /** Archival Passages */
             archival_passages: number;
+        };
+        /**
+         * MemoryPassOut
+         * @description One memory pass: how it ended, what it cost, how many changes it made.
+         */
+        MemoryPassOut: {
+            /** Id */
+            id: number;
+            /**
+             * Turn Id
+             * Format: uuid
+             */
+            turn_id: string;
+            /**
+             * Status
+             * @description refused: over budget (no model call was made); failed: the model's answer was unusable, the model or the database failed, or the block kept changing under it (`error` says which): memory is as it was, apart from archival passages written before the failure
+             * @enum {string}
+             */
+            status: "pending" | "running" | "completed" | "failed" | "refused" | "abandoned";
+            /**
+             * Exchanges
+             * @description How many exchanges it read, ending with its turn's
+             */
+            exchanges: number;
+            /** Attempts */
+            attempts: number;
+            /** Error */
+            error: string | null;
+            /**
+             * Operations
+             * @description Changes made (see /agent/memory/changes)
+             */
+            operations: number;
+            /** Model */
+            model: string | null;
+            /** Prompt Tokens */
+            prompt_tokens: number;
+            /** Completion Tokens */
+            completion_tokens: number;
+            /** Cost */
+            cost: number;
+            /** Duration Ms */
+            duration_ms: number | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Finished At */
+            finished_at: string | null;
+        };
+        /** MemoryPassPageOut */
+        MemoryPassPageOut: {
+            /** Items */
+            items: components["schemas"]["MemoryPassOut"][];
+            /** Next Cursor */
+            next_cursor?: string | null;
         };
         /** MessageIn */
         MessageIn: {
@@ -5721,6 +5862,112 @@ export interface operations {
             };
             /** @description Upstream unavailable */
             503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    list_memory_changes: {
+        parameters: {
+            query?: {
+                limit?: number;
+                /** @description `next_cursor` of the previous page */
+                cursor?: string | null;
+                /** @description Only what came from this turn */
+                turn_id?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MemoryChangePageOut"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unexpected server error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    list_memory_passes: {
+        parameters: {
+            query?: {
+                limit?: number;
+                /** @description `next_cursor` of the previous page */
+                cursor?: string | null;
+                /** @description Only what came from this turn */
+                turn_id?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MemoryPassPageOut"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unexpected server error */
+            500: {
                 headers: {
                     [name: string]: unknown;
                 };

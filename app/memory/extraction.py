@@ -199,7 +199,8 @@ def plan(ops: list[_Op], facts: list[str], said: str) -> list[Planned]:
     """Operations as a plan over fact texts, kept only when they follow from `said` (the
     user's messages): a fact written must be about it (a word of it) and made of its words or
     of the known facts' (`grounded`: a correction restates the fact it corrects), and a fact
-    updated or deleted must be about it too (the user talked about it). An operation naming a
+    deleted must be about it too (the user talked about it), a fact updated about it or about
+    its replacement. An operation naming a
     line that does not exist is dropped (a small model's miscount must not edit another
     fact); an added fact too long for a line is archived instead; an update with no text is a
     delete."""
@@ -213,7 +214,10 @@ def plan(ops: list[_Op], facts: list[str], said: str) -> list[Planned]:
             if not 1 <= op.line <= len(facts):
                 continue
             old = facts[op.line - 1]
-            if not _about(old, said):
+            # The user talked about the old fact, or the update restates it (a word in common:
+            # "They live in Porto." for "They live in Lisbon." after "we moved to Porto", which
+            # names neither the old city nor living). A delete has only the first.
+            if not (_about(old, said) or (fact and op.op == "update" and _about(old, fact))):
                 continue
             if op.op == "delete" or not fact:
                 planned.append(Planned("delete", old, None))

@@ -73,6 +73,21 @@ def test_only_facts_about_what_the_user_said_are_planned() -> None:
     ]
 
 
+def test_a_correction_that_names_neither_the_old_value_nor_its_words_still_updates() -> None:
+    facts = ["Their name is Dana.", "They live in Lisbon."]
+    ops = parse_answer(
+        _ops(
+            ("update", 2, "They live in Porto."),  # restates line 2 with the new city
+            ("update", 1, "Porto."),  # nothing in common with line 1: dropped
+            ("delete", 1, ""),  # the user said nothing about their name
+        )
+    )
+    said = "Big news: we moved to Porto last week."
+    assert plan(ops, facts, said) == [
+        Planned("update", "They live in Lisbon.", "They live in Porto."),
+    ]
+
+
 def test_apply_skips_facts_that_changed_and_never_duplicates() -> None:
     planned = [
         Planned("update", "They live in Lisbon.", "They live in Porto."),

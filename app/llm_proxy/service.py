@@ -101,13 +101,14 @@ class LLMProxy:
         return answer
 
     async def complete_billed(
-        self, user_id: UUID, body: dict[str, Any]
+        self, user_id: UUID, body: dict[str, Any], *, background: bool = False
     ) -> tuple[dict[str, Any], TokenUsage, float]:
         """`complete`, also answering what the call used and cost (the memory pass, a call
-        of the app's own, is billed to the user through here like any other)."""
+        of the app's own, is billed to the user through here like any other). `background`:
+        see `ChatClient.complete` (a preempted call is released, not charged)."""
         client, body, reservation = await self._prepare(user_id, body)
         try:
-            answer: dict[str, Any] = await client.complete(body)
+            answer: dict[str, Any] = await client.complete(body, background=background)
         except BaseException:
             await self._release_detached(reservation)
             raise

@@ -37,6 +37,7 @@ from app.memory import repository as repo
 from app.memory.extraction import Change, InvalidOperations
 from app.platform.db import Database
 from app.providers.agents import AgentProvider, BlockVersionMismatch, MemoryBlock, block_version
+from app.providers.builtin.llm import ModelPreempted
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,9 @@ PASSAGE_TAG = "memory-pass"
 MAX_ATTEMPTS = 2  # a pass whose process died is retried once
 VERSION_RETRIES = 3  # re-reads of a block edited concurrently before the pass gives up
 STOP_GRACE_SECONDS = 5.0
+# After giving way to a user's call on the built-in model: long enough not to poll a busy model,
+# short against the seconds a reply takes.
+PREEMPTED_PAUSE_SECONDS = 0.5
 
 
 class VersionConflict(RuntimeError):
@@ -189,6 +193,15 @@ class MemoryPasses:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._release(claimed.id))
             raise
+        except ModelPreempted:
+            # A user's call took the built-in model (it generates one answer at a time): not
+            # a failure and nothing charged. The row goes back to the queue, its attempt not
+            # counted, and is claimed again after a pause (so a busy model is not polled);
+            # `finally` frees the slot and wakes the loop after it.
+            with contextlib.suppress(Exception):
+                await self._release(claimed.id)
+            await asyncio.sleep(PREEMPTED_PAUSE_SECONDS)
+            return
         except TimeoutError:
             result = record.result("failed", "timeout")
         except AppError as exc:  # the model, the agent service or the database: expected
@@ -243,7 +256,9 @@ class MemoryPasses:
             facts, said, max_tokens=self._settings.memory_pass_max_tokens
         )
         try:
-            answer, usage, cost = await self._proxy.complete_billed(claimed.user_id, body)
+            answer, usage, cost = await self._proxy.complete_billed(
+                claimed.user_id, body, background=True
+            )
         except BudgetExceeded:
             return record.result("refused", "budget_exceeded")
         record.model = usage.model

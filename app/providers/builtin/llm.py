@@ -71,6 +71,12 @@ def is_retryable(exc: BaseException) -> bool:
     return bool(getattr(exc, "retryable", False))
 
 
+class ModelPreempted(Exception):
+    """A background call (`complete(..., background=True)`) gave way to a user's call on a
+    model that generates one answer at a time (the built-in model). Nothing was charged and
+    nothing is wrong: the caller tries again later."""
+
+
 class ChatClient(Protocol):
     model: str
     supports_tools: bool
@@ -80,8 +86,13 @@ class ChatClient(Protocol):
         caller that stops reading closes it (`aclose`) and the upstream call with it."""
         ...
 
-    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        """A `chat.completion` dict with `usage`."""
+    async def complete(self, body: dict[str, Any], *, background: bool = False) -> dict[str, Any]:
+        """A `chat.completion` dict with `usage`.
+
+        `background`: a call of the app's own (the memory pass) that must never delay a
+        user's. A client in front of one shared generator (the built-in model) lets users'
+        calls go first and raises `ModelPreempted` if one arrives while it generates; a client
+        of a server that answers calls concurrently ignores it."""
         ...
 
 
@@ -304,7 +315,8 @@ class OpenAIChatClient:
             completion = estimate_tokens("".join(output))
             yield usage_chunk(completion_id, model, usage_dict(prompt, completion, estimated=True))
 
-    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, body: dict[str, Any], *, background: bool = False) -> dict[str, Any]:
+        # `background` changes nothing here: the upstream serves calls side by side.
         request = self._request(body)
         try:
             answer = await self._create(**request, stream=False)

@@ -3,18 +3,23 @@ by llama.cpp, so the product works with nothing configured and offline.
 
 llama.cpp is synchronous and uses every thread it is given, so generation runs in a worker
 thread, one generation at a time (a lock), and streamed tokens come back through an asyncio
-queue. The `Llama` instance is loaded once (0.2 s, ~250 MB) and shared. `llama_cpp` is imported
-lazily: `make test` never needs it; `make run` / `make model` install it.
+queue. Users' calls come first: a background call (the memory pass) waits for the lock only
+while no user's call waits, and stops between two tokens when one arrives (`ModelPreempted`),
+so a reply waits at most for one token (and the background call's prompt, if it was being
+read), never for a whole background answer. The `Llama` instance is loaded once (0.2 s,
+~250 MB) and shared. `llama_cpp` is imported lazily: `make test` never needs it; `make run`
+/ `make model` install it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -22,6 +27,7 @@ from app.config import Settings
 from app.providers.builtin.llm import (
     BuiltinModelMissing,
     LLMUnavailable,
+    ModelPreempted,
     message_text,
     usage_chunk,
     usage_dict,
@@ -62,6 +68,9 @@ class LocalModel:
         # One generation at a time: llama.cpp contexts are not reentrant, and two at once
         # would only halve each one's speed on a 2-core machine.
         self._generate_lock = threading.Lock()
+        # Users' calls waiting for the lock or holding it: a background call gives way.
+        self._foreground = 0
+        self._foreground_lock = threading.Lock()
 
     @classmethod
     def shared(cls, path: Path, *, n_threads: int, n_ctx: int) -> LocalModel:
@@ -109,11 +118,65 @@ class LocalModel:
         llama = self._load()
         return llama.create_chat_completion(**request)
 
+    @contextlib.contextmanager
+    def _foreground_turn(self) -> Iterator[None]:
+        """The generate lock for a user's call, announced first so a background call stops."""
+        with self._foreground_lock:
+            self._foreground += 1
+        try:
+            with self._generate_lock:
+                yield
+        finally:
+            with self._foreground_lock:
+                self._foreground -= 1
+
+    def _user_waiting(self) -> bool:
+        return self._foreground > 0  # an int read: atomic under the GIL, no lock needed
+
     async def complete(self, request: dict[str, Any]) -> dict[str, Any]:
         def work() -> dict[str, Any]:
-            with self._generate_lock:
+            with self._foreground_turn():
                 answer: dict[str, Any] = self.generate({**request, "stream": False})
                 return answer
+
+        return await asyncio.to_thread(work)
+
+    async def complete_background(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A whole answer generated token by token, giving way to users' calls (above):
+        raises `ModelPreempted` when one arrives first or meanwhile."""
+
+        def work() -> dict[str, Any]:
+            text: list[str] = []
+            finish_reason: str | None = None
+            with self._generate_lock:
+                if self._user_waiting():
+                    raise ModelPreempted("a user's call is waiting for the built-in model")
+                chunks = self.generate({**request, "stream": True})
+                try:
+                    for chunk in chunks:
+                        if self._user_waiting():
+                            raise ModelPreempted("a user's call arrived")
+                        for choice in chunk.get("choices") or []:
+                            text.append((choice.get("delta") or {}).get("content") or "")
+                            finish_reason = choice.get("finish_reason") or finish_reason
+                finally:
+                    if isinstance(chunks, Generator):  # stop llama.cpp's generation now
+                        chunks.close()
+            content = "".join(text)
+            prompt = self._prompt_tokens(request["messages"])
+            return {
+                "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": finish_reason or "stop",
+                    }
+                ],
+                "usage": usage_dict(prompt, self.count_tokens(content), estimated=True),
+            }
 
         return await asyncio.to_thread(work)
 
@@ -130,7 +193,7 @@ class LocalModel:
 
         def work() -> None:
             try:
-                with self._generate_lock:
+                with self._foreground_turn():
                     if cancel.is_set():
                         return
                     for chunk in self.generate({**request, "stream": True}):
@@ -248,10 +311,14 @@ class LocalChatClient:
         completion = await asyncio.to_thread(self._runtime.count_tokens, "".join(output))
         yield usage_chunk(completion_id, self.model, usage_dict(prompt, completion, estimated=True))
 
-    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def complete(self, body: dict[str, Any], *, background: bool = False) -> dict[str, Any]:
+        request = self._request(body)
         try:
-            answer = dict(await self._runtime.complete(self._request(body)))
-        except LLMUnavailable:
+            if background:
+                answer = dict(await self._runtime.complete_background(request))
+            else:
+                answer = dict(await self._runtime.complete(request))
+        except (LLMUnavailable, ModelPreempted):
             raise
         except Exception as exc:  # llama.cpp failures are operational from the caller's view
             raise LLMUnavailable(f"the built-in model failed: {exc}") from exc

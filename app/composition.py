@@ -41,6 +41,7 @@ from app.llm_proxy.service import LLMProxy
 from app.platform.database_server import resolve_database
 from app.platform.db import Database, apply_migrations
 from app.platform.http_transport import AppHTTPClient, ShardedTransport, check_backend
+from app.platform.metrics import Metrics
 from app.providers.agents import AgentProvider
 from app.providers.billing import BillingProvider
 from app.providers.builtin.llm import LLMClients
@@ -111,6 +112,7 @@ class AppState:
     agent_service: AgentService
     usage_service: UsageService
     admin_service: AdminService
+    metrics: Metrics
 
 
 def http_client(settings: Settings) -> httpx.AsyncClient:
@@ -128,14 +130,25 @@ def http_client(settings: Settings) -> httpx.AsyncClient:
     return AppHTTPClient(timeout=timeout, transport=ShardedTransport(limits=limits))
 
 
-async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExitStack) -> AppState:
+async def build_state(
+    settings: Settings,
+    overrides: Overrides,
+    stack: AsyncExitStack,
+    metrics: Metrics | None = None,
+) -> AppState:
+    """Everything the app holds. `metrics`: the app's (create_app makes it before the lifespan,
+    for the request middleware); a new set for a state built outside an app (the admin CLI)."""
+    metrics = metrics or Metrics()
     common_passwords()  # read now: a missing list stops startup, not the first registration
     target = await resolve_database(settings)
     logger.info("database: %s", target.description)
     if target.stop is not None:
         stack.push_async_callback(target.stop)
     db = Database(
-        target.dsn, min_size=settings.database_pool_min_size, max_size=settings.database_pool_max
+        target.dsn,
+        min_size=settings.database_pool_min_size,
+        max_size=settings.database_pool_max,
+        metrics=metrics,
     )
     await db.connect()
     stack.push_async_callback(db.close)
@@ -145,7 +158,7 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
     async with db.acquire() as conn:
         await apply_migrations(conn)
     background = BackgroundTasks()
-    llm = LLMClients(settings, background.spawn)
+    llm = LLMClients(settings, background.spawn, metrics)
     stack.push_async_callback(llm.aclose)
     # Registered after the clients, so awaited before they close: a background task may be
     # closing an upstream stream, or recording its usage.
@@ -154,18 +167,18 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
     revocations = SessionRevocations(db, settings.revocation_poll_seconds)
     await revocations.start()
     stack.push_async_callback(revocations.aclose)
-    providers = build_providers(settings, db, http, llm, overrides, revocations)
+    providers = build_providers(settings, db, http, llm, overrides, revocations, metrics)
     identity, billing, agents = providers.identity, providers.billing, providers.agents
-    limiter = build_limiter(settings)
+    limiter = build_limiter(settings, metrics=metrics)
     stack.push_async_callback(limiter.aclose)
     logger.info("rate limits: %s storage", limiter.backend)
-    provisioner = Provisioner(settings, db, billing, agents)
+    provisioner = Provisioner(settings, db, billing, agents, metrics)
     # Fails turns orphaned by a crashed process, then runs turns, event writer and leases.
     chat = ChatRuntime(settings, db)
     await chat.start()
     stack.push_async_callback(chat.stop)
     usage_service = UsageService(settings, db, billing)
-    turns = TurnDeps(settings, chat, agents, billing, provisioner)
+    turns = TurnDeps(settings, chat, agents, billing, provisioner, metrics=metrics)
     return AppState(
         settings=settings,
         db=db,
@@ -180,7 +193,7 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
         limiter=limiter,
         llm=llm,
         background=background,
-        llm_proxy=LLMProxy(settings, db, billing, llm, background.spawn),
+        llm_proxy=LLMProxy(settings, db, billing, llm, background.spawn, metrics),
         turns=turns,
         chat_history=ChatHistory(db),
         conversations=Conversations(db, agents),
@@ -190,4 +203,5 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
         admin_service=AdminService(
             settings, db, billing, usage_service, provisioner, revocations, turns
         ),
+        metrics=metrics,
     )

@@ -94,9 +94,12 @@ class Subscription:
 class TurnRun:
     """One turn being run by this process: its events so far and its live subscribers."""
 
-    def __init__(self, turn_id: UUID, user_id: UUID) -> None:
+    def __init__(self, turn_id: UUID, user_id: UUID, started_at: float | None = None) -> None:
         self.turn_id = turn_id
         self.user_id = user_id
+        # time.perf_counter() when the message's admission began, for the time to the first
+        # event; cleared once that is recorded (the metric counts each turn once).
+        self.started_at: float | None = started_at
         self.events: list[TurnEvent] = []
         self.task: asyncio.Task[None] | None = None
         self._subscribers: set[Subscription] = set()

@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import time
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -60,6 +62,7 @@ from app.conversations import repository as conversations_repo
 from app.conversations.repository import ConversationRow
 from app.conversations.service import DefaultConversations, auto_title, resolve
 from app.errors import AppError, BudgetExceeded, Conflict, DatabaseUnavailable, UpstreamUnavailable
+from app.platform.metrics import Metrics
 from app.providers.agents import (
     AgentNotFound,
     AgentProvider,
@@ -133,6 +136,7 @@ class TurnDeps:
     billing: BillingProvider
     provisioner: Provisioner
     default_conversations: DefaultConversations = field(default_factory=DefaultConversations)
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 async def send_message(
@@ -195,6 +199,7 @@ async def start_turn(
     conversation_id: UUID | None = None,
 ) -> TurnRun:
     """Admit a turn and start running it; the caller subscribes to the returned run."""
+    started_at = time.perf_counter()
     runtime = deps.runtime
     defaults = deps.default_conversations
     remembered = defaults.get(user_id) if conversation_id is None else None
@@ -231,8 +236,9 @@ async def start_turn(
         defaults.forget(user_id)
         return await start_turn(deps, user_id, content, client_message_id, None)
 
-    run = TurnRun(turn_id, user_id)
+    run = TurnRun(turn_id, user_id, started_at)
     run.publish(first)
+    deps.metrics.turns_started.inc()
     task = asyncio.create_task(
         _run_turn(deps, run, agent_id, content, llm, conversation), name=f"turn-{turn_id}"
     )
@@ -464,6 +470,9 @@ async def _relay(
             sse = run.make(*mapped)
             run.publish(sse)
             runtime.writer.add(run.turn_id, run.user_id, sse)
+            if run.started_at is not None:  # the agent's first event: once per turn
+                deps.metrics.time_to_first_event.observe(time.perf_counter() - run.started_at)
+                run.started_at = None
 
 
 def _usage_to_count(model: str, content: str, outcome: _Outcome) -> TokenUsage | None:
@@ -501,6 +510,22 @@ async def _finish(deps: TurnDeps, run: TurnRun, content: str, outcome: _Outcome)
     terminal = await _store_final_retrying(deps, run, content, outcome, usage, budget)
     for event in terminal:
         run.publish(event)
+    _count_end(deps.metrics, terminal[-1])
+
+
+# An error code as a label value: our codes are fixed identifiers; anything else (a provider
+# bug) is one value, so the series stay bounded.
+_ERROR_LABEL = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def _count_end(metrics: Metrics, last: TurnEvent) -> None:
+    """The turn's end as its client saw it (the terminal event), stored or not."""
+    if last.event == "done":
+        cancelled = last.data.get("status") == "cancelled"
+        (metrics.turns_cancelled if cancelled else metrics.turns_completed).inc()
+        return
+    code = str(last.data.get("code"))
+    metrics.turns_failed.labels(code if _ERROR_LABEL.match(code) else "other").inc()
 
 
 # Backoff between attempts of a final write while the database is unreachable: short, so the
@@ -651,6 +676,10 @@ async def _store_final(
         for row in buffered:
             runtime.writer.add(row.turn_id, row.user_id, row.event)
         raise
+    if usage is not None:  # committed: counted as charged
+        deps.metrics.charged(
+            usage.model, usage.prompt_tokens, usage.completion_tokens, cost, "chat"
+        )
     return terminal
 
 

@@ -10,6 +10,7 @@ Each app has its own registry, so the values read are this test's exactly.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -154,9 +155,7 @@ async def test_counters_move_with_turns_failures_stops_and_refusals(
     # 3. Letta goes away: the next turn fails (an error event), the call counted as an error.
     letta.cut()
     failed = parse_sse(
-        (
-            await client.post("/api/v1/chat/message", json={"content": "hi?"}, headers=headers)
-        ).text
+        (await client.post("/api/v1/chat/message", json={"content": "hi?"}, headers=headers)).text
     )
     assert failed[-1].event == "error"
     failed_code = failed[-1].data["code"]
@@ -185,7 +184,7 @@ async def test_counters_move_with_turns_failures_stops_and_refusals(
         if n == "agentmem_time_to_first_event_seconds_bucket"
     )
     assert buckets[-1] == (float("inf"), 2)
-    assert len(buckets) > 5 and all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:]))
+    assert len(buckets) > 5 and all(a[1] <= b[1] for a, b in itertools.pairwise(buckets))
 
     # Tokens and cost per model: the completed turn's usage as charged, plus the stopped
     # turn's (an estimate of its partial reply).
@@ -196,17 +195,20 @@ async def test_counters_move_with_turns_failures_stops_and_refusals(
 
     # HTTP: by route template (not the turn's path) and status.
     stop_route = "/api/v1/chat/turns/{turn_id}/stop"
-    assert value(
-        m, "agentmem_http_requests_total", method="POST", route=stop_route, status="200"
-    ) == 1
+    assert (
+        value(m, "agentmem_http_requests_total", method="POST", route=stop_route, status="200") == 1
+    )
     message = {"method": "POST", "route": "/api/v1/chat/message"}
     assert value(m, "agentmem_http_requests_total", **message, status="200") == 3
     assert value(m, "agentmem_http_requests_total", **message, status="429") == 1
     assert value(m, "agentmem_http_request_duration_seconds_count", **message, status="200") == 3
     assert not any(turn_id in dict(ls).get("route", "") for (_, ls) in m)
-    assert value(
-        m, "agentmem_http_request_duration_seconds_bucket", **message, status="200", le="+Inf"
-    ) == 3
+    assert (
+        value(
+            m, "agentmem_http_request_duration_seconds_bucket", **message, status="200", le="+Inf"
+        )
+        == 3
+    )
 
     # Outside calls, at the Letta provider: the agent made at registration, the streams
     # (two ended, one cancelled by the stop), and the one that found Letta gone.

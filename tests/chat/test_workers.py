@@ -319,3 +319,73 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+METRICS_TOKEN = "workers-metrics-token-0123456789abcdef"
+
+
+async def _scrape(pinned: Pinned) -> dict[str, float]:
+    """The unlabelled samples of one worker's /metrics answer, by name."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = await pinned.http.get(
+        "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+    )
+    pinned.check()
+    assert response.status_code == 200, response.text
+    return {
+        s.name: s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+        if not s.labels
+    }
+
+
+async def test_metrics_of_either_worker_count_the_turns_of_both(
+    cluster: AppCluster, database_url: str
+) -> None:
+    """prometheus_client's multiprocess mode under the supervisor: each worker runs one turn,
+    and /metrics answered by either worker counts both; the counts survive a worker's death
+    (its files stay) while its live gauges go with it."""
+    app = await cluster.start("api", workers=2, METRICS_TOKEN=METRICS_TOKEN)
+    async with contextlib.AsyncExitStack() as stack:
+        workers = await _workers_serving(app, stack)
+        http = (await _client_on(app, workers[0], stack)).http
+        users = [await _register(http), await _register(http)]
+
+        async def turn_on(worker: int, headers: dict[str, str]) -> str:
+            pinned = await _client_on(app, worker, stack)
+            response = await pinned.http.post(
+                "/api/v1/chat/message", json={"content": "hi"}, headers=headers
+            )
+            pinned.check()
+            events = parse_sse(response.text)
+            assert events[-1].data["status"] == "completed", response.text
+            return str(events[0].data["turn_id"])
+
+        turn_ids = await asyncio.gather(
+            *(turn_on(w, h) for w, h in zip(workers, users, strict=True))
+        )
+        owners = {(await _turn(database_url, t))["instance_id"].split("/")[0] for t in turn_ids}
+        assert owners == {"api#0", "api#1"}  # one turn run by each worker
+
+        for worker in workers:
+            totals = await _scrape(await _client_on(app, worker, stack))
+            assert totals["agentmem_turns_started_total"] == 2, (worker, totals)
+            assert totals["agentmem_turns_completed_total"] == 2, (worker, totals)
+            assert totals["agentmem_time_to_first_event_seconds_count"] == 2
+            # Live gauges: the sum over the live workers (each holds its pool).
+            assert totals["agentmem_db_pool_max"] == 2 * 4  # DATABASE_POOL_MAX=4 per worker
+            assert totals["agentmem_live_streams"] == 0
+
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = time.monotonic() + DEADLINE
+        while len(restarted := _worker_pids(app.process.pid)) != 2 or workers[0] in restarted:
+            assert time.monotonic() < deadline, app.log_tail()
+            await asyncio.sleep(0.1)
+        # The restarted worker has opened its pool once it answers.
+        for worker in restarted:
+            await _client_on(app, worker, stack)
+        totals = await _scrape(await _client_on(app, restarted[0], stack))
+        assert totals["agentmem_turns_completed_total"] == 2  # the dead worker's turn counts
+        assert totals["agentmem_db_pool_max"] == 2 * 4  # not 3 pools: the dead one is gone

@@ -282,6 +282,7 @@ async def start_backend(
     log_dir: Path,
     pool_max: int | None = None,
     app_root: Path | None = None,
+    metrics_dir: Path | None = None,
 ) -> Backend:
     """One uvicorn worker (uvloop + httptools, as `python -m app` picks), log level WARNING.
 
@@ -311,6 +312,10 @@ async def start_backend(
         env["DATABASE_POOL_MAX"] = str(pool_max)
     if app_root is not None:
         env["PYTHONPATH"] = str(app_root)
+    if metrics_dir is not None:
+        # prometheus_client's multiprocess mode, as under `python -m app` with WORKERS > 1
+        # (app/platform/metrics.py): every metric update goes to a memory-mapped file.
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     args = [
         sys.executable,
         "-m",

@@ -174,7 +174,7 @@ async def build_state(
     logger.info("rate limits: %s storage", limiter.backend)
     provisioner = Provisioner(settings, db, billing, agents, metrics)
     # Fails turns orphaned by a crashed process, then runs turns, event writer and leases.
-    chat = ChatRuntime(settings, db)
+    chat = ChatRuntime(settings, db, metrics)
     await chat.start()
     stack.push_async_callback(chat.stop)
     usage_service = UsageService(settings, db, billing)

@@ -45,6 +45,7 @@ from app.chat.events import EventName, TurnEvent
 from app.config import Settings
 from app.errors import DatabaseUnavailable
 from app.platform.db import Database
+from app.platform.metrics import Metrics
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -192,9 +193,10 @@ class EventWriter:
 
 
 class ChatRuntime:
-    def __init__(self, settings: Settings, db: Database) -> None:
+    def __init__(self, settings: Settings, db: Database, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.db = db
+        self.metrics = metrics or Metrics()
         # What turns record as their owner: the instance's stable name and this boot.
         self.instance_name = settings.instance_name
         self.instance_id = f"{self.instance_name}/{uuid.uuid4().hex[:12]}"
@@ -217,6 +219,7 @@ class ChatRuntime:
             )
         if failed:
             logger.warning("marked %d interrupted turn(s) as failed", len(failed))
+        self.count_interrupted(failed)
         self._maintenance = asyncio.create_task(self._maintain(), name="chat-maintenance")
 
     async def _maintain(self) -> None:
@@ -250,6 +253,12 @@ class ChatRuntime:
             if database_down:
                 logger.warning("database back: buffered chat events stored")
                 database_down = False
+
+    def count_interrupted(self, swept: list[UUID]) -> None:
+        """Turns a dead process left streaming, failed by a sweep (committed): counted as
+        failed here, since their own process counted them started but never ended."""
+        if swept:
+            self.metrics.turns_failed.labels("interrupted").inc(len(swept))
 
     def register(self, run: TurnRun, task: asyncio.Task[None]) -> None:
         run.task = task

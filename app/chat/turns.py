@@ -294,6 +294,7 @@ async def _admit(deps: TurnDeps, turn: repo.NewTurn) -> tuple[str, LLMRoute | No
         llm = await deps.billing.llm_route(user_id)
 
     runtime = deps.runtime
+    swept: list[UUID] = []
     try:
         async with runtime.db.transaction() as conn:
             admission = await repo.admission_check(conn, user_id, runtime.lease_seconds)
@@ -303,12 +304,13 @@ async def _admit(deps: TurnDeps, turn: repo.NewTurn) -> tuple[str, LLMRoute | No
                 if not admission.stale:
                     raise TurnInProgress()
                 # Left by a crashed process: fail it, so the user is not locked out.
-                await repo.fail_stale_turns(
+                swept = await repo.fail_stale_turns(
                     conn, lease_seconds=runtime.lease_seconds, user_id=user_id
                 )
             await repo.insert_turn(conn, turn)
     except asyncpg.UniqueViolationError as exc:  # another instance admitted one meanwhile
         raise TurnInProgress() from exc
+    runtime.count_interrupted(swept)
     return provisioned.agent_id, llm
 
 
@@ -737,9 +739,10 @@ async def stop_turn(deps: TurnDeps, user_id: UUID, turn_id: UUID) -> repo.TurnRo
             break
         if stale:  # its instance is gone: nobody will stop it, the sweep ends it
             async with runtime.db.transaction() as conn:
-                await repo.fail_stale_turns(
+                swept = await repo.fail_stale_turns(
                     conn, lease_seconds=runtime.lease_seconds, user_id=user_id
                 )
+            runtime.count_interrupted(swept)
     return await _stored_turn(deps, user_id, turn_id)
 
 

@@ -8,10 +8,11 @@ observation, the operation being the port's method name (a fixed, small set). Th
 upstream (app/providers/builtin/llm.py `OpenAIChatClient`) uses `timed_call`/`timed_stream`
 directly: it is made per call, so wrapping instances would cost more than the call.
 
-Outcome: `ok`; `rejected`, the service answered and refused (our error with a 4xx status:
-not found, already exists, wrong password): a caller's problem, not the service's; `error`,
-the service is down, timed out or answered 5xx (our 5xx errors, anything unexpected); and
-`cancelled` (a stopped turn). A stream's outcome is its end: an `ErrorEvent` item counts as
+Outcome: `ok`; `rejected`, the service answered and refused the request (the providers'
+request errors: `UpstreamError` for a 4xx, not found, already exists, wrong password, budget
+exhausted): a caller's problem, not the service's; `error`, the service is down, timed out,
+overloaded or answered 5xx (`UpstreamUnavailable`, or anything unexpected); and `cancelled`
+(a stopped turn). A stream's outcome is its end: an `ErrorEvent` item counts as
 `error` when retryable (operational), else `rejected`; the duration is the whole stream.
 
 A stream is relayed through one more async generator: a call per streamed item, no lock.
@@ -26,7 +27,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from functools import wraps
 from typing import Any, TypeVar
 
-from app.errors import AppError
+from app.errors import AppError, UpstreamUnavailable
 from app.platform.metrics import Metrics
 from app.providers.agents import ErrorEvent
 
@@ -37,7 +38,10 @@ P = TypeVar("P")
 def _outcome_of(exc: BaseException) -> str:
     if isinstance(exc, asyncio.CancelledError | GeneratorExit):
         return "cancelled"
-    if isinstance(exc, AppError) and exc.status_code < 500:
+    # The providers' two kinds (see docs/architecture.md): operational failures are
+    # `UpstreamUnavailable`; anything else they raise on purpose is the service refusing
+    # the request (`UpstreamError`, not found, already exists, budget exhausted).
+    if isinstance(exc, AppError) and not isinstance(exc, UpstreamUnavailable):
         return "rejected"
     return "error"
 

@@ -19,38 +19,17 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.config import Settings
 from app.main import create_app
 from bench.sim_letta import SimConfig, serve
 from tests.chat.conftest import parse_sse, wait_for
+from tests.support.metrics import Samples, parse, total, value
 from tests.support.tcp_proxy import TcpProxy
 
 TOKEN = "metrics-token-for-the-test-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 EVENTS = 30  # fragments per simulated turn, one every 20 ms: a turn lasts 0.6 s
-
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def parse(text: str) -> Samples:
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples[(s.name, frozenset(s.labels.items()))] = s.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def total(samples: Samples, name: str, **labels: str) -> float:
-    """The sum over every series of `name` whose labels include `labels`."""
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
 
 
 async def scrape(client: httpx.AsyncClient) -> Samples:

@@ -12,8 +12,8 @@ from fastapi import FastAPI
 
 from app.config import Settings
 from app.providers.billing import TokenUsage
+from tests.support.metrics import parse, value
 from tests.support.scripted_llm import Error, ScriptedLLM, Text
-from tests.test_metrics import parse, value
 
 URL = "/api/v1/llm/chat/completions"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]

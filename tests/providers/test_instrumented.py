@@ -11,7 +11,7 @@ from app.errors import NotFound, UpstreamError, UpstreamUnavailable
 from app.platform.metrics import Metrics
 from app.providers.agents import DeltaEvent, ErrorEvent
 from app.providers.instrumented import instrument
-from tests.test_metrics import Samples, parse, value
+from tests.support.metrics import Samples, parse, value
 
 
 class Service:

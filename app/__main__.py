@@ -9,6 +9,10 @@ signal on and waits for the workers to drain. Our own supervisor rather than uvi
 (`<instance>#<index>`) is the same across its restarts and differs from its siblings'; a
 restarted worker then fails only the turns its own previous run left streaming
 (app/chat/runtime.py), never a sibling's live ones. uvicorn's manager gives no such index.
+
+The supervisor also owns the workers' metrics directory (PROMETHEUS_MULTIPROC_DIR, see
+app/platform/metrics.py): made or emptied before they start, a dead worker's live gauges
+dropped, a directory it made removed at the end.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -80,6 +87,8 @@ class Supervisor:
         self.started_at: dict[int, float] = {}
         self.pause: dict[int, float] = {}
         self.stopping = False
+        self.metrics_dir: Path | None = None
+        self._own_metrics_dir = False
 
     def _spawn(self, index: int) -> None:
         assert self.sock is not None
@@ -100,11 +109,35 @@ class Supervisor:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
 
+    def _prepare_metrics_dir(self) -> None:
+        """The workers' shared metrics directory (prometheus_client's multiprocess mode, see
+        app/platform/metrics.py): PROMETHEUS_MULTIPROC_DIR if the operator set one, emptied
+        (files of a previous run would be added to this run's totals), else a new temporary
+        one, removed at the end. Set in this process's environment, which the workers get."""
+        configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if configured:
+            self.metrics_dir = Path(configured)
+            self.metrics_dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.metrics_dir.glob("*.db"):
+                stale.unlink()
+        else:
+            self.metrics_dir = Path(tempfile.mkdtemp(prefix="agentmem-metrics-"))
+            self._own_metrics_dir = True
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
+
+    def _worker_exited(self, pid: int) -> None:
+        """Its counters and histograms stay (totals never go back); its live gauges (open
+        streams, pool connections) are dropped."""
+        from prometheus_client.multiprocess import mark_process_dead
+
+        mark_process_dead(pid, str(self.metrics_dir))  # type: ignore[no-untyped-call]
+
     def run(self) -> int:
         config = uvicorn.Config(
             "app.main:create_app", factory=True, **server_options(self.settings)
         )
         self.sock = config.bind_socket()
+        self._prepare_metrics_dir()
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         logger.info(
@@ -124,6 +157,7 @@ class Supervisor:
             for index, proc in list(self.procs.items()):
                 if self.stopping or index in due or proc.poll() is None:
                     continue
+                self._worker_exited(proc.pid)
                 quick = now - self.started_at[index] < QUICK_DEATH_SECONDS
                 pause = min(RESTART_PAUSE_MAX, self.pause.get(index, 0.5) * 2) if quick else 1.0
                 self.pause[index] = pause
@@ -151,6 +185,8 @@ class Supervisor:
                 proc.wait()
         if self.sock is not None:
             self.sock.close()
+        if self._own_metrics_dir and self.metrics_dir is not None:
+            shutil.rmtree(self.metrics_dir, ignore_errors=True)
         return 0
 
 

@@ -44,6 +44,7 @@ from app.memory.service import MemoryService
 from app.platform.database_server import resolve_database
 from app.platform.db import Database, apply_migrations
 from app.platform.http_transport import AppHTTPClient, ShardedTransport, check_backend
+from app.platform.metrics import Metrics
 from app.providers.agents import AgentProvider
 from app.providers.billing import BillingProvider
 from app.providers.builtin.llm import LLMClients
@@ -117,6 +118,7 @@ class AppState:
     usage_service: UsageService
     admin_service: AdminService
     account_deletion: AccountDeletion
+    metrics: Metrics
 
 
 def http_client(settings: Settings) -> httpx.AsyncClient:
@@ -134,14 +136,25 @@ def http_client(settings: Settings) -> httpx.AsyncClient:
     return AppHTTPClient(timeout=timeout, transport=ShardedTransport(limits=limits))
 
 
-async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExitStack) -> AppState:
+async def build_state(
+    settings: Settings,
+    overrides: Overrides,
+    stack: AsyncExitStack,
+    metrics: Metrics | None = None,
+) -> AppState:
+    """Everything the app holds. `metrics`: the app's (create_app makes it before the lifespan,
+    for the request middleware); a new set for a state built outside an app (the admin CLI)."""
+    metrics = metrics or Metrics()
     common_passwords()  # read now: a missing list stops startup, not the first registration
     target = await resolve_database(settings)
     logger.info("database: %s", target.description)
     if target.stop is not None:
         stack.push_async_callback(target.stop)
     db = Database(
-        target.dsn, min_size=settings.database_pool_min_size, max_size=settings.database_pool_max
+        target.dsn,
+        min_size=settings.database_pool_min_size,
+        max_size=settings.database_pool_max,
+        metrics=metrics,
     )
     await db.connect()
     stack.push_async_callback(db.close)
@@ -151,7 +164,7 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
     async with db.acquire() as conn:
         await apply_migrations(conn)
     background = BackgroundTasks()
-    llm = LLMClients(settings, background.spawn)
+    llm = LLMClients(settings, background.spawn, metrics)
     stack.push_async_callback(llm.aclose)
     # Registered after the clients, so awaited before they close: a background task may be
     # closing an upstream stream, or recording its usage.
@@ -160,14 +173,14 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
     revocations = SessionRevocations(db, settings.revocation_poll_seconds)
     await revocations.start()
     stack.push_async_callback(revocations.aclose)
-    providers = build_providers(settings, db, http, llm, overrides, revocations)
+    providers = build_providers(settings, db, http, llm, overrides, revocations, metrics)
     identity, billing, agents = providers.identity, providers.billing, providers.agents
-    limiter = build_limiter(settings)
+    limiter = build_limiter(settings, metrics=metrics)
     stack.push_async_callback(limiter.aclose)
     logger.info("rate limits: %s storage", limiter.backend)
-    provisioner = Provisioner(settings, db, billing, agents)
-    chat = ChatRuntime(settings, db)
-    llm_proxy = LLMProxy(settings, db, billing, llm, background.spawn)
+    provisioner = Provisioner(settings, db, billing, agents, metrics)
+    chat = ChatRuntime(settings, db, metrics)
+    llm_proxy = LLMProxy(settings, db, billing, llm, background.spawn, metrics)
     # Stopped after the chat runtime (registered before it): turns finishing at shutdown still
     # queue their passes. Its running passes are given back to the queue at its stop.
     memory_passes = MemoryPasses(settings, db, agents, llm_proxy, chat.instance_id)
@@ -177,7 +190,9 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
     await chat.start()
     stack.push_async_callback(chat.stop)
     usage_service = UsageService(settings, db, billing)
-    turns = TurnDeps(settings, chat, agents, billing, provisioner, memory=memory_passes)
+    turns = TurnDeps(
+        settings, chat, agents, billing, provisioner, memory=memory_passes, metrics=metrics
+    )
     # Retries unfinished account deletions now and on a schedule; stopped before the chat
     # runtime and the providers it uses.
     account_deletion = AccountDeletion(settings, db, identity, billing, agents, revocations, turns)
@@ -210,4 +225,5 @@ async def build_state(settings: Settings, overrides: Overrides, stack: AsyncExit
             settings, db, billing, usage_service, provisioner, revocations, turns
         ),
         account_deletion=account_deletion,
+        metrics=metrics,
     )

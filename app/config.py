@@ -188,6 +188,11 @@ class Settings(BaseSettings):
     # The built web app served at / (app/web.py); without a build / says how to make one.
     web_dist_dir: Path = Path(__file__).resolve().parent.parent / "web" / "dist"
 
+    # --- metrics (GET /metrics, Prometheus text format; app/health/metrics.py) ---
+    # The bearer token a scraper must send. Unset: /metrics answers 404 (the metrics are still
+    # recorded). With WORKERS > 1 each worker's answer covers every worker of this instance.
+    metrics_token: SecretStr | None = None
+
     # --- process ---
     # After startup: freeze the startup heap out of the garbage collector and collect the
     # young generation less often (app/main.py `_settle_heap`). Unset: on, except with

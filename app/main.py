@@ -17,6 +17,7 @@ from app.errors import COMMON_ERROR_RESPONSES, install_error_handlers
 from app.openapi import document_auth_errors, install_openapi, operation_id
 from app.platform.client_address import ClientAddressMiddleware
 from app.platform.logging_setup import configure_logging
+from app.platform.metrics import Metrics
 from app.platform.middleware import (
     BodySizeLimitMiddleware,
     RequestIdMiddleware,
@@ -32,7 +33,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     in reverse order, whether startup, serving or shutdown failed."""
     settings: Settings = app.state.settings
     async with AsyncExitStack() as stack:
-        app.state.services = await build_state(settings, app.state.overrides, stack)
+        app.state.services = await build_state(
+            settings, app.state.overrides, stack, app.state.metrics
+        )
         if settings.gc_tuning_enabled:
             _settle_heap(settings.gc_young_threshold)
         yield
@@ -70,10 +73,12 @@ def create_app(settings: Settings | None = None, overrides: Overrides | None = N
     )
     app.state.settings = settings
     app.state.overrides = overrides or Overrides()
+    # Made with the app, not in the lifespan: the request middleware records into it.
+    app.state.metrics = metrics = Metrics()
 
     # Inside RequestIdMiddleware: a 413 carries the request id and is logged.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_bytes)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestIdMiddleware, metrics=metrics)
     # Added last = outermost: CORS headers also go on the 500s RequestIdMiddleware renders.
     app.add_middleware(
         CORSMiddleware,
@@ -99,10 +104,12 @@ def create_app(settings: Settings | None = None, overrides: Overrides | None = N
 
     from app.chat.router import send_message
     from app.chat.ui_router import send_ui_message
+    from app.health.metrics import router as metrics_router
     from app.health.router import router as health_router
     from app.ratelimit import per_user_limit_on
 
     app.include_router(health_router)
+    app.include_router(metrics_router)
     for router in _api_routers():
         # The per-user rate limit of POST /chat/message is attached here: app/chat has none.
         limits = per_user_limit_on(router, send_message, send_ui_message)
@@ -112,6 +119,7 @@ def create_app(settings: Settings | None = None, overrides: Overrides | None = N
     from app.web import install_web
 
     install_web(app, settings.web_dist_dir)
+    metrics.learn_routes(app.router.routes)
     return app
 
 

@@ -33,6 +33,7 @@ from app.auth.deps import CurrentUser
 from app.config import ConfigError, Settings
 from app.deps import services
 from app.errors import ErrorEnvelope, RateLimited
+from app.platform.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +70,10 @@ class Limiter:
         auth_limit: RateLimitItem,
         backend: str,
         close: Callable[[], Awaitable[None]] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.storage = storage
+        self._refused = (metrics or Metrics()).rate_limited
         self.user_limit = user_limit
         self.auth_limit = auth_limit
         self.backend = backend  # "memory" or "redis": for logs and health, never the URL
@@ -99,9 +102,11 @@ class Limiter:
         return max(1, math.ceil(stats.reset_time - time.time()))
 
     async def enforce(self, item: RateLimitItem, *identifiers: str) -> None:
-        """Count one hit; raise RateLimited (429 + Retry-After) when over the limit."""
+        """Count one hit; raise RateLimited (429 + Retry-After) when over the limit. The first
+        identifier names the limit (user, ip, login-email) in the refusals metric."""
         wait = await self.retry_after(item, *identifiers)
         if wait is not None:
+            self._refused.labels(identifiers[0]).inc()
             raise RateLimited(
                 f"too many requests; retry in {wait} s", headers={"Retry-After": str(wait)}
             )
@@ -150,7 +155,9 @@ def _redis_storage_uri(url: str) -> str:
     raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
 
 
-def build_limiter(settings: Settings, *, key_prefix: str | None = None) -> Limiter:
+def build_limiter(
+    settings: Settings, *, key_prefix: str | None = None, metrics: Metrics | None = None
+) -> Limiter:
     """The limiter for these settings. Nothing connects here: Redis is reached on first use."""
     user_limit = _parse_limit("RATE_LIMIT", settings.rate_limit)
     auth_limit = _parse_limit("AUTH_RATE_LIMIT", settings.auth_rate_limit)
@@ -162,6 +169,7 @@ def build_limiter(settings: Settings, *, key_prefix: str | None = None) -> Limit
             auth_limit=auth_limit,
             backend="memory",
             close=lambda: _close_memory(storage),
+            metrics=metrics,
         )
 
     storage_uri = _redis_storage_uri(settings.redis_url)
@@ -191,6 +199,7 @@ def build_limiter(settings: Settings, *, key_prefix: str | None = None) -> Limit
         auth_limit=auth_limit,
         backend="redis",
         close=pool.disconnect,
+        metrics=metrics,
     )
 
 

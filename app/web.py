@@ -18,11 +18,11 @@ DEFAULT_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
 
 
 class WebPathConvertor(StringConvertor):
-    """Any path but the server's own (the API, the health checks, the docs): a route matched
-    there keeps its 404 / 405 answers (a catch-all that matched them would turn a wrong
-    method on an API route into the app's page)."""
+    """Any path but the server's own (the API, the health checks, the metrics, the docs): a
+    route matched there keeps its 404 / 405 answers (a catch-all that matched them would turn
+    a wrong method on an API route into the app's page)."""
 
-    regex = r"(?!api(/|$)|health(/|$)|docs(/|$)|redoc(/|$)|openapi\.json$).*"
+    regex = r"(?!api(/|$)|health(/|$)|metrics$|docs(/|$)|redoc(/|$)|openapi\.json$).*"
 
 
 register_url_convertor("webpath", WebPathConvertor())

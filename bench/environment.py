@@ -309,6 +309,7 @@ async def start_backend(
     workers: int | None = None,
     redis_url: str | None = None,
     name: str = "backend",
+    metrics_dir: Path | None = None,
 ) -> Backend:
     """One uvicorn worker (uvloop + httptools, as `python -m app` picks), log level WARNING.
 
@@ -349,6 +350,10 @@ async def start_backend(
         env["DATABASE_POOL_MAX"] = str(pool_max)
     if app_root is not None:
         env["PYTHONPATH"] = str(app_root)
+    if metrics_dir is not None:
+        # prometheus_client's multiprocess mode, as under `python -m app` with WORKERS > 1
+        # (app/platform/metrics.py): every metric update goes to a memory-mapped file.
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     if redis_url is not None:
         env["REDIS_URL"] = redis_url
     if workers is not None:

@@ -337,9 +337,13 @@ async def bench(args: argparse.Namespace) -> int:
     try:
         users = await seed_users(dsn, max(concurrencies), jwt_secret=jwt_secret)
         sim, sim_port = start_simulator(args.events, args.interval_ms, log_dir)
+        metrics_dir = None
+        if args.metrics_multiprocess:
+            metrics_dir = log_dir / "metrics"
+            metrics_dir.mkdir()
         backend = await start_backend(
             dsn=dsn, letta_port=sim_port, jwt_secret=jwt_secret, log_dir=log_dir,
-            pool_max=args.pool_max, app_root=args.app_root,
+            pool_max=args.pool_max, app_root=args.app_root, metrics_dir=metrics_dir,
         )  # fmt: skip
         print(f"simulator on :{sim_port}, backend pid {backend.process.pid} on :{backend.port}")
 
@@ -485,6 +489,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stream-timeout", type=float, default=120.0)
     p.add_argument("--pool-max", type=int, default=None, help="backend DATABASE_POOL_MAX")
     p.add_argument("--app-root", type=Path, default=None, help="run another copy's app/")
+    p.add_argument(
+        "--metrics-multiprocess",
+        action="store_true",
+        help="metrics in prometheus_client's multiprocess mode (as with WORKERS > 1)",
+    )
     p.add_argument("--profile", action="store_true", help="py-spy the backend during one run")
     p.add_argument("--profile-at", type=int, default=100, help="the C to profile")
     p.add_argument("--keep-db", action="store_true")

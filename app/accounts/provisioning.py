@@ -31,6 +31,7 @@ from app.deletion import repository as deletion_repository
 from app.deps import services
 from app.errors import AccountDisabled, AppError, NotFound
 from app.platform.db import Conn, Database
+from app.platform.metrics import Metrics
 from app.providers.agents import AgentInfo, AgentProvider
 from app.providers.billing import BillingAccount, BillingProvider, LLMRoute
 
@@ -87,11 +88,13 @@ class Provisioner:
         db: Database,
         billing: BillingProvider,
         agents: AgentProvider,
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._db = db
         self._billing = billing
         self._agents = agents
+        self._outcomes = (metrics or Metrics()).provisioning
 
     async def provision(self, user_id: UUID, email: str) -> Provisioned:
         """Run every step that is not done yet. Raises ProfileNotFound without a profile."""
@@ -130,6 +133,10 @@ class Provisioner:
                 billing_ref=account.ref if account else None,
             )
         assert saved is not None
+        # The failed steps (not their error codes): a handful of label values, whatever the
+        # providers raise.
+        failed = "+".join(sorted({error.split(":", 1)[0] for error in errors})) or "none"
+        self._outcomes.labels("degraded" if errors else "ready", failed).inc()
         if errors:
             logger.warning("provisioning of %s degraded: %s", user_id, ",".join(errors))
         return _provisioned(saved)

@@ -45,6 +45,7 @@ from app.chat.events import EventName, TurnEvent
 from app.config import Settings
 from app.errors import DatabaseUnavailable
 from app.platform.db import Database
+from app.platform.metrics import Metrics
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -94,9 +95,12 @@ class Subscription:
 class TurnRun:
     """One turn being run by this process: its events so far and its live subscribers."""
 
-    def __init__(self, turn_id: UUID, user_id: UUID) -> None:
+    def __init__(self, turn_id: UUID, user_id: UUID, started_at: float | None = None) -> None:
         self.turn_id = turn_id
         self.user_id = user_id
+        # time.perf_counter() when the message's admission began, for the time to the first
+        # event; cleared once that is recorded (the metric counts each turn once).
+        self.started_at: float | None = started_at
         self.events: list[TurnEvent] = []
         self.task: asyncio.Task[None] | None = None
         self._subscribers: set[Subscription] = set()
@@ -189,9 +193,10 @@ class EventWriter:
 
 
 class ChatRuntime:
-    def __init__(self, settings: Settings, db: Database) -> None:
+    def __init__(self, settings: Settings, db: Database, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.db = db
+        self.metrics = metrics or Metrics()
         # What turns record as their owner: the instance's stable name and this boot.
         self.instance_name = settings.instance_name
         self.instance_id = f"{self.instance_name}/{uuid.uuid4().hex[:12]}"
@@ -214,6 +219,7 @@ class ChatRuntime:
             )
         if failed:
             logger.warning("marked %d interrupted turn(s) as failed", len(failed))
+        self.count_interrupted(failed)
         self._maintenance = asyncio.create_task(self._maintain(), name="chat-maintenance")
 
     async def _maintain(self) -> None:
@@ -247,6 +253,12 @@ class ChatRuntime:
             if database_down:
                 logger.warning("database back: buffered chat events stored")
                 database_down = False
+
+    def count_interrupted(self, swept: list[UUID]) -> None:
+        """Turns a dead process left streaming, failed by a sweep (committed): counted as
+        failed here, since their own process counted them started but never ended."""
+        if swept:
+            self.metrics.turns_failed.labels("interrupted").inc(len(swept))
 
     def register(self, run: TurnRun, task: asyncio.Task[None]) -> None:
         run.task = task

@@ -96,7 +96,8 @@ async def _follow_stored(runtime: ChatRuntime, turn_id: UUID, after_seq: int) ->
         if stale:
             with contextlib.suppress(DatabaseUnavailable):  # read again after the outage
                 async with runtime.db.transaction() as conn:
-                    await repo.fail_stale_turns(conn, lease_seconds=runtime.lease_seconds)
+                    swept = await repo.fail_stale_turns(conn, lease_seconds=runtime.lease_seconds)
+                runtime.count_interrupted(swept)
             continue
         await asyncio.sleep(POLL_SECONDS)
 

@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import time
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -61,6 +63,7 @@ from app.conversations.repository import ConversationRow
 from app.conversations.service import DefaultConversations, auto_title, resolve
 from app.errors import AppError, BudgetExceeded, Conflict, DatabaseUnavailable, UpstreamUnavailable
 from app.memory.runner import MemoryPasses
+from app.platform.metrics import Metrics
 from app.providers.agents import (
     AgentNotFound,
     AgentProvider,
@@ -137,6 +140,7 @@ class TurnDeps:
     # The memory pass, queued after a completed turn's `done` (None: no pass, as in tests
     # that build the deps by hand).
     memory: MemoryPasses | None = None
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 async def send_message(
@@ -199,6 +203,7 @@ async def start_turn(
     conversation_id: UUID | None = None,
 ) -> TurnRun:
     """Admit a turn and start running it; the caller subscribes to the returned run."""
+    started_at = time.perf_counter()
     runtime = deps.runtime
     defaults = deps.default_conversations
     remembered = defaults.get(user_id) if conversation_id is None else None
@@ -235,8 +240,9 @@ async def start_turn(
         defaults.forget(user_id)
         return await start_turn(deps, user_id, content, client_message_id, None)
 
-    run = TurnRun(turn_id, user_id)
+    run = TurnRun(turn_id, user_id, started_at)
     run.publish(first)
+    deps.metrics.turns_started.inc()
     task = asyncio.create_task(
         _run_turn(deps, run, agent_id, content, llm, conversation), name=f"turn-{turn_id}"
     )
@@ -292,6 +298,7 @@ async def _admit(deps: TurnDeps, turn: repo.NewTurn) -> tuple[str, LLMRoute | No
         llm = await deps.billing.llm_route(user_id)
 
     runtime = deps.runtime
+    swept: list[UUID] = []
     try:
         async with runtime.db.transaction() as conn:
             admission = await repo.admission_check(conn, user_id, runtime.lease_seconds)
@@ -301,12 +308,13 @@ async def _admit(deps: TurnDeps, turn: repo.NewTurn) -> tuple[str, LLMRoute | No
                 if not admission.stale:
                     raise TurnInProgress()
                 # Left by a crashed process: fail it, so the user is not locked out.
-                await repo.fail_stale_turns(
+                swept = await repo.fail_stale_turns(
                     conn, lease_seconds=runtime.lease_seconds, user_id=user_id
                 )
             await repo.insert_turn(conn, turn)
     except asyncpg.UniqueViolationError as exc:  # another instance admitted one meanwhile
         raise TurnInProgress() from exc
+    runtime.count_interrupted(swept)
     return provisioned.agent_id, llm
 
 
@@ -471,6 +479,9 @@ async def _relay(
             sse = run.make(*mapped)
             run.publish(sse)
             runtime.writer.add(run.turn_id, run.user_id, sse)
+            if run.started_at is not None:  # the agent's first event: once per turn
+                deps.metrics.time_to_first_event.observe(time.perf_counter() - run.started_at)
+                run.started_at = None
 
 
 def _usage_to_count(model: str, content: str, outcome: _Outcome) -> TokenUsage | None:
@@ -509,7 +520,23 @@ async def _finish(deps: TurnDeps, run: TurnRun, content: str, outcome: _Outcome)
     terminal, stored = await _store_final_retrying(deps, run, content, outcome, usage, budget)
     for event in terminal:
         run.publish(event)
+    _count_end(deps.metrics, terminal[-1])
     return stored
+
+
+# An error code as a label value: our codes are fixed identifiers; anything else (a provider
+# bug) is one value, so the series stay bounded.
+_ERROR_LABEL = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+def _count_end(metrics: Metrics, last: TurnEvent) -> None:
+    """The turn's end as its client saw it (the terminal event), stored or not."""
+    if last.event == "done":
+        cancelled = last.data.get("status") == "cancelled"
+        (metrics.turns_cancelled if cancelled else metrics.turns_completed).inc()
+        return
+    code = str(last.data.get("code"))
+    metrics.turns_failed.labels(code if _ERROR_LABEL.match(code) else "other").inc()
 
 
 # Backoff between attempts of a final write while the database is unreachable: short, so the
@@ -661,6 +688,10 @@ async def _store_final(
         for row in buffered:
             runtime.writer.add(row.turn_id, row.user_id, row.event)
         raise
+    if usage is not None:  # committed: counted as charged
+        deps.metrics.charged(
+            usage.model, usage.prompt_tokens, usage.completion_tokens, cost, "chat"
+        )
     return terminal
 
 
@@ -718,9 +749,10 @@ async def stop_turn(deps: TurnDeps, user_id: UUID, turn_id: UUID) -> repo.TurnRo
             break
         if stale:  # its instance is gone: nobody will stop it, the sweep ends it
             async with runtime.db.transaction() as conn:
-                await repo.fail_stale_turns(
+                swept = await repo.fail_stale_turns(
                     conn, lease_seconds=runtime.lease_seconds, user_id=user_id
                 )
+            runtime.count_interrupted(swept)
     return await _stored_turn(deps, user_id, turn_id)
 
 

@@ -42,6 +42,7 @@ from uuid import UUID
 from app.config import Settings
 from app.errors import AppError
 from app.platform.db import Database
+from app.platform.metrics import Metrics
 from app.providers.billing import BillingProvider, Reservation, TokenUsage, estimate_tokens
 from app.providers.builtin.llm import LLMClients, estimate_prompt_tokens, prompt_token_bound
 from app.usage.repository import add_usage
@@ -61,12 +62,14 @@ class LLMProxy:
         billing: BillingProvider,
         llm: LLMClients,
         spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._db = db
         self._billing = billing
         self._llm = llm
         self._spawn = spawn
+        self._metrics = metrics or Metrics()
 
     async def _prepare(
         self, user_id: UUID, body: dict[str, Any]
@@ -229,6 +232,9 @@ class LLMProxy:
                 total_tokens=usage.total_tokens,
                 cost=cost,
             )
+        self._metrics.charged(
+            usage.model, usage.prompt_tokens, usage.completion_tokens, cost, "llm_route"
+        )
         return cost
 
 

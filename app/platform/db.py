@@ -18,6 +18,7 @@ from typing import Any, TypeAlias
 import asyncpg
 
 from app.errors import DatabaseUnavailable
+from app.platform.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -94,11 +95,15 @@ def _raise_if_unavailable(exc: Exception, conn: Conn | None) -> None:
 class Database:
     """The app's pool. Created and closed in the lifespan; kept on `app.state.db`."""
 
-    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10) -> None:
+    def __init__(
+        self, dsn: str, *, min_size: int = 1, max_size: int = 10, metrics: Metrics | None = None
+    ) -> None:
         self.dsn = dsn
         self._min = min_size
         self._max = max_size
         self._pool: asyncpg.Pool | None = None
+        # The app's metrics (a private set for a Database made outside an app: tools, tests).
+        self._metrics = metrics or Metrics()
 
     async def connect(self) -> None:
         self._pool = await asyncpg.create_pool(
@@ -109,11 +114,13 @@ class Database:
             reset=_reset_connection,
             command_timeout=60,
         )
+        self._metrics.db_pool_max.inc(self._max)
 
     async def close(self) -> None:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+            self._metrics.db_pool_max.dec(self._max)
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -129,7 +136,7 @@ class Database:
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[Conn]:
         try:
-            async with self.pool.acquire() as conn:
+            async with self._pooled() as conn:
                 try:
                     yield conn
                 except Exception as exc:
@@ -142,7 +149,7 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:
         try:
-            async with self.pool.acquire() as conn:
+            async with self._pooled() as conn:
                 try:
                     async with conn.transaction():
                         yield conn
@@ -152,6 +159,25 @@ class Database:
         except Exception as exc:
             _raise_if_unavailable(exc, None)
             raise
+
+    @asynccontextmanager
+    async def _pooled(self) -> AsyncIterator[Conn]:
+        """A pooled connection (what asyncpg's `pool.acquire()` context does), counted while
+        waited for and while in use: asyncpg tells nobody how many callers wait, and in
+        multiprocess mode a scrape cannot ask each worker's pool, so the gauges move here."""
+        pool = self.pool
+        waiting, in_use = self._metrics.db_pool_waiting, self._metrics.db_pool_in_use
+        waiting.inc()
+        try:
+            conn = await pool.acquire()
+        finally:
+            waiting.dec()
+        in_use.inc()
+        try:
+            yield conn
+        finally:
+            in_use.dec()
+            await pool.release(conn)
 
     async def ping(self) -> None:
         async with self.acquire() as conn:

@@ -11,8 +11,10 @@ import uuid
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.platform.metrics import Metrics
 from app.request_context import request_id_var
 
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 _VALID_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 access_logger = logging.getLogger("app.access")
 error_logger = logging.getLogger("app.errors")
@@ -49,10 +51,16 @@ async def _send_internal_error(send: Send, request_id: str) -> None:
 
 class RequestIdMiddleware:
     """Take a sane incoming X-Request-ID or make one; expose it to logs and error bodies; log
-    one access line per request (path without the query string, which may carry tokens)."""
+    one access line per request (path without the query string, which may carry tokens) and
+    record it in the metrics (`metrics`: by route template and status; SSE responses open).
 
-    def __init__(self, app: ASGIApp) -> None:
+    The metrics are recorded here, with the access log, rather than in a middleware of their
+    own: this one already wraps `send` and times the request, and another wrapper would add a
+    call to every streamed event's send."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,16 +76,21 @@ class RequestIdMiddleware:
         started = time.perf_counter()
         status = 500  # if the app fails before answering, we answer 500 below
         started_response = False
+        stream = False  # an SSE response: counted in the live streams while it is open
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             nonlocal started_response
+            nonlocal stream
             if message["type"] == "http.response.start":
                 started_response = True
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
                 message["headers"] = headers
+                if _is_event_stream(headers):
+                    stream = True
+                    self.metrics.live_streams.inc()
             await send(message)
 
         try:
@@ -91,18 +104,27 @@ class RequestIdMiddleware:
                 raise
             await _send_internal_error(send_with_id, request_id)
         finally:
+            if stream:
+                self.metrics.live_streams.dec()
             self._log(scope, status, started)
             request_id_var.reset(token)
 
-    @staticmethod
-    def _log(scope: Scope, status: int, started: float) -> None:
+    def _log(self, scope: Scope, status: int, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        method = scope.get("method", "")
+        # The matched route's template (the router put the route in this scope), never the
+        # raw path: the series stay bounded whatever paths clients send.
+        template = self.metrics.route_template(scope.get("route"))
+        label = method if method in _METHODS else "other"  # any token is a method to a server
+        code = str(status)
+        self.metrics.http_requests.labels(label, template, code).inc()
+        self.metrics.http_duration.labels(label, template, code).observe(elapsed)
         path = scope.get("path", "")
         # Probes hit /health every few seconds: keep them out of INFO.
         level = logging.DEBUG if path.startswith("/health") and status < 500 else logging.INFO
         if not access_logger.isEnabledFor(level):
             return
-        duration_ms = round((time.perf_counter() - started) * 1000, 1)
-        method = scope.get("method", "")
+        duration_ms = round(elapsed * 1000, 1)
         access_logger.log(
             level,
             "%s %s %s %.1fms",
@@ -112,6 +134,13 @@ class RequestIdMiddleware:
             duration_ms,
             extra={"method": method, "path": path, "status": status, "duration_ms": duration_ms},
         )
+
+
+def _is_event_stream(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"content-type":
+            return value.startswith(b"text/event-stream")
+    return False
 
 
 class BodyTooLarge(HTTPException):

@@ -10,10 +10,12 @@ from app.auth.revocations import SessionRevocations
 from app.auth.tokens import JwksCache, TokenVerifier
 from app.config import Settings
 from app.platform.db import Database
+from app.platform.metrics import Metrics
 from app.providers.agents import AgentProvider
 from app.providers.billing import BillingProvider
 from app.providers.builtin.llm import LLMClients
 from app.providers.identity import IdentityProvider
+from app.providers.instrumented import instrument
 
 
 @dataclass(frozen=True)
@@ -67,33 +69,38 @@ def build_verifier(
     )
 
 
-def build_identity(settings: Settings, db: Database, http: httpx.AsyncClient) -> IdentityProvider:
+def build_identity(
+    settings: Settings, db: Database, http: httpx.AsyncClient, metrics: Metrics
+) -> IdentityProvider:
     if settings.identity_provider == "supabase":
         from app.providers.supabase.identity import SupabaseIdentity
 
-        return SupabaseIdentity(settings, http)
+        return instrument(SupabaseIdentity(settings, http), "supabase", metrics)
     from app.providers.builtin.identity import BuiltinIdentity
 
     return BuiltinIdentity(settings, db)
 
 
-def build_billing(settings: Settings, db: Database, http: httpx.AsyncClient) -> BillingProvider:
+def build_billing(
+    settings: Settings, db: Database, http: httpx.AsyncClient, metrics: Metrics
+) -> BillingProvider:
     if settings.billing_provider == "litellm":
         from app.providers.litellm.billing import LiteLLMBilling
 
-        return LiteLLMBilling(settings, db, http)
+        # `record` only prices the usage (LiteLLM charged the key itself): no call.
+        return instrument(LiteLLMBilling(settings, db, http), "litellm", metrics, local={"record"})
     from app.providers.builtin.billing import BuiltinBilling
 
     return BuiltinBilling(settings, db)
 
 
 def build_agents(
-    settings: Settings, db: Database, http: httpx.AsyncClient, llm: LLMClients
+    settings: Settings, db: Database, http: httpx.AsyncClient, llm: LLMClients, metrics: Metrics
 ) -> AgentProvider:
     if settings.agent_provider == "letta":
         from app.providers.letta.agents import LettaAgents
 
-        return LettaAgents(settings, http)
+        return instrument(LettaAgents(settings, http), "letta", metrics)
     from app.providers.builtin.agents import BuiltinAgents
 
     return BuiltinAgents(settings, db, llm)
@@ -106,11 +113,16 @@ def build_providers(
     llm: LLMClients,
     overrides: Overrides | None = None,
     revocations: SessionRevocations | None = None,
+    metrics: Metrics | None = None,
 ) -> Providers:
+    """The providers; those of outside services (Letta, LiteLLM, Supabase) with their calls
+    counted and timed (app/providers/instrumented.py). The built-in ones work in our own
+    database and process: their time is in the request and pool metrics."""
     chosen = overrides or Overrides()
+    metrics = metrics or Metrics()
     return Providers(
-        identity=chosen.identity or build_identity(settings, db, http),
-        billing=chosen.billing or build_billing(settings, db, http),
-        agents=chosen.agents or build_agents(settings, db, http, llm),
+        identity=chosen.identity or build_identity(settings, db, http, metrics),
+        billing=chosen.billing or build_billing(settings, db, http, metrics),
+        agents=chosen.agents or build_agents(settings, db, http, llm, metrics),
         verifier=build_verifier(settings, http, revocations),
     )

@@ -163,6 +163,9 @@ async def cluster(database_url: str, tmp_path: Path) -> AsyncIterator[AppCluster
                 # Long: a turn failed within it was failed by its restarted owner, not expired.
                 "CHAT_TURN_LEASE_SECONDS": "60",
                 "IDENTITY_PROVIDER": "builtin",
+                # The supervisor's metrics directory (a temporary one) under the test's own
+                # folder: a supervisor killed by a test cannot remove it.
+                "TMPDIR": str(tmp_path),
             }
         )
         try:
@@ -319,3 +322,98 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+METRICS_TOKEN = "workers-metrics-token-0123456789abcdef"
+
+
+async def _scrape(pinned: Pinned) -> dict[str, float]:
+    """One worker's /metrics answer: `name` or `name{label=value}` (one label) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = await pinned.http.get(
+        "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+    )
+    pinned.check()
+    assert response.status_code == 200, response.text
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return samples
+
+
+async def test_metrics_of_either_worker_count_the_turns_of_both(
+    cluster: AppCluster, database_url: str
+) -> None:
+    """prometheus_client's multiprocess mode under the supervisor: each worker runs one turn,
+    and /metrics answered by either worker counts both. A worker killed mid-turn: what it
+    counted stays (its files), its live gauges go with it, and the turn it left is counted
+    failed by its restarted successor's sweep."""
+    app = await cluster.start("api", workers=2, METRICS_TOKEN=METRICS_TOKEN)
+    async with contextlib.AsyncExitStack() as stack:
+        workers = await _workers_serving(app, stack)
+        http = (await _client_on(app, workers[0], stack)).http
+        users = [await _register(http), await _register(http)]
+
+        async def turn_on(worker: int, headers: dict[str, str]) -> str:
+            pinned = await _client_on(app, worker, stack)
+            response = await pinned.http.post(
+                "/api/v1/chat/message", json={"content": "hi"}, headers=headers
+            )
+            pinned.check()
+            events = parse_sse(response.text)
+            assert events[-1].data["status"] == "completed", response.text
+            return str(events[0].data["turn_id"])
+
+        pairs = zip(workers, users, strict=True)
+        turn_ids = await asyncio.gather(*(turn_on(w, h) for w, h in pairs))
+        owners = {(await _turn(database_url, t))["instance_id"].split("/")[0] for t in turn_ids}
+        assert owners == {"api#0", "api#1"}  # one turn run by each worker
+
+        for worker in workers:
+            totals = await _scrape(await _client_on(app, worker, stack))
+            assert totals["agentmem_turns_started_total"] == 2, (worker, totals)
+            assert totals["agentmem_turns_completed_total"] == 2, (worker, totals)
+            assert totals["agentmem_time_to_first_event_seconds_count"] == 2
+            # Live gauges: the sum over the live workers (each holds its pool).
+            assert totals["agentmem_db_pool_max"] == 2 * 4  # DATABASE_POOL_MAX=4 per worker
+            assert totals["agentmem_live_streams"] == 0
+
+        # A third turn on worker 0, its stream open (the sibling's /metrics counts it), then
+        # worker 0 is killed.
+        victim, sibling = workers
+        pinned = await _client_on(app, victim, stack)
+        async with pinned.http.stream(
+            "POST", "/api/v1/chat/message", json={"content": "hi"}, headers=users[0]
+        ) as response:
+            # Read on the same iterator, kept: an abandoned one is closed when collected, and
+            # httpx then drops the connection (the worker would see the client leave).
+            chunks, text = response.aiter_text(), ""
+            while text.count("\n\n") < 3:
+                text += await anext(chunks)
+            orphan = str(parse_sse(text)[0].data["turn_id"])
+            owner = (await _turn(database_url, orphan))["instance_id"]
+            assert owner.startswith(_index_of(victim) + "/")
+            totals = await _scrape(await _client_on(app, sibling, stack))
+            assert totals["agentmem_live_streams"] == 1
+            assert totals["agentmem_turns_started_total"] == 3
+            os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + DEADLINE
+        while (await _turn(database_url, orphan))["status"] == "streaming":
+            assert time.monotonic() < deadline, app.log_tail()
+            await asyncio.sleep(0.1)
+        while len(restarted := _worker_pids(app.process.pid)) != 2 or victim in restarted:
+            assert time.monotonic() < deadline, app.log_tail()
+            await asyncio.sleep(0.1)
+        for worker in restarted:  # each has opened its pool once it answers
+            await _client_on(app, worker, stack)
+        for worker in restarted:
+            totals = await _scrape(await _client_on(app, worker, stack))
+            # The dead worker's counts stay: its start of the third turn included.
+            assert totals["agentmem_turns_started_total"] == 3, totals
+            assert totals["agentmem_turns_completed_total"] == 2
+            assert totals["agentmem_turns_failed_total{error=interrupted}"] == 1
+            assert totals["agentmem_db_pool_max"] == 2 * 4  # not 3 pools: the dead one is gone
+            assert totals["agentmem_live_streams"] == 0  # the stream died with its worker

@@ -33,8 +33,10 @@ from openai.resources.chat.completions import AsyncCompletions
 from app.config import Settings
 from app.errors import AppError, BudgetExceeded, UpstreamError, UpstreamUnavailable
 from app.platform.http_transport import sdk_transport
+from app.platform.metrics import Metrics
 from app.providers.billing import LLMRoute, estimate_tokens
 from app.providers.builtin.openai_chunks import dump_chunk
+from app.providers.instrumented import UpstreamCalls
 
 
 class LLMUnavailable(UpstreamUnavailable):
@@ -233,8 +235,17 @@ _CREATE_PARAMS = frozenset(inspect.signature(AsyncCompletions.create).parameters
 
 
 class OpenAIChatClient:
-    def __init__(self, client: openai.AsyncOpenAI, model: str, *, supports_tools: bool) -> None:
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        model: str,
+        *,
+        supports_tools: bool,
+        calls: UpstreamCalls | None = None,
+    ) -> None:
         self._client = client
+        # The LLM upstream's calls, counted and timed (app/providers/instrumented.py).
+        self._calls = calls or UpstreamCalls(Metrics(), "llm")
         # The body is forwarded as given (typed per call by the caller, not by us).
         self._create: Any = client.chat.completions.create
         self.model = model
@@ -267,7 +278,14 @@ class OpenAIChatClient:
         body.update(request.get("extra_body") or {})
         return body
 
-    async def stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+    def stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
+        return self._calls.timed_stream("chat_stream", self._stream(body))
+
+    async def complete(self, body: dict[str, Any], *, background: bool = False) -> dict[str, Any]:
+        # `background` changes nothing here: the upstream serves calls side by side.
+        return await self._calls.timed_call("chat_complete", self._complete(body))
+
+    async def _stream(self, body: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         request = self._request(body)
         stream_options = dict(body.get("stream_options") or {})
         stream_options["include_usage"] = True
@@ -315,8 +333,7 @@ class OpenAIChatClient:
             completion = estimate_tokens("".join(output))
             yield usage_chunk(completion_id, model, usage_dict(prompt, completion, estimated=True))
 
-    async def complete(self, body: dict[str, Any], *, background: bool = False) -> dict[str, Any]:
-        # `background` changes nothing here: the upstream serves calls side by side.
+    async def _complete(self, body: dict[str, Any]) -> dict[str, Any]:
         request = self._request(body)
         try:
             answer = await self._create(**request, stream=False)
@@ -349,10 +366,14 @@ class LLMClients:
     happens while a call is set up; every other one at shutdown."""
 
     def __init__(
-        self, settings: Settings, spawn: Callable[[Coroutine[Any, Any, Any]], object]
+        self,
+        settings: Settings,
+        spawn: Callable[[Coroutine[Any, Any, Any]], object],
+        metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._spawn = spawn
+        self._calls = UpstreamCalls(metrics or Metrics(), "llm")
         self._clients: OrderedDict[tuple[str, str | None], openai.AsyncOpenAI] = OrderedDict()
         self._retired: deque[tuple[float, openai.AsyncOpenAI]] = deque()
 
@@ -375,7 +396,10 @@ class LLMClients:
             True if settings.llm_supports_tools is None else settings.llm_supports_tools
         )
         return OpenAIChatClient(
-            self.openai_client(base_url, api_key), settings.llm_model, supports_tools=supports_tools
+            self.openai_client(base_url, api_key),
+            settings.llm_model,
+            supports_tools=supports_tools,
+            calls=self._calls,
         )
 
     def openai_client(self, base_url: str, api_key: str | None) -> openai.AsyncOpenAI:

@@ -691,9 +691,10 @@ async def test_no_authorization_header_without_api_key(
 
 
 def test_factory_builds_the_letta_provider(http: httpx.AsyncClient) -> None:
+    from app.platform.metrics import Metrics
     from app.providers.factory import build_agents
 
-    built = build_agents(make_settings(), None, http, None)  # type: ignore[arg-type]
+    built = build_agents(make_settings(), None, http, None, Metrics())  # type: ignore[arg-type]
     assert isinstance(built, LettaAgents)
     assert built.name == "letta"
 

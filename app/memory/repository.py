@@ -71,6 +71,10 @@ async def claim(conn: Conn, owner: str) -> ClaimedPass | None:
               and not exists (
                   select 1 from memory_passes e
                   where e.user_id = q.user_id and e.status = 'pending' and e.id < q.id)
+              -- A disabled account (an admin's, or one being deleted) gets no model calls
+              -- and no memory writes; its passes wait (re-enabled) or go with it (deleted).
+              and not exists (
+                  select 1 from profiles d where d.id = q.user_id and d.disabled_at is not null)
             order by q.id
             limit 1
             for update skip locked

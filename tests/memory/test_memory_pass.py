@@ -387,3 +387,28 @@ async def test_changes_and_passes_page_newest_first(session: SessionFactory, mod
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_cursor"
     unauthenticated = await s.client.get("/api/v1/agent/memory/changes")
     assert unauthenticated.status_code == 401
+
+
+async def test_a_disabled_accounts_pass_waits_until_it_is_enabled_again(
+    session: SessionFactory, model: Model, db_pool: asyncpg.Pool
+) -> None:
+    s = await session(memory_pass="off")
+    model.chat.append(Text("Hello Dana."))
+    turn_id, _ = await s.chat("My name is Dana.")
+    async with db_pool.acquire() as conn:
+        await conn.execute(
+            "insert into memory_passes (user_id, turn_id) values ($1, $2)", s.user_id, turn_id
+        )
+        # Disabled by an admin, or by a deletion under way.
+        await conn.execute("update profiles set disabled_at = now() where id = $1", s.user_id)
+    model.passes.append(operations(("add", 0, "Their name is Dana.")))
+    await session()  # a process with the pass on, polling every 0.1 s
+    await asyncio.sleep(1.0)
+    async with db_pool.acquire() as conn:
+        status = await conn.fetchval("select status from memory_passes where turn_id = $1", turn_id)
+        assert status == "pending"
+        assert model.pass_bodies == []  # no model call for a disabled account
+        await conn.execute("update profiles set disabled_at = null where id = $1", s.user_id)
+    done = await s.finished_pass(turn_id)
+    assert done["status"] == "completed"
+    assert await s.human() == "Their name is Dana."

@@ -720,19 +720,21 @@ class LettaAgents:
         if mode == "conversation":
             for archive_id in archives:
                 await self._write(self._client.agents.archives.attach(archive_id, agent_id=new.id))
-        # Every other agent under the tag goes: the one reset, and any left by an earlier
-        # reset that failed half-way (their messages are what a reset promises to forget).
-        for stale in await self._tagged(user_id):
-            stale_id = str(stale.id)
-            if stale_id != new.id:
-                await self._delete_agent(stale_id)
         if mode == "full":
+            # Before the old agent goes (Letta deletes blocks and archives still attached):
+            # a reset cut off here leaves the old agent, through which they are found again.
             for block in blocks:
                 with contextlib.suppress(NotFound):
                     await self._write(self._client.blocks.delete(str(block.id)), NotFound)
             for archive_id in archives:
                 with contextlib.suppress(NotFound):
                     await self._write(self._client.archives.delete(archive_id), NotFound)
+        # Every other agent under the tag goes: the one reset, and any left by an earlier
+        # reset that failed half-way (their messages are what a reset promises to forget).
+        for stale in await self._tagged(user_id):
+            stale_id = str(stale.id)
+            if stale_id != new.id:
+                await self._delete_agent(stale_id)
         return new
 
     async def _archive_ids(self, agent_id: str) -> list[str]:

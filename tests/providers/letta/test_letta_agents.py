@@ -525,10 +525,11 @@ async def test_reset_full_starts_a_new_agent_and_deletes_the_old_memory(
         *deletes,
         ("GET", f"/v1/agents/{LIVE_AGENT}/archival-memory"),
         ("POST", "/v1/agents/"),
-        ("GET", "/v1/agents/"),
-        ("DELETE", f"/v1/agents/{LIVE_AGENT}"),
+        # The old memory before the old agent, which is how a retry would find it.
         *[("DELETE", f"/v1/blocks/{block}") for block in LIVE_BLOCKS],
         ("DELETE", f"/v1/archives/{LIVE_ARCHIVE}"),
+        ("GET", "/v1/agents/"),
+        ("DELETE", f"/v1/agents/{LIVE_AGENT}"),
     ]
     assert up.passages.newest_first == []
     assert sent_json(up.create) == {

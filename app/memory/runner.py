@@ -99,6 +99,7 @@ class MemoryPasses:
         self._every = settings.memory_pass_every if settings.memory_pass == "every_n" else None
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._running: dict[int, asyncio.Task[None]] = {}
         self._enqueues: set[asyncio.Task[None]] = set()
         # Twice the pass's own timeout: a running row older than that has no live process.
@@ -115,6 +116,10 @@ class MemoryPasses:
     async def stop(self) -> None:
         if self._loop_task is None:
             return
+        # The flag too, not only the cancellation: the loop ends at its next turn even if a
+        # cancellation is lost on the way.
+        self._stopping = True
+        self._wake.set()
         self._loop_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._loop_task
@@ -156,7 +161,7 @@ class MemoryPasses:
     async def _loop(self) -> None:
         poll = self._settings.memory_pass_poll_seconds
         next_sweep = 0.0
-        while True:
+        while not self._stopping:
             self._wake.clear()
             try:
                 now = time.monotonic()
@@ -179,15 +184,18 @@ class MemoryPasses:
                 # The database away, or two claimers meeting on the one-running-per-user
                 # index: look again at the next wake or poll.
                 logger.warning("memory pass claim failed; retrying", exc_info=True)
+            # `asyncio.timeout`, not `wait_for`: on Python 3.11 `wait_for` swallows a
+            # cancellation that arrives as the wake-up does (a turn queueing its pass at
+            # shutdown), and the loop would never end (seen: a test's shutdown hung here).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=poll)
+                async with asyncio.timeout(poll):
+                    await self._wake.wait()
 
     async def _run(self, claimed: repo.ClaimedPass) -> None:
         record = _Record()
         try:
-            result = await asyncio.wait_for(
-                self._execute(claimed, record), self._settings.memory_pass_timeout_seconds
-            )
+            async with asyncio.timeout(self._settings.memory_pass_timeout_seconds):
+                result = await self._execute(claimed, record)
         except asyncio.CancelledError:
             # Shutdown: give the row back (another process, or this one restarted, runs it).
             with contextlib.suppress(Exception):

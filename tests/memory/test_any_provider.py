@@ -99,7 +99,12 @@ async def test_another_provider_gets_the_same_pass(
         while agent.blocks["human"].value != "Their name is Dana.":
             assert time.monotonic() < deadline, agent.blocks
             await asyncio.sleep(0.05)
-        changes = await client.get("/api/v1/agent/memory/changes", headers=user.headers)
+        # The changes are recorded when the pass finishes, just after its writes.
+        while True:
+            changes = await client.get("/api/v1/agent/memory/changes", headers=user.headers)
+            if changes.json()["items"] or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
 
     assert agent.if_versions == [
         block_version(MemoryBlock("human", "Nothing is known about this person yet.", 500))

@@ -412,3 +412,19 @@ async def test_a_disabled_accounts_pass_waits_until_it_is_enabled_again(
     done = await s.finished_pass(turn_id)
     assert done["status"] == "completed"
     assert await s.human() == "Their name is Dana."
+
+
+async def test_the_claim_loop_ends_on_its_stop_flag_without_a_cancellation(
+    session: SessionFactory,
+) -> None:
+    """`stop` sets a flag and wakes the loop besides cancelling it: on Python 3.11 a
+    cancellation arriving together with a wake-up can be lost (`wait_for`), and the app's
+    shutdown then waited for the loop forever."""
+    s = await session()
+    runner = s.app.state.services.memory_passes
+    task = runner._loop_task
+    assert task is not None and not task.done()
+    runner._stopping = True  # what stop() does before it cancels
+    runner._wake.set()
+    await asyncio.wait_for(asyncio.shield(task), timeout=2)
+    assert task.done() and not task.cancelled()

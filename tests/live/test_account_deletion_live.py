@@ -8,50 +8,17 @@ Skipped unless LETTA_LIVE_URL is set (see tests/live/test_letta_live.py and docs
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
-from fastapi import FastAPI
 
-from app.config import Settings
-from app.main import create_app
 from tests.chat.conftest import parse_sse
-from tests.live.record_letta_exchanges import start_letta_upstream
-from tests.live.test_letta_live import LETTA_URL, UPSTREAM_PORT
+from tests.live.test_letta_live import LETTA_URL
 from tests.support.scripted_llm import ScriptedLLM
 
 pytestmark = pytest.mark.skipif(not LETTA_URL, reason="LETTA_LIVE_URL not set (no live Letta)")
 
 PASSWORD = "correct horse battery staple 42"
-
-
-@pytest.fixture
-def llm() -> Iterator[ScriptedLLM]:
-    server = start_letta_upstream(UPSTREAM_PORT)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def api(
-    settings_factory: Callable[..., Settings], llm: ScriptedLLM
-) -> AsyncIterator[httpx.AsyncClient]:
-    settings = settings_factory(
-        password_hash_time_cost=1,
-        password_hash_memory_kib=8192,
-        agent_provider="letta",
-        letta_base_url=LETTA_URL,
-        letta_model="openai-proxy/fake-model",
-        letta_embedding="openai/text-embedding-3-small",
-        chat_event_flush_seconds=0.02,
-    )
-    application: FastAPI = create_app(settings)
-    async with LifespanManager(application, startup_timeout=60, shutdown_timeout=30):
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as c:
-            yield c
 
 
 async def test_deleting_an_account_leaves_nothing_of_its_agent_in_letta(

@@ -36,7 +36,6 @@ from app.config import Settings
 from app.main import create_app
 from tests.accounts.test_saga_respx import LITELLM, MASTER, PASSWORD, FakeLiteLLM
 from tests.chat.conftest import parse_sse
-from tests.live.record_letta_exchanges import start_letta_upstream
 from tests.support.scripted_llm import Abort, ScriptedLLM, Text, ToolCall
 
 LETTA_URL = os.environ.get("LETTA_LIVE_URL", "")
@@ -44,13 +43,6 @@ UPSTREAM_PORT = int(os.environ.get("LETTA_LIVE_UPSTREAM_PORT", "18101"))
 REPORT = os.environ.get("LETTA_LIVE_REPORT")  # a path: the figures as JSON
 
 pytestmark = pytest.mark.skipif(not LETTA_URL, reason="LETTA_LIVE_URL not set (no live Letta)")
-
-
-@pytest.fixture
-def llm() -> Iterator[ScriptedLLM]:
-    server = start_letta_upstream(UPSTREAM_PORT)
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -13,19 +13,13 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
-from fastapi import FastAPI
 
-from app.config import Settings
-from app.main import create_app
 from tests.chat.conftest import parse_sse
-from tests.live.record_letta_exchanges import start_letta_upstream
-from tests.live.test_letta_live import LETTA_URL, UPSTREAM_PORT
+from tests.live.test_letta_live import LETTA_URL
 from tests.support.scripted_llm import Script, ScriptedLLM, Text
 
 pytestmark = pytest.mark.skipif(not LETTA_URL, reason="LETTA_LIVE_URL not set (no live Letta)")
@@ -39,36 +33,15 @@ def _ops(*ops: tuple[str, int, str]) -> Text:
 
 
 @pytest.fixture
-def llm() -> Iterator[ScriptedLLM]:
-    server = start_letta_upstream(UPSTREAM_PORT)
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def api(
-    settings_factory: Callable[..., Settings], llm: ScriptedLLM
-) -> AsyncIterator[httpx.AsyncClient]:
-    settings = settings_factory(
-        password_hash_time_cost=1,
-        password_hash_memory_kib=8192,
-        agent_provider="letta",
-        letta_base_url=LETTA_URL,
-        letta_model="openai-proxy/fake-model",
-        letta_embedding="openai/text-embedding-3-small",
-        # The pass's own model: the same scripted server (it tells the pass's call by its
-        # response_format).
-        llm_base_url=llm.base_url,
-        llm_model="fake-model",
-        memory_pass="every_turn",
-        memory_pass_poll_seconds=0.2,
-        chat_event_flush_seconds=0.02,
-    )
-    application: FastAPI = create_app(settings)
-    async with LifespanManager(application, startup_timeout=60, shutdown_timeout=30):
-        transport = httpx.ASGITransport(app=application)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=120) as c:
-            yield c
+def extra_settings(llm: ScriptedLLM) -> dict[str, Any]:
+    # The pass's own model: the same scripted server (it tells the pass's call by its
+    # response_format).
+    return {
+        "llm_base_url": llm.base_url,
+        "llm_model": "fake-model",
+        "memory_pass": "every_turn",
+        "memory_pass_poll_seconds": 0.2,
+    }
 
 
 async def _finished_pass(api: httpx.AsyncClient, headers: dict[str, str], turn_id: str) -> Any:

@@ -198,6 +198,18 @@ def process_tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def pids_named(*names: str) -> list[int]:
+    """The processes on this host whose command name is one of `names` (Postgres and Redis
+    are the machine's services, not the bench's children)."""
+    out: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() in names:
+                    out.append(int(entry.name))
+    return out
+
+
 async def database_backend_pids(dsn: str) -> list[int]:
     """The Postgres server processes serving connections to `dsn`'s database (the backend's
     pool), to count their CPU. The bench's Postgres is on this host (127.0.0.1)."""

@@ -34,6 +34,8 @@ class Sample:
     machine_cpu_ms_per_stream: float | None = None
     # Streams/s while the load was steady (see `steady_rate`); None: the whole run's rate.
     steady_throughput: float | None = None
+    # CPU ms per stream of the other parties (load generator, simulator, Postgres, Redis).
+    party_cpu_ms_per_stream: dict[str, float] | None = None
 
     @property
     def throughput(self) -> float:

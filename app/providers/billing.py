@@ -7,6 +7,8 @@ from datetime import date, datetime
 from typing import Protocol
 from uuid import UUID
 
+from asyncpg import Record
+
 from app.errors import BudgetExceeded
 from app.platform.db import Conn
 
@@ -92,6 +94,21 @@ class LocalLedger(Protocol):
         self, conn: Conn, user_id: UUID, usage: TokenUsage
     ) -> tuple[float, Budget]:
         """`BillingProvider.record`, also answering the budget as the charge left it."""
+        ...
+
+    def cost_of(self, usage: TokenUsage) -> float:
+        """What `usage` costs at this ledger's prices."""
+        ...
+
+    def budget_if_current(self, row: Record) -> Budget | None:
+        """The budget of the user's budget row as a charge just left it (the chat's
+        one-statement final write charges in its own SQL and hands the row here), or None
+        when the charge landed on a period that has ended: then `charge_current`."""
+        ...
+
+    async def charge_current(self, conn: Conn, user_id: UUID, cost: float) -> Budget:
+        """Charge `cost` to the user's current period, after a charge found no budget row or
+        landed on an ended period; in the caller's transaction."""
         ...
 
     async def reserve(self, user_id: UUID, worst_case: TokenUsage) -> Reservation:

@@ -390,21 +390,29 @@ class BuiltinBilling:
         # The charge first (one statement in the common case): it locks the row and answers
         # it, so the period can be checked after instead of read before.
         row = await repository.charge(conn, user_id, cost)
-        if row is not None:
-            start, _ = current_period(
-                row["period_anchor"], parse_duration(row["budget_duration"]), self._clock()
-            )
-            if row["period_start"] >= start:
-                return cost, self._budget(row)
-            # It landed on an ended period: start the current one (spend 0) and charge that.
-            # A racer may have rolled it already; the conditional roll then does nothing and
-            # the second charge adds to what the new period holds, so nothing is lost.
-            await repository.roll(conn, user_id, start)
-        else:
-            await self._current_row(conn, user_id)  # no row yet: created with the defaults
+        budget = self.budget_if_current(row) if row is not None else None
+        if budget is not None:
+            return cost, budget
+        return cost, await self.charge_current(conn, user_id, cost)
+
+    def budget_if_current(self, row: asyncpg.Record) -> Budget | None:
+        """The budget of a row just charged, or None when the charge landed on a period that
+        has ended (`charge_current` then moves it)."""
+        start, _ = current_period(
+            row["period_anchor"], parse_duration(row["budget_duration"]), self._clock()
+        )
+        return self._budget(row) if row["period_start"] >= start else None
+
+    async def charge_current(self, conn: Conn, user_id: UUID, cost: float) -> Budget:
+        """Charge `cost` to the current period after a charge found no row (created now with
+        the defaults) or landed on an ended period: that one is rolled to the current period
+        (spend 0, so the stray charge goes with it) and charged. A racer may have rolled it
+        already; the conditional roll then does nothing and this charge adds to what the new
+        period holds, so nothing is lost."""
+        await self._current_row(conn, user_id)
         row = await repository.charge(conn, user_id, cost)
         assert row is not None  # it exists now
-        return cost, self._budget(row)
+        return self._budget(row)
 
     async def daily_activity(self, user_id: UUID, start: Any, end: Any) -> list[DailySpend] | None:
         return None  # our own usage_daily rows are the only record

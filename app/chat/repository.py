@@ -143,10 +143,16 @@ class FastAdmission:
 
 async def admit_ready_turn(conn: Conn, turn: NewTurn) -> FastAdmission:
     """The common admission in one statement outside an explicit transaction (its own,
-    committed when it returns): only when the profile is `ready` with an agent and the user
-    has no streaming turn, take the user's turn lock and, if it was free, insert the turn and
-    its first event. Raises asyncpg.UniqueViolationError when a streaming turn was inserted
-    meanwhile (the partial unique index: the snapshot read here may predate the lock)."""
+    committed when it returns): only when the profile is `ready` with an agent, the user has
+    no streaming turn and budget left, take the user's turn lock and, if it was free, insert
+    the turn and its first event. Raises asyncpg.UniqueViolationError when a streaming turn was
+    inserted meanwhile (the partial unique index: the snapshot read here may predate the lock).
+
+    The budget condition is the built-in ledger's `check_on` (remaining, rounded as
+    `Budget.remaining` rounds it, minus what LLM-route calls in flight reserve, above 0) on
+    the row as it is, written here to save the turn a round trip and Postgres a statement.
+    A row that is missing, or whose period has ended while it was used up, fails it; the
+    caller's full path then creates or rolls the row (`check`) and decides."""
     # The turn ($1..$5, its conversation $9, the client's id $10) and its first event
     # ($6..$8), inserted only when the lock ($12) was free, and the conversation's activity
     # (its title $11 if it has none) in the same statement: no round trip of its own before
@@ -157,6 +163,10 @@ async def admit_ready_turn(conn: Conn, turn: NewTurn) -> FastAdmission:
             select p.agent_id from public.profiles p
             where p.id = $2 and p.provisioning_status = 'ready' and p.agent_id is not null
               and not exists (select 1 from turns t where t.user_id = $2 and t.status = 'streaming')
+              and exists (
+                  select 1 from budgets b
+                  where b.user_id = $2 and round(b.max_budget - b.spend, 10) - b.reserved > 0
+              )
         ),
         l as (select pg_try_advisory_xact_lock(hashtextextended($12, 0)) as locked from p),
         turn as (

@@ -258,11 +258,11 @@ async def start_turn(
 
 
 async def _admit_fast(deps: TurnDeps, turn: repo.NewTurn) -> str | None:
-    """The common case on one pooled connection, two statements, no explicit transaction:
-    the budget (on the caller's connection), then one statement that checks the profile is
-    `ready` with an agent and no turn is streaming, takes the lock and inserts the turn with
-    its first event (committed on return). Only with a billing provider whose budget lives in
-    our database (its `ledger`) and whose route is not per user (this path fetches none).
+    """The common case in one statement, no explicit transaction: it checks the profile is
+    `ready` with an agent, no turn is streaming and the ledger's budget has room, takes the
+    lock and inserts the turn with its first event (committed on return). Only with a
+    billing provider whose budget lives in our database (its `ledger`) and whose route is not
+    per user (this path fetches none).
     Returns the agent id, or None when the full path must decide (over budget, not
     provisioned, a streaming turn that may be stale, ...): it reports each case in contract
     order, so an over-budget user without an agent still gets 409 first."""
@@ -271,10 +271,6 @@ async def _admit_fast(deps: TurnDeps, turn: repo.NewTurn) -> str | None:
     if ledger is None or billing.per_user_llm_key:
         return None
     async with deps.runtime.db.acquire() as conn:
-        try:
-            await ledger.check_on(conn, turn.user_id)
-        except BudgetExceeded:
-            return None
         try:
             admitted = await repo.admit_ready_turn(conn, turn)
         except asyncpg.UniqueViolationError as exc:  # admitted meanwhile (here or elsewhere)

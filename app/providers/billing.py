@@ -83,12 +83,9 @@ class DailySpend:
 
 
 class LocalLedger(Protocol):
-    """A budget kept in our own database, checked and charged on the caller's connection, so
-    that chat admission and the turn's final transaction need no connection of their own."""
-
-    async def check_on(self, conn: Conn, user_id: UUID) -> Budget:
-        """`BillingProvider.check` on the caller's connection."""
-        ...
+    """A budget kept in our own database (`budgets`), charged on the caller's connection, so
+    that the turn's final write needs no connection of its own. The chat's one-statement
+    admission and final write also read and charge its row in their own SQL."""
 
     async def record_with_budget(
         self, conn: Conn, user_id: UUID, usage: TokenUsage

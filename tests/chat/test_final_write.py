@@ -164,3 +164,49 @@ async def test_a_turn_no_longer_streaming_is_neither_stored_nor_charged(
     assert turn is not None and (turn["status"], turn["assistant_response"]) == ("failed", "")
     assert await stored_events(db_pool, turn_id) == []
     assert usage_rows == 0 and spend == 0
+
+
+async def test_a_budget_used_up_in_an_ended_period_still_admits_a_turn(
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    agent: ControlledAgent,
+    make_user: UserFactory,
+    db_pool: asyncpg.Pool,
+) -> None:
+    """The one-statement admission reads the row as it is (used up) and declines; the full
+    path rolls the period and admits."""
+    user = await make_user()
+    await app.state.services.billing.set_budget(user.id, 3.0)
+    async with db_pool.acquire() as conn:
+        await conn.execute(
+            """
+            update budgets set spend = 3.0, period_anchor = now() - interval '62 days',
+                period_start = now() - interval '62 days'
+            where user_id = $1
+            """,
+            user.id,
+        )
+
+    events = await _turn(client, agent, user.headers)
+
+    assert events[-1].event == "done"
+    (usage,) = [e for e in events if e.event == "usage"]
+    assert 0 < usage.data["remaining_budget"] < 3.0
+
+
+async def test_what_llm_calls_in_flight_reserve_counts_at_admission(
+    client: httpx.AsyncClient, app: FastAPI, make_user: UserFactory, db_pool: asyncpg.Pool
+) -> None:
+    user = await make_user()
+    await app.state.services.billing.set_budget(user.id, 3.0)
+    async with db_pool.acquire() as conn:
+        await conn.execute(
+            "update budgets set spend = 1.0, reserved = 2.0 where user_id = $1", user.id
+        )
+
+    response = await client.post(
+        "/api/v1/chat/message", json={"content": "hello"}, headers=user.headers
+    )
+
+    assert response.status_code == 402
+    assert await turn_rows(db_pool, user.id) == []

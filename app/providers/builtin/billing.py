@@ -16,9 +16,12 @@ Two admissions:
   reservation, `release` frees it uncharged. With `max_tokens` given, concurrent calls can
   never overspend.
 - Chat turns are check-then-charge: `check_on` refuses once spend plus reservations reach the
-  budget; `record_with_budget` adds the turn's cost atomically (`spend = spend + cost`) in the
-  turn's final transaction. A user has at most one streaming turn (admission's lock and the
-  partial unique index), so a turn's overspend is bounded by the cost of that one turn.
+  budget (the chat's one-statement admission writes the same condition in its SQL,
+  app/chat/repository.py `admit_ready_turn`); the turn's cost is added atomically
+  (`spend = spend + cost`) when the turn ends: `record_with_budget`, or the chat's
+  one-statement final write (`finish_turn_charged`), whose row `budget_if_current` checks.
+  A user has at most one streaming turn (admission's lock and the partial unique index), so
+  a turn's overspend is bounded by the cost of that one turn.
 """
 
 from __future__ import annotations
@@ -304,7 +307,7 @@ class BuiltinBilling:
 
     @property
     def ledger(self) -> LocalLedger:
-        """This provider is its own ledger (`check_on`, `record_with_budget`)."""
+        """This provider is its own ledger (`LocalLedger`)."""
         return self
 
     async def ensure_account(self, user_id: UUID, email: str) -> BillingAccount:

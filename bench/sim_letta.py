@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import random
 import signal
 import sys
 import time
@@ -70,8 +71,25 @@ class SimStats:
         }
 
 
+_now_cache: tuple[int, str] = (0, "")
+
+
 def _now_iso() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+    # Second resolution: formatted once per second, not once per stream.
+    global _now_cache
+    second = int(time.time())
+    if _now_cache[0] != second:
+        _now_cache = (
+            second,
+            datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00"),
+        )
+    return _now_cache[1]
+
+
+def _uuid4() -> uuid.UUID:
+    """A random (version 4) UUID from the process's PRNG: the ids only need to differ, and
+    _uuid4() makes a getrandom() system call per id, four per stream."""
+    return uuid.UUID(int=random.getrandbits(128), version=4)
 
 
 _LLM_CONFIG = {
@@ -350,20 +368,19 @@ class SimLetta:
     def route(self, method: str, target: str, body: bytes, conn: _Connection) -> None:
         url = urlsplit(target)
         parts = [p for p in url.path.split("/") if p]
-        query = parse_qs(url.query)
         if parts[:2] == ["v1", "health"]:
             self.stats.requests["GET /v1/health/"] += 1
             self.send_json(conn, 200, {"version": "0.16.8", "status": "ok"})
         elif parts == ["v1", "agents"] and method == "GET":
             self.stats.requests["GET /v1/agents/?tags="] += 1
-            tags = query.get("tags", [])
+            tags = parse_qs(url.query).get("tags", [])
             found = [agent_body(agent_id_for_tag(t), f"agent-{t}", [t]) for t in tags[:1]]
             self.send_json(conn, 200, found)
         elif parts == ["v1", "agents"] and method == "POST":
             self.stats.requests["POST /v1/agents/"] += 1
             payload = json.loads(body or b"{}")
             tags = list(payload.get("tags") or [])
-            agent_id = agent_id_for_tag(tags[0]) if tags else f"agent-{uuid.uuid4()}"
+            agent_id = agent_id_for_tag(tags[0]) if tags else f"agent-{_uuid4()}"
             self.send_json(conn, 200, agent_body(agent_id, payload.get("name", ""), tags))
         elif len(parts) == 3 and parts[:2] == ["v1", "agents"] and method == "GET":
             self.stats.requests["GET /v1/agents/{id}"] += 1
@@ -409,10 +426,10 @@ class SimLetta:
             MARKER_FORMAT.format(k=k, ns=time.monotonic_ns()) for k in range(self.config.events)
         )
         message = {
-            "id": f"message-{uuid.uuid4()}",
+            "id": f"message-{_uuid4()}",
             "date": _now_iso(),
             "message_type": "assistant_message",
-            "run_id": f"run-{uuid.uuid4()}",
+            "run_id": f"run-{_uuid4()}",
             "content": text,
         }
         return {
@@ -427,7 +444,7 @@ class SimLetta:
         )
         message = {"role": "assistant", "content": text}
         return {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "id": f"chatcmpl-{_uuid4().hex[:24]}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
@@ -446,7 +463,7 @@ class SimLetta:
         `[DONE]`."""
         head = json.dumps(
             {
-                "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+                "id": f"chatcmpl-{_uuid4().hex[:24]}",
                 "object": "chat.completion.chunk",
                 "created": int(time.time()),
                 "model": model,
@@ -475,11 +492,11 @@ class SimLetta:
         )
 
     def stream(self, conn: _Connection) -> None:
-        run_id = f"run-{uuid.uuid4()}"
-        message_id = uuid.uuid4()
+        run_id = f"run-{_uuid4()}"
+        message_id = _uuid4()
         date = _now_iso()
         ping = {
-            "id": f"ping-{uuid.uuid4()}",
+            "id": f"ping-{_uuid4()}",
             "date": date,
             "name": None,
             "message_type": "ping",
@@ -499,7 +516,7 @@ class SimLetta:
                 "message_type": "assistant_message",
                 "otid": str(message_id)[:-2] + "00",
                 "sender_id": None,
-                "step_id": f"step-{uuid.uuid4()}",
+                "step_id": f"step-{_uuid4()}",
                 "is_err": None,
                 "seq_id": None,
                 "run_id": run_id,

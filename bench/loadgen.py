@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 MARKER = re.compile(rb"w(\d+)@(\d+)@")
 FRAME_SEP = re.compile(rb"\r\n\r\n|\n\n|\r\r")
@@ -104,8 +104,13 @@ class _FrameReader:
         self.buffer = b""
 
     def feed(self, data: bytes, arrived_ns: int) -> None:
-        self.buffer += data
-        frames = FRAME_SEP.split(self.buffer)
+        if not self.buffer and data.find(b"\n\n") == len(data) - 2 > 0 and b"\r" not in data:
+            self._frame(data[:-2], arrived_ns)  # the usual data: one whole frame
+            return
+        buffer = self.buffer + data if self.buffer else data
+        # The servers measured here end frames with a bare "\n\n"; splitting on it directly
+        # gives the regex's result whenever no "\r" is present, and costs a fraction of it.
+        frames = FRAME_SEP.split(buffer) if b"\r" in buffer else buffer.split(b"\n\n")
         self.buffer = frames.pop()
         for frame in frames:
             if frame:
@@ -113,15 +118,18 @@ class _FrameReader:
 
     def _frame(self, frame: bytes, arrived_ns: int) -> None:
         event = b"message"
-        data_parts = []
-        for line in frame.splitlines():
-            if line.startswith(b"data:"):
-                data_parts.append(line[5:].lstrip(b" "))
-            elif line.startswith(b"event:"):
-                event = line[6:].strip()
-        if not data_parts:
-            return  # a comment (ping) or an id-only frame
-        data = b"\n".join(data_parts)
+        if frame[:5] == b"data:" and b"\n" not in frame and b"\r" not in frame:
+            data = frame[5:].lstrip(b" ")  # one data line: the simulator's frames
+        else:
+            data_parts = []
+            for line in frame.splitlines():
+                if line.startswith(b"data:"):
+                    data_parts.append(line[5:].lstrip(b" "))
+                elif line.startswith(b"event:"):
+                    event = line[6:].strip()
+            if not data_parts:
+                return  # a comment (ping) or an id-only frame
+            data = b"\n".join(data_parts)
         result = self.result
         if result.first_frame_ns is None:
             result.first_frame_ns = arrived_ns
@@ -143,7 +151,7 @@ class _FrameReader:
                 result.done = True
             elif b'"error"' in data[:40] or event == b"error":
                 result.error = "error frame: " + data.decode(errors="replace")[:200]
-        if is_text:
+        if is_text and b"@" in data:
             markers = MARKER.findall(data)
             if markers and result.first_event_ns is None:
                 result.first_event_ns = arrived_ns
@@ -152,49 +160,196 @@ class _FrameReader:
                 result.latencies_ns.append(arrived_ns - int(emitted))
 
 
+# What the response protocol is reading; the names follow the old reader calls they replace.
+_HEAD, _BODY_EXACT, _BODY_ANY, _CHUNK_SIZE, _CHUNK_DATA, _UNTIL_EOF = range(6)
+_LIMIT = 2**16  # asyncio.StreamReader's default limit, which readuntil enforced
+
+
+class _StreamProtocol(asyncio.Protocol):
+    """Reads one HTTP/1.1 response to its end inside `data_received`, with no coroutine step
+    per read: at a few hundred streams of 20 events, the StreamReader's await per chunk was
+    most of the load generator's CPU. Each read is stamped once, on arrival, and handed to the
+    frame reader whole (all the chunks it holds).
+
+    `finished` resolves with None when the response is over (terminal chunk, body read, or
+    EOF of a body without length), or with the exception the old StreamReader code raised at
+    the same point (IncompleteReadError on a cut-off response, ValueError on a bad size line).
+    """
+
+    def __init__(self, request: bytes, mode: Mode, result: StreamResult) -> None:
+        self.request = request
+        self.result = result
+        self.frames = _FrameReader(mode, result)
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+        self.state = _HEAD
+        self.buffer = b""
+        self.need = 0  # bytes still expected in _BODY_EXACT / _CHUNK_DATA (with its CRLF)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, hence a cast, not a check.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        if self.finished.done():
+            return
+        arrived_ns = time.monotonic_ns()
+        if self.state == _CHUNK_SIZE and not self.buffer:
+            # The usual read: exactly one whole data chunk (a server writes each event as one).
+            end = data.find(b"\r\n")
+            if 0 < end < 9 and data[-2:] == b"\r\n":
+                head = data[:end]
+                if head.isalnum():
+                    try:
+                        whole = int(head, 16) == len(data) - end - 4 > 0
+                    except ValueError:  # the general path reports it
+                        whole = False
+                    if whole:
+                        self.frames.feed(data[end + 2 : -2], arrived_ns)
+                        return
+        try:
+            self._consume(self.buffer + data if self.buffer else data, arrived_ns)
+        except Exception as exc:  # the old code raised it from its await: same handling
+            self._finish(exc)
+
+    def eof_received(self) -> bool:
+        self._eof()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.finished.done():
+            if exc is not None:
+                self._finish(exc)
+            else:
+                self._eof()
+
+    def _finish(self, exc: BaseException | None = None) -> None:
+        if self.finished.done():
+            return
+        if exc is None:
+            self.finished.set_result(None)
+        else:
+            self.finished.set_exception(exc)
+
+    def _eof(self) -> None:
+        if self.finished.done():
+            return
+        state, buffer = self.state, self.buffer
+        if state == _UNTIL_EOF:
+            self.frames.feed(b"\n\n", time.monotonic_ns())  # a last frame without its blank line
+            self._finish()
+        elif state == _BODY_ANY:
+            self._finish()  # read(4096) at EOF: an empty body
+        elif state in (_HEAD, _CHUNK_SIZE):  # readuntil: everything so far, length unknown
+            self._finish(asyncio.IncompleteReadError(buffer, None))
+        else:  # readexactly
+            self._finish(asyncio.IncompleteReadError(buffer, self.need))
+
+    def _consume(self, buffer: bytes, arrived_ns: int) -> None:
+        pos = 0
+        payloads: list[bytes] = []  # the complete chunks of this read, fed at once
+        try:
+            while not self.finished.done():
+                state = self.state
+                if state == _CHUNK_SIZE:
+                    end = buffer.find(b"\r\n", pos)
+                    if end < 0:
+                        _check_limit(len(buffer) - pos)
+                        break
+                    size = int(buffer[pos : end + 2].split(b";")[0].strip(), 16)
+                    pos = end + 2
+                    self.state, self.need = _CHUNK_DATA, size + 2
+                elif state == _CHUNK_DATA:
+                    if len(buffer) - pos < self.need:
+                        break
+                    end = pos + self.need
+                    pos = end
+                    if self.need == 2:  # the terminal chunk and its CRLF
+                        self.frames.feed(b"".join(payloads), arrived_ns)
+                        payloads.clear()
+                        # a last frame without its blank line
+                        self.frames.feed(b"\n\n", time.monotonic_ns())
+                        self._finish()
+                    else:
+                        payloads.append(buffer[end - self.need : end - 2])
+                        self.state = _CHUNK_SIZE
+                elif state == _UNTIL_EOF:
+                    self.frames.feed(buffer[pos:] if pos else buffer, arrived_ns)
+                    pos = len(buffer)
+                    break
+                elif state == _HEAD:
+                    end = buffer.find(b"\r\n\r\n", pos)
+                    if end < 0:
+                        _check_limit(len(buffer) - pos)
+                        break
+                    self._head(buffer[pos : end + 4])
+                    pos = end + 4
+                elif state == _BODY_EXACT:
+                    if len(buffer) - pos < self.need:
+                        break
+                    self._answered(buffer[pos : pos + self.need])
+                    pos += self.need
+                else:  # _BODY_ANY: what one read(4096) returned
+                    if pos == len(buffer):
+                        break
+                    self._answered(buffer[pos : pos + 4096])
+                    pos = len(buffer)
+        finally:
+            # Chunks complete before a bad size line were read (and timed) by the old code too.
+            if payloads:
+                self.frames.feed(b"".join(payloads), arrived_ns)
+            self.buffer = buffer[pos:] if pos < len(buffer) else b""
+
+    def _head(self, head: bytes) -> None:
+        lines = head.decode("latin-1").split("\r\n")
+        result = self.result
+        result.status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        if result.status != 200:
+            self.need = int(headers.get("content-length", "0") or 0)
+            self.state = _BODY_EXACT if self.need else _BODY_ANY
+        elif headers.get("transfer-encoding", "").lower() == "chunked":
+            self.state = _CHUNK_SIZE
+        else:
+            self.state = _UNTIL_EOF
+
+    def _answered(self, body: bytes) -> None:
+        self.result.error = f"HTTP {self.result.status}: {_error_code(body)}"
+        self._finish()
+
+
+def _check_limit(pending: int) -> None:
+    if pending > _LIMIT:
+        raise asyncio.LimitOverrunError("Separator is not found, and chunk exceed the limit", 0)
+
+
 async def stream_once(
     request: StreamRequest, *, stream_timeout: float, expected_fragments: int | None = None
 ) -> StreamResult:
     """Open one connection, send the request, read the SSE answer to its end."""
     result = StreamResult(started_ns=time.monotonic_ns())
-    writer: asyncio.StreamWriter | None = None
+    loop = asyncio.get_running_loop()
+    protocol = _StreamProtocol(request.raw(), request.mode, result)
+    transport: asyncio.BaseTransport | None = None
     try:
         async with asyncio.timeout(stream_timeout):
-            reader, writer = await asyncio.open_connection(request.host, request.port)
-            writer.write(request.raw())
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            result.status = int(lines[0].split(" ", 2)[1])
-            headers = {}
-            for line in lines[1:]:
-                if line:
-                    name, _, value = line.partition(":")
-                    headers[name.strip().lower()] = value.strip()
-            frames = _FrameReader(request.mode, result)
-            if result.status != 200:
-                length = int(headers.get("content-length", "0") or 0)
-                body = await reader.readexactly(length) if length else await reader.read(4096)
-                result.error = f"HTTP {result.status}: {_error_code(body)}"
-                return result
-            if headers.get("transfer-encoding", "").lower() == "chunked":
-                while True:
-                    size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip(), 16)
-                    data = await reader.readexactly(size + 2)
-                    if size == 0:
-                        break
-                    frames.feed(data[:-2], time.monotonic_ns())
-            else:
-                while data := await reader.read(65536):
-                    frames.feed(data, time.monotonic_ns())
-            frames.feed(b"\n\n", time.monotonic_ns())  # a last frame without its blank line
+            transport, _ = await loop.create_connection(
+                lambda: protocol, request.host, request.port
+            )
+            await protocol.finished
     except TimeoutError:
         result.error = "timeout"
     except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"[:200]
     finally:
         result.ended_ns = time.monotonic_ns()
-        if writer is not None:
-            writer.close()
+        if transport is not None:
+            transport.close()
     if result.error is None and not result.done:
         result.error = "stream ended without its final event"
     if result.error is None and expected_fragments not in (None, result.fragments):

@@ -310,9 +310,10 @@ _DRAIN_SECONDS = 0.1
 @dataclass(frozen=True, slots=True)
 class ChatStreamTarget:
     """Where a streamed chat call goes and what it carries, computed once per SDK client: its
-    own httpx2 client (transport, pool, timeouts, redirects, cookies), `<base_url>chat/completions`,
-    and the headers the SDK sends (authorization, content type, its default and custom headers)
-    merged over the httpx2 client's own, as its `build_request` merges them."""
+    own httpx2 client (transport, pool, timeouts, redirects, cookies), the URL
+    `<base_url>chat/completions`, and the headers the SDK sends (authorization, content type,
+    its default and custom headers, spelled as it spells them) merged over the httpx2 client's
+    own, as its `build_request` merges them."""
 
     http: httpx2.AsyncClient
     url: httpx2.URL
@@ -321,14 +322,15 @@ class ChatStreamTarget:
 
     @classmethod
     def of(cls, client: openai.AsyncOpenAI, http: httpx2.AsyncClient) -> ChatStreamTarget:
-        sdk_headers = {**client.auth_headers, **client.default_headers}
-        headers = httpx2.Headers(http.headers)
-        headers.update({k: v for k, v in sdk_headers.items() if isinstance(v, str)})
-        headers["X-Stainless-Retry-Count"] = "0"
+        merged = {**client.auth_headers, **client.default_headers}
+        sdk_headers = httpx2.Headers({k: v for k, v in merged.items() if isinstance(v, str)})
+        sdk_headers["x-stainless-retry-count"] = "0"
         timeout = client.timeout
         read = timeout.read if isinstance(timeout, httpx2.Timeout) else timeout
         if read is not None:
-            headers["X-Stainless-Read-Timeout"] = str(read)
+            sdk_headers["x-stainless-read-timeout"] = str(read)
+        headers = httpx2.Headers(http.headers)
+        headers.update(list(sdk_headers.multi_items()))  # lower-cased names, as the SDK sends
         base = client.base_url  # the SDK keeps it ending with "/"
         url = base.copy_with(raw_path=base.raw_path + b"chat/completions")
         return cls(http, url, headers, http.timeout.as_dict())

@@ -13,6 +13,7 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+from openai._models import FinalRequestOptions
 from openai._streaming import SSEDecoder
 
 from app.errors import AppError, BudgetExceeded
@@ -371,6 +372,17 @@ def test_the_request_is_what_build_request_makes() -> None:
         built.extensions,
     )
     assert ours.headers["x-stainless-read-timeout"] == "42"
+    # And what the SDK builds for this call, header names and order included.
+    options = FinalRequestOptions.construct(
+        method="post", url="/chat/completions", json_data={"model": "m"}
+    )
+    through_sdk = sdk._build_request(options)
+    assert (ours.url, ours.headers.raw, ours.content, ours.extensions) == (
+        through_sdk.url,
+        through_sdk.headers.raw,
+        through_sdk.content,
+        through_sdk.extensions,
+    )
     assert "cookie" not in ours.headers
     http.cookies.set("AWSALB", "sticky", domain="upstream.test")
     assert target.request(content).headers["cookie"] == "AWSALB=sticky"

@@ -134,7 +134,13 @@ def _component_models() -> list[type[BaseModel]]:
 
 
 def _api_routers() -> list[APIRouter]:
-    """Feature routers, each mounted under /api/v1."""
+    """Feature routers, each mounted under /api/v1.
+
+    The hot paths' routers first (the LLM route, then a chat turn's): a request's route is
+    found by trying the routers in this order, and each one passed costs 10-20 us (FastAPI
+    matches the path against each of its routes), about 150 us for the LLM route when it came
+    eighth. The order never changes which route answers, as no two routers' paths overlap
+    (tests/test_routing_order.py)."""
     from app.accounts.router import router as accounts_router
     from app.admin.router import router as admin_router
     from app.agents.router import router as agents_router
@@ -147,14 +153,14 @@ def _api_routers() -> list[APIRouter]:
     from app.usage.router import router as usage_router
 
     return [
+        llm_router,
+        chat_router,
+        chat_ui_router,
         accounts_router,
         admin_router,
         agents_router,
-        chat_router,
-        chat_ui_router,
         conversations_router,
         deletion_router,
-        llm_router,
         memory_router,
         usage_router,
     ]

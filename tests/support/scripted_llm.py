@@ -129,6 +129,8 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    # The client's port: calls on one kept-alive connection share it.
+    client_port: int | None = None
 
 
 class _AbortStream(Exception):
@@ -218,9 +220,10 @@ class ScriptedLLM:
             body = json.loads(raw)
         except ValueError:
             return JSONResponse({"error": {"message": "invalid JSON"}}, status_code=400)
+        port = request.client.port if request.client is not None else None
         with self._lock:
             self.requests.append(
-                RecordedRequest(request.url.path, dict(request.headers.items()), body)
+                RecordedRequest(request.url.path, dict(request.headers.items()), body, port)
             )
         script = self._next(body)
         if script is None:

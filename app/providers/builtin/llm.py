@@ -2,7 +2,8 @@
 
 Two implementations of one small protocol, both speaking OpenAI chat-completions dicts:
 - `OpenAIChatClient`: any OpenAI-compatible upstream (OpenAI, a LiteLLM proxy with the user's
-  virtual key, llama.cpp's server, vLLM...) through the `openai` SDK;
+  virtual key, llama.cpp's server, vLLM...) through the `openai` SDK (streamed calls on the
+  SDK's own HTTP client, their server-sent events read here: `SSEData`);
 - `LocalChatClient`: the built-in SmolLM2 model run in-process by llama.cpp (`local_model.py`),
   used when no base URL is configured.
 
@@ -17,12 +18,14 @@ without a `finish_reason`) raise `LLMUnavailable` (retryable); other 4xx raise
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
@@ -188,37 +191,101 @@ def _error_message(body: object, fallback: str) -> str:
     return fallback
 
 
+def _status_error(status: int, body: object, headers: httpx2.Headers) -> AppError:
+    """A non-2xx answer. `body`: its JSON (or text, or None), as the SDK kept it."""
+    if status in (400, 429) and _error_type(body) == "budget_exceeded":
+        return BudgetExceeded(_error_message(body, "the LLM budget is exhausted"))
+    if status == 429 or status >= 500:
+        error = LLMUnavailable(f"the model's server answered {status}")
+        retry_after = headers.get("retry-after")
+        if retry_after:
+            error.headers = {"Retry-After": retry_after}
+        return error
+    return LLMRequestRejected(
+        f"the model's server refused the request ({status}): {_error_message(body, 'no details')}",
+        upstream_status=status,
+    )
+
+
+def _stream_error(error: object, message: str) -> AppError:
+    """An `error` object inside an SSE stream (e.g. LiteLLM relaying an upstream failure)."""
+    if _error_type(error) == "budget_exceeded":
+        return BudgetExceeded(_error_message(error, "the LLM budget is exhausted"))
+    return LLMUnavailable(f"the model failed mid-answer: {message[:300]}")
+
+
 def map_llm_error(exc: Exception) -> AppError:
     """The two kinds (plus budget) from whatever the SDK or httpx raised."""
     if isinstance(exc, AppError):
         return exc
     if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        if status in (400, 429) and _error_type(exc.body) == "budget_exceeded":
-            return BudgetExceeded(_error_message(exc.body, "the LLM budget is exhausted"))
-        if status == 429 or status >= 500:
-            error = LLMUnavailable(f"the model's server answered {status}")
-            retry_after = exc.response.headers.get("retry-after")
-            if retry_after:
-                error.headers = {"Retry-After": retry_after}
-            return error
-        return LLMRequestRejected(
-            f"the model's server refused the request ({status}): "
-            f"{_error_message(exc.body, 'no details')}",
-            upstream_status=status,
-        )
+        return _status_error(exc.status_code, exc.body, exc.response.headers)
     if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException | httpx2.TimeoutException):
         return LLMUnavailable("the model timed out")
     if isinstance(exc, openai.APIConnectionError | httpx.TransportError | httpx2.TransportError):
         return LLMUnavailable("the model's server is unreachable or closed the stream")
     if isinstance(exc, openai.APIError):
-        # An `error` object inside an SSE stream (e.g. LiteLLM relaying an upstream failure).
-        if _error_type(exc.body) == "budget_exceeded":
-            return BudgetExceeded(_error_message(exc.body, "the LLM budget is exhausted"))
-        return LLMUnavailable(f"the model failed mid-answer: {exc.message[:300]}")
+        return _stream_error(exc.body, exc.message)
     if isinstance(exc, httpx.HTTPError | httpx2.HTTPError):
         return LLMUnavailable("the model's server failed")
     raise exc
+
+
+# --- server-sent events (the streamed answer) ---
+
+
+class SSEData:
+    """The `data` of each event of a server-sent event stream, fed the body as it arrives.
+
+    What the SDK's decoder does (the WHATWG rules: lines end with LF, CRLF or CR; `:` starts a
+    comment; one space after the field's colon is dropped; an event's `data` lines join with
+    LF; a blank line ends the event; an event the body ends inside is dropped), for the one
+    field an OpenAI stream uses: `event`, `id` and `retry` are read past, and an event without
+    data is skipped (the SDK handed it on as an empty string, which no JSON parse accepts).
+    Bytes, not text: `json.loads` reads UTF-8 bytes itself."""
+
+    __slots__ = ("_data", "_rest")
+
+    def __init__(self) -> None:
+        self._rest = b""
+        self._data: list[bytes] = []
+
+    def feed(self, piece: bytes) -> list[bytes]:
+        text = self._rest + piece if self._rest else piece
+        if b"\r" in text:
+            # A CR at the very end may be the first half of a CRLF split across reads: it
+            # waits for the next piece (or the end), so that CRLF stays one line end.
+            hold = text.endswith(b"\r")
+            text = text.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            if hold:
+                text = text[:-1]
+            lines = text.split(b"\n")
+            self._rest = lines.pop() + (b"\r" if hold else b"")
+        else:
+            lines = text.split(b"\n")
+            self._rest = lines.pop()
+        return self._lines(lines) if lines else []
+
+    def finish(self) -> list[bytes]:
+        """Events completed by the body's last bytes (a held CR ends a line)."""
+        rest, self._rest = self._rest, b""
+        return self._lines([rest[:-1]]) if rest.endswith(b"\r") else []
+
+    def _lines(self, lines: list[bytes]) -> list[bytes]:
+        events: list[bytes] = []
+        data = self._data
+        for line in lines:
+            if not line:
+                if data:
+                    events.append(data[0] if len(data) == 1 else b"\n".join(data))
+                    data.clear()
+            elif line.startswith(b"data:"):
+                value = line[5:]
+                data.append(value[1:] if value.startswith(b" ") else value)
+            elif line == b"data":
+                data.append(b"")
+            # else: a comment, or a field an OpenAI stream does not use
+        return events
 
 
 # --- an OpenAI-compatible upstream ---
@@ -234,6 +301,117 @@ _CREATE_PARAMS = frozenset(inspect.signature(AsyncCompletions.create).parameters
 }
 
 
+# After `[DONE]`, how long the rest of the body (on HTTP/1.1 usually just the chunked body's
+# terminator) is waited for so that its connection goes back to the pool; the SDK's bound
+# (openai._streaming_cleanup).
+_DRAIN_SECONDS = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class ChatStreamTarget:
+    """Where a streamed chat call goes and what it carries, computed once per SDK client: its
+    own httpx2 client (transport, pool, timeouts, redirects, cookies), the URL
+    `<base_url>chat/completions`, and the headers the SDK sends (authorization, content type,
+    its default and custom headers, spelled as it spells them) merged over the httpx2 client's
+    own, as its `build_request` merges them."""
+
+    http: httpx2.AsyncClient
+    url: httpx2.URL
+    headers: httpx2.Headers
+    timeout: dict[str, float | None]
+
+    @classmethod
+    def of(cls, client: openai.AsyncOpenAI, http: httpx2.AsyncClient) -> ChatStreamTarget:
+        merged = {**client.auth_headers, **client.default_headers}
+        sdk_headers = httpx2.Headers({k: v for k, v in merged.items() if isinstance(v, str)})
+        sdk_headers["x-stainless-retry-count"] = "0"
+        timeout = client.timeout
+        read = timeout.read if isinstance(timeout, httpx2.Timeout) else timeout
+        if read is not None:
+            sdk_headers["x-stainless-read-timeout"] = str(read)
+        headers = httpx2.Headers(http.headers)
+        headers.update(list(sdk_headers.multi_items()))  # lower-cased names, as the SDK sends
+        base = client.base_url  # the SDK keeps it ending with "/"
+        url = base.copy_with(raw_path=base.raw_path + b"chat/completions")
+        return cls(http, url, headers, http.timeout.as_dict())
+
+    def request(self, content: bytes) -> httpx2.Request:
+        """What `http.build_request` makes, without merging the same headers again per call
+        (about 70 us of the 100 it takes). Unless the client holds cookies (an upstream or a
+        balancer in front of it set some): those are sent back, as the SDK did."""
+        if self.http.cookies:
+            return self.http.build_request("POST", self.url, content=content, headers=self.headers)
+        return httpx2.Request(
+            "POST",
+            self.url,
+            headers=self.headers,
+            content=content,
+            extensions={"timeout": self.timeout},
+        )
+
+
+class _Reply:
+    """What a streamed reply has said so far: for the usage estimate when the upstream sends
+    none, and whether every choice got its `finish_reason`."""
+
+    __slots__ = ("completion_id", "finished", "model", "output", "usage_seen")
+
+    def __init__(self, model: str) -> None:
+        self.completion_id = f"chatcmpl-{uuid.uuid4().hex[:12]}"
+        self.model = model
+        self.usage_seen = False
+        self.output: list[str] = []
+        # Choice index -> whether it got its `finish_reason`.
+        self.finished: dict[int, bool] = {}
+
+    def take(self, payload: bytes) -> dict[str, Any]:
+        """One event's data as the chunk we pass on; an `error` object is the upstream failing
+        mid-answer (what the SDK raised as `openai.APIError`)."""
+        try:
+            raw = json.loads(payload)
+        except ValueError:
+            raise LLMUnavailable("the model's server sent a chunk that is not JSON") from None
+        if not isinstance(raw, dict):
+            raise LLMUnavailable("the model's server sent a chunk that is not an object")
+        error = raw.get("error")
+        if error:
+            message = error.get("message") if isinstance(error, dict) else None
+            if not message or not isinstance(message, str):
+                message = "An error occurred during streaming"
+            raise _stream_error(error, message)
+        data = dump_chunk(raw)
+        self.completion_id = data.get("id") or self.completion_id
+        self.model = data.get("model") or self.model
+        if data.get("usage"):
+            self.usage_seen = True
+        finished = self.finished
+        for choice in data.get("choices") or []:
+            index = int(choice.get("index") or 0)
+            finished[index] = finished.get(index, False) or bool(choice.get("finish_reason"))
+        self.output.append(_chunk_output_text(data))
+        return data
+
+
+def _error_body(response: httpx2.Response) -> object:
+    """A read error answer's body as the SDK kept it: its JSON, else its text."""
+    text = response.text.strip()
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+async def _drain(pieces: AsyncIterator[bytes]) -> None:
+    """The body after `[DONE]`, read and dropped, so that an HTTP/1.1 connection is reused
+    (closing a response before its end closes its connection); bounded, as the SDK does."""
+    try:
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            async for _ in pieces:
+                pass
+    except (TimeoutError, httpx2.HTTPError, httpx2.StreamError):
+        pass  # what came before `[DONE]` stands; the connection is closed instead
+
+
 class OpenAIChatClient:
     def __init__(
         self,
@@ -242,8 +420,11 @@ class OpenAIChatClient:
         *,
         supports_tools: bool,
         calls: UpstreamCalls | None = None,
+        target: ChatStreamTarget | None = None,
     ) -> None:
         self._client = client
+        # Streamed calls bypass the SDK's request machinery (`_stream`).
+        self._target = target or ChatStreamTarget.of(client, client._client)
         # The LLM upstream's calls, counted and timed (app/providers/instrumented.py).
         self._calls = calls or UpstreamCalls(Metrics(), "llm")
         # The body is forwarded as given (typed per call by the caller, not by us).
@@ -289,49 +470,62 @@ class OpenAIChatClient:
         request = self._request(body)
         stream_options = dict(body.get("stream_options") or {})
         stream_options["include_usage"] = True
-        usage_seen = False
-        output: list[str] = []
-        # Choice index -> whether it got its `finish_reason`. The SDK swallows `[DONE]` and
-        # ends quietly when the body just stops (a connection-delimited body closed mid-reply),
-        # so a reply counts as whole only when every choice said why it stopped.
-        finished: dict[int, bool] = {}
-        completion_id, model = f"chatcmpl-{uuid.uuid4().hex[:12]}", str(request["model"])
+        reply = _Reply(str(request["model"]))
+        target = self._target
         try:
-            # The SDK's transport, errors and SSE decoding, but each chunk as the dict it
-            # decoded (`cast_to=object`) rather than a model dumped back to a dict: same
-            # result (`dump_chunk`), a fraction of the CPU per chunk.
-            stream = await self._client.post(
-                "/chat/completions",
-                body=self._body(request, stream_options),
-                cast_to=object,
-                stream=True,
-                stream_cls=openai.AsyncStream[object],
-            )
-            async for raw in stream:
-                if not isinstance(raw, dict):
-                    raise LLMUnavailable("the model's server sent a chunk that is not an object")
-                data = dump_chunk(raw)
-                completion_id = data.get("id") or completion_id
-                model = data.get("model") or model
-                if data.get("usage"):
-                    usage_seen = True
-                for choice in data.get("choices") or []:
-                    index = int(choice.get("index") or 0)
-                    finished[index] = finished.get(index, False) or bool(
-                        choice.get("finish_reason")
+            # The SDK's own httpx2 client, request bytes (its JSON encoding) and headers, but not
+            # its request machinery (options models, header merging per call, response and
+            # stream wrappers, an SSE event object per line): at one call at a time that was
+            # 0.8 ms of the time to the first chunk, and a quarter of the CPU of a call. Its
+            # failures are mapped as `map_llm_error` maps the SDK's.
+            content = json.dumps(
+                self._body(request, stream_options),
+                ensure_ascii=False,
+                separators=(",", ":"),
+                allow_nan=False,
+            ).encode()
+            response = await target.http.send(target.request(content), stream=True)
+            try:
+                if not response.is_success:
+                    await response.aread()
+                    raise _status_error(
+                        response.status_code, _error_body(response), response.headers
                     )
-                output.append(_chunk_output_text(data))
-                yield data
+                events = SSEData()
+                pieces = response.aiter_bytes()
+                done = False
+                async for piece in pieces:
+                    for payload in events.feed(piece):
+                        if payload.startswith(b"[DONE]"):
+                            done = True
+                            break
+                        yield reply.take(payload)
+                    if done:
+                        break
+                else:
+                    for payload in events.finish():
+                        if payload.startswith(b"[DONE]"):
+                            break
+                        yield reply.take(payload)
+                if done and response.http_version == "HTTP/1.1":
+                    await _drain(pieces)
+            finally:
+                # Also when the consumer stops early (it closes this generator): the
+                # connection is released (closed, since its response was not read to the end).
+                await response.aclose()
         except Exception as exc:  # mapped into our two kinds; programming errors re-raised
             raise map_llm_error(exc) from exc
-        if not finished or not all(finished.values()):
+        # A reply counts as whole only when every choice said why it stopped: `[DONE]` is not
+        # required, and a connection-delimited body closed mid-reply just ends.
+        if not reply.finished or not all(reply.finished.values()):
             # Retryable, like a dropped connection; the caller bills what was produced (it
             # counts the text it relayed), since the upstream did the work.
             raise LLMReplyCut("the model's reply ended before it finished")
-        if not usage_seen:
+        if not reply.usage_seen:
             prompt = estimate_prompt_tokens(body)
-            completion = estimate_tokens("".join(output))
-            yield usage_chunk(completion_id, model, usage_dict(prompt, completion, estimated=True))
+            completion = estimate_tokens("".join(reply.output))
+            usage = usage_dict(prompt, completion, estimated=True)
+            yield usage_chunk(reply.completion_id, reply.model, usage)
 
     async def _complete(self, body: dict[str, Any]) -> dict[str, Any]:
         request = self._request(body)
@@ -375,6 +569,8 @@ class LLMClients:
         self._spawn = spawn
         self._calls = UpstreamCalls(metrics or Metrics(), "llm")
         self._clients: OrderedDict[tuple[str, str | None], openai.AsyncOpenAI] = OrderedDict()
+        # Per cached SDK client, where its streamed chat calls go (dropped with it).
+        self._targets: dict[tuple[str, str | None], ChatStreamTarget] = {}
         self._retired: deque[tuple[float, openai.AsyncOpenAI]] = deque()
 
     def __len__(self) -> int:
@@ -395,11 +591,13 @@ class LLMClients:
         supports_tools = (
             True if settings.llm_supports_tools is None else settings.llm_supports_tools
         )
+        client = self.openai_client(base_url, api_key)
         return OpenAIChatClient(
-            self.openai_client(base_url, api_key),
+            client,
             settings.llm_model,
             supports_tools=supports_tools,
             calls=self._calls,
+            target=self._targets[(base_url, api_key)],
         )
 
     def openai_client(self, base_url: str, api_key: str | None) -> openai.AsyncOpenAI:
@@ -416,6 +614,9 @@ class LLMClients:
             write=30.0,
             pool=10.0,
         )
+        # The SDK's own default client (its limits, redirects, proxies from the environment),
+        # its connections on the asyncio backend (app/platform/http_transport).
+        http = openai.DefaultAsyncHttpxClient(timeout=timeout, transport=sdk_transport(_SDK_LIMITS))
         client = openai.AsyncOpenAI(
             base_url=base_url,
             # Keyless local servers still need a value for the SDK; it is never a real secret.
@@ -423,17 +624,15 @@ class LLMClients:
             timeout=timeout,
             # A chat call is not retried blindly: the caller decides (and may have billed it).
             max_retries=0,
-            # The SDK's own default client (its limits, redirects, proxies from the
-            # environment), its connections on the asyncio backend (app/platform/http_transport).
-            http_client=openai.DefaultAsyncHttpxClient(
-                timeout=timeout, transport=sdk_transport(_SDK_LIMITS)
-            ),
+            http_client=http,
         )
         self._clients[key] = client
+        self._targets[key] = ChatStreamTarget.of(client, http)
         if len(self._clients) > _MAX_CACHED_CLIENTS:
             now = time.monotonic()
             while len(self._clients) > _MAX_CACHED_CLIENTS:
-                _, evicted = self._clients.popitem(last=False)
+                evicted_key, evicted = self._clients.popitem(last=False)
+                del self._targets[evicted_key]
                 self._retired.append((now, evicted))
             while self._retired and now - self._retired[0][0] > _RETIRED_GRACE_SECONDS:
                 self._spawn(self._retired.popleft()[1].close())
@@ -442,6 +641,7 @@ class LLMClients:
     async def aclose(self) -> None:
         clients = list(self._clients.values()) + [c for _, c in self._retired]
         self._clients.clear()
+        self._targets.clear()
         self._retired.clear()
         for client in clients:
             await client.close()

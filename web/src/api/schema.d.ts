@@ -38,6 +38,162 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/llm/chat/completions": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** OpenAI-compatible chat completions, billed to the caller's budget */
+        post: operations["chat_completions"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/chat/message": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Send a message; the reply streams as server-sent events */
+        post: operations["send_message"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/chat/turns/{turn_id}/events": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The rest of a turn's stream: stored events after Last-Event-ID, then live */
+        get: operations["turn_events"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/chat/turns/{turn_id}/stop": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Stop a running turn: its partial reply is kept and charged, its stream ends with `done` (status `cancelled`)
+         * @description Idempotent: a turn that already ended is returned as it is. Once this answers for a turn run by the instance that serves it, the user can send at once; a turn run by another instance is stopped at that instance's next lease renewal (within an eighth of CHAT_TURN_LEASE_SECONDS).
+         */
+        post: operations["stop_turn"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/chat/history": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The caller's turns, newest first (all conversations, or one) */
+        get: operations["history"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/chat/history/search": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Full-text search over both sides of the caller's turns (all conversations, or one) */
+        get: operations["search_history"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/chat/export": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Download the caller's turns (all conversations, or one) */
+        get: operations["export"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/chat/ui": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Send a message as the AI SDK's useChat does; the reply is a UI message stream */
+        post: operations["send_ui_message"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/chat/ui/{chat_id}/stream": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Resume the chat's running reply (the AI SDK's reconnectToStream) */
+        get: operations["resume_ui_stream"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/auth/register": {
         parameters: {
             query?: never;
@@ -387,145 +543,6 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
-    "/api/v1/chat/message": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        /** Send a message; the reply streams as server-sent events */
-        post: operations["send_message"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/api/v1/chat/turns/{turn_id}/events": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /** The rest of a turn's stream: stored events after Last-Event-ID, then live */
-        get: operations["turn_events"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/api/v1/chat/turns/{turn_id}/stop": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        /**
-         * Stop a running turn: its partial reply is kept and charged, its stream ends with `done` (status `cancelled`)
-         * @description Idempotent: a turn that already ended is returned as it is. Once this answers for a turn run by the instance that serves it, the user can send at once; a turn run by another instance is stopped at that instance's next lease renewal (within an eighth of CHAT_TURN_LEASE_SECONDS).
-         */
-        post: operations["stop_turn"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/api/v1/chat/history": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /** The caller's turns, newest first (all conversations, or one) */
-        get: operations["history"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/api/v1/chat/history/search": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /** Full-text search over both sides of the caller's turns (all conversations, or one) */
-        get: operations["search_history"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/api/v1/chat/export": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /** Download the caller's turns (all conversations, or one) */
-        get: operations["export"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/api/v1/chat/ui": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        /** Send a message as the AI SDK's useChat does; the reply is a UI message stream */
-        post: operations["send_ui_message"];
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/api/v1/chat/ui/{chat_id}/stream": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        /** Resume the chat's running reply (the AI SDK's reconnectToStream) */
-        get: operations["resume_ui_stream"];
-        put?: never;
-        post?: never;
-        delete?: never;
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
     "/api/v1/conversations": {
         parameters: {
             query?: never;
@@ -610,23 +627,6 @@ export interface paths {
          *     do for the client. Calling again is safe: it answers the deletion's state (and pushes it on).
          */
         delete: operations["delete_account"];
-        options?: never;
-        head?: never;
-        patch?: never;
-        trace?: never;
-    };
-    "/api/v1/llm/chat/completions": {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        get?: never;
-        put?: never;
-        /** OpenAI-compatible chat completions, billed to the caller's budget */
-        post: operations["chat_completions"];
-        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -2286,6 +2286,880 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ReadinessOut"];
+                };
+            };
+        };
+    };
+    chat_completions: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ChatCompletionIn"];
+            };
+        };
+        responses: {
+            /** @description A `chat.completion` object, or with `stream: true` a `text/event-stream` of `data: {chat.completion.chunk}` lines ending with `data: [DONE]` (or, when the upstream fails mid-way, ending with one `data: {error}` line and no `[DONE]`) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ChatCompletionOut"];
+                    "text/event-stream": {
+                        /** @description A `chat.completion.chunk` (or an `{error}` object) as JSON; the last event's data is `[DONE]` */
+                        data: string | "[DONE]" | unknown;
+                    };
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Budget exceeded */
+            402: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Payload too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Too many requests (error code `rate_limited`) */
+            429: {
+                headers: {
+                    /** @description Seconds until the limit lets a request through again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unexpected server error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Upstream error */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Upstream unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    send_message: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description The client's id for this message, as `client_message_id` in the body (both given: they must be equal) */
+                "Idempotency-Key"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["MessageIn"];
+            };
+        };
+        responses: {
+            /**
+             * @description A `text/event-stream`. Each event has `id:` (the turn's sequence number,
+             *     for `Last-Event-ID`), `event:` and one JSON `data:` line:
+             *
+             *     - `turn` `{turn_id, user_message_id, created_at, conversation_id}`
+             *     - `delta` `{text}` (a fragment of the reply), any number
+             *     - `tool` `{name, status}` (a memory tool the agent used), any number
+             *     - `message` `{text, message_id}` (a completed assistant message)
+             *     - `usage` `{model, prompt_tokens, completion_tokens, total_tokens, cost, estimated,
+             *       remaining_budget}`
+             *     - `done` `{turn_id, status}`: `completed`, or `cancelled` for a stopped turn (its `usage`,
+             *       when it produced anything, counts the partial reply) — or instead of `usage`/`done`:
+             *       `error` `{code, message, retryable}`
+             *
+             *     Comment lines (`: ping`) keep idle connections open.
+             */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": {
+                        id: string;
+                        /** @constant */
+                        event: "turn";
+                        data: string;
+                    } | {
+                        id: string;
+                        /** @constant */
+                        event: "delta";
+                        data: string;
+                    } | {
+                        id: string;
+                        /** @constant */
+                        event: "tool";
+                        data: string;
+                    } | {
+                        id: string;
+                        /** @constant */
+                        event: "message";
+                        data: string;
+                    } | {
+                        id: string;
+                        /** @constant */
+                        event: "usage";
+                        data: string;
+                    } | {
+                        id: string;
+                        /** @constant */
+                        event: "done";
+                        data: string;
+                    } | {
+                        id: string;
+                        /** @constant */
+                        event: "error";
+                        data: string;
+                    };
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Budget exceeded */
+            402: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Payload too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Too many requests (error code `rate_limited`) */
+            429: {
+                headers: {
+                    /** @description Seconds until the limit lets a request through again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unexpected server error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Upstream error */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Upstream unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    turn_events: {
+        parameters: {
+            query?: never;
+            header?: {
+                "Last-Event-ID"?: string | null;
+            };
+            path: {
+                turn_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /**
+             * @description A `text/event-stream`. Each event has `id:` (the turn's sequence number,
+             *     for `Last-Event-ID`), `event:` and one JSON `data:` line:
+             *
+             *     - `turn` `{turn_id, user_message_id, created_at, conversation_id}`
+             *     - `delta` `{text}` (a fragment of the reply), any number
+             *     - `tool` `{name, status}` (a memory tool the agent used), any number
+             *     - `message` `{text, message_id}` (a completed assistant message)
+             *     - `usage` `{model, prompt_tokens, completion_tokens, total_tokens, cost, estimated,
+             *       remaining_budget}`
+             *     - `done` `{turn_id, status}`: `completed`, or `cancelled` for a stopped turn (its `usage`,
+             *       when it produced anything, counts the partial reply) — or instead of `usage`/`done`:
+             *       `error` `{code, message, retryable}`
+             *
+             *     Comment lines (`: ping`) keep idle connections open.
+             */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": {
+                        id: string;
+                        /** @constant */
+                        event: "turn";
+                        data: string;
+                    } | {
+                        id: string;
+                        /** @constant */
+                        event: "delta";
+                        data: string;
+                    } | {
+                        id: string;
+                        /** @constant */
+                        event: "tool";
+                        data: string;
+                    } | {
+                        id: string;
+                        /** @constant */
+                        event: "message";
+                        data: string;
+                    } | {
+                        id: string;
+                        /** @constant */
+                        event: "usage";
+                        data: string;
+                    } | {
+                        id: string;
+                        /** @constant */
+                        event: "done";
+                        data: string;
+                    } | {
+                        id: string;
+                        /** @constant */
+                        event: "error";
+                        data: string;
+                    };
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unexpected server error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    stop_turn: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                turn_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TurnOut"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unexpected server error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    history: {
+        parameters: {
+            query?: {
+                limit?: number;
+                /** @description next_cursor */
+                before?: string | null;
+                /** @description Only this conversation's turns (yours, else 404); all if left out */
+                conversation_id?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HistoryPageOut"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unexpected server error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    search_history: {
+        parameters: {
+            query: {
+                q: string;
+                limit?: number;
+                /** @description Only this conversation's turns (yours, else 404); all if left out */
+                conversation_id?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SearchResultsOut"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unexpected server error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    export: {
+        parameters: {
+            query?: {
+                format?: "json" | "markdown" | "txt";
+                /** @description Only this conversation's turns (yours, else 404); all if left out */
+                conversation_id?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The export file (attachment) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                    "text/markdown; charset=utf-8": unknown;
+                    "text/plain; charset=utf-8": unknown;
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unexpected server error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    send_ui_message: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["UIChatIn"];
+            };
+        };
+        responses: {
+            /**
+             * @description The reply as the Vercel AI SDK's UI message stream (protocol v1, header
+             *     `x-vercel-ai-ui-message-stream: v1`), for `useChat` with `DefaultChatTransport`. Each event is
+             *     one `data:` line with a JSON chunk (no `event:`, no `id:`), the last one `data: [DONE]`:
+             *
+             *     - `start` `{messageId, messageMetadata: {turn_id, created_at, conversation_id}}`
+             *     - `text-start` / `text-delta` / `text-end` `{id, delta}` (the reply's text blocks)
+             *     - `tool-input-available` `{toolCallId, toolName, input, providerExecuted}`,
+             *       `tool-output-available` `{toolCallId, output, providerExecuted}`, `tool-output-error`
+             *       `{toolCallId, errorText}` (the memory tools the agent used, run by the server)
+             *     - `message-metadata` `{messageMetadata: {usage: {model, prompt_tokens, completion_tokens,
+             *       total_tokens, cost, estimated}, remaining_budget}}` or `{messageMetadata: {error: {code,
+             *       message, retryable}}}`
+             *     - `error` `{errorText}` (the turn failed after the stream started)
+             *     - `finish` `{finishReason, messageMetadata?: {status}}`, then `[DONE]`
+             *
+             *     Comment lines (`: ping`) keep idle connections open. A client that goes away does not stop
+             *     the turn; `GET /chat/ui/{chat_id}/stream` replays it.
+             */
+            200: {
+                headers: {
+                    /** @description The UI message stream protocol's version */
+                    "x-vercel-ai-ui-message-stream"?: "v1";
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": {
+                        /** @constant */
+                        data: "[DONE]";
+                    } | {
+                        data: string;
+                    };
+                };
+            };
+            /** @description Bad request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Budget exceeded */
+            402: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Not found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Payload too large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Too many requests (error code `rate_limited`) */
+            429: {
+                headers: {
+                    /** @description Seconds until the limit lets a request through again */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unexpected server error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Upstream error */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Upstream unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+        };
+    };
+    resume_ui_stream: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The chat's id */
+                chat_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /**
+             * @description The reply as the Vercel AI SDK's UI message stream (protocol v1, header
+             *     `x-vercel-ai-ui-message-stream: v1`), for `useChat` with `DefaultChatTransport`. Each event is
+             *     one `data:` line with a JSON chunk (no `event:`, no `id:`), the last one `data: [DONE]`:
+             *
+             *     - `start` `{messageId, messageMetadata: {turn_id, created_at, conversation_id}}`
+             *     - `text-start` / `text-delta` / `text-end` `{id, delta}` (the reply's text blocks)
+             *     - `tool-input-available` `{toolCallId, toolName, input, providerExecuted}`,
+             *       `tool-output-available` `{toolCallId, output, providerExecuted}`, `tool-output-error`
+             *       `{toolCallId, errorText}` (the memory tools the agent used, run by the server)
+             *     - `message-metadata` `{messageMetadata: {usage: {model, prompt_tokens, completion_tokens,
+             *       total_tokens, cost, estimated}, remaining_budget}}` or `{messageMetadata: {error: {code,
+             *       message, retryable}}}`
+             *     - `error` `{errorText}` (the turn failed after the stream started)
+             *     - `finish` `{finishReason, messageMetadata?: {status}}`, then `[DONE]`
+             *
+             *     Comment lines (`: ping`) keep idle connections open. A client that goes away does not stop
+             *     the turn; `GET /chat/ui/{chat_id}/stream` replays it.
+             */
+            200: {
+                headers: {
+                    /** @description The UI message stream protocol's version */
+                    "x-vercel-ai-ui-message-stream"?: "v1";
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": {
+                        /** @constant */
+                        data: "[DONE]";
+                    } | {
+                        data: string;
+                    };
+                };
+            };
+            /** @description No reply is running */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Missing, invalid or expired access token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Invalid input */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
+                };
+            };
+            /** @description Unexpected server error */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorEnvelope"];
                 };
             };
         };
@@ -4505,769 +5379,6 @@ export interface operations {
             };
         };
     };
-    send_message: {
-        parameters: {
-            query?: never;
-            header?: {
-                /** @description The client's id for this message, as `client_message_id` in the body (both given: they must be equal) */
-                "Idempotency-Key"?: string | null;
-            };
-            path?: never;
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["MessageIn"];
-            };
-        };
-        responses: {
-            /**
-             * @description A `text/event-stream`. Each event has `id:` (the turn's sequence number,
-             *     for `Last-Event-ID`), `event:` and one JSON `data:` line:
-             *
-             *     - `turn` `{turn_id, user_message_id, created_at, conversation_id}`
-             *     - `delta` `{text}` (a fragment of the reply), any number
-             *     - `tool` `{name, status}` (a memory tool the agent used), any number
-             *     - `message` `{text, message_id}` (a completed assistant message)
-             *     - `usage` `{model, prompt_tokens, completion_tokens, total_tokens, cost, estimated,
-             *       remaining_budget}`
-             *     - `done` `{turn_id, status}`: `completed`, or `cancelled` for a stopped turn (its `usage`,
-             *       when it produced anything, counts the partial reply) — or instead of `usage`/`done`:
-             *       `error` `{code, message, retryable}`
-             *
-             *     Comment lines (`: ping`) keep idle connections open.
-             */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "text/event-stream": {
-                        id: string;
-                        /** @constant */
-                        event: "turn";
-                        data: string;
-                    } | {
-                        id: string;
-                        /** @constant */
-                        event: "delta";
-                        data: string;
-                    } | {
-                        id: string;
-                        /** @constant */
-                        event: "tool";
-                        data: string;
-                    } | {
-                        id: string;
-                        /** @constant */
-                        event: "message";
-                        data: string;
-                    } | {
-                        id: string;
-                        /** @constant */
-                        event: "usage";
-                        data: string;
-                    } | {
-                        id: string;
-                        /** @constant */
-                        event: "done";
-                        data: string;
-                    } | {
-                        id: string;
-                        /** @constant */
-                        event: "error";
-                        data: string;
-                    };
-                };
-            };
-            /** @description Bad request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Missing, invalid or expired access token */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Budget exceeded */
-            402: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Not found */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Conflict */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Payload too large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Invalid input */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Too many requests (error code `rate_limited`) */
-            429: {
-                headers: {
-                    /** @description Seconds until the limit lets a request through again */
-                    "Retry-After"?: number;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Unexpected server error */
-            500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Upstream error */
-            502: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Upstream unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-        };
-    };
-    turn_events: {
-        parameters: {
-            query?: never;
-            header?: {
-                "Last-Event-ID"?: string | null;
-            };
-            path: {
-                turn_id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /**
-             * @description A `text/event-stream`. Each event has `id:` (the turn's sequence number,
-             *     for `Last-Event-ID`), `event:` and one JSON `data:` line:
-             *
-             *     - `turn` `{turn_id, user_message_id, created_at, conversation_id}`
-             *     - `delta` `{text}` (a fragment of the reply), any number
-             *     - `tool` `{name, status}` (a memory tool the agent used), any number
-             *     - `message` `{text, message_id}` (a completed assistant message)
-             *     - `usage` `{model, prompt_tokens, completion_tokens, total_tokens, cost, estimated,
-             *       remaining_budget}`
-             *     - `done` `{turn_id, status}`: `completed`, or `cancelled` for a stopped turn (its `usage`,
-             *       when it produced anything, counts the partial reply) — or instead of `usage`/`done`:
-             *       `error` `{code, message, retryable}`
-             *
-             *     Comment lines (`: ping`) keep idle connections open.
-             */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "text/event-stream": {
-                        id: string;
-                        /** @constant */
-                        event: "turn";
-                        data: string;
-                    } | {
-                        id: string;
-                        /** @constant */
-                        event: "delta";
-                        data: string;
-                    } | {
-                        id: string;
-                        /** @constant */
-                        event: "tool";
-                        data: string;
-                    } | {
-                        id: string;
-                        /** @constant */
-                        event: "message";
-                        data: string;
-                    } | {
-                        id: string;
-                        /** @constant */
-                        event: "usage";
-                        data: string;
-                    } | {
-                        id: string;
-                        /** @constant */
-                        event: "done";
-                        data: string;
-                    } | {
-                        id: string;
-                        /** @constant */
-                        event: "error";
-                        data: string;
-                    };
-                };
-            };
-            /** @description Missing, invalid or expired access token */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Not found */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Invalid input */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Unexpected server error */
-            500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-        };
-    };
-    stop_turn: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                turn_id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["TurnOut"];
-                };
-            };
-            /** @description Missing, invalid or expired access token */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Not found */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Invalid input */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Unexpected server error */
-            500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-        };
-    };
-    history: {
-        parameters: {
-            query?: {
-                limit?: number;
-                /** @description next_cursor */
-                before?: string | null;
-                /** @description Only this conversation's turns (yours, else 404); all if left out */
-                conversation_id?: string | null;
-            };
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["HistoryPageOut"];
-                };
-            };
-            /** @description Missing, invalid or expired access token */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Not found */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Invalid input */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Unexpected server error */
-            500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-        };
-    };
-    search_history: {
-        parameters: {
-            query: {
-                q: string;
-                limit?: number;
-                /** @description Only this conversation's turns (yours, else 404); all if left out */
-                conversation_id?: string | null;
-            };
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description Successful Response */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["SearchResultsOut"];
-                };
-            };
-            /** @description Missing, invalid or expired access token */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Not found */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Invalid input */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Unexpected server error */
-            500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-        };
-    };
-    export: {
-        parameters: {
-            query?: {
-                format?: "json" | "markdown" | "txt";
-                /** @description Only this conversation's turns (yours, else 404); all if left out */
-                conversation_id?: string | null;
-            };
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /** @description The export file (attachment) */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": unknown;
-                    "text/markdown; charset=utf-8": unknown;
-                    "text/plain; charset=utf-8": unknown;
-                };
-            };
-            /** @description Missing, invalid or expired access token */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Not found */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Invalid input */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Unexpected server error */
-            500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-        };
-    };
-    send_ui_message: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["UIChatIn"];
-            };
-        };
-        responses: {
-            /**
-             * @description The reply as the Vercel AI SDK's UI message stream (protocol v1, header
-             *     `x-vercel-ai-ui-message-stream: v1`), for `useChat` with `DefaultChatTransport`. Each event is
-             *     one `data:` line with a JSON chunk (no `event:`, no `id:`), the last one `data: [DONE]`:
-             *
-             *     - `start` `{messageId, messageMetadata: {turn_id, created_at, conversation_id}}`
-             *     - `text-start` / `text-delta` / `text-end` `{id, delta}` (the reply's text blocks)
-             *     - `tool-input-available` `{toolCallId, toolName, input, providerExecuted}`,
-             *       `tool-output-available` `{toolCallId, output, providerExecuted}`, `tool-output-error`
-             *       `{toolCallId, errorText}` (the memory tools the agent used, run by the server)
-             *     - `message-metadata` `{messageMetadata: {usage: {model, prompt_tokens, completion_tokens,
-             *       total_tokens, cost, estimated}, remaining_budget}}` or `{messageMetadata: {error: {code,
-             *       message, retryable}}}`
-             *     - `error` `{errorText}` (the turn failed after the stream started)
-             *     - `finish` `{finishReason, messageMetadata?: {status}}`, then `[DONE]`
-             *
-             *     Comment lines (`: ping`) keep idle connections open. A client that goes away does not stop
-             *     the turn; `GET /chat/ui/{chat_id}/stream` replays it.
-             */
-            200: {
-                headers: {
-                    /** @description The UI message stream protocol's version */
-                    "x-vercel-ai-ui-message-stream"?: "v1";
-                    [name: string]: unknown;
-                };
-                content: {
-                    "text/event-stream": {
-                        /** @constant */
-                        data: "[DONE]";
-                    } | {
-                        data: string;
-                    };
-                };
-            };
-            /** @description Bad request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Missing, invalid or expired access token */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Budget exceeded */
-            402: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Not found */
-            404: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Conflict */
-            409: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Payload too large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Invalid input */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Too many requests (error code `rate_limited`) */
-            429: {
-                headers: {
-                    /** @description Seconds until the limit lets a request through again */
-                    "Retry-After"?: number;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Unexpected server error */
-            500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Upstream error */
-            502: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Upstream unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-        };
-    };
-    resume_ui_stream: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path: {
-                /** @description The chat's id */
-                chat_id: string;
-            };
-            cookie?: never;
-        };
-        requestBody?: never;
-        responses: {
-            /**
-             * @description The reply as the Vercel AI SDK's UI message stream (protocol v1, header
-             *     `x-vercel-ai-ui-message-stream: v1`), for `useChat` with `DefaultChatTransport`. Each event is
-             *     one `data:` line with a JSON chunk (no `event:`, no `id:`), the last one `data: [DONE]`:
-             *
-             *     - `start` `{messageId, messageMetadata: {turn_id, created_at, conversation_id}}`
-             *     - `text-start` / `text-delta` / `text-end` `{id, delta}` (the reply's text blocks)
-             *     - `tool-input-available` `{toolCallId, toolName, input, providerExecuted}`,
-             *       `tool-output-available` `{toolCallId, output, providerExecuted}`, `tool-output-error`
-             *       `{toolCallId, errorText}` (the memory tools the agent used, run by the server)
-             *     - `message-metadata` `{messageMetadata: {usage: {model, prompt_tokens, completion_tokens,
-             *       total_tokens, cost, estimated}, remaining_budget}}` or `{messageMetadata: {error: {code,
-             *       message, retryable}}}`
-             *     - `error` `{errorText}` (the turn failed after the stream started)
-             *     - `finish` `{finishReason, messageMetadata?: {status}}`, then `[DONE]`
-             *
-             *     Comment lines (`: ping`) keep idle connections open. A client that goes away does not stop
-             *     the turn; `GET /chat/ui/{chat_id}/stream` replays it.
-             */
-            200: {
-                headers: {
-                    /** @description The UI message stream protocol's version */
-                    "x-vercel-ai-ui-message-stream"?: "v1";
-                    [name: string]: unknown;
-                };
-                content: {
-                    "text/event-stream": {
-                        /** @constant */
-                        data: "[DONE]";
-                    } | {
-                        data: string;
-                    };
-                };
-            };
-            /** @description No reply is running */
-            204: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content?: never;
-            };
-            /** @description Missing, invalid or expired access token */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Invalid input */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Unexpected server error */
-            500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-        };
-    };
     list_conversations: {
         parameters: {
             query?: {
@@ -5742,117 +5853,6 @@ export interface operations {
             };
             /** @description Unexpected server error */
             500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Upstream unavailable */
-            503: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-        };
-    };
-    chat_completions: {
-        parameters: {
-            query?: never;
-            header?: never;
-            path?: never;
-            cookie?: never;
-        };
-        requestBody: {
-            content: {
-                "application/json": components["schemas"]["ChatCompletionIn"];
-            };
-        };
-        responses: {
-            /** @description A `chat.completion` object, or with `stream: true` a `text/event-stream` of `data: {chat.completion.chunk}` lines ending with `data: [DONE]` (or, when the upstream fails mid-way, ending with one `data: {error}` line and no `[DONE]`) */
-            200: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ChatCompletionOut"];
-                    "text/event-stream": {
-                        /** @description A `chat.completion.chunk` (or an `{error}` object) as JSON; the last event's data is `[DONE]` */
-                        data: string | "[DONE]" | unknown;
-                    };
-                };
-            };
-            /** @description Bad request */
-            400: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Missing, invalid or expired access token */
-            401: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Budget exceeded */
-            402: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Payload too large */
-            413: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Invalid input */
-            422: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Too many requests (error code `rate_limited`) */
-            429: {
-                headers: {
-                    /** @description Seconds until the limit lets a request through again */
-                    "Retry-After"?: number;
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Unexpected server error */
-            500: {
-                headers: {
-                    [name: string]: unknown;
-                };
-                content: {
-                    "application/json": components["schemas"]["ErrorEnvelope"];
-                };
-            };
-            /** @description Upstream error */
-            502: {
                 headers: {
                     [name: string]: unknown;
                 };

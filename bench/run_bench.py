@@ -61,6 +61,8 @@ from bench.loadgen import (
     run_load,
     summarize,
 )
+from bench.native_load import NativeLoad
+from bench.native_load import build as build_native
 from bench.peers import LITELLM_VERSION, Peer, ensure_litellm, start_litellm
 from bench.report import (
     Check,
@@ -97,6 +99,9 @@ class Target:
     process: ManagedProcess | None = None
     idle_ms_per_s: float = 0.0
     expected_fragments: int = CHAT_EVENTS
+    # The chat route's port, path and one token per client, for the C load generator
+    # (bench/native_load.py); None: the Python one only.
+    native: tuple[int, str, list[str]] | None = None
 
 
 def machine() -> str:
@@ -160,14 +165,22 @@ async def measure(
     stream_timeout: float,
     steady_throughput: bool = False,
     parties: dict[str, Callable[[], float]] | None = None,
+    native: NativeLoad | None = None,
 ) -> Sample:
     cpu_before = target.process.cpu_seconds() if target.process else 0.0
     parties_before = {name: read() for name, read in (parties or {}).items()}
     machine_before = machine_cpu_seconds()
-    load = await run_load(
-        target.make, concurrency=concurrency, rounds=rounds, ramp_seconds=ramp,
-        stream_timeout=stream_timeout, expected_fragments=target.expected_fragments,
-    )  # fmt: skip
+    if native is not None and target.native is not None:
+        port, path, tokens = target.native
+        load = await native.run(
+            port=port, path=path, tokens=tokens[:concurrency], rounds=rounds, ramp_seconds=ramp,
+            stream_timeout=stream_timeout, expected_fragments=target.expected_fragments,
+        )  # fmt: skip
+    else:
+        load = await run_load(
+            target.make, concurrency=concurrency, rounds=rounds, ramp_seconds=ramp,
+            stream_timeout=stream_timeout, expected_fragments=target.expected_fragments,
+        )  # fmt: skip
     summary = summarize(load)
     machine_ms = (machine_cpu_seconds() - machine_before) * 1000 / max(1, summary.streams)
     cpu_ms = None
@@ -216,7 +229,8 @@ def chat_target(name: str, users: list[BenchUser], backend: Backend) -> Target:
         return StreamRequest("127.0.0.1", backend.port, "/api/v1/chat/message", body,
                              "backend", auth)  # fmt: skip
 
-    return Target(name, make, backend.process)
+    native = (backend.port, "/api/v1/chat/message", [u.token for u in users])
+    return Target(name, make, backend.process, native=native)
 
 
 def llm_route_target(name: str, users: list[BenchUser], port: int, process: ManagedProcess
@@ -463,9 +477,17 @@ async def bench(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 - one l
                     print(t.process.log_tail(), flush=True)
                     return 2
             await measure_idle(worker_targets)
+            # The C load generator when it can be built: every party shares the cores here,
+            # and the Python one's CPU per turn is a tenth of the backend's.
+            binary, why = (None, "--python-client") if args.python_client else build_native()
+            native = NativeLoad(binary) if binary is not None else None
+            client = "C (bench/saturation_client.c)" if native else f"Python ({why})"
+            print(f"  load generator: {client}", flush=True)
             # Where the machine's CPU goes besides the backend: it bounds the ratio (c).
             parties = {
-                "load generator": lambda: process_cpu_seconds(os.getpid()),
+                "load generator": lambda: (
+                    process_cpu_seconds(os.getpid()) + (native.cpu_seconds if native else 0.0)
+                ),
                 "Letta simulator": letta.cpu_seconds,
                 "Postgres": lambda: sum(map(process_cpu_seconds, pids_named("postgres"))),
                 "Redis": lambda: sum(map(process_cpu_seconds, pids_named("redis-server"))),
@@ -476,7 +498,7 @@ async def bench(args: argparse.Namespace) -> int:  # noqa: C901, PLR0915 - one l
                     samples.append(await measure(
                         "workers", t, concurrency=args.saturation_c, repetition=rep,
                         rounds=rounds, ramp=0.5, stream_timeout=args.stream_timeout,
-                        steady_throughput=True, parties=parties,
+                        steady_throughput=True, parties=parties, native=native,
                     ))  # fmt: skip
     finally:
         run.stop_all()
@@ -587,6 +609,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also measure another checkout's chat route (the baseline) in phase 1",
     )
     p.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM peer")
+    p.add_argument(
+        "--python-client",
+        action="store_true",
+        help="the workers phase with the Python load generator instead of the C one",
+    )
     p.add_argument(
         "--phases",
         default="chat,c1000,llm,workers",

@@ -7,12 +7,10 @@ must be the one of the answer read whole.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-
 import pytest
 
 from bench.loadgen import Mode, StreamRequest, StreamResult, stream_once
+from tests.bench.conftest import Serve
 
 
 def _chunk(data: bytes) -> bytes:
@@ -43,31 +41,6 @@ BACKEND = (
 )
 
 Script = list[bytes]
-Serve = Callable[[Script], Awaitable[int]]
-
-
-@pytest.fixture
-async def scripted() -> AsyncIterator[Serve]:
-    """A server answering each connection with the next script: its parts written one by one
-    (a pause between them, so that each arrives as its own read), then the connection closed."""
-    servers: list[asyncio.Server] = []
-
-    async def start(script: Script) -> int:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await reader.readuntil(b"\r\n\r\n")
-            for part in script:
-                writer.write(part)
-                await writer.drain()
-                await asyncio.sleep(0.002)
-            writer.close()
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        servers.append(server)
-        return int(server.sockets[0].getsockname()[1])
-
-    yield start
-    for server in servers:
-        server.close()
 
 
 async def _read(start: Serve, script: Script, mode: Mode) -> StreamResult:

@@ -3,44 +3,16 @@ compiler, run against scripted servers, judged as the Python reader judges the s
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from bench.loadgen import StreamRequest, stream_once
 from bench.native_load import NativeLoad, build, parse
+from tests.bench.conftest import ScriptedServers
 from tests.bench.test_loadgen_protocol import BACKEND, _chunk
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
-
-Serve = Callable[[list[bytes]], Awaitable[int]]
-
-
-@pytest.fixture
-async def scripted() -> AsyncIterator[Serve]:
-    """Every connection gets the script's parts one by one (each its own read), then a close;
-    the request must carry the client's token."""
-    servers: list[asyncio.Server] = []
-
-    async def start(script: list[bytes]) -> int:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            head = await reader.readuntil(b"\r\n\r\n")
-            assert b"authorization: Bearer tok-" in head and b"connection: close" in head
-            for part in script:
-                writer.write(part)
-                await writer.drain()
-                await asyncio.sleep(0.002)
-            writer.close()
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
-        servers.append(server)
-        return int(server.sockets[0].getsockname()[1])
-
-    yield start
-    for server in servers:
-        server.close()
 
 
 async def _native(port: int, *, clients: int = 2, rounds: int = 2, expected: int | None = 2):
@@ -55,13 +27,23 @@ async def _native(port: int, *, clients: int = 2, rounds: int = 2, expected: int
 
 
 @pytest.mark.parametrize("cut", [0, 5, 60, 75, 90, 130, len(BACKEND) - 3])
-async def test_a_whole_turn_is_read_wherever_the_reads_are_cut(scripted: Serve, cut: int) -> None:
+async def test_a_whole_turn_is_read_wherever_the_reads_are_cut(
+    scripted: ScriptedServers, cut: int
+) -> None:
     parts = [BACKEND[:cut], BACKEND[cut:]] if cut else [BACKEND]
     port = await scripted(parts)
 
     result, load = await _native(port)
 
     assert len(result.results) == 4  # 2 clients x 2 rounds
+    # One connection per turn, each with its client's own token.
+    assert sorted(h.split(b"authorization: Bearer ")[1][:5] for h in scripted.heads) == [
+        b"tok-0",
+        b"tok-0",
+        b"tok-1",
+        b"tok-1",
+    ]
+    assert all(b"connection: close" in h for h in scripted.heads)
     for r in result.results:
         assert (r.ok, r.status, r.fragments, r.error) == (True, 200, 2, None)
         assert r.first_event_ns is not None and r.started_ns < r.first_event_ns <= r.ended_ns
@@ -76,7 +58,7 @@ async def test_a_whole_turn_is_read_wherever_the_reads_are_cut(scripted: Serve, 
     assert (python.ok, python.status) == (True, 200)
 
 
-async def test_failures_are_named(scripted: Serve) -> None:
+async def test_failures_are_named(scripted: ScriptedServers) -> None:
     refused = b"HTTP/1.1 409 Conflict\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}"
     port = await scripted([refused])
     result, _ = await _native(port, clients=1, rounds=1)

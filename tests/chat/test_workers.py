@@ -143,10 +143,15 @@ async def _register(http: httpx.AsyncClient) -> dict[str, str]:
 
 async def _start_and_leave(app: AppProcess, headers: dict[str, str]) -> list[SSE]:
     """POST a message on a new connection, read three events, and go away."""
-    async with (
-        httpx.AsyncClient(base_url=app.url, timeout=DEADLINE) as http,
-        http.stream("POST", "/api/v1/chat/message", json={"content": "hi"}, headers=headers) as r,
-    ):
+    async with httpx.AsyncClient(base_url=app.url, timeout=DEADLINE) as http:
+        return await _start_on(http, headers)
+
+
+async def _start_on(http: httpx.AsyncClient, headers: dict[str, str]) -> list[SSE]:
+    """POST a message with `http`, read three events, and go away."""
+    async with http.stream(
+        "POST", "/api/v1/chat/message", json={"content": "hi"}, headers=headers
+    ) as r:
         assert r.status_code == 200, await r.aread()
         return await read_events(r, stop_after=lambda e: e.id >= 3)
 
@@ -245,14 +250,17 @@ async def test_two_workers_share_turns_resume_stop_and_admission(
 
         # The per-user limit (6/minute) counts on both workers together (through Redis).
         limited = await _register((await _client_on(app, workers[0], stack)).http)
+        # The connections first, then the requests back to back: finding a connection on a
+        # given worker can take a while on a loaded machine, and the 409s need the first turn
+        # (3 s) still streaming.
+        pins = [await _client_on(app, worker, stack) for worker in workers * 4]
         statuses = []
-        for worker in workers * 4:
-            pinned = await _client_on(app, worker, stack)
+        for pinned in pins:
             async with pinned.http.stream(
                 "POST", "/api/v1/chat/message", json={"content": "hi"}, headers=limited
             ) as response:
                 statuses.append(response.status_code)
-        assert statuses == [200, 409, 409, 409, 409, 409, 429, 429]
+        assert statuses == [200, 409, 409, 409, 409, 409, 429, 429], app.log_tail()
     print(f"\ntwo workers: a stop from the other worker took {stop_seconds:.2f} s")
 
 
@@ -263,17 +271,16 @@ async def test_a_killed_worker_is_restarted_and_fails_only_its_own_turn(
     async with contextlib.AsyncExitStack() as stack:
         workers = await _workers_serving(app, stack)
         http = (await _client_on(app, workers[0], stack)).http
-        users = [await _register(http) for _ in range(8)]
-        # Turns until both workers run one (the kernel picks the worker of a new connection).
+        users = [await _register(http) for _ in range(2)]
+        # A turn on each worker, each started on a connection that worker holds (left to the
+        # kernel, 8 new connections once all went to one worker: 1 in 128 if spread evenly).
         turns: dict[str, str] = {}  # worker name -> a turn it runs
-        for headers in users:
-            seen = await _start_and_leave(app, headers)
+        for worker, headers in zip(workers, users, strict=True):
+            seen = await _start_on((await _client_on(app, worker, stack)).http, headers)
             turn_id = seen[0].data["turn_id"]
             owner = (await _turn(database_url, turn_id))["instance_id"]
-            turns.setdefault(owner.split("/")[0], turn_id)
-            if len(turns) == 2:
-                break
-        assert sorted(turns) == ["api#0", "api#1"], turns
+            turns[owner.split("/")[0]] = turn_id
+        assert sorted(turns) == ["api#0", "api#1"], (turns, app.log_tail())
 
         victim = workers[0]
         victim_name = _index_of(victim)

@@ -10,6 +10,8 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -24,6 +26,7 @@ from app.errors import UpstreamUnavailable
 from app.main import create_app
 from app.providers.agents import AgentEvent, AgentInfo, ConversationRef
 from app.providers.billing import LLMRoute
+from app.providers.builtin.billing import parse_duration, period_anchor
 from app.providers.factory import Overrides
 from tests.support.users import mint_token
 
@@ -49,12 +52,33 @@ def make_user(db_pool: asyncpg.Pool, settings: Settings) -> UserFactory:
     """`await make_user(agent_id="agent-1")`: an account with a ready profile and a token."""
 
     async def make(
-        email: str | None = None, *, agent_id: str | None = "agent-test", status: str = "ready"
+        email: str | None = None,
+        *,
+        agent_id: str | None = "agent-test",
+        status: str = "ready",
+        budget: bool = True,
     ) -> TestUser:
         user_id = uuid.uuid4()
         email = email or f"user-{user_id.hex[:8]}@example.com"
         async with db_pool.acquire() as conn:
             await conn.execute("insert into auth.users (id, email) values ($1, $2)", user_id, email)
+            if budget:
+                # As registration leaves it (the built-in ledger's default row), so that turns
+                # take the one-statement admission and final write; `budget=False` leaves the
+                # row to be created on first use (the full paths).
+                duration = parse_duration(settings.user_budget_duration)
+                anchor = period_anchor(datetime.now(UTC), duration)
+                await conn.execute(
+                    """
+                    insert into budgets
+                        (user_id, max_budget, budget_duration, period_anchor, period_start)
+                    values ($1, $2, $3, $4, $4)
+                    """,
+                    user_id,
+                    Decimal(repr(settings.user_default_budget)),
+                    str(duration),
+                    anchor,
+                )
             await conn.execute(
                 """
                 insert into profiles (id, email, agent_id, agent_provider, provisioning_status)

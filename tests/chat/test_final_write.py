@@ -4,6 +4,7 @@ check after it; nothing written when the turn was no longer this process's."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -24,6 +25,7 @@ from tests.chat.conftest import (
     parse_sse,
     stored_events,
     turn_rows,
+    wait_for,
 )
 
 USAGE = UsageEvent(
@@ -210,3 +212,35 @@ async def test_what_llm_calls_in_flight_reserve_counts_at_admission(
 
     assert response.status_code == 402
     assert await turn_rows(db_pool, user.id) == []
+
+
+async def test_a_budget_row_gone_before_the_charge_is_made_again_and_charged(
+    client: httpx.AsyncClient,
+    app: FastAPI,
+    agent: ControlledAgent,
+    make_user: UserFactory,
+    db_pool: asyncpg.Pool,
+) -> None:
+    """The final statement's charge finds no row: `charge_current` creates it with the
+    defaults, charges it, and corrects the stored usage event."""
+    user = await make_user()
+    turn = agent.next_turn().push(DeltaEvent("Hi"), MessageEvent("Hi", message_id="m"), USAGE)
+    request = asyncio.create_task(
+        client.post("/api/v1/chat/message", json={"content": "hello"}, headers=user.headers)
+    )
+    await wait_for(lambda: len(agent.turns) == 1)  # admitted and streaming
+    async with db_pool.acquire() as conn:
+        await conn.execute("delete from budgets where user_id = $1", user.id)
+    turn.end()
+    response = await request
+
+    events = parse_sse(response.text)
+    cost = app.state.services.billing.cost_of(TokenUsage("gpt-4o-mini", 1000, 200, 1200))
+    (usage,) = [e for e in events if e.event == "usage"]
+    assert usage.data["remaining_budget"] == pytest.approx(10.0 - cost)
+    row = await _budget_row(db_pool, user.id)
+    assert float(row["spend"]) == pytest.approx(cost)
+    (stored_turn,) = await turn_rows(db_pool, user.id)
+    assert stored_turn["status"] == "completed"
+    stored = await stored_events(db_pool, stored_turn["id"])
+    assert stored == [(e.id, e.event, e.data) for e in events]

@@ -87,12 +87,6 @@ class LocalLedger(Protocol):
     that the turn's final write needs no connection of its own. The chat's one-statement
     admission and final write also read and charge its row in their own SQL."""
 
-    async def record_with_budget(
-        self, conn: Conn, user_id: UUID, usage: TokenUsage
-    ) -> tuple[float, Budget]:
-        """`BillingProvider.record`, also answering the budget as the charge left it."""
-        ...
-
     def cost_of(self, usage: TokenUsage) -> float:
         """What `usage` costs at this ledger's prices."""
         ...

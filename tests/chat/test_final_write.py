@@ -49,6 +49,28 @@ async def _budget_row(pool: asyncpg.Pool, user_id: uuid.UUID) -> asyncpg.Record:
     return row
 
 
+async def _period_ended(pool: asyncpg.Pool, user_id: uuid.UUID, *, spent: float) -> None:
+    """The user's monthly period started 62 days ago (so it has ended), `spent` spent in it."""
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """
+            update budgets set spend = $2, period_anchor = now() - interval '62 days',
+                period_start = now() - interval '62 days'
+            where user_id = $1
+            """,
+            user_id,
+            Decimal(repr(spent)),
+        )
+
+
+async def _assert_replayed_as_sent(
+    pool: asyncpg.Pool, user_id: uuid.UUID, events: list[SSE]
+) -> None:
+    """The user's one turn's stored events are what was sent live, to the last digit."""
+    (turn,) = await turn_rows(pool, user_id)
+    assert await stored_events(pool, turn["id"]) == [(e.id, e.event, e.data) for e in events]
+
+
 async def test_a_budget_of_the_current_period_is_charged_and_reported_by_the_statement(
     client: httpx.AsyncClient,
     app: FastAPI,
@@ -71,8 +93,7 @@ async def test_a_budget_of_the_current_period_is_charged_and_reported_by_the_sta
     row = await _budget_row(db_pool, user.id)
     assert row["spend"] == Decimal("1.25") + Decimal(repr(cost))
     # What a replay sends is what was sent live, to the last digit.
-    (turn,) = await turn_rows(db_pool, user.id)
-    assert await stored_events(db_pool, turn["id"]) == [(e.id, e.event, e.data) for e in events]
+    await _assert_replayed_as_sent(db_pool, user.id, events)
     async with db_pool.acquire() as conn:
         by_model = await conn.fetchrow(
             "select messages, total_tokens, cost from usage_by_model where user_id = $1", user.id
@@ -92,15 +113,7 @@ async def test_a_charge_landing_on_an_ended_period_moves_to_the_current_one(
     billing = app.state.services.billing
     await billing.set_budget(user.id, 3.0)
     # The period started two months ago and has ended; 2.5 was spent in it.
-    async with db_pool.acquire() as conn:
-        await conn.execute(
-            """
-            update budgets set spend = 2.5, period_anchor = now() - interval '62 days',
-                period_start = now() - interval '62 days'
-            where user_id = $1
-            """,
-            user.id,
-        )
+    await _period_ended(db_pool, user.id, spent=2.5)
 
     events = await _turn(client, agent, user.headers)
 
@@ -115,8 +128,7 @@ async def test_a_charge_landing_on_an_ended_period_moves_to_the_current_one(
     budget = await billing.get_budget(user.id)
     assert budget.spend == pytest.approx(cost) and budget.period_start == row["period_start"]
     # The stored usage event was corrected too.
-    (turn,) = await turn_rows(db_pool, user.id)
-    assert await stored_events(db_pool, turn["id"]) == [(e.id, e.event, e.data) for e in events]
+    await _assert_replayed_as_sent(db_pool, user.id, events)
 
 
 async def test_a_turn_no_longer_streaming_is_neither_stored_nor_charged(
@@ -179,15 +191,7 @@ async def test_a_budget_used_up_in_an_ended_period_still_admits_a_turn(
     path rolls the period and admits."""
     user = await make_user()
     await app.state.services.billing.set_budget(user.id, 3.0)
-    async with db_pool.acquire() as conn:
-        await conn.execute(
-            """
-            update budgets set spend = 3.0, period_anchor = now() - interval '62 days',
-                period_start = now() - interval '62 days'
-            where user_id = $1
-            """,
-            user.id,
-        )
+    await _period_ended(db_pool, user.id, spent=3.0)
 
     events = await _turn(client, agent, user.headers)
 
@@ -242,5 +246,4 @@ async def test_a_budget_row_gone_before_the_charge_is_made_again_and_charged(
     assert float(row["spend"]) == pytest.approx(cost)
     (stored_turn,) = await turn_rows(db_pool, user.id)
     assert stored_turn["status"] == "completed"
-    stored = await stored_events(db_pool, stored_turn["id"])
-    assert stored == [(e.id, e.event, e.data) for e in events]
+    await _assert_replayed_as_sent(db_pool, user.id, events)

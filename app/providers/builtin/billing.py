@@ -18,8 +18,9 @@ Two admissions:
 - Chat turns are check-then-charge: `check_on` refuses once spend plus reservations reach the
   budget (the chat's one-statement admission writes the same condition in its SQL,
   app/chat/repository.py `admit_ready_turn`); the turn's cost is added atomically
-  (`spend = spend + cost`) when the turn ends: `record_with_budget`, or the chat's
-  one-statement final write (`finish_turn_charged`), whose row `budget_if_current` checks.
+  (`spend = spend + cost`) when the turn ends, by the chat's one-statement final write
+  (`finish_turn_charged`), whose row `budget_if_current` checks (`record_with_budget` is the
+  same charge for `record`, used by other callers).
   A user has at most one streaming turn (admission's lock and the partial unique index), so
   a turn's overspend is bounded by the cost of that one turn.
 """

@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from bench.environment import new_jwt_secret
+from bench.sim_letta import SimConfig
 from tests.chat.conftest import SSE, parse_sse, read_events
 from tests.support.app_process import AppCluster, AppProcess, kill_leftovers, simulated_letta
 
@@ -159,8 +160,9 @@ async def _start_on(http: httpx.AsyncClient, headers: dict[str, str]) -> list[SS
 @pytest.fixture
 async def cluster(database_url: str, tmp_path: Path) -> AsyncIterator[AppCluster]:
     # Each turn streams 120 fragments, one every 25 ms: 3 s, long enough to act mid-stream.
-    async with simulated_letta(events=120, interval=0.025) as letta_port:
-        apps = AppCluster(database_url, new_jwt_secret(), letta_port, tmp_path)
+    letta = SimConfig(events=120, interval=0.025)
+    async with simulated_letta(letta) as letta_port:
+        apps = AppCluster(database_url, new_jwt_secret(), letta_port, tmp_path, letta=letta)
         apps.env.update(
             {
                 "REDIS_URL": REDIS_URL,
@@ -389,7 +391,9 @@ async def test_metrics_of_either_worker_count_the_turns_of_both(
             assert totals["agentmem_live_streams"] == 0
 
         # A third turn on worker 0, its stream open (the sibling's /metrics counts it), then
-        # worker 0 is killed.
+        # worker 0 is killed. The turn streams for a minute, so that it is still open however
+        # long finding a connection on the sibling takes (at 3 s, a CI run saw it end first).
+        cluster.letta.interval = 0.5
         victim, sibling = workers
         pinned = await _client_on(app, victim, stack)
         async with pinned.http.stream(

@@ -61,6 +61,8 @@ class AppCluster:
     jwt_secret: str
     letta_port: int
     log_dir: Path
+    # What the shared simulated Letta streams per turn; read when a turn starts.
+    letta: SimConfig = field(default_factory=SimConfig)
     env: dict[str, str] = field(default_factory=dict)
     processes: list[AppProcess] = field(default_factory=list)
 
@@ -143,10 +145,11 @@ async def _wait_serving(app: AppProcess) -> None:
 
 
 @contextlib.asynccontextmanager
-async def simulated_letta(events: int, interval: float) -> AsyncIterator[int]:
-    """The simulated Letta server on this loop; yields its port. Each turn streams `events`
-    fragments, one every `interval` seconds."""
-    server, _sim, port = await serve(SimConfig(events=events, interval=interval))
+async def simulated_letta(config: SimConfig) -> AsyncIterator[int]:
+    """The simulated Letta server on this loop; yields its port. Each turn streams
+    `config.events` fragments, one every `config.interval` seconds, as `config` says when the
+    turn starts (a test may change it between turns)."""
+    server, _sim, port = await serve(config)
     try:
         yield port
     finally:

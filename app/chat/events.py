@@ -7,11 +7,11 @@ once, however many subscribers receive it) and into the `turn_events.data` colum
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID
 
+from app.platform.json_text import compact_json
 from app.providers.agents import AgentEvent, DeltaEvent, MessageEvent, ToolEvent
 
 # Event ids are `turn_events.seq`, a Postgres integer: the largest id a client may present in
@@ -20,10 +20,6 @@ MAX_EVENT_ID = 2**31 - 1
 
 EventName = Literal["turn", "delta", "tool", "message", "usage", "error", "done"]
 TERMINAL_EVENTS: frozenset[str] = frozenset({"done", "error"})
-
-
-def _dumps(data: dict[str, Any]) -> str:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +38,7 @@ class TurnEvent:
         """The data as JSON text (compact; what is sent and what is stored)."""
         text = self._json
         if text is None:
-            text = _dumps(self.data)
+            text = compact_json(self.data)
             object.__setattr__(self, "_json", text)
         return text
 

@@ -34,7 +34,6 @@ holds `arguments` / `result`, which are passed through.
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +42,7 @@ from uuid import UUID
 from app.chat.events import TurnEvent
 from app.chat.sse import Frame, TurnEventStream
 from app.chat.stream import EventBatches
+from app.platform.json_text import compact_json
 
 UI_MESSAGE_STREAM_HEADER = "x-vercel-ai-ui-message-stream"
 UI_MESSAGE_STREAM_VERSION = "v1"
@@ -67,7 +67,7 @@ class UIFrame:
 
     @classmethod
     def of(cls, chunk: Chunk) -> UIFrame:
-        return cls(json.dumps(chunk, ensure_ascii=False, separators=(",", ":")))
+        return cls(compact_json(chunk))
 
 
 DONE = UIFrame("[DONE]")

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from datetime import UTC, datetime
@@ -42,6 +41,7 @@ from uuid import UUID
 from app.config import Settings
 from app.errors import AppError
 from app.platform.db import Database
+from app.platform.json_text import compact_json_ascii
 from app.platform.metrics import Metrics
 from app.providers.billing import BillingProvider, Reservation, TokenUsage, estimate_tokens
 from app.providers.builtin.llm import LLMClients, estimate_prompt_tokens, prompt_token_bound
@@ -281,4 +281,4 @@ def _visible(chunk: dict[str, Any], wants_usage: bool) -> dict[str, Any] | None:
 
 
 def _data(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + compact_json_ascii(payload).encode() + b"\n\n"

@@ -19,7 +19,7 @@ from app.agents.schemas import (
     PassagePageOut,
 )
 from app.chat import repository as chat_repository
-from app.chat.turn_lock import hold_turn_lock
+from app.chat.turn_lock import TurnInProgress, hold_turn_lock
 from app.config import Settings
 from app.deps import services
 from app.errors import Conflict
@@ -28,16 +28,6 @@ from app.platform.db import Database
 from app.providers.agents import AgentNotFound, AgentProvider, PassagePage, ResetMode
 
 T = TypeVar("T")
-
-
-class AgentBusy(Conflict):
-    code = "turn_in_progress"
-
-    def __init__(self, turn_id: UUID) -> None:
-        super().__init__(
-            "a reply is still streaming; stop it or wait for it before resetting the agent",
-            details={"turn_id": str(turn_id)},
-        )
 
 
 class AgentNotProvisioned(Conflict):
@@ -200,7 +190,10 @@ class AgentService:
             await hold_turn_lock(conn, user_id)
             streaming = await chat_repository.streaming_turn_ids(conn, user_id)
             if streaming:
-                raise AgentBusy(streaming[0])
+                raise TurnInProgress(
+                    "a reply is still streaming; stop it or wait for it before resetting the agent",
+                    turn_id=streaming[0],
+                )
             if mode == "full":
                 # Passes still queued would write what was said before the reset back.
                 await memory_repository.skip_pending(conn, user_id)

@@ -57,6 +57,7 @@ from app.chat import repository as repo
 from app.chat.events import TurnEvent, agent_event_data, error_data, turn_data
 from app.chat.runtime import ChatRuntime, TurnRun
 from app.chat.stream import POLL_SECONDS, EventBatches, TurnNotFound, follow_run, open_turn_events
+from app.chat.turn_lock import TurnInProgress, resume_url
 from app.config import Settings
 from app.conversations import repository as conversations_repo
 from app.conversations.repository import ConversationRow
@@ -85,32 +86,6 @@ from app.providers.billing import (
 from app.usage.repository import add_usage
 
 logger = logging.getLogger(__name__)
-
-
-# Where a turn's stream is resumed (the `turn_events` route, under the app's /api/v1 prefix);
-# the 409s below point there. tests/chat/test_stop_retries.py follows it.
-RESUME_PATH = "/api/v1/chat/turns/{turn_id}/events"
-
-
-def resume_url(turn_id: UUID) -> str:
-    return RESUME_PATH.format(turn_id=turn_id)
-
-
-class TurnInProgress(Conflict):
-    code = "turn_in_progress"
-
-    def __init__(
-        self,
-        message: str = "a reply to your previous message is still streaming",
-        *,
-        turn_id: UUID | None = None,
-    ):
-        details = (
-            {"turn_id": str(turn_id), "resume_url": resume_url(turn_id)}
-            if turn_id is not None
-            else None
-        )
-        super().__init__(message, details=details)
 
 
 class IdempotencyConflict(Conflict):

@@ -18,24 +18,17 @@ from uuid import UUID
 from fastapi import Depends, Request
 
 from app.chat.history import decode_cursor
+from app.chat.turn_lock import TurnInProgress
 from app.conversations import repository as repo
 from app.conversations.repository import ConversationRow
 from app.conversations.schemas import ConversationOut, ConversationPageOut
 from app.deps import services
-from app.errors import Conflict
 from app.platform.db import Conn, Database
 from app.providers.agents import AgentProvider, ConversationNotFound
 
 logger = logging.getLogger(__name__)
 
 AUTO_TITLE_CHARS = 60
-
-
-class ConversationBusy(Conflict):
-    code = "turn_in_progress"
-
-    def __init__(self, message: str = "a reply in this conversation is still streaming") -> None:
-        super().__init__(message)
 
 
 def auto_title(message: str, limit: int = AUTO_TITLE_CHARS) -> str:
@@ -142,7 +135,7 @@ class Conversations:
         if result == "missing":
             raise ConversationNotFound()
         if result == "busy":
-            raise ConversationBusy()
+            raise TurnInProgress("a reply in this conversation is still streaming")
         assert row is not None
         if row.external_id is not None and row.external_agent_id is not None:
             try:

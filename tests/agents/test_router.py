@@ -250,7 +250,10 @@ async def test_no_reset_under_a_streaming_turn(
         409,
         "turn_in_progress",
     )
-    assert body["details"] == {"turn_id": str(turn_id)}
+    assert body["details"] == {
+        "turn_id": str(turn_id),
+        "resume_url": f"/api/v1/chat/turns/{turn_id}/events",
+    }
     async with db_pool.acquire() as conn:
         await conn.execute("update turns set status = 'completed' where id = $1", turn_id)
     response = await api.post("/agent/reset", json={"mode": "full"}, headers=account.headers)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -40,8 +41,20 @@ STORY = " ".join(f"Once upon a time word{i}." for i in range(60))
 SECOND_STORY = " ".join(f"Meanwhile part{i}." for i in range(60)) + " THE END."
 
 
+def _memory_pass(body: dict[str, Any]) -> Script:
+    """The memory pass's answer: a fact for each "Remember that I ..." in the exchange it was
+    shown, none otherwise (the pass checks the fact is made of the user's words)."""
+    shown = str(body["messages"][-1]["content"])
+    facts = re.findall(r"^User: Remember that I ([^\n.]+)", shown, flags=re.MULTILINE)
+    ops = [{"op": "add", "line": 0, "fact": f"They {fact}."} for fact in facts]
+    return Text(json.dumps({"operations": ops}))
+
+
 def _responder(body: dict[str, Any]) -> Script | None:
     """The model's answers, chosen from the request as a person would see them."""
+    # First: the pass's request quotes the exchange, which would match the chat cases below.
+    if "response_format" in body:
+        return _memory_pass(body)
     messages = body["messages"]
     last = messages[-1]
     system = str(messages[0].get("content", ""))
@@ -58,6 +71,8 @@ def _responder(body: dict[str, Any]) -> Script | None:
         return Text(" ".join(f"Elsewhere{i}." for i in range(30)), pause=0.05)
     if "green tea" in said:
         return ToolCall("core_memory_append", {"label": "human", "content": "Likes green tea."})
+    if "work as a nurse" in said:
+        return Text("Good to know.")
     if "favourite animal" in said:
         # The human block as edited in the memory page reaches the model in its prompt.
         known = "Favourite animal: cats" in system
@@ -85,8 +100,11 @@ async def live_url(
             chat_event_flush_seconds=0.02,
             sse_ping_seconds=0.5,
             web_dist_dir=WEB / "dist",
-            # Low enough for the scenario's last step to reach it, above what it sends before.
+            # Low enough for the scenario's 429 step to reach it, above what it sends before.
             rate_limit="15/minute",
+            # The pass after each turn (off in tests by default): its changes are listed on
+            # the memory page.
+            memory_pass="every_turn",
         )
     )
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -156,6 +174,9 @@ async def test_the_issues_scenario_in_chromium(
         "budget used up",
         "429 shown",
         "signed out everywhere",
+        "memory changes listed",
+        "account deleted",
+        "signing in again refused",
     ]
     # Streamed: the page showed the reply at several lengths before it was whole.
     assert notes["partialLengths"] >= 3
@@ -185,6 +206,32 @@ async def test_the_issues_scenario_in_chromium(
     assert notes["mobileOverflow"] == {"Usage": 0, "Memory": 0, "Chat": 0}
     assert "resets" in notes["budgetAlert"]
     assert notes["rateLimited"].startswith("Too many messages")
+    # The memory pass ran after each turn; two of them (green tea, nurse) changed memory.
+    statuses = [p.split(":") for p in notes["passes"]]
+    assert {status for status, _ in statuses} == {"completed"}, notes["passes"]
+    assert sorted(int(ops) for _, ops in statuses)[-3:] == [0, 1, 1], notes["passes"]
+    # Listed newest first, a page at a time (1 a page in the test): the second after "Load more".
+    nurse = "Added in human block: They work as a nurse."
+    tea = "Added in human block: They like green tea."
+    assert notes["changesFirstPage"] == [nurse]
+    assert notes["changes"] == [nurse, tea]
+    assert any(p.endswith(": completed, 1 change") for p in notes["recentPasses"])
+    # Account deletion: not before DELETE is typed; a wrong password is refused in words,
+    # cleared from the form, and leaves the user signed in; the right one deletes.
+    assert notes["enabledBeforeTypingDelete"] is False
+    assert notes["wrongPassword"] == {
+        "alert": "Your account was not deleted: the password is not correct",
+        "passwordField": "",
+        "signedIn": True,
+    }
+    assert notes["deletedNotice"] == "Your account was deleted, with everything it had."
+    assert notes["sessionAfterDeletion"] is None
+    # Gone: the same email and password no longer sign in.
+    assert notes["signInAgain"] == {
+        "alert": "invalid email or password",
+        "signedIn": 0,
+        "login": 401,
+    }
     assert result["axe"] and all(not v for v in result["axe"].values()), result["axe"]
     assert result["pageErrors"] == []
     for name in ("signup", "chat", "dashboard", "memory", "chat-375", "budget-used-up"):

@@ -1,6 +1,7 @@
 // The issue's scenario in a real browser (Debian's chromium, driven by playwright-core):
 // sign up, a streamed reply, stop, reload mid-reply, memory tool activity, the dashboard, the
-// human block (with a stale edit merged), archival add/find/edit/delete, 375 px, budget used up.
+// human block (with a stale edit merged), archival add/find/edit/delete, 375 px, budget used up,
+// what the memory pass changed, the account deleted.
 // Run by tests/web/test_browser.py, which starts the backend and scripts the model; it prints
 // one JSON line (what it saw, and axe-core's serious or critical violations per page).
 import { createRequire } from "node:module";
@@ -139,6 +140,21 @@ try {
   await page.getByText("Noted: you like green tea.").waitFor();
   step("tool activity");
 
+  // A second thing to remember, left to the memory pass (no tool call): the pass after each
+  // turn notes "They work as a nurse." (and "They like green tea." for the turn above).
+  await send("Remember that I work as a nurse");
+  await page.getByText("Good to know.").waitFor();
+  // The passes edit the human block: wait until they are all done, so the block editor below
+  // opens on the block's last version (else its first save would meet a 412 of theirs).
+  let passes = [];
+  for (let i = 0; i < 200; i++) {
+    passes = (await api("GET", "/api/v1/agent/memory/passes?limit=50")).body.items;
+    const done = passes.every((p) => !["pending", "running"].includes(p.status));
+    if (done && passes.reduce((n, p) => n + p.operations, 0) >= 2) break;
+    await page.waitForTimeout(100);
+  }
+  result.notes.passes = passes.map((p) => `${p.status}:${p.operations}`);
+
   // Silent refresh: with a dead access token the first call gets a 401, the app refreshes the
   // tokens once and retries; the user sees nothing of it.
   const refreshes = [];
@@ -203,8 +219,8 @@ try {
   // Paging: 10 a page, the rest behind "Load more".
   for (let i = 0; i < 10; i++) await api("POST", "/api/v1/agent/memory/archival", { text: `Note ${i}`, tags: [] });
   await page.getByRole("button", { name: "Search", exact: true }).click();
-  await page.getByRole("button", { name: "Load more" }).click();
-  await page.getByRole("button", { name: "Load more" }).waitFor({ state: "detached" });
+  await page.getByRole("button", { name: "Load more", exact: true }).click();
+  await page.getByRole("button", { name: "Load more", exact: true }).waitFor({ state: "detached" });
   result.notes.passagesAfterPaging = await page.locator("ul.passages li").count();
   await axe("memory");
   await shot("memory");
@@ -277,6 +293,75 @@ try {
   await page.getByRole("heading", { name: "Create your account" }).waitFor();
   await second.close();
   step("signed out everywhere");
+
+  // What the memory pass changed, on the memory page, newest first. The page asks for 20 at
+  // a time; here each request asks for 1 (the query rewritten on its way), so the two
+  // changes take two pages and "Load more changes" is what brings the second.
+  await page.getByRole("button", { name: "I have an account: sign in" }).click();
+  await page.getByLabel("Email").fill("grace@example.com");
+  await page.getByLabel("Password").fill("correct horse battery staple");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("button", { name: "Sign out" }).waitFor();
+  await page.route("**/api/v1/agent/memory/changes?*", (route) => {
+    const url = new URL(route.request().url());
+    url.searchParams.set("limit", "1");
+    return route.continue({ url: url.toString() });
+  });
+  await page.getByRole("link", { name: "Memory" }).click();
+  const changes = page.getByRole("list", { name: "Memory changes" }).locator(":scope > li > p:first-child");
+  await changes.first().waitFor();
+  result.notes.changesFirstPage = await changes.allInnerTexts();
+  await page.getByRole("button", { name: "Load more changes" }).click();
+  await page.getByRole("button", { name: "Load more changes" }).waitFor({ state: "detached" });
+  result.notes.changes = await changes.allInnerTexts();
+  await page.getByText("Recent passes").click();
+  result.notes.recentPasses = await page.getByRole("list", { name: "Recent memory passes" }).getByRole("listitem").allInnerTexts();
+  await page.unroute("**/api/v1/agent/memory/changes?*");
+  step("memory changes listed");
+
+  // Delete the account from the usage page: a wrong password first (refused, said, nothing
+  // deleted), then the right one; the sign-in page then says the account was deleted.
+  await page.getByRole("link", { name: "Usage" }).click();
+  const deletion = page.getByRole("region", { name: "Delete account" });
+  const confirmButton = deletion.getByRole("button", { name: "Delete my account" });
+  await deletion.getByLabel("Your password").fill("not my password");
+  result.notes.enabledBeforeTypingDelete = await confirmButton.isEnabled();
+  await deletion.getByLabel("Type DELETE to confirm").fill("DELETE");
+  await confirmButton.click();
+  const refused = deletion.getByRole("alert");
+  await refused.waitFor();
+  result.notes.wrongPassword = {
+    alert: await refused.innerText(),
+    passwordField: await deletion.getByLabel("Your password").inputValue(),
+    signedIn: await page.getByRole("button", { name: "Sign out" }).isVisible(),
+  };
+  await deletion.getByLabel("Your password").fill("correct horse battery staple");
+  await confirmButton.click();
+  await page.getByRole("heading", { name: "Sign in" }).waitFor();
+  result.notes.deletedNotice = await page.getByRole("status").innerText();
+  result.notes.sessionAfterDeletion = await page.evaluate(() => localStorage.getItem("agentmem.session"));
+  await axe("signin-after-deletion");
+  step("account deleted");
+
+  // Signing in again fails: the account is gone.
+  await page.getByLabel("Email").fill("grace@example.com");
+  await page.getByLabel("Password").fill("correct horse battery staple");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  const signInRefused = page.getByRole("alert");
+  await signInRefused.waitFor();
+  result.notes.signInAgain = {
+    alert: await signInRefused.innerText(),
+    signedIn: await page.getByRole("button", { name: "Sign out" }).count(),
+    login: await page.evaluate(async () => {
+      const res = await fetch("/api/v1/auth/login", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ email: "grace@example.com", password: "correct horse battery staple" }),
+      });
+      return res.status;
+    }),
+  };
+  step("signing in again refused");
 } catch (error) {
   result.error = String(error?.stack ?? error);
   await shot("failure").catch(() => undefined);

@@ -47,7 +47,16 @@ export function onSessionChange(listener: () => void): () => void {
   return () => listeners.delete(listener);
 }
 
+// What the sign-in page says after this tab's session ended (an account deleted): kept in
+// memory only, so it is gone at the next sign-in or reload.
+let notice: string | null = null;
+
+export function signOutNotice(): string | null {
+  return notice;
+}
+
 export function signedIn(tokens: Schemas["TokenOut"] | Schemas["AuthOut"]): void {
+  notice = null;
   save({
     access: tokens.access_token,
     refresh: tokens.refresh_token,
@@ -56,7 +65,9 @@ export function signedIn(tokens: Schemas["TokenOut"] | Schemas["AuthOut"]): void
   });
 }
 
-export function signOut(): void {
+/** Ends the session here; `message` is shown on the sign-in page that follows. */
+export function signOut(message?: string): void {
+  notice = message ?? null;
   save(null);
 }
 

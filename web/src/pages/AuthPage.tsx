@@ -1,8 +1,10 @@
 import { useState, type FormEvent } from "react";
-import { api, describeError, signedIn } from "../api/client";
+import { api, describeError, signedIn, signOutNotice } from "../api/client";
 
 export function AuthPage() {
-  const [mode, setMode] = useState<"signin" | "signup">("signup");
+  // After a deletion the page says so, on the sign-in form (the one the user just left).
+  const notice = signOutNotice();
+  const [mode, setMode] = useState<"signin" | "signup">(notice ? "signin" : "signup");
   const [email, setEmail] = useState("");
   const [password, setPassword] = useState("");
   const [error, setError] = useState<string | null>(null);
@@ -27,6 +29,11 @@ export function AuthPage() {
     <main className="auth">
       <h1>agentmem</h1>
       <p>A personal assistant that remembers you.</p>
+      {notice && (
+        <p role="status" className="notice">
+          {notice}
+        </p>
+      )}
       <form onSubmit={submit} aria-labelledby="auth-title">
         <h2 id="auth-title">{title}</h2>
         <label>

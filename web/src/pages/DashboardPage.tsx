@@ -1,5 +1,6 @@
 import { useEffect, useState } from "react";
 import { api, describeError, type Schemas } from "../api/client";
+import { DeleteAccount } from "./DeleteAccount";
 
 const RANGES = [7, 30, 90];
 const ZONES = Array.from(
@@ -93,6 +94,7 @@ export function DashboardPage() {
           <Chart title="Tokens per day" usage={usage} value={(m) => m.total_tokens} format={(n) => n.toLocaleString()} />
         </>
       )}
+      <DeleteAccount />
     </div>
   );
 }

@@ -1,5 +1,6 @@
 import { useCallback, useEffect, useState, type FormEvent } from "react";
 import { api, describeError, errorBody, type Schemas } from "../api/client";
+import { MemoryChanges } from "./MemoryChanges";
 
 type Block = Schemas["BlockOut"];
 type Passage = Schemas["PassageOut"];
@@ -26,6 +27,7 @@ export function MemoryPage() {
         <BlockEditor key={block.label} block={block} />
       ))}
       <Archival />
+      <MemoryChanges />
     </div>
   );
 }

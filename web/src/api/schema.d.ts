@@ -534,7 +534,7 @@ export interface paths {
         put?: never;
         /**
          * Forget the conversation (`conversation`) or also restore memory (`full`)
-         * @description 409 `turn_in_progress` (with `details.turn_id`) while a reply streams; a message sent while the reset runs gets 409 too.
+         * @description 409 `turn_in_progress` (with `details.turn_id` and `details.resume_url`) while a reply streams; a message sent while the reset runs gets 409 too.
          */
         post: operations["reset_agent"];
         delete?: never;

@@ -108,9 +108,10 @@ async def login(
     )
     if profile.provisioning_status != "ready":
         try:
-            provisioned = await asyncio.wait_for(
-                provisioner.ensure(profile.id), ENSURE_ON_LOGIN_TIMEOUT_SECONDS
-            )
+            # `asyncio.timeout`, not `wait_for`: on Python 3.11 `wait_for` can swallow a
+            # cancellation that arrives as the call completes (app/memory/runner.py).
+            async with asyncio.timeout(ENSURE_ON_LOGIN_TIMEOUT_SECONDS):
+                provisioned = await provisioner.ensure(profile.id)
         except Exception:
             # The account works without its agent; the next login or chat tries again.
             logger.warning("provisioning retry on login failed for %s", profile.id, exc_info=True)

@@ -174,3 +174,22 @@ async def test_ensure_without_profile(app: FastAPI) -> None:
     provisioner: Provisioner = app.state.services.provisioner
     with pytest.raises(ProfileNotFound):
         await provisioner.ensure(UUID(int=1))
+
+
+async def test_login_answers_when_provisioning_hangs(
+    client: httpx.AsyncClient, fakes: Fakes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retry on login is bounded (ENSURE_ON_LOGIN_TIMEOUT_SECONDS): an agent service that
+    does not answer leaves the login answering, with the account still degraded."""
+    from app.accounts import service
+
+    fakes.agents.fail_next = 1
+    assert (await _register(client, "slow@example.com")).status_code == 201
+    fakes.agents.delay = 30.0
+    monkeypatch.setattr(service, "ENSURE_ON_LOGIN_TIMEOUT_SECONDS", 0.3)
+    started = asyncio.get_running_loop().time()
+    login = await _login(client, "slow@example.com")
+    assert asyncio.get_running_loop().time() - started < 5
+    assert login.status_code == 200
+    assert login.json()["provisioning_status"] == "degraded"
+    assert fakes.agents.creations == 0

@@ -196,6 +196,10 @@ async def test_two_workers_share_turns_resume_stop_and_admission(
     # A stop asked on the worker that does not run the turn reaches the owner through the
     # database, read when it renews its leases (every eighth of the lease): 0.25 s here.
     app = await cluster.start("api", workers=2, CHAT_TURN_LEASE_SECONDS="2", RATE_LIMIT="6/minute")
+    # Turns of about 10 s where they must still stream after a client was pinned on the other
+    # worker: finding a connection on a given worker can take seconds (the kernel may hand
+    # several in a row to the same one), and a CI run saw a 3 s turn end before that.
+    cluster.letta.interval = 0.08
     async with contextlib.AsyncExitStack() as stack:
         workers = await _workers_serving(app, stack)
         names = {pid: _index_of(pid) for pid in workers}
@@ -242,7 +246,9 @@ async def test_two_workers_share_turns_resume_stop_and_admission(
         assert stopped.status_code == 200, stopped.text
         assert stopped.json()["status"] == "cancelled"
         assert (await _turn(database_url, turn_id))["status"] == "cancelled"
-        # The user is free again at once, on the worker that ran the turn too.
+        # The user is free again at once, on the worker that ran the turn too (each turn read
+        # to its end: short ones).
+        cluster.letta.interval = 0.025
         for worker in workers:
             pinned = await _client_on(app, worker, stack)
             freed = await pinned.http.post(
@@ -254,7 +260,8 @@ async def test_two_workers_share_turns_resume_stop_and_admission(
         limited = await _register((await _client_on(app, workers[0], stack)).http)
         # The connections first, then the requests back to back: finding a connection on a
         # given worker can take a while on a loaded machine, and the 409s need the first turn
-        # (3 s) still streaming.
+        # still streaming (30 s long).
+        cluster.letta.interval = 0.25
         pins = [await _client_on(app, worker, stack) for worker in workers * 4]
         statuses = []
         for pinned in pins:
@@ -270,6 +277,9 @@ async def test_a_killed_worker_is_restarted_and_fails_only_its_own_turn(
     cluster: AppCluster, database_url: str
 ) -> None:
     app = await cluster.start("api", workers=2)  # the fixture's 60 s lease
+    # 12 s turns: both must still stream when the victim is killed, after a connection was
+    # found on each worker (which can take seconds on a loaded machine).
+    cluster.letta.interval = 0.1
     async with contextlib.AsyncExitStack() as stack:
         workers = await _workers_serving(app, stack)
         http = (await _client_on(app, workers[0], stack)).http

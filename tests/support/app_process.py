@@ -61,7 +61,7 @@ class AppCluster:
     jwt_secret: str
     letta_port: int
     log_dir: Path
-    # What the shared simulated Letta streams per turn; read when a turn starts.
+    # What the shared simulated Letta streams per turn (read as each turn streams).
     letta: SimConfig = field(default_factory=SimConfig)
     env: dict[str, str] = field(default_factory=dict)
     processes: list[AppProcess] = field(default_factory=list)
@@ -147,8 +147,8 @@ async def _wait_serving(app: AppProcess) -> None:
 @contextlib.asynccontextmanager
 async def simulated_letta(config: SimConfig) -> AsyncIterator[int]:
     """The simulated Letta server on this loop; yields its port. Each turn streams
-    `config.events` fragments, one every `config.interval` seconds, as `config` says when the
-    turn starts (a test may change it between turns)."""
+    `config.events` fragments, fragment k due `k * config.interval` seconds after the turn's
+    request, read as it streams (a test may change it; best between turns)."""
     server, _sim, port = await serve(config)
     try:
         yield port

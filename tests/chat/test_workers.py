@@ -95,18 +95,22 @@ class Pinned:
 
 async def _client_on(app: AppProcess, worker: int, stack: contextlib.AsyncExitStack) -> Pinned:
     """A client whose connection `worker` accepted: open connections until one lands there.
-    Use it at once: uvicorn closes a connection idle for 5 s (its keep-alive timeout)."""
+    Use it at once: uvicorn closes a connection idle for 5 s (its keep-alive timeout).
+
+    The connection is known by its own local port (not by which port appeared on the worker
+    meanwhile: with several of these searches at once, another search's connection could be
+    taken for this one's)."""
     deadline = time.monotonic() + DEADLINE
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     while time.monotonic() < deadline:
-        before = _peer_ports(worker, app.port)
         http = httpx.AsyncClient(base_url=app.url, timeout=DEADLINE, limits=limits)
+        local = None
         with contextlib.suppress(httpx.HTTPError):
-            await http.get("/health/live")
-        new = _peer_ports(worker, app.port) - before
-        if len(new) == 1:
+            response = await http.get("/health/live")
+            local = response.extensions["network_stream"].get_extra_info("client_addr")[1]
+        if local is not None and local in _peer_ports(worker, app.port):
             stack.push_async_callback(http.aclose)
-            return Pinned(app, worker, http, new.pop())
+            return Pinned(app, worker, http, local)
         await http.aclose()
         await asyncio.sleep(0.02)
     raise AssertionError(f"no connection on worker {worker}\n{app.log_tail()}")

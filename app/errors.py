@@ -195,6 +195,7 @@ ErrorCode = Literal[
     "database_unavailable",
     "agent_upstream_unavailable",
     "agent_upstream_timeout",
+    "agent_model_not_found",
     "llm_unavailable",
     "builtin_model_unavailable",
     "not_implemented",

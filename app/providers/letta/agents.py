@@ -284,7 +284,17 @@ class LettaAgents:
             "memory_blocks": self._default_blocks(persona, human),
         }
         # Created once, never retried: after a timeout the next ensure finds it by its tag.
-        return self._info(await self._write(self._post_json("/v1/agents/", body)))
+        try:
+            created = await self._write(self._post_json("/v1/agents/", body))
+        except AgentNotFound as exc:
+            # A 404 here names no agent: Letta knows no model by that handle (seen live:
+            # `NOT_FOUND: Handle <model> not found, must be one of [...]`), a configuration
+            # matter for the operator, not a missing agent to make again.
+            raise UpstreamError(
+                "the agent service offers no model by the configured handle (LETTA_MODEL)",
+                code="agent_model_not_found",
+            ) from exc
+        return self._info(created)
 
     def _default_blocks(self, persona: str, human: str) -> list[dict[str, Any]]:
         limit = self._settings.core_memory_block_limit

@@ -87,6 +87,27 @@ async def test_ensure_agent_creates_tagged_agent_with_blocks(
         assert route.calls[-1].request.headers["authorization"] == f"Bearer {API_KEY}"
 
 
+async def test_ensure_agent_with_a_model_letta_does_not_offer(
+    letta: LettaAgents, letta_api: respx.MockRouter
+) -> None:
+    """Letta 0.16.8 answers an agent made with an unknown model handle with a 404 (recorded
+    live on 2026-12-01): a configuration error for the operator, not a missing agent."""
+    letta_api.get("/v1/agents/").respond(200, json=[])
+    letta_api.post("/v1/agents/").respond(
+        404,
+        json={
+            "detail": "NOT_FOUND: Handle openai-proxy/no-such-model not found, must be one of []"
+        },
+    )
+
+    with pytest.raises(UpstreamError) as raised:
+        await letta.ensure_agent(uuid.uuid4(), persona="p", human="h")
+
+    assert raised.value.code == "agent_model_not_found"
+    assert raised.value.status_code == 502
+    assert "LETTA_MODEL" in raised.value.message
+
+
 async def test_ensure_agent_finds_existing_agent_by_tag(
     letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
 ) -> None:

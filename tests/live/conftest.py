@@ -14,7 +14,7 @@ from asgi_lifespan import LifespanManager
 from app.config import Settings
 from app.main import create_app
 from tests.live.record_letta_exchanges import start_letta_upstream
-from tests.live.test_letta_live import LETTA_URL, UPSTREAM_PORT
+from tests.live.test_letta_live import LETTA_URL, MODEL, UPSTREAM_PORT
 from tests.support.scripted_llm import ScriptedLLM
 
 
@@ -30,6 +30,27 @@ def extra_settings() -> dict[str, Any]:
     return {}
 
 
+async def _require_model(handle: str) -> None:
+    """Letta lists its upstream's models once, at start-up: started while nothing answered on
+    the upstream port, it offers none and refuses every agent (docs/letta-live.md). Say so
+    here rather than through a failed registration."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        models = (await client.get(f"{LETTA_URL}/v1/models/")).json()
+    handles = [m.get("handle") for m in models if isinstance(m, dict)]
+    if handle not in handles:
+        pytest.fail(
+            f"the Letta server at {LETTA_URL} offers {handles}, not {handle}: restart it while "
+            f"an OpenAI-compatible server answers on 127.0.0.1:{UPSTREAM_PORT} "
+            "(docs/letta-live.md)"
+        )
+
+
+@pytest.fixture(autouse=True)
+async def _letta_offers_the_model() -> None:
+    if LETTA_URL:  # (the tests skip themselves without a live Letta)
+        await _require_model(MODEL)
+
+
 @pytest.fixture
 async def api(
     settings_factory: Callable[..., Settings], llm: ScriptedLLM, extra_settings: dict[str, Any]
@@ -39,7 +60,7 @@ async def api(
         password_hash_memory_kib=8192,
         agent_provider="letta",
         letta_base_url=LETTA_URL,
-        letta_model="openai-proxy/fake-model",
+        letta_model=MODEL,
         letta_embedding="openai/text-embedding-3-small",
         chat_event_flush_seconds=0.02,
         **extra_settings,

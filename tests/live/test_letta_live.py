@@ -39,6 +39,8 @@ from tests.chat.conftest import parse_sse
 from tests.support.scripted_llm import Abort, ScriptedLLM, Text, ToolCall
 
 LETTA_URL = os.environ.get("LETTA_LIVE_URL", "")
+# The handle Letta gives the scripted upstream's model (an `openai` provider not at OpenAI).
+MODEL = "openai-proxy/fake-model"
 UPSTREAM_PORT = int(os.environ.get("LETTA_LIVE_UPSTREAM_PORT", "18101"))
 REPORT = os.environ.get("LETTA_LIVE_REPORT")  # a path: the figures as JSON
 
@@ -72,7 +74,7 @@ async def live_app(
         letta_litellm_model="fake-model",
         agent_provider="letta",
         letta_base_url=LETTA_URL,
-        letta_model="openai-proxy/fake-model",
+        letta_model=MODEL,
         letta_embedding="openai/text-embedding-3-small",
         chat_event_flush_seconds=0.02,
     )

@@ -104,11 +104,17 @@ class LLMProxy:
         return answer
 
     async def complete_billed(
-        self, user_id: UUID, body: dict[str, Any], *, background: bool = False
+        self,
+        user_id: UUID,
+        body: dict[str, Any],
+        *,
+        background: bool = False,
+        source: str = "llm_route",
     ) -> tuple[dict[str, Any], TokenUsage, float]:
         """`complete`, also answering what the call used and cost (the memory pass, a call
         of the app's own, is billed to the user through here like any other). `background`:
-        see `ChatClient.complete` (a preempted call is released, not charged)."""
+        see `ChatClient.complete` (a preempted call is released, not charged). `source`: the
+        usage metrics' label (the memory pass counts as `memory_pass`)."""
         client, body, reservation = await self._prepare(user_id, body)
         try:
             answer: dict[str, Any] = await client.complete(body, background=background)
@@ -116,7 +122,7 @@ class LLMProxy:
             await self._release_detached(reservation)
             raise
         usage = _usage_from(answer.get("usage"), answer.get("model") or body["model"])
-        cost = await self._record(user_id, usage, reservation)
+        cost = await self._record(user_id, usage, reservation, source)
         return answer, usage, cost
 
     async def open_stream(self, user_id: UUID, body: dict[str, Any]) -> AsyncIterator[bytes]:
@@ -213,7 +219,11 @@ class LLMProxy:
             logger.exception("releasing an LLM-route reservation failed (it expires)")
 
     async def _record(
-        self, user_id: UUID, usage: TokenUsage, reservation: Reservation | None = None
+        self,
+        user_id: UUID,
+        usage: TokenUsage,
+        reservation: Reservation | None = None,
+        source: str = "llm_route",
     ) -> float:
         async with self._db.transaction() as conn:
             ledger = self._billing.ledger
@@ -233,7 +243,7 @@ class LLMProxy:
                 cost=cost,
             )
         self._metrics.charged(
-            usage.model, usage.prompt_tokens, usage.completion_tokens, cost, "llm_route"
+            usage.model, usage.prompt_tokens, usage.completion_tokens, cost, source
         )
         return cost
 

@@ -265,7 +265,7 @@ class MemoryPasses:
         )
         try:
             answer, usage, cost = await self._proxy.complete_billed(
-                claimed.user_id, body, background=True
+                claimed.user_id, body, background=True, source="memory_pass"
             )
         except BudgetExceeded:
             return record.result("refused", "budget_exceeded")

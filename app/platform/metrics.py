@@ -116,13 +116,14 @@ class Metrics:
         # --- usage (chat turns and the LLM route), as charged
         self.tokens = Counter(
             "agentmem_tokens",
-            "Tokens charged, by model, kind (prompt, completion) and source (chat, llm_route)",
+            "Tokens charged, by model, kind (prompt, completion) and source (chat, llm_route, "
+            "memory_pass)",
             ["model", "kind", "source"],
             registry=r,
         )
         self.cost = Counter(
             "agentmem_cost_usd",
-            "Cost charged in USD, by model and source (chat, llm_route)",
+            "Cost charged in USD, by model and source (chat, llm_route, memory_pass)",
             ["model", "source"],
             registry=r,
         )

@@ -13,6 +13,7 @@ import pytest
 from app.memory.extraction import OPERATIONS_SCHEMA
 from app.providers.billing import TokenUsage
 from tests.memory.conftest import Model, SessionFactory, operations
+from tests.support.metrics import parse, total, value
 from tests.support.scripted_llm import Error, Text
 
 
@@ -428,3 +429,26 @@ async def test_the_claim_loop_ends_on_its_stop_flag_without_a_cancellation(
     runner._wake.set()
     await asyncio.wait_for(asyncio.shield(task), timeout=2)
     assert task.done() and not task.cancelled()
+
+
+async def test_the_pass_is_counted_in_the_usage_metrics_as_its_own_source(
+    session: SessionFactory, model: Model
+) -> None:
+    token = "memory-pass-metrics-token-0123456789"
+    s = await session(metrics_token=token)
+    model.chat.append(Text("Hello Dana.", usage=(40, 6)))
+    model.passes.append(operations(("add", 0, "Their name is Dana."), usage=(120, 30)))
+    turn_id, _ = await s.chat("My name is Dana")
+    assert (await s.finished_pass(turn_id))["status"] == "completed"
+
+    scrape = await s.client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+    m = parse(scrape.text)
+    chat = {"model": "scripted-model", "source": "chat"}
+    assert value(m, "agentmem_tokens_total", **chat, kind="prompt") == 40
+    memory = {"model": "scripted-model", "source": "memory_pass"}
+    assert value(m, "agentmem_tokens_total", **memory, kind="prompt") == 120
+    assert value(m, "agentmem_tokens_total", **memory, kind="completion") == 30
+    cost = s.app.state.services.billing.cost_of(TokenUsage("scripted-model", 120, 30, 150))
+    assert value(m, "agentmem_cost_usd_total", **memory) == pytest.approx(cost)
+    # Not counted as the LLM route's: no call came through it.
+    assert total(m, "agentmem_tokens_total", source="llm_route") == 0

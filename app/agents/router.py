@@ -247,8 +247,7 @@ async def delete_archival(
     responses=error_responses(*BODY_ERROR_STATUSES, 404, 409, 502, 503),
     summary="Forget the conversation (`conversation`) or also restore memory (`full`)",
     description="409 `turn_in_progress` (with `details.turn_id` and `details.resume_url`) while "
-    "a reply streams; a "
-    "message sent while the reset runs gets 409 too.",
+    "a reply streams; a message sent while the reset runs gets 409 too.",
 )
 async def reset_agent(body: ResetIn, user: CurrentUser, service: AgentServiceDep) -> AgentStatusOut:
     return await service.reset(user.sub, body.mode)

@@ -1,8 +1,8 @@
 """The user's turn lock: a transaction-scoped Postgres advisory lock that chat admission tries
 (`pg_try_advisory_xact_lock`) and that work which must not overlap a new turn waits for and
 holds (deleting a conversation, resetting the agent). One key for all of them, so they really
-exclude each other, and
-one refusal when the lock or a streaming turn is in the way (TurnInProgress)."""
+exclude each other; and one refusal, TurnInProgress, whenever the lock or a streaming turn is
+in the way."""
 
 from __future__ import annotations
 

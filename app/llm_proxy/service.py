@@ -42,7 +42,7 @@ from app.config import Settings
 from app.errors import AppError
 from app.platform.db import Database
 from app.platform.json_text import compact_json_ascii
-from app.platform.metrics import Metrics
+from app.platform.metrics import Metrics, UsageSource
 from app.providers.billing import BillingProvider, Reservation, TokenUsage, estimate_tokens
 from app.providers.builtin.llm import LLMClients, estimate_prompt_tokens, prompt_token_bound
 from app.usage.repository import add_usage
@@ -109,7 +109,7 @@ class LLMProxy:
         body: dict[str, Any],
         *,
         background: bool = False,
-        source: str = "llm_route",
+        source: UsageSource = "llm_route",
     ) -> tuple[dict[str, Any], TokenUsage, float]:
         """`complete`, also answering what the call used and cost (the memory pass, a call
         of the app's own, is billed to the user through here like any other). `background`:
@@ -223,7 +223,7 @@ class LLMProxy:
         user_id: UUID,
         usage: TokenUsage,
         reservation: Reservation | None = None,
-        source: str = "llm_route",
+        source: UsageSource = "llm_route",
     ) -> float:
         async with self._db.transaction() as conn:
             ledger = self._billing.ledger

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Literal
 
 from fastapi.routing import iter_route_contexts
 from prometheus_client import (
@@ -39,7 +40,10 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.routing import BaseRoute
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "multiprocess_dir"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "UsageSource", "multiprocess_dir"]
+
+# The `source` label of the usage metrics: what the model call was for.
+UsageSource = Literal["chat", "llm_route", "memory_pass"]
 
 # Seconds. Requests: from a health check to a whole SSE stream (a turn of a slow agent).
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -191,9 +195,15 @@ class Metrics:
         return self._route_templates.get(id(route)) or UNMATCHED_ROUTE
 
     def charged(
-        self, model: str, prompt_tokens: int, completion_tokens: int, cost: float, source: str
+        self,
+        model: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cost: float,
+        source: UsageSource,
     ) -> None:
-        """Usage charged for one chat turn or LLM-route call (after its transaction)."""
+        """Usage charged for one chat turn, LLM-route call or memory pass (after its
+        transaction)."""
         self.tokens.labels(model, "prompt", source).inc(max(0, prompt_tokens))
         self.tokens.labels(model, "completion", source).inc(max(0, completion_tokens))
         self.cost.labels(model, source).inc(max(0.0, cost))

@@ -294,6 +294,15 @@ class LettaAgents:
                 "the agent service offers no model by the configured handle (LETTA_MODEL)",
                 code="agent_model_not_found",
             ) from exc
+        except UpstreamError as exc:
+            # The embedding's counterpart is a 400 (seen live: `INVALID_ARGUMENT: Embedding
+            # model <handle> not found`); any other refusal stays what it is.
+            if "Embedding model" not in _detail_of(exc.__cause__):
+                raise
+            raise UpstreamError(
+                "the agent service offers no embedding by the configured handle (LETTA_EMBEDDING)",
+                code="agent_model_not_found",
+            ) from exc
         return self._info(created)
 
     def _default_blocks(self, persona: str, human: str) -> list[dict[str, Any]]:
@@ -776,3 +785,10 @@ class LettaAgents:
                         PassageNotFound,
                     )
         raise UpstreamError("archival memory did not empty")
+
+
+def _detail_of(exc: BaseException | None) -> str:
+    """The `detail` of a Letta error answer (FastAPI's shape), or ""."""
+    body = getattr(exc, "body", None)
+    detail = body.get("detail") if isinstance(body, dict) else None
+    return detail if isinstance(detail, str) else ""

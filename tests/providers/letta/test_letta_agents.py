@@ -108,6 +108,31 @@ async def test_ensure_agent_with_a_model_letta_does_not_offer(
     assert "LETTA_MODEL" in raised.value.message
 
 
+@pytest.mark.parametrize(
+    ("detail", "code", "names"),
+    [
+        # Recorded live on 2026-12-01: an unknown embedding handle is a 400 of its own.
+        (
+            "INVALID_ARGUMENT: Embedding model openai/no-such-embedding not found",
+            "agent_model_not_found",
+            "LETTA_EMBEDDING",
+        ),
+        ("INVALID_ARGUMENT: something else", "agent_upstream_error", None),
+    ],
+)
+async def test_ensure_agent_refused_with_400(
+    letta: LettaAgents, letta_api: respx.MockRouter, detail: str, code: str, names: str | None
+) -> None:
+    letta_api.get("/v1/agents/").respond(200, json=[])
+    letta_api.post("/v1/agents/").respond(400, json={"detail": detail})
+
+    with pytest.raises(UpstreamError) as raised:
+        await letta.ensure_agent(uuid.uuid4(), persona="p", human="h")
+
+    assert raised.value.code == code
+    assert names is None or names in raised.value.message
+
+
 async def test_ensure_agent_finds_existing_agent_by_tag(
     letta: LettaAgents, letta_api: respx.MockRouter, recording: Recording
 ) -> None:

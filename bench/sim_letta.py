@@ -27,6 +27,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -559,6 +560,20 @@ async def serve(
     server = await loop.create_server(lambda: _Connection(sim), host, port, backlog=4096)
     bound = server.sockets[0].getsockname()[1]
     return server, sim, int(bound)
+
+
+@contextlib.asynccontextmanager
+async def running(config: SimConfig) -> AsyncIterator[tuple[SimLetta, int]]:
+    """`serve` for the length of a block, on this loop: the simulator (its `stats`; its
+    `config`, read as each turn streams, may be changed) and its port; closed afterwards,
+    waiting at most 5 s for the server to close."""
+    server, sim, port = await serve(config)
+    try:
+        yield sim, port
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 5)
 
 
 async def _main(args: argparse.Namespace) -> None:

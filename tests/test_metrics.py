@@ -22,7 +22,7 @@ from fastapi import FastAPI
 
 from app.config import Settings
 from app.main import create_app
-from bench.sim_letta import SimConfig, serve
+from bench.sim_letta import SimConfig, running
 from tests.chat.conftest import parse_sse, wait_for
 from tests.support.metrics import Samples, parse, total, value
 from tests.support.tcp_proxy import TcpProxy
@@ -43,14 +43,13 @@ async def scrape(client: httpx.AsyncClient) -> Samples:
 async def letta() -> AsyncIterator[TcpProxy]:
     """The simulated Letta, behind a proxy whose `cut()` takes it away (open connections
     too: the app's keep-alive ones would otherwise still reach it)."""
-    server, _sim, port = await serve(SimConfig(events=EVENTS, interval=0.02))
-    proxy = TcpProxy("127.0.0.1", port)
-    await proxy.start()
-    try:
-        yield proxy
-    finally:
-        await proxy.close()
-        server.close()
+    async with running(SimConfig(events=EVENTS, interval=0.02)) as (_, port):
+        proxy = TcpProxy("127.0.0.1", port)
+        await proxy.start()
+        try:
+            yield proxy
+        finally:
+            await proxy.close()
 
 
 @pytest.fixture

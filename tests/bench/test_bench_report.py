@@ -26,7 +26,7 @@ from bench.report import (
     zero_errors_check,
 )
 from bench.run_bench import parse_args, rotated, targets
-from bench.sim_letta import SimConfig, serve
+from bench.sim_letta import SimConfig, running
 
 
 def _summary(ttfe: float = 1.0, errors: int = 0, streams: int = 100, wall: float = 1.0) -> Summary:
@@ -205,9 +205,8 @@ async def test_litellm_that_does_not_start_is_skipped(tmp_path: Path) -> None:
 
 @pytest.fixture
 async def openai_sim() -> AsyncIterator[int]:
-    server, _sim, port = await serve(SimConfig(events=3, interval=0.005))
-    yield port
-    server.close()
+    async with running(SimConfig(events=3, interval=0.005)) as (_, port):
+        yield port
 
 
 async def test_openai_upstream_streams_chunks_the_loadgen_times(openai_sim: int) -> None:

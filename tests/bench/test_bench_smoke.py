@@ -12,7 +12,7 @@ import pytest
 
 from bench.loadgen import StreamRequest, Summary, percentile, run_load, stream_once, summarize
 from bench.run_stream_bench import RunReport, render_goals
-from bench.sim_letta import SimConfig, SimLetta, agent_id_for_user, serve
+from bench.sim_letta import SimConfig, SimLetta, agent_id_for_user, running
 
 EVENTS = 3
 INTERVAL = 0.01
@@ -20,10 +20,8 @@ INTERVAL = 0.01
 
 @pytest.fixture
 async def sim() -> AsyncIterator[tuple[SimLetta, int]]:
-    server, simulator, port = await serve(SimConfig(events=EVENTS, interval=INTERVAL))
-    yield simulator, port
-    server.close()
-    await server.wait_closed()
+    async with running(SimConfig(events=EVENTS, interval=INTERVAL)) as simulation:
+        yield simulation
 
 
 def _direct(port: int, agent_id: str = "agent-x") -> StreamRequest:

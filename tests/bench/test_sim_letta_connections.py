@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bench.sim_letta import SimConfig, SimLetta, serve
+from bench.sim_letta import SimConfig, SimLetta, running
 
 EVENTS = 4
 INTERVAL = 0.02
@@ -17,10 +17,8 @@ INTERVAL = 0.02
 
 @pytest.fixture
 async def sim() -> AsyncIterator[tuple[SimLetta, int]]:
-    server, simulator, port = await serve(SimConfig(events=EVENTS, interval=INTERVAL))
-    yield simulator, port
-    server.close()
-    await server.wait_closed()
+    async with running(SimConfig(events=EVENTS, interval=INTERVAL)) as simulation:
+        yield simulation
 
 
 def _request(method: str, path: str, body: bytes = b"", close: bool = False) -> bytes:

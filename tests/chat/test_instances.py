@@ -24,9 +24,9 @@ import httpx
 import pytest
 
 from bench.environment import BenchUser, new_jwt_secret, seed_users
-from bench.sim_letta import SimConfig
+from bench.sim_letta import SimConfig, running
 from tests.chat.conftest import SSE, read_events
-from tests.support.app_process import AppCluster, kill_leftovers, simulated_letta
+from tests.support.app_process import AppCluster, kill_leftovers
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -45,7 +45,7 @@ def _redis_reachable() -> bool:
 async def cluster(database_url: str, tmp_path: Path) -> AsyncIterator[AppCluster]:
     # Each turn streams 120 fragments, one every 25 ms: 3 s, long enough to act mid-stream.
     letta = SimConfig(events=120, interval=0.025)
-    async with simulated_letta(letta) as letta_port:
+    async with running(letta) as (_, letta_port):
         apps = AppCluster(database_url, new_jwt_secret(), letta_port, tmp_path, letta=letta)
         try:
             yield apps

@@ -24,9 +24,9 @@ import httpx
 import pytest
 
 from bench.environment import new_jwt_secret
-from bench.sim_letta import SimConfig
+from bench.sim_letta import SimConfig, running
 from tests.chat.conftest import SSE, parse_sse, read_events
-from tests.support.app_process import AppCluster, AppProcess, kill_leftovers, simulated_letta
+from tests.support.app_process import AppCluster, AppProcess, kill_leftovers
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 DEADLINE = 30.0  # any wait in this test
@@ -165,7 +165,7 @@ async def _start_on(http: httpx.AsyncClient, headers: dict[str, str]) -> list[SS
 async def cluster(database_url: str, tmp_path: Path) -> AsyncIterator[AppCluster]:
     # Each turn streams 120 fragments, one every 25 ms: 3 s, long enough to act mid-stream.
     letta = SimConfig(events=120, interval=0.025)
-    async with simulated_letta(letta) as letta_port:
+    async with running(letta) as (_, letta_port):
         apps = AppCluster(database_url, new_jwt_secret(), letta_port, tmp_path, letta=letta)
         apps.env.update(
             {

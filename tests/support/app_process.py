@@ -16,14 +16,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from bench.environment import JWT_AUDIENCE, JWT_ISSUER, ManagedProcess, free_port
-from bench.sim_letta import SimConfig, serve
+from bench.sim_letta import SimConfig
 
 START_SECONDS = 60.0
 
@@ -142,20 +141,6 @@ async def _wait_serving(app: AppProcess) -> None:
             await asyncio.sleep(0.05)
     app.stop()
     raise RuntimeError(f"{app.name} not serving after {START_SECONDS:g} s:\n{app.log_tail()}")
-
-
-@contextlib.asynccontextmanager
-async def simulated_letta(config: SimConfig) -> AsyncIterator[int]:
-    """The simulated Letta server on this loop; yields its port. Each turn streams
-    `config.events` fragments, fragment k due `k * config.interval` seconds after the turn's
-    request, read as it streams (a test may change it; best between turns)."""
-    server, _sim, port = await serve(config)
-    try:
-        yield port
-    finally:
-        server.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server.wait_closed(), 5)
 
 
 def kill_leftovers(processes: list[AppProcess]) -> None:

@@ -287,11 +287,10 @@ async def test_server_error_on_open_is_retryable(
 async def test_turns_reuse_one_connection_to_letta() -> None:
     """The body is read to its end after `[DONE]`, so the next turn reuses the connection
     (letta-client's stream closed it there: a new TCP/TLS handshake per turn)."""
-    from bench.sim_letta import SimConfig, serve
+    from bench.sim_letta import SimConfig, running
     from tests.providers.letta.conftest import make_settings
 
-    server, sim, port = await serve(SimConfig(events=3, interval=0.001))
-    try:
+    async with running(SimConfig(events=3, interval=0.001)) as (sim, port):
         async with httpx.AsyncClient() as http:
             letta = LettaAgents(make_settings(letta_base_url=f"http://127.0.0.1:{port}"), http)
             for _ in range(3):
@@ -302,8 +301,6 @@ async def test_turns_reuse_one_connection_to_letta() -> None:
         # Four requests on two connections: the first turn's agent lookup runs alongside its
         # stream; without reuse it would be four.
         assert sim.stats.connections == 2
-    finally:
-        server.close()
 
 
 async def test_turn_request_is_what_build_request_would_send() -> None:
